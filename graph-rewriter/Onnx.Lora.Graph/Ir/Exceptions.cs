@@ -1,0 +1,53 @@
+namespace Onnx.Lora.Graph;
+
+/// <summary>Base of every error this toolchain raises on purpose.</summary>
+public class LoraException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public LoraException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public LoraException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public LoraException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>A graph invariant would be broken (a dangling value, a rewired graph output...).</summary>
+public class GraphValidationException : LoraException
+{
+    /// <summary>Creates the exception.</summary>
+    public GraphValidationException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public GraphValidationException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public GraphValidationException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>A model file could not be read or written; the message names the file and the tensor or node.</summary>
+public class OnnxSerializationException : LoraException
+{
+    /// <summary>Creates the exception.</summary>
+    public OnnxSerializationException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public OnnxSerializationException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public OnnxSerializationException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>A graph pass failed; the message names the pass and the passes that ran before it.</summary>
+public class PassException : LoraException
+{
+    /// <summary>Creates the exception.</summary>
+    public PassException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public PassException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public PassException(string message, Exception innerException) : base(message, innerException) { }
+}

@@ -1,0 +1,515 @@
+using System.Runtime.InteropServices;
+using Google.Protobuf;
+using Onnx.Lora.Graph.Proto;
+
+namespace Onnx.Lora.Graph.Serialization;
+
+/// <summary>
+/// Reads an ONNX file into the IR. External tensors are validated (location inside the model's folder, file
+/// present and long enough) but not read: their bytes are mapped on first use.
+/// </summary>
+public static class OnnxReader
+{
+    /// <summary>Loads the model at <paramref name="path"/>.</summary>
+    /// <exception cref="OnnxSerializationException">The file is missing, is not an ONNX model, or its external data is missing, short or outside the model's folder.</exception>
+    public static Model Load(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        string full = Path.GetFullPath(path);
+        if (!File.Exists(full))
+        {
+            throw new OnnxSerializationException($"Model file '{path}' does not exist.");
+        }
+
+        ModelProto proto;
+        try
+        {
+            using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            proto = Parse(stream);
+        }
+        catch (Exception e) when (e is InvalidProtocolBufferException or IOException or InvalidOperationException)
+        {
+            throw new OnnxSerializationException($"'{path}' is not a readable ONNX model: {e.Message}", e);
+        }
+
+        return FromProto(proto, Path.GetDirectoryName(full)!, path);
+    }
+
+    /// <summary>Loads a model from bytes; external data locations resolve against <paramref name="baseDirectory"/>.</summary>
+    public static Model Load(ReadOnlyMemory<byte> bytes, string? baseDirectory = null)
+    {
+        ModelProto proto;
+        try
+        {
+            using var stream = new MemoryStream(bytes.ToArray(), writable: false);
+            proto = Parse(stream);
+        }
+        catch (Exception e) when (e is InvalidProtocolBufferException or InvalidOperationException)
+        {
+            throw new OnnxSerializationException($"The bytes are not a readable ONNX model: {e.Message}", e);
+        }
+
+        return FromProto(proto, baseDirectory is null ? null : Path.GetFullPath(baseDirectory), "<memory>");
+    }
+
+    private static ModelProto Parse(Stream stream)
+    {
+        // Deep If/Loop nesting exceeds protobuf's default recursion limit of 100.
+        var proto = new ModelProto();
+        using var limited = CodedInputStream.CreateWithLimits(stream, int.MaxValue, 1000);
+        proto.MergeFrom(limited);
+        if (proto.Graph is null)
+        {
+            throw new InvalidOperationException("it has no graph (field 7 of ModelProto is missing)");
+        }
+
+        return proto;
+    }
+
+    private static Model FromProto(ModelProto proto, string? baseDirectory, string displayPath)
+    {
+        var context = new ReadContext(baseDirectory, displayPath);
+        var model = new Model(context.ReadGraph(proto.Graph, outer: null))
+        {
+            IrVersion = proto.IrVersion,
+            ProducerName = NullIfEmpty(proto.ProducerName),
+            ProducerVersion = NullIfEmpty(proto.ProducerVersion),
+            Domain = NullIfEmpty(proto.Domain),
+            ModelVersion = proto.ModelVersion,
+            DocString = NullIfEmpty(proto.DocString),
+            UnknownFields = UnknownFields.Extract(proto),
+        };
+        model.BaseDirectory = baseDirectory;
+        foreach (OperatorSetIdProto opset in proto.OpsetImport)
+        {
+            model.OpsetImports[opset.Domain == "ai.onnx" ? string.Empty : opset.Domain] = opset.Version;
+        }
+
+        model.MetadataProps.AddRange(proto.MetadataProps.Select(p => KeyValuePair.Create(p.Key, p.Value)));
+        model.Functions.AddRange(proto.Functions.Select(f => (ReadOnlyMemory<byte>)f.ToByteArray()));
+        model.TrainingInfo.AddRange(proto.TrainingInfo.Select(t => (ReadOnlyMemory<byte>)t.ToByteArray()));
+        foreach (ExternalDataFile file in context.Files.Values)
+        {
+            model.AdoptDataFile(file);
+        }
+
+        return model;
+    }
+
+    internal static string? NullIfEmpty(string s) => s.Length == 0 ? null : s;
+
+    private sealed class ReadContext(string? baseDirectory, string displayPath)
+    {
+        public Dictionary<string, ExternalDataFile> Files { get; } = new(StringComparer.Ordinal);
+
+        public Graph ReadGraph(GraphProto proto, Scope? outer)
+        {
+            var graph = new Graph(proto.Name)
+            {
+                DocString = NullIfEmpty(proto.DocString),
+                UnknownFields = UnknownFields.Extract(proto),
+            };
+            graph.MetadataProps.AddRange(proto.MetadataProps.Select(p => KeyValuePair.Create(p.Key, p.Value)));
+            graph.SparseInitializers.AddRange(proto.SparseInitializer.Select(s => (ReadOnlyMemory<byte>)s.ToByteArray()));
+            graph.QuantizationAnnotations.AddRange(proto.QuantizationAnnotation.Select(a => (ReadOnlyMemory<byte>)a.ToByteArray()));
+            var scope = new Scope(outer);
+
+            foreach (ValueInfoProto info in proto.Input)
+            {
+                var value = new Value(info.Name);
+                ApplyInfo(value, info);
+                graph.Inputs.Add(value);
+                scope.Define(value);
+            }
+
+            foreach (TensorProto tp in proto.Initializer)
+            {
+                Tensor tensor = ReadTensor(tp);
+                if (scope.TryGetLocal(tp.Name, out Value? input) && graph.Inputs.Contains(input))
+                {
+                    graph.Initializers.Add(input, tensor);
+                }
+                else if (graph.Initializers.Contains(tp.Name))
+                {
+                    throw new OnnxSerializationException($"{displayPath}: graph '{proto.Name}' has two initializers named '{tp.Name}'.");
+                }
+                else
+                {
+                    var value = new Value(tp.Name, ValueType.Tensor(tensor.DataType, Shape.Of(tensor.Dims.Select(d => new Dim(d)).ToArray())));
+                    graph.Initializers.Add(value, tensor);
+                    scope.Define(value);
+                }
+            }
+
+            // Pass 1 creates every node and its outputs, so inputs can be resolved even in unsorted graphs.
+            var nodes = new List<(Node Node, NodeProto Proto)>(proto.Node.Count);
+            foreach (NodeProto np in proto.Node)
+            {
+                var node = new Node(np.Domain, np.OpType, [], np.Output, name: np.Name)
+                {
+                    Overload = NullIfEmpty(np.Overload),
+                    DocString = NullIfEmpty(np.DocString),
+                    UnknownFields = UnknownFields.Extract(np),
+                };
+                node.MetadataProps.AddRange(np.MetadataProps.Select(p => KeyValuePair.Create(p.Key, p.Value)));
+                foreach (Value output in node.Outputs)
+                {
+                    if (output.Name.Length > 0)
+                    {
+                        scope.Define(output);
+                    }
+                }
+
+                nodes.Add((node, np));
+            }
+
+            var infos = proto.ValueInfo.ToDictionary(v => v.Name, StringComparer.Ordinal);
+            foreach ((Node node, NodeProto np) in nodes)
+            {
+                foreach (string inputName in np.Input)
+                {
+                    if (inputName.Length == 0)
+                    {
+                        node.AppendInput(null);
+                    }
+                    else if (scope.TryResolve(inputName, out Value? input))
+                    {
+                        node.AppendInput(input);
+                    }
+                    else
+                    {
+                        throw new OnnxSerializationException($"{displayPath}: node '{np.Name}' ({np.OpType}) in graph '{proto.Name}' reads '{inputName}', which no input, initializer or node defines.");
+                    }
+                }
+
+                foreach (AttributeProto ap in np.Attribute)
+                {
+                    node.SetAttribute(ReadAttr(ap, scope, np));
+                }
+
+                foreach (Value output in node.Outputs)
+                {
+                    if (infos.TryGetValue(output.Name, out ValueInfoProto? info))
+                    {
+                        ApplyInfo(output, info);
+                    }
+                }
+
+                graph.Add(node);
+            }
+
+            foreach (ValueInfoProto info in proto.Output)
+            {
+                if (!scope.TryResolve(info.Name, out Value? output))
+                {
+                    throw new OnnxSerializationException($"{displayPath}: graph '{proto.Name}' output '{info.Name}' is not produced by any node, input or initializer.");
+                }
+
+                ApplyInfo(output, info);
+                graph.Outputs.Add(output);
+            }
+
+            return graph;
+        }
+
+        private Attr ReadAttr(AttributeProto ap, Scope scope, NodeProto np)
+        {
+            var type = (AttrType)(int)ap.Type;
+            if (type == AttrType.Undefined)
+            {
+                type = InferAttrType(ap);
+            }
+
+            object? value = type switch
+            {
+                AttrType.Float => ap.F,
+                AttrType.Int => ap.I,
+                AttrType.String => ap.S.ToByteArray(),
+                AttrType.Tensor => ap.T is null ? null : ReadTensor(ap.T),
+                AttrType.Graph => ap.G is null ? null : ReadGraph(ap.G, scope),
+                AttrType.Floats => ap.Floats.ToArray(),
+                AttrType.Ints => ap.Ints.ToArray(),
+                AttrType.Strings => ap.Strings.Select(s => s.ToByteArray()).ToArray(),
+                AttrType.Tensors => ap.Tensors.Select(ReadTensor).ToArray(),
+                AttrType.Graphs => ap.Graphs.Select(g => ReadGraph(g, scope)).ToArray(),
+                AttrType.SparseTensor => ap.SparseTensor is null ? null : new ReadOnlyMemory<byte>[] { ap.SparseTensor.ToByteArray() },
+                AttrType.SparseTensors => ap.SparseTensors.Select(s => (ReadOnlyMemory<byte>)s.ToByteArray()).ToArray(),
+                AttrType.TypeProto => ap.Tp is null ? null : new ReadOnlyMemory<byte>[] { ap.Tp.ToByteArray() },
+                AttrType.TypeProtos => ap.TypeProtos.Select(t => (ReadOnlyMemory<byte>)t.ToByteArray()).ToArray(),
+                _ => throw new OnnxSerializationException($"{displayPath}: attribute '{ap.Name}' of node '{np.Name}' ({np.OpType}) has unknown type {(int)ap.Type}."),
+            };
+            Attr attr = value switch
+            {
+                null => Attr.Empty(ap.Name, type),
+                float f => Attr.Float(ap.Name, f),
+                long i => Attr.Int(ap.Name, i),
+                byte[] s => Attr.Bytes(ap.Name, s),
+                Tensor t => Attr.Tensor(ap.Name, t),
+                Graph g => Attr.Graph(ap.Name, g),
+                float[] fs => Attr.Floats(ap.Name, fs),
+                long[] ints => Attr.Ints(ap.Name, ints),
+                byte[][] ss => Attr.BytesList(ap.Name, ss),
+                Tensor[] ts => Attr.Tensors(ap.Name, ts),
+                Graph[] gs => Attr.Graphs(ap.Name, gs),
+                ReadOnlyMemory<byte>[] opaque => Attr.Opaque(ap.Name, type, opaque),
+                _ => throw new InvalidOperationException("unreachable"),
+            };
+            attr.RefAttrName = NullIfEmpty(ap.RefAttrName);
+            attr.DocString = NullIfEmpty(ap.DocString);
+            attr.UnknownFields = UnknownFields.Extract(ap);
+            return attr;
+        }
+
+        private static AttrType InferAttrType(AttributeProto ap)
+        {
+            // Very old exporters leave `type` unset; infer it from the populated field.
+            if (ap.Floats.Count > 0) { return AttrType.Floats; }
+            if (ap.Ints.Count > 0) { return AttrType.Ints; }
+            if (ap.Strings.Count > 0) { return AttrType.Strings; }
+            if (ap.Tensors.Count > 0) { return AttrType.Tensors; }
+            if (ap.Graphs.Count > 0) { return AttrType.Graphs; }
+            if (ap.T is not null) { return AttrType.Tensor; }
+            if (ap.G is not null) { return AttrType.Graph; }
+            if (!ap.S.IsEmpty) { return AttrType.String; }
+            if (ap.F != 0) { return AttrType.Float; }
+            return AttrType.Int;
+        }
+
+        private Tensor ReadTensor(TensorProto tp)
+        {
+            var type = (DataType)tp.DataType;
+            Tensor tensor;
+            try
+            {
+                tensor = tp.DataLocation == TensorProto.Types.DataLocation.External
+                    ? ReadExternal(tp, type)
+                    : ReadInline(tp, type);
+            }
+            catch (GraphValidationException e)
+            {
+                throw new OnnxSerializationException($"{displayPath}: {e.Message}", e);
+            }
+
+            tensor.DocString = NullIfEmpty(tp.DocString);
+            tensor.MetadataProps.AddRange(tp.MetadataProps.Select(p => KeyValuePair.Create(p.Key, p.Value)));
+            tensor.UnknownFields = UnknownFields.Extract(tp);
+            return tensor;
+        }
+
+        private ExternalTensor ReadExternal(TensorProto tp, DataType type)
+        {
+            string? location = null;
+            long offset = 0;
+            long length = -1;
+            foreach (StringStringEntryProto entry in tp.ExternalData)
+            {
+                switch (entry.Key)
+                {
+                    case "location":
+                        location = entry.Value;
+                        break;
+                    case "offset":
+                        offset = ParseLong(entry.Value, tp.Name, "offset");
+                        break;
+                    case "length":
+                        length = ParseLong(entry.Value, tp.Name, "length");
+                        break;
+                }
+            }
+
+            if (string.IsNullOrEmpty(location))
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' is marked external but has no 'location'.");
+            }
+
+            if (baseDirectory is null)
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' uses external data '{location}', but the model was loaded from memory without a base directory.");
+            }
+
+            ExternalDataFile file = OpenDataFile(location, tp.Name);
+            long expected = type == DataType.String ? -1 : type.ByteCount(tp.Dims.Aggregate(1L, (a, d) => checked(a * d)));
+            if (length < 0)
+            {
+                length = expected >= 0 ? expected : file.Length - offset;
+            }
+
+            if (expected >= 0 && length != expected)
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' ({type.ShortName()}[{string.Join(",", tp.Dims)}]) declares {length} bytes of external data; its shape needs {expected}.");
+            }
+
+            if (offset < 0 || offset + length > file.Length)
+            {
+                throw new OnnxSerializationException($"External data file '{file.FullPath}' is too short for tensor '{tp.Name}': needs bytes {offset}..{offset + length}, the file has {file.Length}.");
+            }
+
+            return new ExternalTensor(tp.Name, type, tp.Dims, file, offset, length);
+        }
+
+        private ExternalDataFile OpenDataFile(string location, string tensorName)
+        {
+            if (Files.TryGetValue(location, out ExternalDataFile? known))
+            {
+                return known;
+            }
+
+            if (Path.IsPathRooted(location) || location.Contains('\\', StringComparison.Ordinal) && Path.IsPathRooted(location.Replace('\\', '/')))
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tensorName}' has an absolute external data location '{location}'; only paths inside the model's folder are allowed.");
+            }
+
+            string root = Path.GetFullPath(baseDirectory!);
+            string full = Path.GetFullPath(Path.Combine(root, location));
+            string rootWithSep = root.EndsWith(Path.DirectorySeparatorChar) ? root : root + Path.DirectorySeparatorChar;
+            if (!full.StartsWith(rootWithSep, StringComparison.Ordinal))
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tensorName}' has external data location '{location}', which escapes the model's folder '{root}'.");
+            }
+
+            var info = new FileInfo(full);
+            if (!info.Exists)
+            {
+                throw new OnnxSerializationException($"External data file '{full}' (location '{location}' of tensor '{tensorName}' in {displayPath}) does not exist.");
+            }
+
+            // A symlink may point anywhere; resolve it and apply the same containment rule.
+            if (info.LinkTarget is not null)
+            {
+                string target = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full;
+                if (!target.StartsWith(rootWithSep, StringComparison.Ordinal))
+                {
+                    throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is a link to '{target}', outside the model's folder.");
+                }
+            }
+
+            ExternalDataFile file;
+            try
+            {
+                file = new ExternalDataFile(full, location);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new OnnxSerializationException($"External data file '{full}' (tensor '{tensorName}') cannot be opened: {e.Message}", e);
+            }
+
+            Files[location] = file;
+            return file;
+        }
+
+        private long ParseLong(string text, string tensor, string key) =>
+            long.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long v)
+                ? v
+                : throw new OnnxSerializationException($"{displayPath}: tensor '{tensor}' has external data {key} '{text}', which is not a non-negative integer.");
+
+        private static Tensor ReadInline(TensorProto tp, DataType type)
+        {
+            if (type == DataType.String)
+            {
+                return new StringTensor(tp.Name, tp.Dims, tp.StringData.Select(s => s.ToByteArray()).ToArray());
+            }
+
+            if (type.BitWidth() == 0)
+            {
+                throw new GraphValidationException($"Tensor '{tp.Name}' has unsupported data type {(int)type}.");
+            }
+
+            if (!tp.RawData.IsEmpty)
+            {
+                return new InMemoryTensor(tp.Name, type, tp.Dims, tp.RawData.Memory);
+            }
+
+            return new InMemoryTensor(tp.Name, type, tp.Dims, TypedFieldsToRaw(tp, type));
+        }
+
+        private static byte[] TypedFieldsToRaw(TensorProto tp, DataType type)
+        {
+            switch (type)
+            {
+                case DataType.Float:
+                case DataType.Complex64:
+                    return MemoryMarshal.AsBytes(tp.FloatData.ToArray().AsSpan()).ToArray();
+                case DataType.Double:
+                case DataType.Complex128:
+                    return MemoryMarshal.AsBytes(tp.DoubleData.ToArray().AsSpan()).ToArray();
+                case DataType.Int64:
+                    return MemoryMarshal.AsBytes(tp.Int64Data.ToArray().AsSpan()).ToArray();
+                case DataType.UInt64:
+                case DataType.UInt32:
+                    ulong[] u = tp.Uint64Data.ToArray();
+                    return type == DataType.UInt64
+                        ? MemoryMarshal.AsBytes(u.AsSpan()).ToArray()
+                        : MemoryMarshal.AsBytes(u.Select(x => (uint)x).ToArray().AsSpan()).ToArray();
+                case DataType.Int32:
+                    return MemoryMarshal.AsBytes(tp.Int32Data.ToArray().AsSpan()).ToArray();
+                default:
+                    // int32_data holds one element per entry for 8/16-bit types and one packed byte per entry for 4-bit types.
+                    int bits = type.BitWidth();
+                    int[] ints = tp.Int32Data.ToArray();
+                    if (bits == 16)
+                    {
+                        return MemoryMarshal.AsBytes(ints.Select(x => (ushort)x).ToArray().AsSpan()).ToArray();
+                    }
+
+                    return ints.Select(x => (byte)x).ToArray();
+            }
+        }
+
+        private static void ApplyInfo(Value value, ValueInfoProto info)
+        {
+            if (info.Type is not null)
+            {
+                value.Type = ReadType(info.Type);
+            }
+
+            value.DocString = NullIfEmpty(info.DocString);
+            value.MetadataProps.Clear();
+            value.MetadataProps.AddRange(info.MetadataProps.Select(p => KeyValuePair.Create(p.Key, p.Value)));
+            value.UnknownFields = UnknownFields.Extract(info);
+        }
+
+        private static ValueType ReadType(TypeProto tp)
+        {
+            if (tp.ValueCase != TypeProto.ValueOneofCase.TensorType || !UnknownFields.Extract(tp).IsEmpty)
+            {
+                return new ValueType { Opaque = tp.ToByteArray() };
+            }
+
+            TypeProto.Types.Tensor t = tp.TensorType;
+            Shape? shape = t.Shape is null
+                ? null
+                : new Shape(t.Shape.Dim.Select(d => new Dim
+                {
+                    Value = d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimValue ? d.DimValue : null,
+                    Param = d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam ? d.DimParam : null,
+                    Denotation = NullIfEmpty(d.Denotation),
+                }).ToArray());
+            return new ValueType { ElementType = (DataType)t.ElemType, Shape = shape, Denotation = NullIfEmpty(tp.Denotation) };
+        }
+    }
+
+    private sealed class Scope(Scope? outer)
+    {
+        private readonly Dictionary<string, Value> _values = new(StringComparer.Ordinal);
+
+        public void Define(Value value) => _values[value.Name] = value;
+
+        public bool TryGetLocal(string name, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Value? value) => _values.TryGetValue(name, out value);
+
+        public bool TryResolve(string name, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Value? value)
+        {
+            for (Scope? s = this; s is not null; s = s.Outer)
+            {
+                if (s._values.TryGetValue(name, out value))
+                {
+                    return true;
+                }
+            }
+
+            value = null;
+            return false;
+        }
+
+        private Scope? Outer => outer;
+    }
+}

@@ -1,0 +1,13 @@
+using System.CommandLine;
+
+namespace Onnx.Lora.Cli;
+
+/// <summary>Every verb of the CLI; each lives in Commands/ as one sealed class.</summary>
+internal static class CommandRegistry
+{
+    public static IEnumerable<Command> All()
+    {
+        // One line per verb.
+        yield break;
+    }
+}
