@@ -51,10 +51,14 @@ internal static class LoraBranchRemover
         Node target = graph.Nodes.FirstOrDefault(n => n.Name == info.TargetNode)
             ?? throw new AdapterMismatchException($"Model '{source}' has no node '{info.TargetNode}' (target of module '{info.Module}').");
 
-        // Values computed from the target's output without LoRA: the base path the branch is added to.
+        // Base path: values computed from the target's output without LoRA. Branch values: computed from LoRA
+        // tensors only. A node reading both (Add(y, x·A·B·s)), or extending such a combination with more branch
+        // values (DoRA's rescale), is a combine node; nodes that read a combined value and no branch value are the
+        // rest of the model and stay.
         var basePath = new HashSet<Value>(target.Outputs);
         var tainted = new HashSet<Node>();
-        var taintedValues = new HashSet<Value>();
+        var branchValues = new HashSet<Value>();
+        var combined = new HashSet<Value>();
         bool changed = true;
         while (changed)
         {
@@ -66,11 +70,12 @@ internal static class LoraBranchRemover
                     continue;
                 }
 
-                bool readsLora = node.Inputs.Any(v => v is not null && (seeds.Contains(v.Name) || taintedValues.Contains(v)));
-                if (readsLora)
+                bool readsBranch = node.Inputs.Any(v => v is not null && (seeds.Contains(v.Name) || branchValues.Contains(v)));
+                bool readsBase = node.Inputs.Any(v => v is not null && (basePath.Contains(v) || combined.Contains(v)));
+                if (readsBranch)
                 {
                     tainted.Add(node);
-                    taintedValues.UnionWith(node.Outputs);
+                    (readsBase ? combined : branchValues).UnionWith(node.Outputs);
                     changed = true;
                 }
                 else if (node.Inputs.Any(v => v is not null && basePath.Contains(v)) && node.Outputs.Any(basePath.Add))
