@@ -198,8 +198,19 @@ public static class PeftAdapter
     public static LoraWeights Import(string folder, IReadOnlyList<LoraModuleInfo>? modules = null)
     {
         ArgumentNullException.ThrowIfNull(folder);
-        PeftConfig config = ReadConfig(folder);
-        string path = Path.Combine(folder, WeightsFile);
+        return ImportFile(Path.Combine(folder, WeightsFile), modules);
+    }
+
+    /// <summary>
+    /// Imports a PEFT safetensors file whose adapter_config.json lies in the same folder (the file may have any name,
+    /// e.g. a renamed download). See <see cref="Import"/>.
+    /// </summary>
+    /// <exception cref="AdapterFormatException">The files are malformed or keys are not PEFT LoRA keys.</exception>
+    /// <exception cref="AdapterMismatchException">A key matches no module of the model, or shapes differ from it.</exception>
+    public static LoraWeights ImportFile(string path, IReadOnlyList<LoraModuleInfo>? modules = null)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        PeftConfig config = ReadConfig(Path.GetDirectoryName(Path.GetFullPath(path))!);
         using SafetensorsFile file = SafetensorsFile.Open(path);
         var byModule = new SortedDictionary<string, Dictionary<string, SafetensorsEntry>>(StringComparer.Ordinal);
         foreach (SafetensorsEntry e in file.Tensors)
