@@ -11,6 +11,8 @@ namespace Onnx.Lora.Exporter.Merge;
 /// </summary>
 internal static class LoraBranchRemover
 {
+    private const int BranchDepth = 8;
+
     public static int Remove(Onnx.Lora.Graph.Graph graph, LoraManifest manifest, string source)
     {
         int removed = 0;
@@ -50,6 +52,7 @@ internal static class LoraBranchRemover
     {
         Node target = graph.Nodes.FirstOrDefault(n => n.Name == info.TargetNode)
             ?? throw new AdapterMismatchException($"Model '{source}' has no node '{info.TargetNode}' (target of module '{info.Module}').");
+        RestoreAdaptedWeightInput(target, info, seeds, source);
 
         // Base path: values computed from the target's output without LoRA. Branch values: computed from LoRA
         // tensors only. A node reading both (Add(y, x·A·B·s)), or extending such a combination with more branch
@@ -90,6 +93,11 @@ internal static class LoraBranchRemover
             return 0;
         }
 
+        if (tainted.Contains(target))
+        {
+            throw new AdapterMismatchException($"Cannot separate the LoRA branch of module '{info.Module}' in '{source}': its target node '{target.Name}' reads a value computed from LoRA tensors.");
+        }
+
         // Each LoRA result read outside the branch is replaced by the base-path value its branch combined.
         foreach (Node node in tainted)
         {
@@ -114,33 +122,95 @@ internal static class LoraBranchRemover
             }
         }
 
-        // Remove LoRA nodes consumers first, then helpers that only fed them (dropout, casts of x).
+        // Remove LoRA nodes consumers first, then helpers that only fed them (dropout, casts and transposes of x, the
+        // detached weight norm of DoRA), transitively; then the constants only they read (scale, dropout ratio, 1).
         int removed = 0;
         var candidates = new HashSet<Node>();
-        foreach (Node node in graph.Nodes.Reverse().Where(tainted.Contains).ToList())
+        var constants = new HashSet<Value>();
+        void Collect(Node node)
         {
             foreach (Value? v in node.Inputs)
             {
-                if (v?.Producer is { } p && !tainted.Contains(p))
+                if (v?.Producer is { } p)
                 {
                     candidates.Add(p);
                 }
+                else if (v?.Initializer is not null && !v.IsGraphInput)
+                {
+                    constants.Add(v);
+                }
             }
+        }
 
+        foreach (Node node in graph.Nodes.Reverse().Where(tainted.Contains).ToList())
+        {
+            Collect(node);
             graph.Remove(node, safe: true);
             removed++;
         }
 
-        foreach (Node helper in graph.Nodes.Reverse().Where(candidates.Contains).ToList())
+        bool progress = true;
+        while (progress)
         {
-            if (helper.Outputs.All(o => o.Uses.Count == 0 && !o.IsGraphOutput))
+            progress = false;
+            foreach (Node helper in graph.Nodes.Reverse().Where(candidates.Contains).ToList())
             {
-                graph.Remove(helper, safe: true);
-                removed++;
+                if (helper.Outputs.All(o => o.Uses.Count == 0 && !o.IsGraphOutput))
+                {
+                    candidates.Remove(helper);
+                    Collect(helper);
+                    graph.Remove(helper, safe: true);
+                    removed++;
+                    progress = true;
+                }
             }
         }
 
+        foreach (Value constant in constants.Where(c => c.Uses.Count == 0 && !c.IsGraphOutput && graph.Initializers.Contains(c.Name)))
+        {
+            graph.Initializers.Remove(constant.Name);
+        }
+
         return removed;
+    }
+
+    /// <summary>
+    /// A target whose weight input itself was adapted (a fused projection inside an attention op reads W + s·A·B)
+    /// gets its weight input back: the operand of that Add that does not depend on LoRA tensors.
+    /// </summary>
+    private static void RestoreAdaptedWeightInput(Node target, LoraModuleInfo info, HashSet<string> seeds, string source)
+    {
+        for (int i = 0; i < target.Inputs.Count; i++)
+        {
+            Value? input = target.Inputs[i];
+            if (input is null || !DependsOn(input, seeds))
+            {
+                continue;
+            }
+
+            Value? restored = input.Producer is { OpType: "Add" } add ? add.Inputs.FirstOrDefault(v => v is not null && !DependsOn(v, seeds)) : null;
+            if (restored is null)
+            {
+                throw new AdapterMismatchException($"Cannot separate the LoRA branch of module '{info.Module}' in '{source}': input {i} ('{input.Name}') of target node '{target.Name}' is computed from LoRA tensors but is not W + delta.");
+            }
+
+            target.ReplaceInput(i, restored);
+        }
+    }
+
+    /// <summary>
+    /// True when <paramref name="value"/> is a LoRA tensor or computed from one within <see cref="BranchDepth"/> nodes
+    /// (a weight delta is Add(W, Mul(MatMul(Cast(A), Cast(B)), s))): bounded so that checking a target's activation
+    /// input does not walk the whole model above it. A deeper dependency is caught later (the target gets tainted).
+    /// </summary>
+    private static bool DependsOn(Value value, HashSet<string> seeds, int depth = 0)
+    {
+        if (seeds.Contains(value.Name))
+        {
+            return true;
+        }
+
+        return depth < BranchDepth && value.Producer is { } p && p.Inputs.Any(v => v is not null && DependsOn(v, seeds, depth + 1));
     }
 
     /// <summary>The base-path value that flows into the branch ending at <paramref name="output"/>, searching back through LoRA nodes.</summary>
