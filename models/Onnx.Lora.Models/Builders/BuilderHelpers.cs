@@ -1,0 +1,74 @@
+using Onnx.Lora.Graph;
+
+namespace Onnx.Lora.Models.Builders;
+
+/// <summary>Small helpers shared by the builders (node names in torch.onnx's "/scope/Op" style).</summary>
+internal static class BuilderHelpers
+{
+    /// <summary>Adds a node named <c>{scope}/{op}</c> (made unique) with one output.</summary>
+    public static Value Node(this GraphBuilder b, string scope, string op, Value?[] inputs, Attr[]? attributes = null, string domain = "") =>
+        b.Op(op, inputs, attributes, domain, name: $"{scope}/{op}");
+
+    /// <summary>A float32 initializer from a weight source.</summary>
+    public static Value Weight(this GraphBuilder b, IWeightSource source, string initializerName, WeightRequest request) =>
+        b.Initializer(new InMemoryTensor(initializerName, DataType.Float, request.Dims, source.GetFloat32(request)));
+
+    /// <summary>A float32 initializer from a weight source converted to <paramref name="type"/> (float or float16).</summary>
+    public static Value Weight(this GraphBuilder b, IWeightSource source, string initializerName, WeightRequest request, DataType type)
+    {
+        ReadOnlyMemory<byte> bytes = source.GetFloat32(request);
+        if (type == DataType.Float)
+        {
+            return b.Initializer(new InMemoryTensor(initializerName, DataType.Float, request.Dims, bytes));
+        }
+
+        byte[] converted = TensorConvert.FromFloat32(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.Span), type);
+        return b.Initializer(new InMemoryTensor(initializerName, type, request.Dims, converted));
+    }
+
+    /// <summary>A float32 weight read as floats.</summary>
+    public static float[] Floats(this IWeightSource source, WeightRequest request) =>
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(source.GetFloat32(request).Span).ToArray();
+
+    /// <summary>Rotary cos/sin tables [positions, width]; RotateHalf repeats the half-width table twice.</summary>
+    public static (float[] Cos, float[] Sin, int Width) RotaryTables(int positions, int headDim, float theta, bool duplicate)
+    {
+        int half = headDim / 2;
+        int width = duplicate ? headDim : half;
+        var cos = new float[positions * width];
+        var sin = new float[positions * width];
+        for (int p = 0; p < positions; p++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                // Same float arithmetic as llama2.c's run.c, so converted checkpoints match it closely.
+                float freq = 1.0f / MathF.Pow(theta, 2 * i / (float)headDim);
+                float angle = p * freq;
+                cos[(p * width) + i] = MathF.Cos(angle);
+                sin[(p * width) + i] = MathF.Sin(angle);
+                if (duplicate)
+                {
+                    cos[(p * width) + half + i] = MathF.Cos(angle);
+                    sin[(p * width) + half + i] = MathF.Sin(angle);
+                }
+            }
+        }
+
+        return (cos, sin, width);
+    }
+
+    /// <summary>Transposes a row-major [rows, cols] matrix.</summary>
+    public static float[] Transpose(ReadOnlySpan<float> source, int rows, int cols)
+    {
+        var result = new float[source.Length];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                result[(c * rows) + r] = source[(r * cols) + c];
+            }
+        }
+
+        return result;
+    }
+}
