@@ -1,12 +1,18 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Bench;
 
-if (args.Length >= 2 && args[0] == "dump")
+// Benchmarks of Onnx.Lora that are not timed tests. Verbs:
+//   graph-io [--dir out/bench] [--runs 5] [--random]   open + save a 1B-shaped torch-style Llama with external data
+//   dump MODEL                                          print a model's inputs, initializers and nodes
+return args.FirstOrDefault() switch
 {
-    using Model m = OnnxReader.Load(args[1]);
-    foreach (var kv in m.OpsetImports) Console.WriteLine($"opset {kv.Key}={kv.Value}");
-    foreach (var v in m.Graph.Inputs) Console.WriteLine($"input {v.Name} {v.ElementType} {v.Shape}");
-    foreach (var v in m.Graph.Outputs) Console.WriteLine($"output {v.Name} {v.ElementType} {v.Shape}");
-    foreach (var v in m.Graph.Initializers.Values) Console.WriteLine($"init {v.Initializer}");
-    foreach (var n in m.Graph.Nodes) Console.WriteLine($"{n.Name} {n.Domain}:{n.OpType} ({string.Join(", ", n.Inputs.Select(i => i?.Name))}) -> ({string.Join(", ", n.Outputs.Select(o => o.Name))}) {string.Join(" ", n.Attributes.Values.Select(a => a.Name + "=" + a))}");
+    "graph-io" => GraphIoBenchmark.Run(args[1..]),
+    GraphIoBenchmark.ChildVerb => GraphIoBenchmark.RunChild(args[1..]),
+    "dump" when args.Length == 2 => ModelDump.Run(args[1]),
+    _ => Usage(),
+};
+
+static int Usage()
+{
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io [--dir out/bench] [--runs 5] [--random] | dump MODEL");
+    return 2;
 }
