@@ -30,6 +30,32 @@ internal static class BuilderHelpers
     public static float[] Floats(this IWeightSource source, WeightRequest request) =>
         System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(source.GetFloat32(request).Span).ToArray();
 
+    /// <summary>LayerNormalization (opset 17) over the last axis with weight and bias initializers.</summary>
+    public static Value LayerNorm(this GraphBuilder b, IWeightSource source, string scope, Value x, string key, int hidden, float epsilon)
+    {
+        Value gamma = b.Weight(source, $"{key}.weight", new($"{key}.weight", WeightRole.NormScale, [hidden]));
+        Value beta = b.Weight(source, $"{key}.bias", new($"{key}.bias", WeightRole.Bias, [hidden]));
+        return b.Op("LayerNormalization", [x, gamma, beta], [Attr.Int("axis", -1), Attr.Float("epsilon", epsilon)], name: $"{scope}/LayerNormalization");
+    }
+
+    /// <summary>
+    /// Exact (erf) GELU: the standard Gelu op from opset 20, else decomposed as torch exports it before opset 20:
+    /// x · 0.5 · (1 + erf(x / √2)).
+    /// </summary>
+    public static Value Gelu(this GraphBuilder b, string scope, Value x, Func<string, float, Value> constant)
+    {
+        if (b.Model.DefaultOpset >= 20)
+        {
+            return b.Node(scope, "Gelu", [x], [Attr.String("approximate", "none")]);
+        }
+
+        Value scaled = b.Node(scope, "Div", [x, constant("const_sqrt2", MathF.Sqrt(2f))]);
+        Value erf = b.Node(scope, "Erf", [scaled]);
+        Value onePlus = b.Node(scope, "Add", [erf, constant("const_1.0", 1f)]);
+        Value times = b.Node(scope, "Mul", [x, onePlus]);
+        return b.Node(scope, "Mul", [times, constant("const_0.5", 0.5f)]);
+    }
+
     /// <summary>Rotary cos/sin tables [positions, width]; RotateHalf repeats the half-width table twice.</summary>
     public static (float[] Cos, float[] Sin, int Width) RotaryTables(int positions, int headDim, float theta, bool duplicate)
     {
