@@ -18,6 +18,13 @@ public sealed record GenAiLlamaConfig
     /// <summary>Decoder-layer projections as int4 <c>com.microsoft.MatMulNBits</c> (lm_head stays float).</summary>
     public bool Int4 { get; init; }
 
+    /// <summary>
+    /// Rotate q and k with separate <c>com.microsoft.RotaryEmbedding</c> nodes fed by a <c>position_ids</c> input (as
+    /// the model builder's MultiHeadAttention graphs do) instead of GroupQueryAttention's <c>do_rotary</c>. Needs
+    /// separate q/k/v projections.
+    /// </summary>
+    public bool RotaryEmbeddingNodes { get; init; }
+
     /// <summary>MatMulNBits block size along K.</summary>
     public int BlockSize { get; init; } = MatMulNBitsCodec.DefaultBlockSize;
 }
@@ -54,6 +61,17 @@ public static class GenAiLlamaBuilder
             throw new ArgumentOutOfRangeException(nameof(config), $"Precision {config.Precision} is not supported; use Float or Float16.");
         }
 
+        // ORT's CPU GroupQueryAttention refuses do_rotary unless head_size is a multiple of 16.
+        if (!config.RotaryEmbeddingNodes && config.Model.HeadDim % 16 != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(config), $"GroupQueryAttention with do_rotary needs a head size that is a multiple of 16 (ORT CPU); hidden {config.Model.Hidden} / heads {config.Model.Heads} = {config.Model.HeadDim}. Use RotaryEmbeddingNodes or other sizes.");
+        }
+
+        if (config.RotaryEmbeddingNodes && config.FusedQkv)
+        {
+            throw new ArgumentOutOfRangeException(nameof(config), "RotaryEmbedding nodes need separate q/k/v projections; turn off FusedQkv.");
+        }
+
         return new Emitter(config, weights).Emit();
     }
 
@@ -62,6 +80,7 @@ public static class GenAiLlamaBuilder
         private readonly LlamaConfig _c = options.Model;
         private readonly DataType _t = options.Precision;
         private readonly GraphBuilder _b = new("main_graph", opset: 14);
+        private Value? _positionIds;
 
         public Model Emit()
         {
@@ -69,6 +88,10 @@ public static class GenAiLlamaBuilder
             var batch = new Dim("batch_size");
             Value ids = _b.Input("input_ids", DataType.Int64, batch, "sequence_length");
             Value mask = _b.Input("attention_mask", DataType.Int64, batch, "total_sequence_length");
+            if (options.RotaryEmbeddingNodes)
+            {
+                _positionIds = _b.Input("position_ids", DataType.Int64, batch, "sequence_length");
+            }
             var past = new List<(Value Key, Value Value)>();
             for (int layer = 0; layer < _c.Layers; layer++)
             {
@@ -182,12 +205,19 @@ public static class GenAiLlamaBuilder
                 ];
             }
 
+            if (_positionIds is not null)
+            {
+                Attr[] rotary = [Attr.Int("interleaved", _c.Rope == RopeStyle.Interleaved ? 1 : 0), Attr.Int("num_heads", 0), Attr.Int("rotary_embedding_dim", 0)];
+                qkv[0] = _b.Op("RotaryEmbedding", [qkv[0], _positionIds, cos, sin], rotary, Microsoft, $"{scope}/q_rotary/RotaryEmbedding");
+                qkv[1] = _b.Op("RotaryEmbedding", [qkv[1], _positionIds, cos, sin], rotary, Microsoft, $"{scope}/k_rotary/RotaryEmbedding");
+            }
+
             var node = new Node(Microsoft, "GroupQueryAttention",
-                [qkv[0], qkv[1], qkv[2], past.Key, past.Value, seqlens, totalLength, cos, sin],
+                _positionIds is null ? [qkv[0], qkv[1], qkv[2], past.Key, past.Value, seqlens, totalLength, cos, sin] : [qkv[0], qkv[1], qkv[2], past.Key, past.Value, seqlens, totalLength],
                 [_b.FreshName($"{scope}/GroupQueryAttention/output_0"), $"present.{layer}.key", $"present.{layer}.value"],
                 [
                     Attr.Int("num_heads", _c.Heads), Attr.Int("kv_num_heads", _c.KvHeads), Attr.Float("scale", 1f / MathF.Sqrt(_c.HeadDim)),
-                    Attr.Int("do_rotary", 1), Attr.Int("rotary_interleaved", _c.Rope == RopeStyle.Interleaved ? 1 : 0),
+                    Attr.Int("do_rotary", _positionIds is null ? 1 : 0), Attr.Int("rotary_interleaved", _c.Rope == RopeStyle.Interleaved ? 1 : 0),
                 ],
                 _b.FreshName($"{scope}/GroupQueryAttention"));
             _b.Graph.Add(node);

@@ -111,6 +111,28 @@ public sealed class LlamaBuilderTests
     }
 
     [TestMethod]
+    [DataRow(RopeStyle.RotateHalf)]
+    [DataRow(RopeStyle.Interleaved)]
+    public void GenAi_RotaryEmbeddingNodes_SameLogitsAsDoRotary(RopeStyle rope)
+    {
+        using var dir = new TempDir();
+        LlamaConfig config = s_small with { Rope = rope };
+        using Model model = GenAiLlamaBuilder.Build(new GenAiLlamaConfig { Model = config, RotaryEmbeddingNodes = true });
+        Assert.AreEqual(2 * config.Layers, model.Graph.Nodes.Count(n => n.Is("RotaryEmbedding", "com.microsoft")));
+        using var nodes = ModelRunner.FromModel(model, dir, "rotary.onnx");
+        using var fused = ModelRunner.FromModel(GenAiLlamaBuilder.Build(new GenAiLlamaConfig { Model = config }), dir, "gqa.onnx");
+        var past = EmptyPast(config, 1, DataType.Float, out var d1);
+        var positions = OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, s_ids.Length).Select(i => (long)i).ToArray(), [1, s_ids.Length]);
+        past["position_ids"] = positions; // disposed with the past values by d1
+        float[] a = nodes.Logits(s_ids, extra: past);
+        d1();
+        float[] b = fused.Logits(s_ids, extra: EmptyPast(config, 1, DataType.Float, out var d2));
+        d2();
+        float diff = OrtRunner.MaxAbsDiff(a, b);
+        Assert.IsTrue(diff <= Fp32Tolerance, $"max |diff| {diff}");
+    }
+
+    [TestMethod]
     public void GenAi_FusedQkv_SameLogitsAsSeparate()
     {
         using var dir = new TempDir();
@@ -177,6 +199,13 @@ public sealed class LlamaBuilderTests
         float diff = OrtRunner.MaxAbsDiff(q, r);
         Assert.IsTrue(diff <= Fp32Tolerance, $"int4 vs dequantized float: max |diff| {diff}");
         Assert.IsTrue(OrtRunner.MaxAbsDiff(q, f) > 10 * Fp32Tolerance, "quantization must change the logits, else the test proves nothing");
+    }
+
+    [TestMethod]
+    public void GenAi_DoRotaryWithHeadSize8_ThrowsNamingTheLimit()
+    {
+        var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => GenAiLlamaBuilder.Build(new GenAiLlamaConfig { Model = s_small with { Hidden = 32 } }));
+        StringAssert.Contains(e.Message, "multiple of 16");
     }
 
     [TestMethod]
