@@ -194,4 +194,16 @@ public static class Llama2cConverter
         Llama2cCheckpoint checkpoint = Llama2cCheckpoint.Open(checkpointPath);
         return TorchLlamaBuilder.Build(checkpoint.Header.ToConfig() with { Naming = naming }, checkpoint);
     }
+
+    /// <summary>Converts <paramref name="checkpointPath"/> and saves the model atomically to <paramref name="onnxPath"/>.</summary>
+    /// <param name="checkpointPath">The llama2.c .bin file.</param>
+    /// <param name="onnxPath">Destination .onnx file.</param>
+    /// <param name="naming">Initializer naming.</param>
+    /// <param name="options">Save options (e.g. external data); default inline for small models.</param>
+    /// <exception cref="OnnxSerializationException">The checkpoint is malformed, or the model cannot be written (nothing is left at the destination).</exception>
+    public static void ConvertToFile(string checkpointPath, string onnxPath, InitializerNaming naming = InitializerNaming.Anonymous, Graph.Serialization.SaveOptions? options = null)
+    {
+        using Model model = Convert(checkpointPath, naming);
+        Graph.Serialization.OnnxWriter.Save(model, onnxPath, options);
+    }
 }

@@ -74,6 +74,33 @@ public sealed class Llama2cConverterTests
     }
 
     [TestMethod]
+    public void Convert_UntiedCheckpoint_ReadsClassifierAfterFreqCis()
+    {
+        // Same weights with vocab_size negated and the embedding appended as the classifier: same logits as tied.
+        using var dir = new TempDir();
+        byte[] bytes = File.ReadAllBytes(DefaultCheckpoint);
+        const int EmbeddingBytes = 512 * 64 * 4;
+        byte[] untied = [.. bytes, .. bytes.AsSpan(28, EmbeddingBytes)];
+        BitConverter.GetBytes(-512).CopyTo(untied, 20);
+        string path = dir.File("untied.bin");
+        File.WriteAllBytes(path, untied);
+        string tiedOnnx = dir.File("tied.onnx");
+        string untiedOnnx = dir.File("untied.onnx");
+        Llama2cConverter.ConvertToFile(DefaultCheckpoint, tiedOnnx);
+        Llama2cConverter.ConvertToFile(path, untiedOnnx, InitializerNaming.Named);
+
+        using (Model model = OnnxReader.Load(untiedOnnx))
+        {
+            Assert.IsTrue(model.Graph.Initializers.Contains("lm_head.weight"));
+        }
+
+        using var a = new ModelRunner(tiedOnnx);
+        using var b = new ModelRunner(untiedOnnx);
+        long[] ids = [1, 403, 407, 261];
+        CollectionAssert.AreEqual(a.Logits(ids), b.Logits(ids));
+    }
+
+    [TestMethod]
     public void Open_TruncatedFile_ThrowsNamingFileAndExpectedSize()
     {
         using var dir = new TempDir();
