@@ -34,6 +34,7 @@ public static class TorchLlamaBuilder
     private sealed class Emitter(LlamaConfig c, IWeightSource weights)
     {
         private readonly GraphBuilder _b = new("main_graph", opset: 17);
+        private ConstantCache _constants = null!;
         private int _anonymous = 100;
         private Value _one = null!;
         private Value _two = null!;
@@ -41,9 +42,10 @@ public static class TorchLlamaBuilder
 
         public Model Emit()
         {
-            _one = _b.Scalar("const_1.0", 1f);
-            _two = _b.Scalar("const_2.0", 2f);
-            _eps = _b.Scalar("const_eps", c.RmsNormEps);
+            _constants = new ConstantCache(_b);
+            _one = Constant("const_1.0", 1f);
+            _two = Constant("const_2.0", 2f);
+            _eps = Constant("const_eps", c.RmsNormEps);
 
             Value ids = _b.Input("input_ids", DataType.Int64, "batch_size", "sequence_length");
             Value mask = _b.Input("attention_mask", DataType.Int64, "batch_size", "sequence_length");
@@ -148,7 +150,7 @@ public static class TorchLlamaBuilder
             // Padding: (1 - mask) * -1e9, broadcast over heads and query positions as [b, 1, 1, s].
             Value maskF = _b.Node("/model", "Cast", [mask], [Attr.Int("to", (long)DataType.Float)]);
             Value inverted = _b.Node("/model", "Sub", [_one, maskF]);
-            Value padding = _b.Node("/model", "Mul", [inverted, _b.Scalar("const_neg", MaskValue)]);
+            Value padding = _b.Node("/model", "Mul", [inverted, Constant("const_neg", MaskValue)]);
             Value padding4 = _b.Node("/model", "Unsqueeze", [padding, Shape("const_axes_1_2", 1, 2)]);
             return _b.Node("/model", "Add", [square, padding4]);
         }
@@ -229,29 +231,8 @@ public static class TorchLlamaBuilder
 
         private Value Shape4(int heads) => Shape($"shape_heads_{heads}", 0, 0, heads, c.HeadDim);
 
-        // Shared constants: one initializer per distinct name, as torch exports dedupe them.
-        private readonly Dictionary<string, Value> _constants = new(StringComparer.Ordinal);
+        private Value Shape(string name, params long[] values) => _constants.Int64s(name, values);
 
-        private Value Shape(string name, params long[] values)
-        {
-            if (!_constants.TryGetValue(name, out Value? value))
-            {
-                value = _b.Int64s(name, values);
-                _constants[name] = value;
-            }
-
-            return value;
-        }
-
-        private Value Constant(string name, float scalar)
-        {
-            if (!_constants.TryGetValue(name, out Value? value))
-            {
-                value = _b.Scalar(name, scalar);
-                _constants[name] = value;
-            }
-
-            return value;
-        }
+        private Value Constant(string name, float scalar) => _constants.Float(name, scalar);
     }
 }
