@@ -24,12 +24,10 @@ public sealed class BuilderRoundTripTests
         using var dir = new TempDir();
         string first = dir.File("first.onnx");
         string second = dir.File("second.onnx");
-        using (Model built = Build(kind))
-        {
-            OnnxWriter.Save(built, first, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
-        }
-
+        using Model built = Build(kind);
+        OnnxWriter.Save(built, first, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
         using Model loaded = OnnxReader.Load(first);
+        RoundTripTests.AssertSameGraph(built.Graph, loaded.Graph);
         OnnxWriter.Save(loaded, second, new SaveOptions { ExternalData = ExternalDataMode.Inline });
         using Model reloaded = OnnxReader.Load(second);
         RoundTripTests.AssertSameGraph(loaded.Graph, reloaded.Graph);
