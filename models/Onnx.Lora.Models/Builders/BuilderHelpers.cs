@@ -5,9 +5,21 @@ namespace Onnx.Lora.Models.Builders;
 /// <summary>Small helpers shared by the builders (node names in torch.onnx's "/scope/Op" style).</summary>
 internal static class BuilderHelpers
 {
-    /// <summary>Adds a node named <c>{scope}/{op}</c> (made unique) with one output.</summary>
+    // Per builder: how many nodes took each "{scope}/{op}" name, so repeats are numbered _1, _2 as torch.onnx does.
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<GraphBuilder, Dictionary<string, int>> s_nameCounts = [];
+
+    /// <summary>Adds a node named <c>{scope}/{op}</c>, <c>{scope}/{op}_1</c>, ... (torch.onnx's numbering) with one output.</summary>
     public static Value Node(this GraphBuilder b, string scope, string op, Value?[] inputs, Attr[]? attributes = null, string domain = "") =>
-        b.Op(op, inputs, attributes, domain, name: $"{scope}/{op}");
+        b.Op(op, inputs, attributes, domain, name: b.TorchName($"{scope}/{op}"));
+
+    /// <summary>The next torch-style name for <paramref name="baseName"/>: itself first, then <c>_1</c>, <c>_2</c>, ...</summary>
+    public static string TorchName(this GraphBuilder b, string baseName)
+    {
+        Dictionary<string, int> counts = s_nameCounts.GetOrCreateValue(b);
+        int n = counts.GetValueOrDefault(baseName);
+        counts[baseName] = n + 1;
+        return n == 0 ? baseName : $"{baseName}_{n}";
+    }
 
     /// <summary>A float32 initializer from a weight source.</summary>
     public static Value Weight(this GraphBuilder b, IWeightSource source, string initializerName, WeightRequest request) =>

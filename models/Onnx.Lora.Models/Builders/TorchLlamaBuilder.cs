@@ -77,7 +77,7 @@ public static class TorchLlamaBuilder
 
             x = RmsNorm(x, "/model/norm", "model.norm.weight");
             Value lmHead = LmHead(embedTable);
-            Value logits = _b.MatMul(x, lmHead, "/lm_head/MatMul");
+            Value logits = _b.Node("/lm_head", "MatMul", [x, lmHead]);
             _b.Output(logits, "logits", DataType.Float, "batch_size", "sequence_length", c.Vocab);
             return _b.Model;
         }
@@ -101,7 +101,7 @@ public static class TorchLlamaBuilder
         {
             string name = c.Naming == InitializerNaming.Named ? key : NextAnonymous();
             Value w = _b.Weight(weights, name, new(key, WeightRole.Linear, [inFeatures, outFeatures]));
-            return _b.MatMul(x, w, $"{scope}/MatMul");
+            return _b.Node(scope, "MatMul", [x, w]);
         }
 
         private Value RmsNorm(Value x, string scope, string weightKey)
@@ -163,9 +163,17 @@ public static class TorchLlamaBuilder
             Value k = Linear(h, $"{scope}/k_proj", $"{key}.k_proj.weight", c.Hidden, c.KvDim);
             Value v = Linear(h, $"{scope}/v_proj", $"{key}.v_proj.weight", c.Hidden, c.KvDim);
 
-            q = Rotate(q, c.Heads, $"{scope}/rotary_q", cos, sin);
-            k = Rotate(k, c.KvHeads, $"{scope}/rotary_k", cos, sin);
-            v = _b.Node(scope, "Transpose", [_b.Node(scope, "Reshape", [v, Shape4(c.KvHeads)])], [Attr.Ints("perm", 0, 2, 1, 3)]);
+            q = Rotate(q, c.Heads, scope, "rotary_q", cos, sin);
+            k = Rotate(k, c.KvHeads, scope, "rotary_k", cos, sin);
+            v = _b.Node(scope, "Reshape", [v, Shape4(c.KvHeads)]);
+            if (c.Rope == RopeStyle.Interleaved)
+            {
+                // torch exports rotate in [b, s, h, d] here and transpose q, k, v to [b, h, s, d] afterwards.
+                q = _b.Node(scope, "Transpose", [q], [Attr.Ints("perm", 0, 2, 1, 3)]);
+                k = _b.Node(scope, "Transpose", [k], [Attr.Ints("perm", 0, 2, 1, 3)]);
+            }
+
+            v = _b.Node(scope, "Transpose", [v], [Attr.Ints("perm", 0, 2, 1, 3)]);
 
             if (c.KvHeads != c.Heads)
             {
@@ -184,9 +192,10 @@ public static class TorchLlamaBuilder
             return Linear(context, $"{scope}/o_proj", $"{key}.o_proj.weight", c.Hidden, c.Hidden);
         }
 
-        /// <summary>[b, s, heads*d] -> rotated [b, heads, s, d].</summary>
-        private Value Rotate(Value x, int heads, string scope, Value cos, Value sin)
+        /// <summary>[b, s, heads*d] -> rotated [b, s, heads, d] (interleaved) or [b, heads, s, d] (rotate-half).</summary>
+        private Value Rotate(Value x, int heads, string attnScope, string rotaryName, Value cos, Value sin)
         {
+            string scope = $"{attnScope}/{rotaryName}";
             if (c.Rope == RopeStyle.Interleaved)
             {
                 Value pairs = _b.Node(scope, "Reshape", [x, Shape($"shape_pairs_{heads}", 0, 0, heads, c.HeadDim / 2, 2)]);
@@ -196,12 +205,12 @@ public static class TorchLlamaBuilder
                 Value real = _b.Node(scope, "Sub", [_b.Node(scope, "Mul", [even, cos]), _b.Node(scope, "Mul", [odd, sin])]);
                 Value imag = _b.Node(scope, "Add", [_b.Node(scope, "Mul", [even, sin]), _b.Node(scope, "Mul", [odd, cos])]);
                 Value joined = _b.Node(scope, "Concat", [real, imag], [Attr.Int("axis", -1)]);
-                Value flat = _b.Node(scope, "Reshape", [joined, Shape4(heads)]);
-                return _b.Node(scope, "Transpose", [flat], [Attr.Ints("perm", 0, 2, 1, 3)]);
+                return _b.Node(scope, "Reshape", [joined, Shape4(heads)]);
             }
 
-            Value split = _b.Node(scope, "Reshape", [x, Shape4(heads)]);
-            Value t = _b.Node(scope, "Transpose", [split], [Attr.Ints("perm", 0, 2, 1, 3)]);
+            // HF order: view and transpose in the attention scope, then apply_rotary_pos_emb.
+            Value split = _b.Node(attnScope, "Reshape", [x, Shape4(heads)]);
+            Value t = _b.Node(attnScope, "Transpose", [split], [Attr.Ints("perm", 0, 2, 1, 3)]);
             int half = c.HeadDim / 2;
             Value axis = Shape("const_axis_last", -1);
             Value first = _b.Node(scope, "Slice", [t, Shape("const_start_0", 0), Shape($"const_half_{half}", half), axis]);

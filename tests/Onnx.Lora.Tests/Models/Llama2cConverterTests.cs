@@ -35,6 +35,19 @@ public sealed class Llama2cConverterTests
     }
 
     [TestMethod]
+    public void Convert_Stories260K_SameNodeNamesAndOpsAsReferenceConversion()
+    {
+        using Model ours = Llama2cConverter.Convert(DefaultCheckpoint);
+        using Model reference = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model.onnx"));
+        static string[] Signature(Model m) => m.Graph.Nodes.Select(n => $"{n.Name} {n.Domain}:{n.OpType}").Order(StringComparer.Ordinal).ToArray();
+
+        CollectionAssert.AreEqual(Signature(reference), Signature(ours));
+        CollectionAssert.AreEqual(
+            reference.Graph.Initializers.Values.Select(v => v.Initializer!.ToString()).Where(s => s.StartsWith("onnx::MatMul_", StringComparison.Ordinal)).ToArray(),
+            ours.Graph.Initializers.Values.Select(v => v.Initializer!.ToString()).Where(s => s.StartsWith("onnx::MatMul_", StringComparison.Ordinal)).ToArray());
+    }
+
+    [TestMethod]
     public void Convert_Stories260K_GreedyDecodingTellsTheKnownStory()
     {
         using var dir = new TempDir();
