@@ -11,7 +11,17 @@ namespace Onnx.Lora.Exporter.Merge;
 /// <summary>What a merge did.</summary>
 /// <param name="MergedModules">Modules folded into base weights.</param>
 /// <param name="RemovedNodes">LoRA nodes removed.</param>
-public sealed record MergeReport(int MergedModules, int RemovedNodes);
+public sealed record MergeReport(int MergedModules, int RemovedNodes)
+{
+    /// <summary>
+    /// Re-quantization error per MatMulNBits module (<see cref="QuantizedMergeMode.Requantize"/>). The merged bytes are
+    /// computed while the model is written, so this list is complete once the model has been saved.
+    /// </summary>
+    public IReadOnlyList<QuantizationError> Quantization { get; init; } = [];
+
+    /// <summary>MatMulNBits nodes replaced by float MatMul (<see cref="QuantizedMergeMode.FloatCopy"/>): the graph differs from the base there.</summary>
+    public IReadOnlyList<string> ReplacedNodes { get; init; } = [];
+}
 
 /// <summary>Folds LoRA adapters into the base weights of a model written by the rewriter.</summary>
 public static class LoraMerger
@@ -23,7 +33,7 @@ public static class LoraMerger
     /// </summary>
     /// <exception cref="AdapterMismatchException">The model has no manifest, or the adapter does not fit it.</exception>
     /// <exception cref="OnnxSerializationException">The output cannot be written.</exception>
-    public static MergeReport Merge(string loraModelPath, string outputPath, string? adapterPath = null)
+    public static MergeReport Merge(string loraModelPath, string outputPath, string? adapterPath = null, MergeOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(loraModelPath);
         ArgumentNullException.ThrowIfNull(outputPath);
@@ -38,12 +48,12 @@ public static class LoraMerger
         LoraWeights weights = adapterPath is null
             ? LoraWeights.FromModel(model, manifest, loraModelPath)
             : LoraWeights.FromAdapter(OnnxAdapterFormat.Read(adapterPath), manifest, adapterPath);
-        MergeReport report = MergeInto(model, manifest, weights, loraModelPath);
+        MergeReport report = MergeInto(model, manifest, weights, loraModelPath, options);
         bool external = model.DataFiles.Count > 0;
-        var options = external
+        var save = external
             ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data" }
             : new SaveOptions { ExternalData = ExternalDataMode.Inline };
-        OnnxWriter.Save(model, outputPath, options);
+        OnnxWriter.Save(model, outputPath, save);
         return report;
     }
 
@@ -52,20 +62,38 @@ public static class LoraMerger
     /// tensors (computed when saved), LoRA nodes, inputs, initializers and the manifest are removed.
     /// </summary>
     /// <exception cref="AdapterMismatchException">A module's weights do not fit, or its branch cannot be separated from the base path.</exception>
-    public static MergeReport MergeInto(Model model, LoraManifest manifest, LoraWeights weights, string source)
+    public static MergeReport MergeInto(Model model, LoraManifest manifest, LoraWeights weights, string source, MergeOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(manifest);
         ArgumentNullException.ThrowIfNull(weights);
+        options ??= new MergeOptions();
         Onnx.Lora.Graph.Graph graph = model.Graph;
         int merged = 0;
+        var quantization = new List<QuantizationError>();
+        var floatCopies = new List<(LoraModuleInfo Info, LoraModuleWeights Weights)>();
         foreach (LoraModuleInfo info in manifest.Modules)
         {
-            if (weights.Find(info.Module) is { } w)
+            if (weights.Find(info.Module) is not { } w)
+            {
+                continue;
+            }
+
+            CheckFeatures(info, w);
+            if (info.Layout != WeightLayout.MatMulNBits)
             {
                 ReplaceWeight(graph, info, w, source);
-                merged++;
             }
+            else if (options.Quantized == QuantizedMergeMode.Requantize)
+            {
+                QuantizedMerge.Requantize(graph, info, w, source, quantization);
+            }
+            else
+            {
+                floatCopies.Add((info, w));
+            }
+
+            merged++;
         }
 
         string? unknown = weights.Modules.Select(m => m.Module).FirstOrDefault(m => manifest.Modules.All(i => i.Module != m));
@@ -75,8 +103,21 @@ public static class LoraMerger
         }
 
         int removed = LoraBranchRemover.Remove(graph, manifest, source);
+        foreach ((LoraModuleInfo info, LoraModuleWeights w) in floatCopies)
+        {
+            QuantizedMerge.ReplaceWithFloatMatMul(model, info, w, source);
+        }
+
         model.MetadataProps.RemoveAll(p => p.Key == LoraManifest.MetadataKey);
-        return new MergeReport(merged, removed);
+        return new MergeReport(merged, removed) { Quantization = quantization, ReplacedNodes = floatCopies.Select(f => f.Info.TargetNode).ToList() };
+    }
+
+    private static void CheckFeatures(LoraModuleInfo info, LoraModuleWeights w)
+    {
+        if (w.InFeatures != info.InFeatures || w.OutFeatures != info.OutFeatures)
+        {
+            throw new AdapterMismatchException($"Adapter module '{info.Module}' is [{w.InFeatures}→{w.OutFeatures}]; the model's layer is [{info.InFeatures}→{info.OutFeatures}].");
+        }
     }
 
     private static void ReplaceWeight(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, LoraModuleWeights w, string source)
@@ -84,11 +125,6 @@ public static class LoraMerger
         if (!graph.Initializers.TryGetValue(info.BaseWeight, out Value? value) || value.Initializer is not { } original)
         {
             throw new AdapterMismatchException($"Model '{source}' has no base weight initializer '{info.BaseWeight}' for module '{info.Module}'.");
-        }
-
-        if (info.Layout == WeightLayout.MatMulNBits)
-        {
-            throw new AdapterMismatchException($"Module '{info.Module}' of '{source}' has a MatMulNBits (int4) base; merging into quantized weights is not supported yet.");
         }
 
         long[] expected = info.Layout == WeightLayout.InOut ? [info.InFeatures, info.OutFeatures] : [info.OutFeatures, info.InFeatures];
@@ -100,11 +136,6 @@ public static class LoraMerger
         if (!original.DataType.IsFloatingPoint())
         {
             throw new AdapterMismatchException($"Initializer '{info.BaseWeight}' is {original.DataType.ShortName()}; only float weights can be merged.");
-        }
-
-        if (w.InFeatures != info.InFeatures || w.OutFeatures != info.OutFeatures)
-        {
-            throw new AdapterMismatchException($"Adapter module '{info.Module}' is [{w.InFeatures}→{w.OutFeatures}]; the model's layer is [{info.InFeatures}→{info.OutFeatures}].");
         }
 
         // NOTE: the merged bytes are computed when the writer reaches this tensor, from the original (possibly

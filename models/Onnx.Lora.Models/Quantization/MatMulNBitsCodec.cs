@@ -84,6 +84,49 @@ public static class MatMulNBitsCodec
         return new MatMulNBitsWeights(k, n, blockSize, packed, scales, zeroPoints);
     }
 
+    /// <summary>
+    /// Quantizes <paramref name="weight"/> W[K, N] symmetrically per block, for MatMulNBits nodes WITHOUT a zero_points
+    /// input (ORT then uses 8): scale = max|w| / 7 so q − 8 spans −7..7 and no value is clipped (round-to-nearest
+    /// error ≤ scale / 2). <see cref="MatMulNBitsWeights.ZeroPoints"/> holds 8 everywhere, so dequantizing with or
+    /// without it gives the same values.
+    /// </summary>
+    /// <exception cref="ArgumentException">Sizes do not match or the block size is not a power of two ≥ 16.</exception>
+    public static MatMulNBitsWeights QuantizeSymmetric(ReadOnlySpan<float> weight, int k, int n, int blockSize = DefaultBlockSize)
+    {
+        ValidateSizes(weight.Length, k, n, blockSize);
+        const int zp = 8;
+        int blocks = (k + blockSize - 1) / blockSize;
+        int zpStride = (blocks + 1) / 2;
+        var packed = new byte[(long)n * blocks * (blockSize / 2)];
+        var scales = new float[(long)n * blocks];
+        var zeroPoints = new byte[(long)n * zpStride];
+        Array.Fill(zeroPoints, (byte)((zp << 4) | zp));
+        for (int col = 0; col < n; col++)
+        {
+            for (int blk = 0; blk < blocks; blk++)
+            {
+                int start = blk * blockSize;
+                int end = Math.Min(k, start + blockSize);
+                float amax = 0f;
+                for (int row = start; row < end; row++)
+                {
+                    amax = MathF.Max(amax, MathF.Abs(weight[(row * n) + col]));
+                }
+
+                float scale = amax > 0 ? amax / 7f : 1f;
+                scales[(col * blocks) + blk] = scale;
+                long blobStart = ((long)col * blocks + blk) * blockSize;
+                for (int row = start; row < start + blockSize; row++)
+                {
+                    int q = row < end ? Math.Clamp((int)MathF.Round(weight[(row * n) + col] / scale) + zp, 0, MaxLevel) : zp;
+                    SetNibble(packed, blobStart + (row - start), q);
+                }
+            }
+        }
+
+        return new MatMulNBitsWeights(k, n, blockSize, packed, scales, zeroPoints);
+    }
+
     /// <summary>Dequantizes into <paramref name="destination"/> W[K, N] (MatMul layout, row-major).</summary>
     /// <exception cref="ArgumentException"><paramref name="destination"/> is not K × N long.</exception>
     public static void Dequantize(MatMulNBitsWeights weights, Span<float> destination)
