@@ -28,7 +28,8 @@ public static class LoraMerger
 {
     /// <summary>
     /// Merges the LoRA model at <paramref name="loraModelPath"/> (with its own trained tensors, or with
-    /// <paramref name="adapterPath"/> for a serving model) into <paramref name="outputPath"/>. Weights are computed
+    /// <paramref name="adapterPath"/>: an .onnx_adapter named as the model's slots, or a PEFT folder / .safetensors
+    /// matched by module name) into <paramref name="outputPath"/>. Weights are computed
     /// tensor by tensor while writing; the output is written atomically and the input is never modified.
     /// </summary>
     /// <exception cref="AdapterMismatchException">The model has no manifest, or the adapter does not fit it.</exception>
@@ -45,9 +46,13 @@ public static class LoraMerger
         using Model model = OnnxReader.Load(loraModelPath);
         LoraManifest manifest = LoraManifest.Read(model)
             ?? throw new AdapterMismatchException($"Model '{loraModelPath}' has no LoRA manifest (metadata '{LoraManifest.MetadataKey}'); it was not written by the rewriter.");
-        LoraWeights weights = adapterPath is null
-            ? LoraWeights.FromModel(model, manifest, loraModelPath)
-            : LoraWeights.FromAdapter(OnnxAdapterFormat.Read(adapterPath), manifest, adapterPath);
+        LoraWeights weights = adapterPath switch
+        {
+            null => LoraWeights.FromModel(model, manifest, loraModelPath),
+            _ when File.Exists(adapterPath) && !adapterPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)
+                => LoraWeights.FromAdapter(OnnxAdapterFormat.Read(adapterPath), manifest, adapterPath),
+            _ => ModuleMatcher.Match(AdapterLoader.Load(adapterPath), manifest.Modules.Select(m => m.Module).ToList(), loraModelPath, adapterPath),
+        };
         MergeReport report = MergeInto(model, manifest, weights, loraModelPath, options);
         bool external = model.DataFiles.Count > 0;
         var save = external
