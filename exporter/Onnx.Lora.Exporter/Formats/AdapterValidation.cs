@@ -18,6 +18,7 @@ public static partial class AdapterValidation
         ArgumentNullException.ThrowIfNull(adapter);
         ArgumentNullException.ThrowIfNull(servingModel);
         var inputs = servingModel.Graph.Inputs.ToDictionary(v => v.Name, StringComparer.Ordinal);
+        var symbolic = new Dictionary<string, (long Size, string Parameter)>(StringComparer.Ordinal);
         foreach (AdapterParameter p in adapter.Parameters)
         {
             if (!inputs.TryGetValue(p.Name, out Value? input))
@@ -36,6 +37,20 @@ public static partial class AdapterValidation
                 if (!fits)
                 {
                     throw new AdapterMismatchException($"Parameter '{p.Name}' of adapter '{adapterSource}' has shape [{string.Join(",", p.Dims)}]; the model input is {shape}.");
+                }
+
+                // ORT holds a dim_param to ONE size per run ("Shape mismatch attempting to re-use buffer" otherwise).
+                for (int i = 0; i < shape.Count; i++)
+                {
+                    if (shape[i].Param is { } param)
+                    {
+                        if (symbolic.TryGetValue(param, out var seen) && seen.Size != p.Dims[i])
+                        {
+                            throw new AdapterMismatchException($"Parameters '{seen.Parameter}' and '{p.Name}' of adapter '{adapterSource}' give the serving model's dimension '{param}' sizes {seen.Size} and {p.Dims[i]}; ORT needs one size per dimension name in a run. Give each module its own rank dimension (export-adapter --serving does) or use one rank.");
+                        }
+
+                        symbolic[param] = (p.Dims[i], p.Name);
+                    }
                 }
             }
         }
