@@ -118,8 +118,8 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                 string aName = module + ".lora_A.weight";
                 string bName = module + ".lora_B.weight";
                 (float[] a, float[] bInit, float[]? residual) = InitialValues();
-                Value aValue = Parameter(aName, [_t.InFeatures, selected.Rank], a);
-                Value bValue = Parameter(bName, [selected.Rank, _t.OutFeatures], bInit);
+                Value aValue = Parameter(aName, [_t.InFeatures, selected.Rank], rankAxis: 1, a);
+                Value bValue = Parameter(bName, [selected.Rank, _t.OutFeatures], rankAxis: 0, bInit);
                 if (residual is not null)
                 {
                     Graph.Initializers.SetData(_t.Weight.Name, BaseWeightReader.ToStored(_t, residual));
@@ -209,7 +209,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             return (a, new float[checked((int)(r * _t.OutFeatures))], null);
         }
 
-        private Value Parameter(string name, long[] dims, float[] values)
+        private Value Parameter(string name, long[] dims, int rankAxis, float[] values)
         {
             if (Graph.FindValue(name) is not null)
             {
@@ -222,9 +222,9 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             }
 
             // An adapter slot: a graph input with a symbolic rank and an r = 0 default, so the model runs without an adapter.
-            Dim[] shape = dims[0] == selected.Rank ? [new Dim(options.RankDimName), new Dim(dims[1])] : [new Dim(dims[0]), new Dim(options.RankDimName)];
+            Dim[] shape = rankAxis == 0 ? [new Dim(options.RankDimName), new Dim(dims[1])] : [new Dim(dims[0]), new Dim(options.RankDimName)];
             Value input = b.Input(name, DataType.Float, shape);
-            long[] empty = dims[0] == selected.Rank ? [0, dims[1]] : [dims[0], 0];
+            long[] empty = rankAxis == 0 ? [0, dims[1]] : [dims[0], 0];
             Graph.Initializers.Add(input, InMemoryTensor.FromFloats(name, empty, []));
             return input;
         }

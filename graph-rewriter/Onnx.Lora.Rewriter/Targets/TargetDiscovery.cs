@@ -108,10 +108,11 @@ public static class TargetDiscovery
     private static bool NeedsStructure(LinearTarget t) =>
         ModuleNaming.ParseLayerIndex(t.Node.Name.Replace('/', '.')) is null && ModuleNaming.ParseLayerIndex(t.Weight.Name) is null;
 
-    /// <summary>The logits projection: its output is a graph output, or its weight is the (tied) token embedding.</summary>
+    /// <summary>The logits projection: its output is the graph output 'logits', or its weight is the (tied) token embedding.</summary>
     private static bool IsStructuralHead(LinearTarget t)
     {
-        if (t.Node.Outputs[0].IsGraphOutput)
+        Value output = t.Node.Outputs[0];
+        if (output.IsGraphOutput && output.Name.Contains("logits", StringComparison.OrdinalIgnoreCase))
         {
             return true;
         }
