@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Onnx.Lora.Cli.Commands;
 
 namespace Onnx.Lora.Cli;
 
@@ -8,6 +9,7 @@ internal static class CommandRegistry
     public static IEnumerable<Command> All()
     {
         // One line per verb.
-        yield break;
+        yield return new InspectCommand();
+        yield return new InjectCommand();
     }
 }
