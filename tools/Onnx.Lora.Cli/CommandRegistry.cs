@@ -11,5 +11,8 @@ internal static class CommandRegistry
         // One line per verb.
         yield return new InspectCommand();
         yield return new InjectCommand();
+        yield return new Commands.MergeCommand();
+        yield return new Commands.ExportAdapterCommand();
+        yield return new Commands.ConvertAdapterCommand();
     }
 }
