@@ -1,8 +1,8 @@
 // InsertLoraAdaptersPass — adds a LoRA branch to every selected linear layer y = x·W (+ bias):
 //
 //   LoRA:  y' = y + s · (dropout(x)·A)·B              A: [in, r], B: [r, out], s = α/r (rsLoRA: α/√r)
-//   DoRA:  y' = y + (m/‖W + s·A·B‖ − 1) · x·W + (m/‖W + s·A·B‖) · s · x·A·B
-//          = (m/‖·‖)·(x·W + s·x·A·B) + bias                        ‖·‖: column norm over "in", detached
+//   DoRA:  y' = y + (m/‖W + s·A·B‖ − 1) · dropout(x)·W + (m/‖W + s·A·B‖) · s · dropout(x)·A·B
+//          = (m/‖·‖)·(x·W + s·x·A·B) + bias without dropout       ‖·‖: column norm over "in", detached
 //   fused Attention (com.microsoft): the weight input becomes W + s·A·B (the projection happens inside the op).
 //
 // B starts at zero, so a freshly inserted adapter changes nothing. With the Initializers placement A, B (and DoRA's
@@ -10,7 +10,6 @@
 // inputs with a symbolic rank dim and r = 0 initializer defaults, and s is folded into B by whoever writes the
 // adapter, as ORT/Olive adapters expect. The branch runs in the activation dtype: fp16/bf16 bases Cast A and B.
 // NOTE: no weight bytes are read unless DoRA (magnitude init) or PiSSA (SVD) needs them.
-using System.Globalization;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Passes;
 using Onnx.Lora.Rewriter.Targets;
@@ -267,23 +266,23 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             Value magnitude = b.Initializer(InMemoryTensor.FromFloats(magnitudeName, [m.Length], m));
             Value ratio = b.Div(ToActivationType(magnitude), norm);
 
-            // PEFT's base term is F.linear(x, W) without bias; it recomputes it on dropout(x) while training.
-            Value baseTerm;
+            // PEFT: base(x) + (m/‖·‖ − 1)·F.linear(x, W) + (m/‖·‖)·s·x·A·B, with F.linear on dropout(x) while training.
             if (dropped)
             {
-                baseTerm = b.MatMul(xd, w);
-            }
-            else if (_t.BiasInNode && _t.Bias is not null)
-            {
-                baseTerm = b.Sub(y, Graph.Initializers[_t.Bias]);
-            }
-            else
-            {
-                baseTerm = y;
+                Value one = b.Initializer(ScalarTensor(b.FreshName("one"), 1.0));
+                return b.Add(y, b.Add(b.Mul(b.Sub(ratio, one), b.MatMul(xd, w)), b.Mul(ratio, scaled)));
             }
 
-            Value one = b.Initializer(ScalarTensor(b.FreshName("one"), 1.0));
-            return b.Add(y, b.Add(b.Mul(b.Sub(ratio, one), baseTerm), b.Mul(ratio, scaled)));
+            // Without dropout F.linear(x, W) is the layer's own result less its bias, so the sum factors as
+            // (m/‖·‖)·(y − bias + s·x·A·B) + bias. NOTE: this shape keeps y the only base-path value the branch
+            // combines (the exporter's branch remover replaces the combination by y).
+            if (_t.BiasInNode && _t.Bias is not null)
+            {
+                Value bias = Graph.Initializers[_t.Bias];
+                return b.Add(b.Mul(ratio, b.Add(b.Sub(y, bias), scaled)), bias);
+            }
+
+            return b.Mul(ratio, b.Add(y, scaled));
         }
 
         private Value WeightInOut()
@@ -404,7 +403,4 @@ public static class LoraInjector
         ArgumentNullException.ThrowIfNull(selected);
         return selected.Sum(s => s.Rank * (s.Target.InFeatures + s.Target.OutFeatures) + (useDora ? s.Target.OutFeatures : 0));
     }
-
-    /// <summary>Formats a number as invariant text.</summary>
-    internal static string Invariant(double v) => v.ToString(CultureInfo.InvariantCulture);
 }
