@@ -211,8 +211,8 @@ public static partial class ModuleNaming
     [GeneratedRegex(@"^(?:output_\d+|output)$")]
     private static partial Regex OutputTokenRegex();
 
-    // An operator token at the end of a torch node path: MatMul, MatMul_1, Gemm, MatMulNBits, Add_3 ...
-    [GeneratedRegex(@"^[A-Z][A-Za-z0-9]*(?:_\d+)?$")]
+    // An operator token at the end of a node path: MatMul, MatMul_1, Gemm, MatMulNBits, Add_3, GenAI's MatMul_Q4 ...
+    [GeneratedRegex(@"^[A-Z][A-Za-z0-9]*(?:_[A-Z]?\d+)*$")]
     private static partial Regex OpTokenRegex();
 
     [GeneratedRegex(@"(?:[._](?:weight|w)(?:_Q\d+(?:G\d+)?)?|_output(?:_\d+)?)$")]
