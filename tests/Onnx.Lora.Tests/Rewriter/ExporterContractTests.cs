@@ -31,4 +31,36 @@ public sealed class ExporterContractTests
         Console.WriteLine($"{relativePath} dora={dora}: merged vs LoRA rel error {rel:E2}");
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
     }
+
+    [TestMethod]
+    public void Merge_SlotModelWithAdapterFile_MatchesOrtAdapterRun()
+    {
+        using var dir = new TempDir();
+        using Model slots = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model.onnx"));
+        LoraManifest manifest = LoraInjector.Inject(slots, new LoraOptions { Targets = ["q_proj", "o_proj"], Placement = LoraPlacement.AdapterSlots });
+        string slotsPath = LoraTestSupport.Save(slots, dir, "slots.onnx");
+        const int R = 2;
+        int seed = 60;
+        var parameters = manifest.Modules.SelectMany(m => new[]
+        {
+            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], LoraTestSupport.Random((int)m.InFeatures * R, seed++, 0.1f)),
+            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], LoraTestSupport.Random(R * (int)m.OutFeatures, seed++, 0.1f)),
+        }).ToList();
+        string adapterPath = dir.File("task.onnx_adapter");
+        Onnx.Lora.Exporter.Formats.OnnxAdapterFormat.Write(new Onnx.Lora.Exporter.Formats.AdapterFile { Parameters = parameters }, adapterPath);
+
+        Dictionary<string, float[]> viaOrt;
+        using (var adapter = Microsoft.ML.OnnxRuntime.OrtLoraAdapter.Create(adapterPath, null))
+        using (var options = new Microsoft.ML.OnnxRuntime.RunOptions())
+        {
+            options.AddActiveLoraAdapter(adapter);
+            viaOrt = OrtRunner.Run(slotsPath, runOptions: options);
+        }
+
+        string mergedPath = dir.File("merged.onnx");
+        LoraMerger.Merge(slotsPath, mergedPath, adapterPath);
+        float rel = LoraTestSupport.RelativeError(OrtRunner.Run(mergedPath), viaOrt);
+        Console.WriteLine($"slots + adapter: merged vs ORT adapter run rel error {rel:E2}");
+        Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
+    }
 }
