@@ -21,6 +21,17 @@ internal static class CliApp
     public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
     {
         ParseResult parse = CreateRoot().Parse(args);
+        if (parse.Errors.Count > 0 && !args.Any(a => a is "-h" or "--help" or "-?"))
+        {
+            // A malformed command line is invalid input too (System.CommandLine's default exit code is 1).
+            foreach (System.CommandLine.Parsing.ParseError e in parse.Errors)
+            {
+                error.WriteLine($"onnx-lora: {e.Message}");
+            }
+
+            error.WriteLine("Run 'onnx-lora --help' for usage.");
+            return Task.FromResult(ExitCodes.InvalidInput);
+        }
 
         // Our commands report their own errors (LoraCommand); the default handler would print a stack trace.
         return parse.InvokeAsync(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false }, cancellationToken);

@@ -60,4 +60,15 @@ public sealed class BadInputTests
         using var dir = new TempDir();
         AssertCleanFailure(Run(verb, dir.File("absent.onnx"), dir), "absent.onnx", dir.Path);
     }
+
+    [TestMethod]
+    [DataRow("inject", "--rank", "many")]
+    [DataRow("inspect", "--no-such-option", "x")]
+    public void Verb_MalformedCommandLine_ExitsWithInvalidInput(string verb, string option, string value)
+    {
+        (int code, string stdout, string stderr) = CliRunner.Run(verb, Fixtures.Path("stories260K", "reference-onnx", "model.onnx"), option, value);
+        Assert.AreEqual(2, code, stderr);
+        StringAssert.Contains(stderr, option == "--rank" ? "many" : option);
+        Assert.AreEqual(string.Empty, stdout);
+    }
 }
