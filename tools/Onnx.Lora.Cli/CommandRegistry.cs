@@ -14,5 +14,6 @@ internal static class CommandRegistry
         yield return new Commands.MergeCommand();
         yield return new Commands.ExportAdapterCommand();
         yield return new Commands.ConvertAdapterCommand();
+        yield return new ConvertLlama2cCommand();
     }
 }
