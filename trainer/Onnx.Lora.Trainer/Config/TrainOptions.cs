@@ -112,6 +112,9 @@ public sealed record TrainOptions
     /// <summary><c>completion_only_loss</c>: mask prompt / non-assistant tokens (default on; affects prompt-completion, alpaca and messages).</summary>
     public bool CompletionOnlyLoss { get; init; } = true;
 
+    /// <summary><c>truncate</c>: cut examples longer than <see cref="SeqLength"/> instead of failing on them.</summary>
+    public bool Truncate { get; init; }
+
     /// <summary><c>nan_policy</c>: stop or skip on a non-finite loss or gradient.</summary>
     public NonFinitePolicy NanPolicy { get; init; } = NonFinitePolicy.Stop;
 

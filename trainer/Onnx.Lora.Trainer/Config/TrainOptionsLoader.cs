@@ -49,6 +49,7 @@ public static class TrainOptionsLoader
         ["intra_op_threads"] = (o, v) => o with { IntraOpThreads = v.Int() },
         ["packing"] = (o, v) => o with { Packing = v.Bool() },
         ["completion_only_loss"] = (o, v) => o with { CompletionOnlyLoss = v.Bool() },
+        ["truncate"] = (o, v) => o with { Truncate = v.Bool() },
         ["nan_policy"] = (o, v) => o with { NanPolicy = v.Enum<NonFinitePolicy>() },
         ["lora_rank"] = (o, v) => o with { LoraRank = v.Int() },
         ["lora_alpha"] = (o, v) => o with { LoraAlpha = v.Double() },
