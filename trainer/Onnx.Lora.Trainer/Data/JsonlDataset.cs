@@ -35,7 +35,8 @@ public sealed record DatasetOptions
 /// Alpaca rows are rendered with the Stanford Alpaca prompt ("Below is an instruction ... ### Response:\n") and
 /// trained as prompt-completion. Text and prompt-completion rows get BOS when the tokenizer adds one and EOS
 /// when it has one; chat rows get exactly what the template writes (HF's apply_chat_template does not add
-/// special tokens either). A token straddling the prompt/completion boundary counts as prompt.
+/// special tokens either). A token carries loss when any of its chars lies in the completion / assistant span, so a
+/// token straddling the boundary counts as completion.
 /// </remarks>
 public static class JsonlDataset
 {
@@ -193,11 +194,13 @@ public static class JsonlDataset
             labels.Add(options.CompletionOnlyLoss && prompt.Length > 0 ? TokenizedExample.IgnoreIndex : bos);
         }
 
-        tokenizer.Encode(prompt + completion, ids, offsets);
+        string text = prompt + completion;
+        tokenizer.Encode(text, ids, offsets);
+        int[] ends = TokenEnds(offsets, text.Length);
         for (int i = 0; i < ids.Count; i++)
         {
             inputIds.Add(ids[i]);
-            bool isPrompt = offsets[i] < prompt.Length;
+            bool isPrompt = ends[i] <= prompt.Length;
             labels.Add(options.CompletionOnlyLoss && isPrompt ? TokenizedExample.IgnoreIndex : ids[i]);
         }
 
@@ -256,14 +259,35 @@ public static class JsonlDataset
         offsets.Clear();
         tokenizer.Encode(rendered.Text, ids, offsets);
         var labels = new List<int>(ids.Count);
+        int[] ends = TokenEnds(offsets, rendered.Text.Length);
         for (int i = 0; i < ids.Count; i++)
         {
-            int at = offsets[i];
-            bool trainable = !options.CompletionOnlyLoss || rendered.TrainableSpans.Any(s => at >= s.Start && at < s.End);
+            int start = offsets[i], end = ends[i];
+            bool trainable = !options.CompletionOnlyLoss || rendered.TrainableSpans.Any(s => end > s.Start && start < s.End);
             labels.Add(trainable ? ids[i] : TokenizedExample.IgnoreIndex);
         }
 
         return Finish([.. ids], labels, where, options);
+    }
+
+    /// <summary>
+    /// End of each token's chars: the next token's (strictly greater) start. A token's chars include the space a
+    /// SentencePiece '▁' stands for, so "▁Hello" overlaps a span that starts at 'H'.
+    /// </summary>
+    private static int[] TokenEnds(List<int> starts, int textLength)
+    {
+        var ends = new int[starts.Count];
+        int next = textLength;
+        for (int i = starts.Count - 1; i >= 0; i--)
+        {
+            ends[i] = Math.Max(next, starts[i] + 1);
+            if (i > 0 && starts[i] > starts[i - 1])
+            {
+                next = starts[i];
+            }
+        }
+
+        return ends;
     }
 
     private static TokenizedExample Finish(List<int> inputIds, List<int> labels, string where, DatasetOptions options)
