@@ -210,6 +210,20 @@ public sealed record TrainOptions
         return (int)Math.Max(1, Math.Ceiling(Epochs * microBatches / GradientAccumulationSteps));
     }
 
+    /// <summary>
+    /// A fingerprint of the options a resume must not change (data, tokenizer, shapes, seed, schedule, LoRA
+    /// config): stored in each checkpoint and compared on <c>--resume</c>. Paths are compared by file name only,
+    /// so a run folder can be moved. Max steps/epochs, save/eval cadence and threads may change.
+    /// </summary>
+    public string ResumeFingerprint()
+    {
+        string text = string.Join("|",
+            Path.GetFileName(Model), Path.GetFileName(Data), Path.GetFileName(Tokenizer), SeqLength, BatchSize, GradientAccumulationSteps,
+            Seed, Packing, CompletionOnlyLoss, Truncate, LoraRank, LoraAlpha, string.Join(",", LoraTargets), LoraDropout, UseRsLora, UseDora,
+            Schedule, LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), LoraPlusRatio.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+        return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16];
+    }
+
     /// <summary>The schedule these options describe for a run of <paramref name="totalSteps"/> optimizer steps.</summary>
     public LearningRateSchedule CreateSchedule(int totalSteps) =>
         new(Schedule, LearningRate, LearningRateSchedule.ResolveWarmupSteps(WarmupSteps, WarmupRatio, totalSteps), totalSteps);
