@@ -3,29 +3,27 @@ using Onnx.Lora.Trainer.Checkpoints;
 namespace Onnx.Lora.Trainer.Data;
 
 /// <summary>
-/// One micro-batch as int64 tensors [<see cref="BatchSize"/>, <see cref="SeqLength"/>], row-major, in buffers the
-/// loader reuses for every batch (copy what you need to keep before the next <see cref="DataLoader.Next"/>).
+/// One micro-batch as int64 tensors [<see cref="BatchSize"/>, <see cref="SeqLength"/>], row-major. The arrays are
+/// exactly BatchSize·SeqLength long (so they can back OrtValues directly) and are reused: the loader keeps one set
+/// per column count it has served (at most seq_length/8 sets), so steady-state batches allocate nothing. Copy what
+/// you need to keep before the next <see cref="DataLoader.Next"/>.
 /// </summary>
 public sealed class Batch
 {
-    private readonly long[] _inputIds;
-    private readonly long[] _attentionMask;
-    private readonly long[] _labels;
+    private readonly Dictionary<int, (long[] Ids, long[] Mask, long[] Labels)> _buffers = [];
 
     internal Batch(int batchSize, int maxSeqLength)
     {
         BatchSize = batchSize;
         MaxSeqLength = maxSeqLength;
-        _inputIds = new long[batchSize * maxSeqLength];
-        _attentionMask = new long[batchSize * maxSeqLength];
-        _labels = new long[batchSize * maxSeqLength];
+        InputIds = AttentionMask = Labels = [];
     }
 
     /// <summary>Rows in the batch (fixed; a short last batch is filled with padding rows that carry no loss).</summary>
     public int BatchSize { get; }
 
     /// <summary>Columns of this batch (≤ the loader's seq length).</summary>
-    public int SeqLength { get; internal set; }
+    public int SeqLength { get; private set; }
 
     /// <summary>Capacity in columns.</summary>
     public int MaxSeqLength { get; }
@@ -36,17 +34,27 @@ public sealed class Batch
     /// <summary>Positions whose label is not −100 (before the shift: the loss sees one fewer per row start).</summary>
     public int TargetTokens { get; internal set; }
 
-    /// <summary>input_ids [BatchSize, SeqLength].</summary>
-    public Span<long> InputIds => _inputIds.AsSpan(0, BatchSize * SeqLength);
+    /// <summary>input_ids [BatchSize, SeqLength] (length exactly BatchSize·SeqLength).</summary>
+    public long[] InputIds { get; private set; }
 
     /// <summary>attention_mask [BatchSize, SeqLength]: 1 on tokens, 0 on padding.</summary>
-    public Span<long> AttentionMask => _attentionMask.AsSpan(0, BatchSize * SeqLength);
+    public long[] AttentionMask { get; private set; }
 
-    /// <summary>labels [BatchSize, SeqLength]: target id or −100.</summary>
-    public Span<long> Labels => _labels.AsSpan(0, BatchSize * SeqLength);
+    /// <summary>labels [BatchSize, SeqLength]: target id or −100 (HF convention: the loss shifts).</summary>
+    public long[] Labels { get; private set; }
 
-    /// <summary>The backing arrays (length BatchSize·MaxSeqLength), for zero-copy OrtValues over the first BatchSize·SeqLength elements.</summary>
-    public (long[] InputIds, long[] AttentionMask, long[] Labels) Buffers => (_inputIds, _attentionMask, _labels);
+    internal void Resize(int columns)
+    {
+        if (!_buffers.TryGetValue(columns, out (long[] Ids, long[] Mask, long[] Labels) set))
+        {
+            int n = BatchSize * columns;
+            set = (new long[n], new long[n], new long[n]);
+            _buffers[columns] = set;
+        }
+
+        SeqLength = columns;
+        (InputIds, AttentionMask, Labels) = set;
+    }
 }
 
 /// <summary>
@@ -159,7 +167,7 @@ public sealed class DataLoader
         }
 
         int columns = _fixedLength ? SeqLength : Math.Min(SeqLength, (longest + PadToMultipleOf - 1) / PadToMultipleOf * PadToMultipleOf);
-        _batch.SeqLength = columns;
+        _batch.Resize(columns);
         _batch.RealRows = take;
         Span<long> ids = _batch.InputIds, mask = _batch.AttentionMask, labels = _batch.Labels;
         ids.Fill(_padId);

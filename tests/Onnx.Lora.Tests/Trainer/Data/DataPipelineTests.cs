@@ -59,7 +59,7 @@ public sealed class DataPipelineTests
         Assert.AreEqual(1, data.Eval!.RowCount);
         Batch b = data.Train.Next();
         Assert.AreEqual(2, b.BatchSize);
-        Assert.IsTrue(b.InputIds.ToArray().All(id => id is >= 0 and < 512));
+        Assert.IsTrue(b.InputIds.All(id => id is >= 0 and < 512));
         Assert.IsTrue(b.TargetTokens > 0);
     }
 

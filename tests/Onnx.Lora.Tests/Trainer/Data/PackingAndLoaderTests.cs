@@ -35,10 +35,15 @@ public sealed class PackingAndLoaderTests
         Batch b = loader.Next();
 
         Assert.AreEqual(8, b.SeqLength, "longest row 3 rounded up to a multiple of 8");
-        CollectionAssert.AreEqual(new long[] { 5, 6, 7, 0, 0, 0, 0, 0, 8, 9, 0, 0, 0, 0, 0, 0 }, b.InputIds.ToArray());
-        CollectionAssert.AreEqual(new long[] { 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0 }, b.AttentionMask.ToArray());
-        CollectionAssert.AreEqual(new long[] { 5, 6, 7, Ignore, Ignore, Ignore, Ignore, Ignore, Ignore, 9, Ignore, Ignore, Ignore, Ignore, Ignore, Ignore }, b.Labels.ToArray());
+        CollectionAssert.AreEqual(new long[] { 5, 6, 7, 0, 0, 0, 0, 0, 8, 9, 0, 0, 0, 0, 0, 0 }, b.InputIds);
+        CollectionAssert.AreEqual(new long[] { 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0 }, b.AttentionMask);
+        CollectionAssert.AreEqual(new long[] { 5, 6, 7, Ignore, Ignore, Ignore, Ignore, Ignore, Ignore, 9, Ignore, Ignore, Ignore, Ignore, Ignore, Ignore }, b.Labels);
         Assert.AreEqual(4, b.TargetTokens);
+        Assert.AreEqual(16, b.InputIds.Length, "exactly batch x columns, so the array can back an OrtValue");
+
+        long[] before = b.InputIds;
+        loader.Next();
+        Assert.AreSame(before, b.InputIds, "same column count: the same buffer is reused");
     }
 
     [TestMethod]
@@ -50,7 +55,7 @@ public sealed class PackingAndLoaderTests
         Batch last = loader.Next();
         Assert.AreEqual(1, last.RealRows);
         Assert.AreEqual(8, last.SeqLength);
-        Assert.IsTrue(last.Labels[8..].ToArray().All(l => l == Ignore));
+        Assert.IsTrue(last.Labels[8..].All(l => l == Ignore));
         Assert.AreEqual(1, last.AttentionMask[8], "a padding row keeps one visible token so attention never sees an all-masked row");
         Assert.AreEqual(new DataPosition(0, 3), loader.Position);
         loader.Next();
@@ -83,14 +88,14 @@ public sealed class PackingAndLoaderTests
                 saved = straight.Position;
             }
 
-            expected.Add(straight.Next().InputIds.ToArray());
+            expected.Add((long[])straight.Next().InputIds.Clone());
         }
 
         var resumed = new DataLoader(rows, 3, 8, 0, seed: 3);
         resumed.Seek(saved!);
         for (int i = 5; i < 9; i++)
         {
-            CollectionAssert.AreEqual(expected[i], resumed.Next().InputIds.ToArray(), $"batch {i}");
+            CollectionAssert.AreEqual(expected[i], resumed.Next().InputIds, $"batch {i}");
         }
     }
 
