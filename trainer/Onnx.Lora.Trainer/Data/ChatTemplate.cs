@@ -214,18 +214,8 @@ public sealed class ChatTemplate
                 }
 
                 string text = raw[i].Body;
-                if (i > 0 && raw[i - 1].Kind != "text")
-                {
-                    if (raw[i - 1].TrimRight)
-                    {
-                        text = text.TrimStart();
-                    }
-                    else if (raw[i - 1].Kind is "stmt" or "comment")
-                    {
-                        text = text.StartsWith("\r\n", StringComparison.Ordinal) ? text[2..] : text.StartsWith('\n') ? text[1..] : text;
-                    }
-                }
 
+                // Right edge first, on the source text, so lstrip_blocks sees the line start as written.
                 if (i + 1 < raw.Count && raw[i + 1].Kind != "text")
                 {
                     if (raw[i + 1].TrimLeft)
@@ -234,15 +224,26 @@ public sealed class ChatTemplate
                     }
                     else if (raw[i + 1].Kind is "stmt" or "comment")
                     {
+                        // lstrip_blocks: spaces and tabs between the start of a line and a block tag go.
                         int lineStart = text.LastIndexOf('\n') + 1;
-                        if (text[lineStart..].All(c => c is ' ' or '\t') && (lineStart > 0 || i == 0 || raw[i - 1].Kind == "text" || true))
+                        bool startsLine = lineStart > 0 || i == 0;
+                        if (startsLine && text.AsSpan(lineStart).IndexOfAnyExcept(' ', '\t') < 0)
                         {
-                            // lstrip_blocks only applies when the tag starts its line.
-                            if (lineStart > 0 || i == 0)
-                            {
-                                text = text[..lineStart];
-                            }
+                            text = text[..lineStart];
                         }
+                    }
+                }
+
+                if (i > 0 && raw[i - 1].Kind != "text")
+                {
+                    if (raw[i - 1].TrimRight)
+                    {
+                        text = text.TrimStart();
+                    }
+                    else if (raw[i - 1].Kind is "stmt" or "comment")
+                    {
+                        // trim_blocks: the first newline after a block tag goes.
+                        text = text.StartsWith("\r\n", StringComparison.Ordinal) ? text[2..] : text.StartsWith('\n') ? text[1..] : text;
                     }
                 }
 

@@ -53,6 +53,16 @@ public sealed class ChatTemplateTests
     }
 
     [TestMethod]
+    public void Render_IndentedBlockTags_LstripBlocksRemovesIndentation()
+    {
+        // Jinja with trim_blocks + lstrip_blocks (HF's settings): the indentation before block tags and the newline
+        // after them vanish; text and expression output keep theirs.
+        const string t = "{% for m in messages %}\n    {% if m.role == 'user' %}\n  U={{ m.content }}\n    {% endif %}\n{% endfor %}";
+        RenderedChat chat = ChatTemplate.Parse(t).Render([new("user", "a"), new("user", "b")], null, null);
+        Assert.AreEqual("  U=a\n  U=b\n", chat.Text);
+    }
+
+    [TestMethod]
     public void Render_ChatMLWithDashTrimmingAndNamespace_MatchesHandExpansion()
     {
         const string chatml = "{%- set ns = namespace(sys=false) -%}\n{%- for m in messages -%}\n  {%- if m.role == 'system' -%}{%- set ns.sys = true -%}{%- endif -%}\n" +
