@@ -18,7 +18,7 @@ namespace Onnx.Lora.Trainer.Data;
 /// continuing_subword_prefix, end_of_word_suffix; ignore_merges is read but not honoured — BpeTokenizer always
 /// merges, which differs only for words that are whole vocabulary entries with a different merge path);
 /// normalizers null/Sequence/Prepend/Replace(String)/NFC/NFKC/NFD/NFKD/Lowercase; pre-tokenizers
-/// null/ByteLevel/Metaspace/Sequence of those. Anything else is refused with a <see cref="DataException"/> that
+/// null/ByteLevel/Metaspace/Split (Isolated regex, as Llama-3 and Qwen2 use)/Sequence of those. Anything else is refused with a <see cref="DataException"/> that
 /// names the construct. Offsets returned by <see cref="Encode(string, List{int}, List{int})"/> are char positions in the caller's text; with
 /// a normalizer that changes lengths (NFKC of ligatures) they are approximate at those characters.
 /// </remarks>
@@ -544,8 +544,23 @@ public sealed class TextTokenizer
 
                 bool split = !p.TryGetProperty("split", out JsonElement sp) || sp.ValueKind != JsonValueKind.False;
                 return split ? new RegexPreTokenizer(new Regex($"{Regex.Escape(replacement)}[^{Regex.Escape(replacement)}]*|[^{Regex.Escape(replacement)}]+", RegexOptions.CultureInvariant), null) : s_wholeText;
+            case "Split":
+                // Llama-3 / Qwen2 style: Split(Regex, Isolated) then ByteLevel(use_regex=false). Only "Isolated" with
+                // a pattern that covers the text keeps every char; the encoder's coverage check catches the rest.
+                string behavior = p.TryGetProperty("behavior", out JsonElement be) ? be.GetString() ?? "" : "";
+                bool invert = p.TryGetProperty("invert", out JsonElement inv) && inv.ValueKind == JsonValueKind.True;
+                if (behavior != "Isolated" || invert)
+                {
+                    throw new DataException($"Tokenizer '{path}': pre-tokenizer Split with behavior '{behavior}'{(invert ? " inverted" : "")} is not supported (only Isolated).");
+                }
+
+                JsonElement pat = p.GetProperty("pattern");
+                Regex splitRegex = pat.TryGetProperty("Regex", out JsonElement rx)
+                    ? new Regex(rx.GetString()!, RegexOptions.CultureInvariant)
+                    : new Regex(Regex.Escape(pat.GetProperty("String").GetString()!), RegexOptions.CultureInvariant);
+                return new RegexPreTokenizer(splitRegex, null);
             default:
-                throw new DataException($"Tokenizer '{path}': pre-tokenizer '{type}' is not supported (supported: ByteLevel, Metaspace, Sequence).");
+                throw new DataException($"Tokenizer '{path}': pre-tokenizer '{type}' is not supported (supported: ByteLevel, Metaspace, Split (Isolated), Sequence).");
         }
     }
 

@@ -115,6 +115,25 @@ public sealed class TokenizerTests
     }
 
     [TestMethod]
+    public void Encode_SplitRegexThenByteLevel_NeverMergesAcrossSplits()
+    {
+        // Llama-3 layout: Split(Regex, Isolated) + ByteLevel(use_regex=false). The merge "a Ġ" would join "a" and the
+        // following space if the text were not split first at " ?\p{L}+" boundaries.
+        using var temp = new TempDir();
+        string path = temp.File("tokenizer.json");
+        File.WriteAllText(path, """
+            {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "Ġ": 2, "aĠ": 3, "Ġb": 4},
+                       "merges": ["a Ġ", "Ġ b"]},
+             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": " ?\\p{L}+|\\s+"}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}}
+            """);
+        TextTokenizer t = TextTokenizer.Load(path);
+        // Pieces: "a", " b" → "a" and "Ġb"; without the split, "a Ġ" (rank 0) would win and give [3, 1].
+        CollectionAssert.AreEqual(new[] { 0, 4 }, t.Encode("a b"));
+    }
+
+    [TestMethod]
     public void Load_MissingFile_ThrowsDataExceptionNamingIt()
     {
         var e = Assert.ThrowsExactly<DataException>(() => TextTokenizer.Load("/nonexistent/tokenizer.json"));
