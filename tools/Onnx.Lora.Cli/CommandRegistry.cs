@@ -11,9 +11,10 @@ internal static class CommandRegistry
         // One line per verb.
         yield return new InspectCommand();
         yield return new InjectCommand();
-        yield return new Commands.MergeCommand();
-        yield return new Commands.ExportAdapterCommand();
-        yield return new Commands.ConvertAdapterCommand();
+        yield return new MergeCommand();
+        yield return new ExportAdapterCommand();
+        yield return new ConvertAdapterCommand();
+        yield return new CombineCommand();
         yield return new ConvertLlama2cCommand();
     }
 }

@@ -4,7 +4,7 @@ using Onnx.Lora.Exporter.Formats;
 namespace Onnx.Lora.Cli.Commands;
 
 /// <summary><c>onnx-lora convert-adapter OLD.fb -o NEW.onnx_adapter [--genai-config genai_config.json]</c>: convert ORT GenAI's legacy "GAIL" files.</summary>
-internal sealed class ConvertAdapterCommand : Command
+internal sealed class ConvertAdapterCommand : LoraCommand
 {
     private static readonly Argument<string> s_input = new("input") { Description = "Legacy ORT GenAI LoRA parameter file (identifier GAIL) or an .onnx_adapter." };
     private static readonly Option<string> s_output = new("--output", "-o") { Description = ".onnx_adapter file to write.", Required = true };
@@ -15,10 +15,9 @@ internal sealed class ConvertAdapterCommand : Command
         Arguments.Add(s_input);
         Options.Add(s_output);
         Options.Add(s_config);
-        SetAction(Execute);
     }
 
-    private static int Execute(ParseResult parse) => CommandErrors.Run(() =>
+    protected override Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
     {
         string input = parse.GetValue(s_input)!;
         AdapterFile adapter = OnnxAdapterFormat.Read(input);
@@ -28,6 +27,7 @@ internal sealed class ConvertAdapterCommand : Command
         }
 
         OnnxAdapterFormat.Write(adapter with { SourceFormat = AdapterFileFormat.OnnxAdapter }, parse.GetValue(s_output)!);
-        Console.WriteLine($"converted {adapter.Parameters.Count} tensors ({adapter.SourceFormat}) → {parse.GetValue(s_output)}");
-    });
+        output.WriteLine($"converted {adapter.Parameters.Count} tensors ({adapter.SourceFormat}) → {parse.GetValue(s_output)}");
+        return Task.FromResult(ExitCodes.Success);
+    }
 }

@@ -1,26 +1,70 @@
 using System.CommandLine;
+using System.Globalization;
 using Onnx.Lora.Exporter.Merge;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
 
 namespace Onnx.Lora.Cli.Commands;
 
-/// <summary><c>onnx-lora merge LORA_MODEL -o MERGED [--adapter FILE.onnx_adapter]</c>: fold the adapter into the base weights.</summary>
-internal sealed class MergeCommand : Command
+/// <summary>
+/// <c>onnx-lora merge MODEL -o MERGED [--adapter FILE] [--quantized requantize|float]</c>: fold an adapter into the base
+/// weights. MODEL is a LoRA model (its own tensors, or --adapter for a serving model) or a plain base with --adapter
+/// (a PEFT folder, .safetensors or .onnx_adapter, matched to the base's layers by module name).
+/// </summary>
+internal sealed class MergeCommand : LoraCommand
 {
-    private static readonly Argument<string> s_model = new("model") { Description = "LoRA model written by inject/train (or a serving model with adapter slots, with --adapter)." };
+    private static readonly Argument<string> s_model = new("model") { Description = "LoRA model written by inject/train, a serving model with adapter slots, or a base model (with --adapter)." };
     private static readonly Option<string> s_output = new("--output", "-o") { Description = "Merged model to write (never the input).", Required = true };
-    private static readonly Option<string?> s_adapter = new("--adapter") { Description = ".onnx_adapter file to merge instead of the model's own LoRA tensors." };
+    private static readonly Option<string?> s_adapter = new("--adapter") { Description = "Adapter to merge: PEFT folder, .safetensors or .onnx_adapter (required for a base or serving model)." };
+    private static readonly Option<string> s_quantized = new("--quantized")
+    {
+        Description = "MatMulNBits (int4) layers: 'requantize' (same block size, error reported; graph unchanged) or 'float' (replace the node by a float MatMul: exact, but the graph CHANGES).",
+        DefaultValueFactory = _ => "requantize",
+    };
 
     public MergeCommand() : base("merge", "Merge LoRA weights into the base initializers: the result is the base graph with updated weights.")
     {
         Arguments.Add(s_model);
         Options.Add(s_output);
         Options.Add(s_adapter);
-        SetAction(Execute);
+        s_quantized.AcceptOnlyFromAmong("requantize", "float");
+        Options.Add(s_quantized);
     }
 
-    private static int Execute(ParseResult parse) => CommandErrors.Run(() =>
+    protected override Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
     {
-        MergeReport report = LoraMerger.Merge(parse.GetValue(s_model)!, parse.GetValue(s_output)!, parse.GetValue(s_adapter));
-        Console.WriteLine($"merged {report.MergedModules} modules, removed {report.RemovedNodes} LoRA nodes → {parse.GetValue(s_output)}");
-    });
+        string model = parse.GetValue(s_model)!;
+        string target = parse.GetValue(s_output)!;
+        string? adapter = parse.GetValue(s_adapter);
+        var options = new MergeOptions { Quantized = parse.GetValue(s_quantized) == "float" ? QuantizedMergeMode.FloatCopy : QuantizedMergeMode.Requantize };
+        bool hasManifest;
+        using (Model probe = OnnxReader.Load(model))
+        {
+            hasManifest = LoraManifest.Read(probe) is not null;
+        }
+
+        MergeReport report;
+        if (hasManifest)
+        {
+            report = LoraMerger.Merge(model, target, adapter, options);
+        }
+        else
+        {
+            report = BaseModelMerge.Merge(model, adapter ?? throw new Exporter.AdapterMismatchException($"Model '{model}' has no LoRA adapters; give the adapter to merge with --adapter."), target, options);
+        }
+
+        output.WriteLine($"merged {report.MergedModules} modules, removed {report.RemovedNodes} LoRA nodes → {target}");
+        foreach (QuantizationError q in report.Quantization)
+        {
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  re-quantized {q.Module}: max abs error {q.MaxAbs:E3} (max rel {q.MaxRel:E3}, step {q.MaxStep:E3})"));
+        }
+
+        if (report.ReplacedNodes.Count > 0)
+        {
+            output.WriteLine($"  NOTE: the graph changed: {report.ReplacedNodes.Count} MatMulNBits node(s) replaced by float MatMul ({string.Join(", ", report.ReplacedNodes.Take(3))}{(report.ReplacedNodes.Count > 3 ? ", ..." : string.Empty)}).");
+        }
+
+        return Task.FromResult(ExitCodes.Success);
+    }
 }

@@ -1,0 +1,65 @@
+// Merging an adapter into a plain base model (no manifest): the base's linear layers are discovered and named as PEFT
+// names modules (the rewriter's TargetDiscovery), the adapter's modules are matched to them by name, the rewriter
+// adds empty adapter slots for exactly those modules (no weight bytes read), and the usual merge folds the adapter in
+// and removes the slots again. Reusing inject → merge keeps one code path for names, layouts and branch shapes.
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
+using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Rewriter.Targets;
+
+namespace Onnx.Lora.Exporter.Merge;
+
+/// <summary>Merges an adapter file (PEFT folder, .safetensors, .onnx_adapter) into a base model without a LoRA manifest.</summary>
+public static class BaseModelMerge
+{
+    /// <summary>
+    /// Merges <paramref name="adapterPath"/> into the base model at <paramref name="basePath"/> and writes
+    /// <paramref name="outputPath"/> atomically (the base is never modified).
+    /// </summary>
+    /// <exception cref="AdapterMismatchException">An adapter module matches no linear layer of the base (the message lists the closest names), or shapes differ.</exception>
+    /// <exception cref="AdapterFormatException">The adapter file is malformed.</exception>
+    public static MergeReport Merge(string basePath, string adapterPath, string outputPath, MergeOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(basePath);
+        ArgumentNullException.ThrowIfNull(adapterPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        if (Path.GetFullPath(basePath) == Path.GetFullPath(outputPath))
+        {
+            throw new AdapterMismatchException($"Refusing to merge into '{basePath}' itself: the base is never modified in place.");
+        }
+
+        LoraWeights weights = AdapterLoader.Load(adapterPath);
+        using Model model = OnnxReader.Load(basePath);
+        MergeReport report = MergeInto(model, weights, basePath, adapterPath, options);
+        bool external = model.DataFiles.Count > 0;
+        OnnxWriter.Save(model, outputPath, external
+            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data" }
+            : new SaveOptions { ExternalData = ExternalDataMode.Inline });
+        return report;
+    }
+
+    /// <summary>Merges <paramref name="weights"/> into <paramref name="model"/> in memory (weights computed when saved).</summary>
+    /// <exception cref="AdapterMismatchException">The model already has LoRA adapters, or a module matches no layer.</exception>
+    public static MergeReport MergeInto(Model model, LoraWeights weights, string baseSource, string adapterSource, MergeOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(weights);
+        if (LoraManifest.Read(model) is not null)
+        {
+            throw new AdapterMismatchException($"Model '{baseSource}' already has LoRA adapters (metadata '{LoraManifest.MetadataKey}'); merge it as a LoRA model instead of as a base.");
+        }
+
+        IReadOnlyList<string> modules = TargetDiscovery.Find(model).Select(t => t.Module).ToList();
+        LoraWeights matched = ModuleMatcher.Match(weights, modules, baseSource, adapterSource);
+        var slots = new LoraOptions
+        {
+            Targets = matched.Modules.Select(m => m.Module).ToList(),
+            Placement = LoraPlacement.AdapterSlots,
+            Rank = 1,
+            Alpha = 1,
+        };
+        LoraManifest manifest = LoraInjector.Inject(model, slots);
+        return LoraMerger.MergeInto(model, manifest, matched, baseSource, options);
+    }
+}
