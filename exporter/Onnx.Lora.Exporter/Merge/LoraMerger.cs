@@ -117,6 +117,19 @@ public static class LoraMerger
         return new MergeReport(merged, removed) { Quantization = quantization, ReplacedNodes = floatCopies.Select(f => f.Info.TargetNode).ToList() };
     }
 
+    private static bool AllFinite(ReadOnlySpan<float> values)
+    {
+        foreach (float v in values)
+        {
+            if (!float.IsFinite(v))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
     private static void CheckFeatures(LoraModuleInfo info, LoraModuleWeights w)
     {
         if (w.InFeatures != info.InFeatures || w.OutFeatures != info.OutFeatures)
@@ -147,22 +160,25 @@ public static class LoraMerger
         // memory-mapped) bytes, so only one merged weight is in memory at a time.
         var deferred = new DeferredTensor(info.BaseWeight, original.DataType, original.Dims, () =>
         {
-            float[] values = original.ToFloat32();
+            // fp32: merge in place in the one output buffer (a copy of the stored bytes); fp16/bf16: in a float32 work
+            // buffer rounded once at the end.
+            bool fp32 = original.DataType == DataType.Float;
+            byte[]? bytes = fp32 ? original.GetBytes().ToArray() : null;
+            float[]? work = fp32 ? null : original.ToFloat32();
+            Span<float> values = fp32 ? System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()) : work;
             LoraMath.AddDelta(values, info.Layout, w.InFeatures, w.OutFeatures, w.A, w.B, w.Rank, w.Scale);
             if (w.Magnitude is { } m)
             {
                 LoraMath.ApplyMagnitude(values, info.Layout, w.InFeatures, w.OutFeatures, m);
             }
 
-            foreach (float v in values)
+            // A vectorized sum is finite when every value is (an overflowing sum of finite values falls back to the scan).
+            if (!float.IsFinite(System.Numerics.Tensors.TensorPrimitives.Sum<float>(values)) && !AllFinite(values))
             {
-                if (!float.IsFinite(v))
-                {
-                    throw new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' gives non-finite values; the adapter is broken (NaN/Inf).");
-                }
+                throw new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' gives non-finite values; the adapter is broken (NaN/Inf).");
             }
 
-            return TensorConvert.FromFloat32(values, original.DataType);
+            return bytes ?? TensorConvert.FromFloat32(work!, original.DataType);
         });
         graph.Initializers.SetData(info.BaseWeight, deferred);
     }

@@ -132,6 +132,20 @@ public sealed class MergeTests
         Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]));
     }
 
+    [TestMethod]
+    public void Merge_NaNInAdapter_ThrowsNamingModuleAndWritesNothing()
+    {
+        using var dir = new TempDir();
+        LoraWeights weights = LoraTestModels.RandomWeights(4, 8);
+        weights.Modules[1].B[3] = float.NaN;
+        string loraPath = LoraTestModels.Save(LoraTestModels.WithLora(LoraTestModels.Base(), weights, LoraPlacement.Initializers), dir.File("lora.onnx"));
+
+        var e = Assert.Throws<LoraException>(() => LoraMerger.Merge(loraPath, dir.File("merged.onnx")));
+
+        StringAssert.Contains(e.ToString(), LoraTestModels.Layers[1].Module);
+        Assert.IsFalse(File.Exists(dir.File("merged.onnx")));
+    }
+
     private static void AssertSameNodes(string basePath, string mergedPath)
     {
         using Model a = OnnxReader.Load(basePath);
