@@ -6,8 +6,10 @@ using Onnx.Lora.Rewriter;
 namespace Onnx.Lora.Tests.Exporter;
 
 /// <summary>
-/// Stand-in for the rewriter (not on main yet): builds a base model and the LoRA model that follows the manifest
-/// contract exactly (branch x·A·B·scale added to the target's output, manifest in metadata).
+/// A hand-built LoRA model that follows the manifest contract (branch x·A·B·scale added to the target's output,
+/// manifest in metadata), written before the rewriter landed. Kept for what the real rewriter does not write: a
+/// run-time DoRA shape of its own, and serving slots that SHARE one rank dim ('lora_r', as other tools write them).
+/// The real rewriter's branches are covered by RewriterMergeTests and ServingTests.
 /// </summary>
 internal static class LoraTestModels
 {
