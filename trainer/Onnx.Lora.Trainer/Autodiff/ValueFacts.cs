@@ -219,7 +219,7 @@ internal sealed class ValueFacts
                 Dim[]? x = In(node, 0, true);
                 if (x is null)
                 {
-                    return null;
+                    return node.GetAttribute("perm") is { } p ? new Dim[p.AsInts().Count] : null;
                 }
 
                 long[] perm = node.GetAttribute("perm")?.AsInts().ToArray() ?? Enumerable.Range(0, x.Length).Reverse().Select(i => (long)i).ToArray();
@@ -232,7 +232,7 @@ internal sealed class ValueFacts
                 Dim[]? x = In(node, 0, true);
                 if (target is null)
                 {
-                    return null;
+                    return StaticLength(node.Inputs[1]) is { } length ? new Dim[length] : null;
                 }
 
                 var dims = new Dim[target.Length];
@@ -300,6 +300,17 @@ internal sealed class ValueFacts
                 return x.Select((d, i) => set.Contains(i) ? (keep ? new Dim(1) : (Dim?)null) : d).Where(d => d is not null).Select(d => d!.Value).ToArray();
             }
 
+            case "Expand":
+            {
+                Dim[]? x = In(node, 0, true);
+                int? length = StaticLength(node.Inputs[1]);
+                return x is null || length is null ? null : new Dim[Math.Max(x.Length, length.Value)];
+            }
+
+            case "Concat":
+            case "Slice":
+                return In(node, 0, true) is { } first ? new Dim[first.Length] : null;
+
             case "MatMulNBits":
             {
                 Dim[]? a = In(node, 0, true);
@@ -309,6 +320,30 @@ internal sealed class ValueFacts
             default:
                 return null;
         }
+    }
+
+    /// <summary>Length of a 1-D int64 shape tensor when it can be told statically (constants, Shape, Concat, Unsqueeze of scalars).</summary>
+    private int? StaticLength(Value? v)
+    {
+        if (v is null)
+        {
+            return null;
+        }
+
+        if (ConstInts(v) is { } c)
+        {
+            return c.Length;
+        }
+
+        Node? n = v.Producer;
+        return n?.OpType switch
+        {
+            "Shape" when n.GetAttribute("start") is null && n.GetAttribute("end") is null => RankOf(n.Inputs[0]!),
+            "Concat" => n.Inputs.Aggregate((int?)0, (acc, i) => acc is null || i is null ? null : acc + StaticLength(i)),
+            "Unsqueeze" when RankOf(n.Inputs[0]!) == 0 => 1,
+            "Cast" or "Identity" => StaticLength(n.Inputs[0]),
+            _ => RankOf(v) == 1 && ShapeOf(v)![0].Value is { } len ? (int)len : null,
+        };
     }
 
     /// <summary>Numpy-style broadcast of shapes; an axis becomes unknown where the sizes cannot be decided.</summary>

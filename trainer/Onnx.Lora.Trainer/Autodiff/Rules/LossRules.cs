@@ -61,8 +61,13 @@ public sealed class SoftmaxCrossEntropyLossGradient : GradientRule
 
             Value p = context.Op("Softmax", [scores], Attr.Int("axis", 1));
             Value depth = context.Op("Gather", [context.ShapeOfValue(scores), context.Ints(1)]);
-            Value onOff = context.Op("Cast", [context.Ints(0, 1)], Attr.Int("to", (long)TypeOr(context, scores)));
+            // ORT's CPU OneHot has float32 values only; cast afterwards for other score types.
+            Value onOff = context.Op("Cast", [context.Ints(0, 1)], Attr.Int("to", (long)DataType.Float));
             Value onehot = context.Op("OneHot", [safeLabels, depth, onOff], Attr.Int("axis", 1));
+            if (TypeOr(context, scores) != DataType.Float)
+            {
+                onehot = context.Op("Cast", [onehot], Attr.Int("to", (long)TypeOr(context, scores)));
+            }
             terms.Add(context.Mul(context.Sub(p, onehot), context.Unsqueeze(coefficient, [1])));
         }
 

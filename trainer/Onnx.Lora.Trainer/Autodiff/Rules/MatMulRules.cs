@@ -62,6 +62,19 @@ public sealed class MatMulGradient : GradientRule
             return context.MsOp("FusedMatMul", [x, y], Attr.Int("transA", transA ? 1 : 0), Attr.Int("transB", transB ? 1 : 0), Attr.Float("alpha", 1f));
         }
 
+        if ((rankOfTransposed ?? context.RankOf(transA ? x : y)) is null)
+        {
+            // Unknown rank: Einsum's ellipsis broadcasts batch axes without knowing how many there are.
+            string equation = (transA, transB) switch
+            {
+                (true, false) => "...ji,...jk->...ik",
+                (false, true) => "...ij,...kj->...ik",
+                (true, true) => "...ji,...kj->...ik",
+                _ => "...ij,...jk->...ik",
+            };
+            return context.Op("Einsum", [x, y], Attr.String("equation", equation));
+        }
+
         Value left = transA ? SwapLastTwo(context, x, rankOfTransposed) : x;
         Value right = transB ? SwapLastTwo(context, y, rankOfTransposed) : y;
         return context.Op("MatMul", [left, right]);
