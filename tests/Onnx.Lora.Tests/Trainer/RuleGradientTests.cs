@@ -352,4 +352,31 @@ public sealed class RuleGradientTests
         Value loss = Op(c, "SoftmaxCrossEntropyLoss", [scores, labels], Attr.String("reduction", reduction), Attr.Int("ignore_index", -100));
         Verify($"SoftmaxCrossEntropyLoss ({reduction})", c, c.B.Reshape(loss, [1]), [1]);
     }
+
+    [TestMethod]
+    [DataRow(32L, true)]
+    [DataRow(24L, false)]
+    public void MatMulNBits_Int4Weight_ActivationGradientMatchesFiniteDifferences(long k, bool zeroPoints)
+    {
+        const long N = 8, BlockSize = 16;
+        long blocks = (k + BlockSize - 1) / BlockSize;
+        var c = new GradCheck(DataType.Float, 21);
+        var rng = new Random(42);
+        Value a = c.Param("a", [2, 3, k]);
+        byte[] packed = new byte[N * blocks * BlockSize / 2];
+        rng.NextBytes(packed);
+        float[] scales = Enumerable.Range(0, (int)(N * blocks)).Select(_ => (float)(0.02 + (0.05 * rng.NextDouble()))).ToArray();
+        Value b = c.B.Initializer(InMemoryTensor.From("b_q4", DataType.UInt8, [N, blocks, BlockSize / 2], packed.AsSpan()));
+        Value s = c.B.Floats("b_scales", [N * blocks], scales);
+        Value? zp = null;
+        if (zeroPoints)
+        {
+            byte[] z = new byte[N * ((blocks + 1) / 2)];
+            rng.NextBytes(z);
+            zp = c.B.Initializer(InMemoryTensor.From("b_zp", DataType.UInt8, [z.Length], z.AsSpan()));
+        }
+
+        Value y = MsOp(c, "MatMulNBits", zp is null ? [a, b, s] : [a, b, s, zp], Attr.Int("K", k), Attr.Int("N", N), Attr.Int("bits", 4), Attr.Int("block_size", BlockSize));
+        Verify($"MatMulNBits (K={k}, zero points={zeroPoints})", c, y, [2, 3, N]);
+    }
 }
