@@ -379,4 +379,50 @@ public sealed class RuleGradientTests
         Value y = MsOp(c, "MatMulNBits", zp is null ? [a, b, s] : [a, b, s, zp], Attr.Int("K", k), Attr.Int("N", N), Attr.Int("bits", 4), Attr.Int("block_size", BlockSize));
         Verify($"MatMulNBits (K={k}, zero points={zeroPoints})", c, y, [2, 3, N]);
     }
+
+    [TestMethod]
+    [DataRow(false, false)]
+    [DataRow(true, false)]
+    [DataRow(true, true)]
+    public void GroupQueryAttention_CausalGroupedHeads_MatchesFiniteDifferences(bool rotary, bool packed)
+    {
+        const int Heads = 4, KvHeads = 2, HeadSize = 16, Seq = 5;
+        var c = new GradCheck(DataType.Float, 17);
+        Value?[] inputs = new Value?[9];
+        if (packed)
+        {
+            inputs[0] = c.Param("qkv", [1, Seq, (Heads + (2 * KvHeads)) * HeadSize]);
+        }
+        else
+        {
+            inputs[0] = c.Param("q", [1, Seq, Heads * HeadSize]);
+            inputs[1] = c.Param("k", [1, Seq, KvHeads * HeadSize]);
+            inputs[2] = c.Param("v", [1, Seq, KvHeads * HeadSize]);
+        }
+
+        inputs[5] = c.B.Initializer(InMemoryTensor.From("seqlens_k", DataType.Int32, [1], [Seq - 1]));
+        inputs[6] = c.B.Initializer(InMemoryTensor.From("total_seq", DataType.Int32, [], [Seq]));
+        if (rotary)
+        {
+            var cos = new float[Seq * HeadSize / 2];
+            var sin = new float[cos.Length];
+            for (int p = 0; p < Seq; p++)
+            {
+                for (int i = 0; i < HeadSize / 2; i++)
+                {
+                    double theta = p / Math.Pow(10000, 2.0 * i / HeadSize);
+                    cos[(p * HeadSize / 2) + i] = (float)Math.Cos(theta);
+                    sin[(p * HeadSize / 2) + i] = (float)Math.Sin(theta);
+                }
+            }
+
+            inputs[7] = c.B.Floats("cos_cache", [Seq, HeadSize / 2], cos);
+            inputs[8] = c.B.Floats("sin_cache", [Seq, HeadSize / 2], sin);
+        }
+
+        c.B.Model.RequireOpset("com.microsoft", 1);
+        IReadOnlyList<Value> o = c.B.OpMulti("GroupQueryAttention", rotary ? inputs : inputs[..7], 3,
+            [Attr.Int("num_heads", Heads), Attr.Int("kv_num_heads", KvHeads), Attr.Int("do_rotary", rotary ? 1 : 0)], "com.microsoft");
+        Verify($"GroupQueryAttention (rotary={rotary}, packed={packed})", c, o[0], [1, Seq, Heads * HeadSize]);
+    }
 }
