@@ -11,7 +11,7 @@ namespace Onnx.Lora.Tests.Trainer;
 /// </summary>
 internal static partial class TestLoraInjector
 {
-    [GeneratedRegex(@"^/model/layers\.(\d+)/(self_attn|mlp)/(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)/MatMul$")]
+    [GeneratedRegex(@"^/model/layers\.(\d+)/(self_attn|attn|mlp)/(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)/MatMul(_Q4)?$")]
     private static partial Regex ModuleNode();
 
     public static LoraManifest Inject(Model model, int rank, double alpha, int seed, bool nonZeroB)
@@ -22,13 +22,14 @@ internal static partial class TestLoraInjector
         foreach (Node node in model.Graph.Nodes.ToArray())
         {
             Match m = ModuleNode().Match(node.Name);
-            if (!node.Is("MatMul") || !m.Success || node.Inputs[1]?.Initializer is not { } w || w.Dims.Count != 2)
+            bool nbits = node.Is("MatMulNBits", "com.microsoft");
+            if (!(node.Is("MatMul") || nbits) || !m.Success || node.Inputs[1]?.Initializer is not { } w || (!nbits && w.Dims.Count != 2))
             {
                 continue;
             }
 
             string module = $"model.layers.{m.Groups[1].Value}.{m.Groups[2].Value}.{m.Groups[3].Value}";
-            long inF = w.Dims[0], outF = w.Dims[1];
+            long inF = nbits ? node.GetInt("K", 0) : w.Dims[0], outF = nbits ? node.GetInt("N", 0) : w.Dims[1];
             float[] a = Enumerable.Range(0, (int)(inF * rank)).Select(_ => (float)((rng.NextDouble() * 2 - 1) / Math.Sqrt(inF))).ToArray();
             float[] b = Enumerable.Range(0, (int)(rank * outF)).Select(_ => nonZeroB ? (float)((rng.NextDouble() * 2 - 1) * 0.1) : 0f).ToArray();
             Value y = node.Outputs[0];
@@ -45,7 +46,7 @@ internal static partial class TestLoraInjector
 
             modules.Add(new LoraModuleInfo
             {
-                Module = module, TargetNode = node.Name, BaseWeight = w.Name, Layout = WeightLayout.InOut,
+                Module = module, TargetNode = node.Name, BaseWeight = w.Name, Layout = nbits ? WeightLayout.MatMulNBits : WeightLayout.InOut,
                 InFeatures = inF, OutFeatures = outF, Rank = rank, Alpha = alpha,
                 LoraA = aV.Name, LoraB = bV.Name, ScaleTensor = scale.Name, LayerIndex = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture),
             });

@@ -80,6 +80,7 @@ public sealed class GradientContext
             DataType.Float16 => InMemoryTensor.From(name, type, [], [(Half)value]),
             DataType.BFloat16 => InMemoryTensor.From(name, type, [], [TensorConvert.ToBFloat16Bits((float)value)]),
             DataType.Int64 => InMemoryTensor.From(name, type, [], [(long)value]),
+            DataType.Int32 => InMemoryTensor.From(name, type, [], [(int)value]),
             _ => InMemoryTensor.Scalar(name, (float)value),
         };
         Value v = Builder.Initializer(tensor);

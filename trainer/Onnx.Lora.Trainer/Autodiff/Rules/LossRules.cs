@@ -36,10 +36,11 @@ public sealed class SoftmaxCrossEntropyLossGradient : GradientRule
             Value? keep = null;
             if (ignore is { } ig)
             {
-                Value ignoreValue = context.Op("CastLike", [context.Scalar(ig, DataType.Int64), labels]);
+                DataType labelType = context.TypeOf(labels) == DataType.Int32 ? DataType.Int32 : DataType.Int64;
+                Value ignoreValue = context.Scalar(ig, labelType);
                 Value isIgnored = context.Op("Equal", [labels, ignoreValue]);
                 keep = context.Op("Cast", [context.Op("Not", [isIgnored])], Attr.Int("to", (long)TypeOr(context, scores)));
-                safeLabels = context.Op("Where", [isIgnored, context.Op("CastLike", [context.Scalar(0, DataType.Int64), labels]), labels]);
+                safeLabels = context.Op("Where", [isIgnored, context.Scalar(0, labelType), labels]);
             }
 
             Value w = weights is null

@@ -5,7 +5,7 @@ namespace Onnx.Lora.Trainer.Autodiff.Rules;
 /// <summary>
 /// com.microsoft MatMulNBits: Y = A·dequant(B)ᵀ (+ bias), B int4 [N, blocks, blob] with per-block scales and optional
 /// zero points. The weight is frozen (LoRA trains beside it), so only dA = dY·dequant(B) is emitted. The weight is
-/// dequantized in the graph at run time with standard ops (nibble unpacking with BitwiseAnd / BitShift, then
+/// dequantized in the graph at run time with standard ops (nibble unpacking with integer Div / Sub, then
 /// (q − zero_point)·scale), reading the packed initializer directly: no fp32 copy of the weight is stored.
 /// </summary>
 public sealed class MatMulNBitsGradient : IGradientRule
@@ -49,11 +49,6 @@ public sealed class MatMulNBitsGradient : IGradientRule
             throw new LoraException($"MatMulNBits '{node.Name}' uses g_idx (act-order); its gradient is not supported.");
         }
 
-        if (context.Opset < 18)
-        {
-            throw new LoraException($"MatMulNBits '{node.Name}': unpacking its weight for the gradient needs BitwiseAnd (opset 18); the model imports opset {context.Opset}.");
-        }
-
         long k = node.GetInt("K", 0);
         long n = node.GetInt("N", 0);
         long blockSize = node.GetInt("block_size", 0);
@@ -91,14 +86,17 @@ public sealed class MatMulNBitsGradient : IGradientRule
         step.SetInputGradient(0, context.Op("MatMul", [dy, flat]));
     }
 
-    /// <summary>uint8 bytes holding two 4-bit values each (low nibble first) → uint8 values, reshaped to <paramref name="shape"/>.</summary>
+    /// <summary>
+    /// uint8 bytes holding two 4-bit values each (low nibble first) → int32 values reshaped to <paramref name="shape"/>.
+    /// Integer Div/Sub instead of BitwiseAnd/BitShift keeps this valid at every opset the op appears with.
+    /// </summary>
     private static Value Unpack(GradientContext context, Value packed, long[] shape)
     {
-        Value fifteen = context.Builder.Initializer(InMemoryTensor.From(context.Builder.FreshName("grad_u8_15"), DataType.UInt8, [], [(byte)15]));
-        Value four = context.Builder.Initializer(InMemoryTensor.From(context.Builder.FreshName("grad_u8_4"), DataType.UInt8, [], [(byte)4]));
-        Value low = context.Unsqueeze(context.Op("BitwiseAnd", [packed, fifteen]), [-1]);
-        Value high = context.Unsqueeze(context.Op("BitShift", [packed, four], Attr.String("direction", "RIGHT")), [-1]);
-        Value pairs = context.Op("Concat", [low, high], Attr.Int("axis", -1));
+        Value bytes = context.Op("Cast", [packed], Attr.Int("to", (long)DataType.Int32));
+        Value sixteen = context.Scalar(16, DataType.Int32);
+        Value high = context.Div(bytes, sixteen);
+        Value low = context.Sub(bytes, context.Mul(high, sixteen));
+        Value pairs = context.Op("Concat", [context.Unsqueeze(low, [-1]), context.Unsqueeze(high, [-1])], Attr.Int("axis", -1));
         return context.Op("Reshape", [pairs, context.Ints(shape)]);
     }
 }
