@@ -425,4 +425,19 @@ public sealed class RuleGradientTests
             [Attr.Int("num_heads", Heads), Attr.Int("kv_num_heads", KvHeads), Attr.Int("do_rotary", rotary ? 1 : 0)], "com.microsoft");
         Verify($"GroupQueryAttention (rotary={rotary}, packed={packed})", c, o[0], [1, Seq, Heads * HeadSize]);
     }
+
+    [TestMethod]
+    [DataRow(0L, false)]
+    [DataRow(1L, true)]
+    public void MultiHeadAttention_WithBiasAndCausalMask_MatchesFiniteDifferences(long unidirectional, bool attentionBias)
+    {
+        const int Heads = 2, HeadSize = 4, Seq = 4, KvSeq = 4;
+        var c = new GradCheck(DataType.Float, 17);
+        Value q = c.Param("q", [2, Seq, Heads * HeadSize]);
+        Value k = c.Param("k", [2, KvSeq, Heads * HeadSize]);
+        Value v = c.Param("v", [2, KvSeq, Heads * HeadSize]);
+        Value? bias = attentionBias ? c.Const("attention_bias", [1, Heads, Seq, KvSeq]) : null;
+        Value y = MsOp(c, "MultiHeadAttention", [q, k, v, null, null, bias], Attr.Int("num_heads", Heads), Attr.Int("unidirectional", unidirectional));
+        Verify($"MultiHeadAttention (unidirectional={unidirectional}, attention_bias={attentionBias})", c, y, [2, Seq, Heads * HeadSize]);
+    }
 }

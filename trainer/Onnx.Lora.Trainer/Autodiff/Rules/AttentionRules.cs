@@ -111,7 +111,7 @@ public sealed class GroupQueryAttentionGradient : IGradientRule
         }
     }
 
-    private static double Lowest(DataType type) => type == DataType.Float16 ? -65504.0 : -3.0e38;
+    internal static double Lowest(DataType type) => type == DataType.Float16 ? -65504.0 : -3.0e38;
 
     private static Value ScaleOf(GradientContext context, Node node, Value qh)
     {
@@ -147,11 +147,11 @@ public sealed class GroupQueryAttentionGradient : IGradientRule
     }
 
     /// <summary>[B, S, H·D] → [B, H, S, D].</summary>
-    private static Value Heads(GradientContext context, Value x, long heads) =>
+    internal static Value Heads(GradientContext context, Value x, long heads) =>
         context.Op("Transpose", [context.Op("Reshape", [x, context.Ints(0, 0, heads, -1)])], Attr.Ints("perm", 0, 2, 1, 3));
 
     /// <summary>[B, H, S, D] → [B, S, H·D].</summary>
-    private static Value Merge(GradientContext context, Value x) =>
+    internal static Value Merge(GradientContext context, Value x) =>
         context.Op("Reshape", [context.Op("Transpose", [x], Attr.Ints("perm", 0, 2, 1, 3)), context.Ints(0, 0, -1)]);
 
     /// <summary>[B, Hkv, S, D] → [B, Hkv·G, S, D], each KV head repeated for its G query heads.</summary>
@@ -184,5 +184,70 @@ public sealed class GroupQueryAttentionGradient : IGradientRule
         Value d = context.Op("Gather", [shape, context.Ints(3)]);
         Value grouped = context.Op("Reshape", [x, context.Op("Concat", [b, context.Ints(kvHeads, group), s, d], Attr.Int("axis", 0))]);
         return context.ReduceSum(grouped, [2], keepDims: false);
+    }
+}
+
+/// <summary>
+/// com.microsoft MultiHeadAttention with separate 3-D query/key/value, no packed bias, no key padding mask and no past
+/// (the training form): P = softmax(scale·QKᵀ + attention_bias, causal when unidirectional = 1), O = PV. Recomputed in
+/// standard ops; dQ = scale·dS·K, dK = scale·dSᵀ·Q, dV = Pᵀ·dO with dS = P ∘ (dP − rowsum(dP ∘ P)), dP = dO·Vᵀ.
+/// The additive attention_bias gets no gradient (masks are not trained).
+/// </summary>
+public sealed class MultiHeadAttentionGradient : IGradientRule
+{
+    /// <inheritdoc />
+    public string Domain => "com.microsoft";
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> OpTypes => ["MultiHeadAttention"];
+
+    /// <inheritdoc />
+    public void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        Node node = step.Node;
+        if (step.OptionalInput(1) is null || step.OptionalInput(2) is null || step.OptionalInput(3) is not null || step.OptionalInput(4) is not null
+            || step.OptionalInput(6) is not null || step.OptionalInput(7) is not null)
+        {
+            throw new LoraException($"MultiHeadAttention '{node.Name}': only separate query/key/value without packed bias, key padding mask or past are supported for training.");
+        }
+
+        if (step.NeedsGradient(5))
+        {
+            throw new LoraException($"MultiHeadAttention '{node.Name}': its attention_bias depends on a trainable tensor; that gradient is not supported.");
+        }
+
+        long heads = node.GetInt("num_heads", 0);
+        Value qh = GroupQueryAttentionGradient.Heads(context, step.Input(0), heads);
+        Value kh = GroupQueryAttentionGradient.Heads(context, step.Input(1), heads);
+        Value vh = GroupQueryAttentionGradient.Heads(context, step.Input(2), heads);
+        float scaleAttr = node.GetFloat("scale", 0f);
+        Value scale = scaleAttr != 0f
+            ? context.Scalar(scaleAttr, qh)
+            : context.Op("Reciprocal", [context.Op("Sqrt", [context.Op("Cast", [context.Op("Gather", [context.ShapeOfValue(qh), context.Ints(3)])], Attr.Int("to", (long)(context.TypeOf(step.Input(0)) is DataType.Undefined ? DataType.Float : context.TypeOf(step.Input(0)))))])]);
+        Value scores = context.Mul(context.Op("MatMul", [qh, context.Op("Transpose", [kh], Attr.Ints("perm", 0, 1, 3, 2))]), scale);
+        if (step.OptionalInput(5) is { } bias)
+        {
+            scores = context.Add(scores, bias);
+        }
+
+        if (node.GetInt("unidirectional", 0) != 0)
+        {
+            Value shape = context.ShapeOfValue(scores);
+            Value rows = context.Op("Range", [context.Scalar(0, DataType.Int64), context.Op("Squeeze", [context.Op("Gather", [shape, context.Ints(2)]), context.Ints(0)]), context.Scalar(1, DataType.Int64)]);
+            Value cols = context.Op("Range", [context.Scalar(0, DataType.Int64), context.Op("Squeeze", [context.Op("Gather", [shape, context.Ints(3)]), context.Ints(0)]), context.Scalar(1, DataType.Int64)]);
+            Value causal = context.Op("Less", [context.Unsqueeze(rows, [1]), context.Unsqueeze(cols, [0])]);
+            scores = context.Op("Where", [causal, context.Scalar(GroupQueryAttentionGradient.Lowest(context.TypeOf(step.Input(0))), step.Input(0)), scores]);
+        }
+
+        Value p = context.Op("Softmax", [scores], Attr.Int("axis", -1));
+        Value dO = GroupQueryAttentionGradient.Heads(context, step.OutputGradient(0) ?? throw new LoraException($"Only the output of MultiHeadAttention '{node.Name}' can be differentiated."), heads);
+        Value dV = context.Op("MatMul", [context.Op("Transpose", [p], Attr.Ints("perm", 0, 1, 3, 2)), dO]);
+        Value dP = context.Op("MatMul", [dO, context.Op("Transpose", [vh], Attr.Ints("perm", 0, 1, 3, 2))]);
+        Value dS = context.Mul(p, context.Sub(dP, context.ReduceSum(context.Mul(dP, p), [-1], keepDims: true)));
+        step.SetInputGradient(0, GroupQueryAttentionGradient.Merge(context, context.Mul(context.Op("MatMul", [dS, kh]), scale)));
+        step.SetInputGradient(1, GroupQueryAttentionGradient.Merge(context, context.Mul(context.Op("MatMul", [context.Op("Transpose", [dS], Attr.Ints("perm", 0, 1, 3, 2)), qh]), scale)));
+        step.SetInputGradient(2, GroupQueryAttentionGradient.Merge(context, dV));
     }
 }
