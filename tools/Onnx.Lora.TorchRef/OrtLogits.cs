@@ -1,0 +1,19 @@
+using Microsoft.ML.OnnxRuntime;
+
+namespace Onnx.Lora.TorchRef;
+
+/// <summary>Runs a torch-style causal LM in ONNX Runtime (CPU) and returns its logits.</summary>
+internal static class OrtLogits
+{
+    public static float[] Run(string modelPath, TokenBatch batch, int threads)
+    {
+        using var options = new SessionOptions { IntraOpNumThreads = threads, InterOpNumThreads = 1 };
+        using var session = new InferenceSession(modelPath, options);
+        long[] shape = [batch.BatchSize, batch.SeqLen];
+        using OrtValue ids = OrtValue.CreateTensorValueFromMemory(batch.Ids, shape);
+        using OrtValue mask = OrtValue.CreateTensorValueFromMemory(batch.Mask, shape);
+        using var runOptions = new RunOptions();
+        using var outputs = session.Run(runOptions, ["input_ids", "attention_mask"], [ids, mask], ["logits"]);
+        return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+    }
+}

@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using System.Globalization;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
+using static TorchSharp.torch;
+
+namespace Onnx.Lora.TorchRef;
+
+/// <summary>The tool's verbs. Each prints human-readable lines and, where a parent process reads it, one <c>RESULT k=v ...</c> line.</summary>
+internal static class Verbs
+{
+    public const string DefaultModel = "../shared/fixtures/stories260K/reference-onnx/model_named_weights.onnx";
+
+    /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the reference LoRA copy (all-linear).</summary>
+    public static int Inject(Args a)
+    {
+        using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
+        LoraManifest manifest = ReferenceLoraInjector.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
+        OnnxWriter.Save(model, a.Str("out"));
+        Console.WriteLine($"wrote {a.Str("out")}: {manifest.Modules.Count} LoRA modules, rank {a.Int("rank", 4)}");
+        return 0;
+    }
+
+    /// <summary>
+    /// <c>forward --model M [--batch 2 --seq 32 --seed 1 --tol 1e-4 --sdpa]</c>: logits of the libtorch peer vs ORT on
+    /// the same ONNX file (base or LoRA) and the same batch; exit 1 when the max abs diff exceeds the tolerance.
+    /// </summary>
+    public static int Forward(Args a)
+    {
+        string path = a.Str("model", DefaultModel);
+        int threads = a.Int("threads", 1);
+        set_num_threads(threads);
+        using Model model = OnnxReader.Load(path);
+        LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
+        TokenBatch batch = TokenBatch.Create(a.Int("seed", 1), a.Int("batch", 2), a.Int("seq", 32), facts.Vocab);
+        float[] ort = OrtLogits.Run(path, batch, threads);
+        using var llama = new TorchLlama(facts, a.Flag("sdpa"));
+        float[] torchLogits;
+        using (NewDisposeScope())
+        {
+            long[] shape = [batch.BatchSize, batch.SeqLen];
+            torchLogits = llama.Forward(tensor(batch.Ids, shape, ScalarType.Int64), tensor(batch.Mask, shape, ScalarType.Int64)).data<float>().ToArray();
+        }
+
+        double maxAbs = 0, maxRef = 0;
+        for (int i = 0; i < ort.Length; i++)
+        {
+            maxAbs = Math.Max(maxAbs, Math.Abs(ort[i] - torchLogits[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(ort[i]));
+        }
+
+        double tol = a.Double("tol", 1e-4);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"forward {Path.GetFileName(path)}: {facts.Layers} layers, {facts.Heads}/{facts.KvHeads} heads, LoRA modules {facts.Manifest?.Modules.Count ?? 0}, batch {batch.BatchSize}x{batch.SeqLen}; logits max|ort-torch| = {maxAbs:E3} (max|logit| {maxRef:F2}, tol {tol:E1})"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT max_abs_diff={maxAbs:E6}"));
+        return maxAbs <= tol ? 0 : 1;
+    }
+
+    /// <summary>
+    /// <c>train [--model M] [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --rank 8 --alpha 16 --lr 1e-3 --sdpa]</c>:
+    /// AdamW LoRA training in libtorch. A base model gets the reference all-linear LoRA injected in memory first.
+    /// </summary>
+    public static int TrainTorch(Args a)
+    {
+        int threads = a.Int("threads", 2);
+        set_num_threads(threads);
+        using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
+        if (LoraManifest.Read(model) is null)
+        {
+            ReferenceLoraInjector.Inject(model, a.Int("rank", 8), a.Double("alpha", 16), a.Int("lora-seed", 7));
+        }
+
+        LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
+        int batchSize = a.Int("batch", 4), seq = a.Int("seq", 64), seed = a.Int("seed", 1);
+        TokenBatch[] batches = Enumerable.Range(0, 4).Select(i => TokenBatch.Create(seed + i, batchSize, seq, facts.Vocab, padRows: false)).ToArray();
+        using var llama = new TorchLlama(facts, a.Flag("sdpa"));
+        using var trainer = new TorchTrainer(llama, AdamWSettings.From(a));
+        var losses = new List<float>();
+        TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i => losses.Add(trainer.Step(batches[i % batches.Length])));
+        if (a.Flag("verbose"))
+        {
+            for (int i = 0; i < losses.Count; i++)
+            {
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {i + 1}: loss {losses[i]:F6}"));
+            }
+        }
+
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"RESULT peer=libtorch tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6} flops_per_token={TrainingFlops.PerToken(facts, seq):F0}"));
+        return 0;
+    }
+
+    /// <summary><c>sgemm [--n 1024 --threads 2 --runs 10]</c>: MLAS sgemm peak through ORT (one MatMul), GFLOP/s.</summary>
+    public static int Sgemm(Args a)
+    {
+        double gflops = SgemmProbe.Measure(a.Int("n", 1024), a.Int("threads", 2), a.Int("runs", 10));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT sgemm_gflops={gflops:F2}"));
+        return 0;
+    }
+
+    /// <summary>
+    /// <c>bench [--model M --steps 30 --batch 4 --seq 64 --threads 2 --rank 8 --runs 3]</c>: runs each peer in its own
+    /// child process (so VmHWM is its own), plus the sgemm probe, and prints tokens/s, peak RSS, their ratios and the
+    /// training FLOP/s as a fraction of the sgemm peak.
+    /// </summary>
+    public static int Bench(Args a)
+    {
+        string model = Path.GetFullPath(a.Str("model", DefaultModel));
+        int threads = a.Int("threads", 2), runs = a.Int("runs", 3);
+        string common = string.Create(CultureInfo.InvariantCulture,
+            $"--model {model} --steps {a.Int("steps", 30)} --warmup {a.Int("warmup", 3)} --batch {a.Int("batch", 4)} --seq {a.Int("seq", 64)} --threads {threads} --rank {a.Int("rank", 8)} --alpha {a.Int("alpha", 16)} --lr {a.Double("lr", 1e-3)}");
+        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)) };
+        if (OursPeer.Available)
+        {
+            peers.Add(("ours", "train-ours"));
+        }
+
+        var results = peers.ToDictionary(p => p.Name, _ => new List<Dictionary<string, string>>());
+        var sgemm = new List<double>();
+        for (int r = 0; r < runs; r++)
+        {
+            foreach ((string name, string verb) in peers)
+            {
+                results[name].Add(RunChild($"{verb} {common}"));
+            }
+
+            sgemm.Add(double.Parse(RunChild($"sgemm --threads {threads} --n {a.Int("n", 1024)}")["sgemm_gflops"], CultureInfo.InvariantCulture));
+        }
+
+        double peak = Median(sgemm);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"model {Path.GetFileName(model)}; {common[(common.IndexOf("--steps", StringComparison.Ordinal))..]}; medians of {runs} runs"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"sgemm peak (ORT MatMul {a.Int("n", 1024)}^3, {threads} threads): {peak:F1} GFLOP/s  (runs: {string.Join(", ", sgemm.Select(s => s.ToString("F1", CultureInfo.InvariantCulture)))})"));
+        var summary = new Dictionary<string, (double Tps, double Rss)>();
+        foreach ((string name, _) in peers)
+        {
+            double tps = Median(results[name].Select(d => double.Parse(d["tokens_per_s"], CultureInfo.InvariantCulture)));
+            double rss = Median(results[name].Select(d => double.Parse(d["peak_rss_mib"], CultureInfo.InvariantCulture)));
+            double flopsPerToken = double.Parse(results[name][0]["flops_per_token"], CultureInfo.InvariantCulture);
+            summary[name] = (tps, rss);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{name,-9} tokens/s {tps,10:F1}  peak RSS {rss,7:F1} MiB  training {tps * flopsPerToken / 1e9,7:F3} GFLOP/s = {100 * tps * flopsPerToken / 1e9 / peak,5:F2}% of sgemm peak  (tokens/s runs: {string.Join(", ", results[name].Select(d => d["tokens_per_s"]))})"));
+        }
+
+        if (summary.TryGetValue("ours", out var ours))
+        {
+            var lt = summary["libtorch"];
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"ours/libtorch: tokens/s {ours.Tps / lt.Tps:F2}x (goal >= 1.5x), peak RSS {ours.Rss / lt.Rss:F2}x (goal <= 0.7x)"));
+        }
+        else
+        {
+            Console.WriteLine("ours: our trainer is not in this build (LoraTrainingSession missing); only the libtorch side ran.");
+        }
+
+        return 0;
+    }
+
+    private static Dictionary<string, string> RunChild(string arguments)
+    {
+        string exe = Path.Combine(AppContext.BaseDirectory, "onnx-lora-torchref");
+        var psi = new ProcessStartInfo(exe, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi) ?? throw new IOException($"could not start {exe}");
+        Task<string> err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        string? result = output.Split('\n').LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
+        if (p.ExitCode != 0 || result is null)
+        {
+            throw new IOException($"child '{arguments}' failed (exit {p.ExitCode}): {output} {err.Result}");
+        }
+
+        return result["RESULT ".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries)
+            .Select(kv => kv.Split('=', 2)).ToDictionary(kv => kv[0], kv => kv[1], StringComparer.Ordinal);
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        double[] v = values.Order().ToArray();
+        return v.Length % 2 == 1 ? v[v.Length / 2] : (v[(v.Length / 2) - 1] + v[v.Length / 2]) / 2;
+    }
+}
