@@ -1,4 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
 
 namespace Onnx.Lora.TorchRef;
 
@@ -7,8 +9,22 @@ internal static class OrtLogits
 {
     public static float[] Run(string modelPath, TokenBatch batch, int threads)
     {
-        using var options = new SessionOptions { IntraOpNumThreads = threads, InterOpNumThreads = 1 };
+        using var options = Options(threads);
         using var session = new InferenceSession(modelPath, options);
+        return Run(session, batch);
+    }
+
+    public static float[] Run(Model model, TokenBatch batch, int threads)
+    {
+        using var options = Options(threads);
+        using var session = new InferenceSession(OnnxWriter.ToBytes(model), options);
+        return Run(session, batch);
+    }
+
+    private static SessionOptions Options(int threads) => new() { IntraOpNumThreads = threads, InterOpNumThreads = 1 };
+
+    private static float[] Run(InferenceSession session, TokenBatch batch)
+    {
         long[] shape = [batch.BatchSize, batch.SeqLen];
         using OrtValue ids = OrtValue.CreateTensorValueFromMemory(batch.Ids, shape);
         using OrtValue mask = OrtValue.CreateTensorValueFromMemory(batch.Mask, shape);

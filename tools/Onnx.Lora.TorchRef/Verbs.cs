@@ -10,7 +10,22 @@ namespace Onnx.Lora.TorchRef;
 /// <summary>The tool's verbs. Each prints human-readable lines and, where a parent process reads it, one <c>RESULT k=v ...</c> line.</summary>
 internal static class Verbs
 {
-    public const string DefaultModel = "../shared/fixtures/stories260K/reference-onnx/model_named_weights.onnx";
+    /// <summary>The real pretrained stories260K in torch-style ONNX, from ../shared/fixtures beside the repository.</summary>
+    public static string DefaultModel
+    {
+        get
+        {
+            for (string? dir = AppContext.BaseDirectory; dir is not null; dir = Path.GetDirectoryName(dir))
+            {
+                if (File.Exists(Path.Combine(dir, "Onnx.Lora.sln")))
+                {
+                    return Path.GetFullPath(Path.Combine(dir, "..", "shared", "fixtures", "stories260K", "reference-onnx", "model_named_weights.onnx"));
+                }
+            }
+
+            throw new ArgumentException("Onnx.Lora.sln not found above the tool; pass --model.");
+        }
+    }
 
     /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the reference LoRA copy (all-linear).</summary>
     public static int Inject(Args a)
