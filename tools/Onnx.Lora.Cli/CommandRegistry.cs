@@ -8,6 +8,8 @@ internal static class CommandRegistry
     public static IEnumerable<Command> All()
     {
         // One line per verb.
-        yield break;
+        yield return new Commands.MergeCommand();
+        yield return new Commands.ExportAdapterCommand();
+        yield return new Commands.ConvertAdapterCommand();
     }
 }

@@ -1,0 +1,273 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
+
+namespace Onnx.Lora.Exporter.Peft;
+
+/// <summary>The fields of PEFT's adapter_config.json that decide the numbers.</summary>
+public sealed record PeftConfig
+{
+    /// <summary>Default rank r.</summary>
+    public required int R { get; init; }
+
+    /// <summary>Default lora_alpha.</summary>
+    public required double LoraAlpha { get; init; }
+
+    /// <summary>Scale alpha/√r instead of alpha/r.</summary>
+    public bool UseRsLora { get; init; }
+
+    /// <summary>DoRA.</summary>
+    public bool UseDora { get; init; }
+
+    /// <summary>Per-module rank overrides (key: a module-name suffix or regex, as PEFT matches it).</summary>
+    public IReadOnlyDictionary<string, int> RankPattern { get; init; } = new Dictionary<string, int>();
+
+    /// <summary>Per-module alpha overrides.</summary>
+    public IReadOnlyDictionary<string, double> AlphaPattern { get; init; } = new Dictionary<string, double>();
+
+    /// <summary>The target module names (leaf names, e.g. q_proj).</summary>
+    public IReadOnlyList<string> TargetModules { get; init; } = [];
+
+    /// <summary>lora_dropout.</summary>
+    public double LoraDropout { get; init; }
+
+    /// <summary>base_model_name_or_path.</summary>
+    public string? BaseModelNameOrPath { get; init; }
+
+    /// <summary>task_type.</summary>
+    public string TaskType { get; init; } = "CAUSAL_LM";
+
+    /// <summary>The rank of <paramref name="module"/> after rank_pattern.</summary>
+    public int RankOf(string module) => Pattern(RankPattern, module) ?? R;
+
+    /// <summary>The alpha of <paramref name="module"/> after alpha_pattern.</summary>
+    public double AlphaOf(string module) => Pattern(AlphaPattern, module) ?? LoraAlpha;
+
+    /// <summary>The scale PEFT applies to B·A for <paramref name="module"/> with rank <paramref name="rank"/>.</summary>
+    public double ScaleOf(string module, int rank) => UseRsLora ? AlphaOf(module) / Math.Sqrt(rank) : AlphaOf(module) / rank;
+
+    // PEFT: a pattern key matches when the module name ends with ".key" or equals it, else as a full regex.
+    private static T? Pattern<T>(IReadOnlyDictionary<string, T> patterns, string module) where T : struct
+    {
+        foreach ((string key, T value) in patterns)
+        {
+            if (module == key || module.EndsWith("." + key, StringComparison.Ordinal) || Regex.IsMatch(module, "^(.*\\.)?" + key + "$"))
+            {
+                return value;
+            }
+        }
+
+        return null;
+    }
+}
+
+/// <summary>
+/// PEFT adapters: adapter_model.safetensors with keys <c>base_model.model.&lt;module&gt;.lora_A.weight</c> [r, in],
+/// <c>.lora_B.weight</c> [out, r] (torch Linear layout, scale not folded), DoRA <c>.lora_magnitude_vector</c> [out],
+/// and adapter_config.json.
+/// </summary>
+public static class PeftAdapter
+{
+    /// <summary>safetensors file name PEFT uses.</summary>
+    public const string WeightsFile = "adapter_model.safetensors";
+
+    /// <summary>Config file name PEFT uses.</summary>
+    public const string ConfigFile = "adapter_config.json";
+
+    private const string KeyPrefix = "base_model.model.";
+
+    /// <summary>Writes <paramref name="weights"/> as a PEFT adapter folder (both files atomically; the scale is stored in the config, not in B).</summary>
+    /// <exception cref="AdapterFormatException">Modules disagree on alpha/scale in a way the config cannot express.</exception>
+    public static void Export(LoraWeights weights, string folder, string? baseModelNameOrPath = null, bool useRsLora = false, double dropout = 0)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        ArgumentNullException.ThrowIfNull(folder);
+        var tensors = new List<SafetensorsTensor>();
+        var rankPattern = new Dictionary<string, int>(StringComparer.Ordinal);
+        var alphaPattern = new Dictionary<string, double>(StringComparer.Ordinal);
+        int defaultRank = weights.Modules.Count == 0 ? 8 : weights.Modules.GroupBy(m => m.Rank).MaxBy(g => g.Count())!.Key;
+        var alphas = weights.Modules.Select(m => (m.Module, Alpha: AlphaFor(m, useRsLora))).ToList();
+        double defaultAlpha = alphas.Count == 0 ? 8 : alphas.GroupBy(a => a.Alpha).MaxBy(g => g.Count())!.Key;
+        foreach (LoraModuleWeights m in weights.Modules)
+        {
+            string key = KeyPrefix + m.Module;
+            tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_A.weight", [m.Rank, m.InFeatures], Transpose(m.A, m.InFeatures, m.Rank)));
+            tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_B.weight", [m.OutFeatures, m.Rank], Transpose(m.B, m.Rank, m.OutFeatures)));
+            if (m.Magnitude is { } mag)
+            {
+                tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_magnitude_vector", [m.OutFeatures], mag));
+            }
+
+            if (m.Rank != defaultRank)
+            {
+                rankPattern[m.Module] = m.Rank;
+            }
+
+            double alpha = AlphaFor(m, useRsLora);
+            if (alpha != defaultAlpha)
+            {
+                alphaPattern[m.Module] = alpha;
+            }
+        }
+
+        var targets = weights.Modules.Select(m => m.Module.Split('.')[^1]).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToArray();
+        var config = new JsonObject
+        {
+            ["alpha_pattern"] = new JsonObject(alphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
+            ["auto_mapping"] = null,
+            ["base_model_name_or_path"] = baseModelNameOrPath,
+            ["bias"] = "none",
+            ["fan_in_fan_out"] = false,
+            ["inference_mode"] = true,
+            ["init_lora_weights"] = true,
+            ["layers_pattern"] = null,
+            ["layers_to_transform"] = null,
+            ["lora_alpha"] = defaultAlpha,
+            ["lora_dropout"] = dropout,
+            ["modules_to_save"] = null,
+            ["peft_type"] = "LORA",
+            ["r"] = defaultRank,
+            ["rank_pattern"] = new JsonObject(rankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
+            ["revision"] = null,
+            ["target_modules"] = new JsonArray(targets.Select(t => (JsonNode?)t).ToArray()),
+            ["task_type"] = "CAUSAL_LM",
+            ["use_dora"] = weights.Modules.Any(m => m.Magnitude is not null),
+            ["use_rslora"] = useRsLora,
+        };
+        using var batch = new AtomicFileBatch();
+        string weightsPath = Path.Combine(folder, WeightsFile);
+        string tempWeights = Path.Combine(folder, "." + WeightsFile + ".partial");
+        SafetensorsWriter.Write(tempWeights, tensors);
+        batch.Add(Path.Combine(folder, ConfigFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }))));
+        File.Move(tempWeights, weightsPath, overwrite: true);
+        batch.Commit();
+
+        // PEFT stores alpha; our scale may be anything (e.g. folded): alpha = scale·r (or scale·√r for rsLoRA).
+        static double AlphaFor(LoraModuleWeights m, bool rs) => Math.Round(m.Scale * (rs ? Math.Sqrt(m.Rank) : m.Rank), 6);
+    }
+
+    /// <summary>Reads adapter_config.json.</summary>
+    /// <exception cref="AdapterFormatException">Missing or malformed, or not a LoRA adapter.</exception>
+    public static PeftConfig ReadConfig(string folder)
+    {
+        string path = Path.Combine(folder, ConfigFile);
+        try
+        {
+            JsonNode root = JsonNode.Parse(File.ReadAllText(path)) ?? throw new AdapterFormatException($"PEFT config '{path}' is empty.");
+            string? type = root["peft_type"]?.GetValue<string>();
+            if (type is not null && type != "LORA")
+            {
+                throw new AdapterFormatException($"PEFT config '{path}' has peft_type '{type}'; only LORA is supported.");
+            }
+
+            if (root["fan_in_fan_out"]?.GetValue<bool>() == true)
+            {
+                throw new AdapterFormatException($"PEFT config '{path}' has fan_in_fan_out true (Conv1D weights); not supported.");
+            }
+
+            return new PeftConfig
+            {
+                R = root["r"]?.GetValue<int>() ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'r'."),
+                LoraAlpha = root["lora_alpha"]?.GetValue<double>() ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'lora_alpha'."),
+                UseRsLora = root["use_rslora"]?.GetValue<bool>() ?? false,
+                UseDora = root["use_dora"]?.GetValue<bool>() ?? false,
+                RankPattern = root["rank_pattern"]?.AsObject().ToDictionary(p => p.Key, p => p.Value!.GetValue<int>()) ?? [],
+                AlphaPattern = root["alpha_pattern"]?.AsObject().ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) ?? [],
+                TargetModules = root["target_modules"] is JsonArray arr ? arr.Select(n => n!.GetValue<string>()).ToList() : [],
+                LoraDropout = root["lora_dropout"]?.GetValue<double>() ?? 0,
+                BaseModelNameOrPath = root["base_model_name_or_path"]?.GetValue<string>(),
+                TaskType = root["task_type"]?.GetValue<string>() ?? "CAUSAL_LM",
+            };
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or InvalidOperationException or FormatException)
+        {
+            throw new AdapterFormatException($"Cannot read PEFT config '{path}': {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Imports a PEFT adapter folder into MatMul-layout weights (A [in, r], B [r, out], scale from the config incl.
+    /// rank_pattern/alpha_pattern/rsLoRA). With <paramref name="modules"/> given, every key must match one of them.
+    /// </summary>
+    /// <exception cref="AdapterFormatException">The files are malformed or keys are not PEFT LoRA keys.</exception>
+    /// <exception cref="AdapterMismatchException">A key matches no module of the model, or shapes differ from it.</exception>
+    public static LoraWeights Import(string folder, IReadOnlyList<LoraModuleInfo>? modules = null)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        PeftConfig config = ReadConfig(folder);
+        string path = Path.Combine(folder, WeightsFile);
+        using SafetensorsFile file = SafetensorsFile.Open(path);
+        var byModule = new SortedDictionary<string, Dictionary<string, SafetensorsEntry>>(StringComparer.Ordinal);
+        foreach (SafetensorsEntry e in file.Tensors)
+        {
+            Match m = Regex.Match(e.Name, @"^base_model\.model\.(?<module>.+)\.(?<kind>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?)$");
+            if (!m.Success)
+            {
+                throw new AdapterFormatException($"Key '{e.Name}' in '{path}' is not a PEFT LoRA key ('base_model.model.<module>.lora_A.weight' / 'lora_B.weight' / 'lora_magnitude_vector').");
+            }
+
+            string module = m.Groups["module"].Value;
+            if (!byModule.TryGetValue(module, out var kinds))
+            {
+                byModule[module] = kinds = new Dictionary<string, SafetensorsEntry>(StringComparer.Ordinal);
+            }
+
+            kinds[m.Groups["kind"].Value.StartsWith("lora_magnitude", StringComparison.Ordinal) ? "m" : m.Groups["kind"].Value[..6]] = e;
+        }
+
+        var result = new List<LoraModuleWeights>();
+        foreach ((string module, Dictionary<string, SafetensorsEntry> kinds) in byModule)
+        {
+            LoraModuleInfo? info = null;
+            if (modules is not null)
+            {
+                info = modules.FirstOrDefault(i => i.Module == module)
+                    ?? throw new AdapterMismatchException($"Key '{KeyPrefix}{module}.lora_A.weight' in '{path}' matches no module of the model (adapted modules: {string.Join(", ", modules.Take(5).Select(i => i.Module))}{(modules.Count > 5 ? ", ..." : string.Empty)}).");
+            }
+
+            if (!kinds.TryGetValue("lora_A", out SafetensorsEntry? a) || !kinds.TryGetValue("lora_B", out SafetensorsEntry? b))
+            {
+                throw new AdapterFormatException($"Module '{module}' in '{path}' needs both lora_A.weight and lora_B.weight.");
+            }
+
+            if (a.Dims.Count != 2 || b.Dims.Count != 2 || a.Dims[0] != b.Dims[1])
+            {
+                throw new AdapterFormatException($"Module '{module}' in '{path}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; expected [r, in] and [out, r].");
+            }
+
+            int rank = (int)a.Dims[0], inF = (int)a.Dims[1], outF = (int)b.Dims[0];
+            if (rank != config.RankOf(module))
+            {
+                throw new AdapterFormatException($"Module '{module}' in '{path}' has rank {rank}; the config (r / rank_pattern) says {config.RankOf(module)}.");
+            }
+
+            if (info is not null && (info.InFeatures != inF || info.OutFeatures != outF))
+            {
+                throw new AdapterMismatchException($"Module '{module}' in '{path}' is [{inF}→{outF}]; the model's layer is [{info.InFeatures}→{info.OutFeatures}].");
+            }
+
+            float[]? magnitude = kinds.TryGetValue("m", out SafetensorsEntry? me) ? file.ToFloat32(me.Name) : null;
+            result.Add(new LoraModuleWeights(module, inF, outF, rank, Transpose(file.ToFloat32(a.Name), rank, inF), Transpose(file.ToFloat32(b.Name), outF, rank), (float)config.ScaleOf(module, rank), magnitude));
+        }
+
+        return new LoraWeights(result);
+    }
+
+    private static float[] Transpose(float[] m, int rows, int cols)
+    {
+        var t = new float[m.Length];
+        for (int i = 0; i < rows; i++)
+        {
+            for (int j = 0; j < cols; j++)
+            {
+                t[(j * rows) + i] = m[(i * cols) + j];
+            }
+        }
+
+        return t;
+    }
+}
