@@ -4,4 +4,7 @@ namespace Onnx.Lora.TorchRef;
 internal static class OursPeer
 {
     public static bool Available => false;
+
+    public static ITrainingPeer Create(string loraModelPath, AdamWSettings adamw, int threads) =>
+        throw new NotSupportedException($"Our trainer (LoraTrainingSession) is not in this build yet; cannot train '{loraModelPath}' with {adamw} on {threads} threads.");
 }

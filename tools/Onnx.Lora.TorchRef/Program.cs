@@ -3,7 +3,7 @@ using Onnx.Lora.TorchRef;
 
 if (args.Length == 0)
 {
-    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|sgemm|bench|parity> [--options]");
+    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench> [--options]");
     return 2;
 }
 
@@ -14,13 +14,15 @@ try
     {
         "inject" => Verbs.Inject(options),
         "forward" => Verbs.Forward(options),
-        "train" => Verbs.TrainTorch(options),
+        "train" => Verbs.Train(options, ours: false),
+        "train-ours" => Verbs.Train(options, ours: true),
+        "parity" => Verbs.Parity(options),
         "sgemm" => Verbs.Sgemm(options),
         "bench" => Verbs.Bench(options),
         _ => throw new ArgumentException($"Unknown verb '{args[0]}'."),
     };
 }
-catch (Exception e) when (e is LoraException or ArgumentException or IOException)
+catch (Exception e) when (e is LoraException or ArgumentException or IOException or NotSupportedException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;

@@ -11,16 +11,20 @@ internal sealed record AdamWSettings(double Lr = 1e-3, double Beta1 = 0.9, doubl
 }
 
 /// <summary>Loss, gradients and AdamW steps of <see cref="TorchLlama"/>'s LoRA parameters with libtorch autograd.</summary>
-internal sealed class TorchTrainer : IDisposable
+internal sealed class TorchTrainer : ITrainingPeer
 {
     private readonly TorchLlama _model;
     private readonly optim.Optimizer _optimizer;
+    private readonly bool _ownsModel;
 
-    public TorchTrainer(TorchLlama model, AdamWSettings adamw)
+    public TorchTrainer(TorchLlama model, AdamWSettings adamw, bool ownsModel = false)
     {
         _model = model;
+        _ownsModel = ownsModel;
         _optimizer = optim.AdamW(model.Parameters(), adamw.Lr, adamw.Beta1, adamw.Beta2, adamw.Eps, adamw.WeightDecay);
     }
+
+    public string Name => "libtorch";
 
     /// <summary>Loss and the gradient of every A and B (by tensor name) on <paramref name="batch"/>; parameters unchanged.</summary>
     public (float Loss, Dictionary<string, float[]> Gradients) LossAndGradients(TokenBatch batch)
@@ -55,7 +59,14 @@ internal sealed class TorchTrainer : IDisposable
         _model.Lora.SelectMany(l => new[] { (l.AName, l.A), (l.BName, l.B) })
             .ToDictionary(p => p.Item1, p => p.Item2.data<float>().ToArray(), StringComparer.Ordinal);
 
-    public void Dispose() => _optimizer.Dispose();
+    public void Dispose()
+    {
+        _optimizer.Dispose();
+        if (_ownsModel)
+        {
+            _model.Dispose();
+        }
+    }
 
     private Tensor Loss(TokenBatch batch)
     {

@@ -73,37 +73,92 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>train [--model M] [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --rank 8 --alpha 16 --lr 1e-3 --sdpa]</c>:
-    /// AdamW LoRA training in libtorch. A base model gets the reference all-linear LoRA injected in memory first.
+    /// <c>train|train-ours [--model M] [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --rank 8 --alpha 16 --lr 1e-3 --sdpa]</c>:
+    /// AdamW LoRA training by one peer. A base model gets the reference all-linear LoRA injected first (seeded).
     /// </summary>
-    public static int TrainTorch(Args a)
+    public static int Train(Args a, bool ours)
     {
         int threads = a.Int("threads", 2);
+        using var temp = new TempFolder();
+        (Model model, string path) = LoraModel(a, temp);
+        using (model)
+        {
+            LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
+            int batchSize = a.Int("batch", 4), seq = a.Int("seq", 64), seed = a.Int("seed", 1);
+            TokenBatch[] batches = Enumerable.Range(0, 4).Select(i => TokenBatch.Create(seed + i, batchSize, seq, facts.Vocab, padRows: false)).ToArray();
+            using ITrainingPeer peer = ours ? OursPeer.Create(path, AdamWSettings.From(a), threads) : TorchPeer(facts, a, threads);
+            var losses = new List<float>();
+            TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i => losses.Add(peer.Step(batches[i % batches.Length])));
+            if (a.Flag("verbose"))
+            {
+                for (int i = 0; i < losses.Count; i++)
+                {
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {i + 1}: loss {losses[i]:F6}"));
+                }
+            }
+
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6} flops_per_token={TrainingFlops.PerToken(facts, seq):F0}"));
+        }
+
+        return 0;
+    }
+
+    /// <summary>
+    /// <c>parity [--model M] [--steps 20 --batch 4 --seq 64 --rank 4 --alpha 8 --lr 1e-3 --weight-decay 0.01 --tol 1e-4]</c>:
+    /// loss and every A/B gradient of our trainer vs libtorch on one batch, then both train N AdamW steps on the same
+    /// batches; exit 1 when any relative error exceeds the tolerance.
+    /// </summary>
+    public static int Parity(Args a)
+    {
+        set_num_threads(1);
+        using var temp = new TempFolder();
+        (Model model, string path) = LoraModel(a, temp);
+        using (model)
+        {
+            LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
+            int batchSize = a.Int("batch", 4), seq = a.Int("seq", 64), seed = a.Int("seed", 1);
+            TokenBatch[] batches = Enumerable.Range(0, 4).Select(i => TokenBatch.Create(seed + i, batchSize, seq, facts.Vocab)).ToArray();
+            AdamWSettings adamw = AdamWSettings.From(a);
+            using ITrainingPeer torchPeer = TorchPeer(facts, a, 1);
+            using ITrainingPeer ours = OursPeer.Create(path, adamw, 1);
+            ParityResult r = ParityResult.Run(torchPeer, ours, batches, a.Int("steps", 20));
+            double tol = a.Double("tol", 1e-4);
+            var inv = CultureInfo.InvariantCulture;
+            Console.WriteLine(string.Create(inv, $"parity on {Path.GetFileName(a.Str("model", DefaultModel))}: {facts.Manifest!.Modules.Count} LoRA modules, batch {batchSize}x{seq}, {adamw}"));
+            Console.WriteLine(string.Create(inv, $"loss: libtorch {r.ReferenceLoss:F7}  ours {r.CandidateLoss:F7}  rel {r.LossRel:E2}"));
+            foreach (TensorDiff g in r.Gradients.OrderByDescending(g => g.RelInf).Take(a.Int("show", 5)))
+            {
+                Console.WriteLine(string.Create(inv, $"  grad {g.Name}: max|d| {g.MaxAbsDiff:E2} / max|g| {g.MaxAbsRef:E2} = {g.RelInf:E2} (L2 rel {g.RelL2:E2})"));
+            }
+
+            Console.WriteLine(string.Create(inv, $"gradients: {r.Gradients.Count} tensors, worst ||d||inf/||g||inf = {r.WorstGradientRel:E2}"));
+            Console.WriteLine(string.Create(inv, $"trajectory ({r.ReferenceTrajectory.Length} AdamW steps): worst rel {r.WorstTrajectoryRel:E2}; last loss libtorch {r.ReferenceTrajectory[^1]:F6} ours {r.CandidateTrajectory[^1]:F6}"));
+            bool ok = r.LossRel <= tol && r.WorstGradientRel <= tol && r.WorstTrajectoryRel <= tol;
+            Console.WriteLine(string.Create(inv, $"RESULT loss_rel={r.LossRel:E3} grad_rel={r.WorstGradientRel:E3} traj_rel={r.WorstTrajectoryRel:E3} pass={ok}"));
+            return ok ? 0 : 1;
+        }
+    }
+
+    private static TorchTrainer TorchPeer(LlamaGraphFacts facts, Args a, int threads)
+    {
         set_num_threads(threads);
-        using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
+        return new TorchTrainer(new TorchLlama(facts, a.Flag("sdpa")), AdamWSettings.From(a), ownsModel: true);
+    }
+
+    /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else the reference injection saved to a temp file.</summary>
+    private static (Model Model, string Path) LoraModel(Args a, TempFolder temp)
+    {
+        string path = a.Str("model", DefaultModel);
+        Model model = OnnxReader.Load(path);
         if (LoraManifest.Read(model) is null)
         {
             ReferenceLoraInjector.Inject(model, a.Int("rank", 8), a.Double("alpha", 16), a.Int("lora-seed", 7));
+            path = Path.Combine(temp.Path, "lora.onnx");
+            OnnxWriter.Save(model, path);
         }
 
-        LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
-        int batchSize = a.Int("batch", 4), seq = a.Int("seq", 64), seed = a.Int("seed", 1);
-        TokenBatch[] batches = Enumerable.Range(0, 4).Select(i => TokenBatch.Create(seed + i, batchSize, seq, facts.Vocab, padRows: false)).ToArray();
-        using var llama = new TorchLlama(facts, a.Flag("sdpa"));
-        using var trainer = new TorchTrainer(llama, AdamWSettings.From(a));
-        var losses = new List<float>();
-        TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i => losses.Add(trainer.Step(batches[i % batches.Length])));
-        if (a.Flag("verbose"))
-        {
-            for (int i = 0; i < losses.Count; i++)
-            {
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {i + 1}: loss {losses[i]:F6}"));
-            }
-        }
-
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT peer=libtorch tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6} flops_per_token={TrainingFlops.PerToken(facts, seq):F0}"));
-        return 0;
+        return (model, path);
     }
 
     /// <summary><c>sgemm [--n 1024 --threads 2 --runs 10]</c>: MLAS sgemm peak through ORT (one MatMul), GFLOP/s.</summary>
