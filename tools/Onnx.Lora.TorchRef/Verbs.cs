@@ -186,20 +186,23 @@ internal static class Verbs
             peers.Add(("ours", "train-ours"));
         }
 
+        // libtorch's OpenMP spins actively between ops by default; on a shared 2-core box with other load that turns a
+        // 50 ms step into seconds. PASSIVE gives libtorch its best case here (--omp-wait ACTIVE to see the default).
+        string ompWait = a.Str("omp-wait", "PASSIVE");
         var results = peers.ToDictionary(p => p.Name, _ => new List<Dictionary<string, string>>());
         var sgemm = new List<double>();
         for (int r = 0; r < runs; r++)
         {
             foreach ((string name, string verb) in peers)
             {
-                results[name].Add(RunChild($"{verb} {common}"));
+                results[name].Add(RunChild($"{verb} {common}", name == "libtorch" ? ompWait : null));
             }
 
             sgemm.Add(double.Parse(RunChild($"sgemm --threads {threads} --n {a.Int("n", 1024)}")["sgemm_gflops"], CultureInfo.InvariantCulture));
         }
 
         double peak = Median(sgemm);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"model {Path.GetFileName(model)}; {common[(common.IndexOf("--steps", StringComparison.Ordinal))..]}; medians of {runs} runs"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"model {Path.GetFileName(model)}; {common[(common.IndexOf("--steps", StringComparison.Ordinal))..]}{(a.Flag("sdpa") ? " --sdpa" : string.Empty)}; libtorch OMP_WAIT_POLICY={ompWait}; medians of {runs} runs"));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"sgemm peak (ORT MatMul {a.Int("n", 1024)}^3, {threads} threads): {peak:F1} GFLOP/s  (runs: {string.Join(", ", sgemm.Select(s => s.ToString("F1", CultureInfo.InvariantCulture)))})"));
         var summary = new Dictionary<string, (double Tps, double Rss)>();
         foreach ((string name, _) in peers)
@@ -226,10 +229,15 @@ internal static class Verbs
         return 0;
     }
 
-    private static Dictionary<string, string> RunChild(string arguments)
+    private static Dictionary<string, string> RunChild(string arguments, string? ompWaitPolicy = null)
     {
         string exe = Path.Combine(AppContext.BaseDirectory, "onnx-lora-torchref");
         var psi = new ProcessStartInfo(exe, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (ompWaitPolicy is not null)
+        {
+            psi.Environment["OMP_WAIT_POLICY"] = ompWaitPolicy;
+        }
+
         using var p = Process.Start(psi) ?? throw new IOException($"could not start {exe}");
         Task<string> err = p.StandardError.ReadToEndAsync();
         string output = p.StandardOutput.ReadToEnd();
