@@ -73,20 +73,40 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>train|train-ours [--model M] [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --rank 8 --alpha 16 --lr 1e-3 --sdpa]</c>:
-    /// AdamW LoRA training by one peer. A base model gets the reference all-linear LoRA injected first (seeded).
+    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX]</c>:
+    /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
+    /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
     public static int Train(Args a, bool ours)
     {
         int threads = a.Int("threads", 2);
-        using var temp = new TempFolder();
-        (Model model, string path) = LoraModel(a, temp);
-        using (model)
+        string path = a.Str("model");
+        int batchSize = a.Int("batch", 4), seq = a.Int("seq", 64), seed = a.Int("seed", 1), vocab = a.Int("vocab", 0);
+        if (vocab <= 0)
         {
-            LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
-            int batchSize = a.Int("batch", 4), seq = a.Int("seq", 64), seed = a.Int("seed", 1);
-            TokenBatch[] batches = Enumerable.Range(0, 4).Select(i => TokenBatch.Create(seed + i, batchSize, seq, facts.Vocab, padRows: false)).ToArray();
-            using ITrainingPeer peer = ours ? OursPeer.Create(path, AdamWSettings.From(a), threads) : TorchPeer(facts, a, threads);
+            throw new ArgumentException("--vocab is required (the bench passes it so that a child does not read the model twice).");
+        }
+
+        TokenBatch[] batches = Enumerable.Range(0, 4).Select(i => TokenBatch.Create(seed + i, batchSize, seq, vocab, padRows: false)).ToArray();
+        string? profile = a.Maybe("profile");
+        ITrainingPeer peer;
+        if (ours)
+        {
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile);
+        }
+        else
+        {
+            using Model model = OnnxReader.Load(path);
+            if (LoraManifest.Read(model) is null)
+            {
+                throw new ArgumentException($"'{path}' has no LoRA manifest; inject first (the bench does).");
+            }
+
+            peer = TorchPeer(LlamaGraphFacts.Read(model), a, threads);
+        }
+
+        using (peer)
+        {
             var losses = new List<float>();
             TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i => losses.Add(peer.Step(batches[i % batches.Length])));
             if (a.Flag("verbose"))
@@ -97,8 +117,13 @@ internal static class Verbs
                 }
             }
 
+            if (profile is not null && OursPeer.EndProfiling(peer) is { } profileFile)
+            {
+                Console.Write(OrtProfileSummary.Format(OrtProfileSummary.Read(profileFile), 25));
+            }
+
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6} flops_per_token={TrainingFlops.PerToken(facts, seq):F0}"));
+                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6}"));
         }
 
         return 0;
@@ -176,10 +201,20 @@ internal static class Verbs
     /// </summary>
     public static int Bench(Args a)
     {
-        string model = Path.GetFullPath(a.Str("model", DefaultModel));
-        int threads = a.Int("threads", 2), runs = a.Int("runs", 3);
+        int threads = a.Int("threads", 2), runs = a.Int("runs", 3), seq = a.Int("seq", 64);
+        using var temp = new TempFolder();
+        (Model model, string path) = LoraModel(a, temp);
+        double flopsPerToken;
+        int vocab;
+        using (model)
+        {
+            LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
+            flopsPerToken = TrainingFlops.PerToken(facts, seq);
+            vocab = facts.Vocab;
+        }
+
         string common = string.Create(CultureInfo.InvariantCulture,
-            $"--model {model} --steps {a.Int("steps", 30)} --warmup {a.Int("warmup", 3)} --batch {a.Int("batch", 4)} --seq {a.Int("seq", 64)} --threads {threads} --rank {a.Int("rank", 8)} --alpha {a.Int("alpha", 16)} --lr {a.Double("lr", 1e-3)}");
+            $"--model {path} --vocab {vocab} --steps {a.Int("steps", 30)} --warmup {a.Int("warmup", 3)} --batch {a.Int("batch", 4)} --seq {seq} --threads {threads} --lr {a.Double("lr", 1e-3)}");
         var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)) };
         if (OursPeer.Available)
         {
@@ -201,24 +236,25 @@ internal static class Verbs
             sgemm.Add(double.Parse(RunChild($"sgemm --threads {threads} --n {a.Int("n", 1024)}")["sgemm_gflops"], CultureInfo.InvariantCulture));
         }
 
+        var inv = CultureInfo.InvariantCulture;
         double peak = Median(sgemm);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"model {Path.GetFileName(model)}; {common[(common.IndexOf("--steps", StringComparison.Ordinal))..]}{(a.Flag("sdpa") ? " --sdpa" : string.Empty)}; libtorch OMP_WAIT_POLICY={ompWait}; medians of {runs} runs"));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"sgemm peak (ORT MatMul {a.Int("n", 1024)}^3, {threads} threads): {peak:F1} GFLOP/s  (runs: {string.Join(", ", sgemm.Select(s => s.ToString("F1", CultureInfo.InvariantCulture)))})"));
+        Console.WriteLine(string.Create(inv, $"model {Path.GetFileName(a.Str("model", DefaultModel))} + LoRA all-linear r={a.Int("rank", 8)} alpha={a.Int("alpha", 16)}; {common[common.IndexOf("--steps", StringComparison.Ordinal)..]}{(a.Flag("sdpa") ? " --sdpa" : string.Empty)}; libtorch OMP_WAIT_POLICY={ompWait}; medians of {runs} runs"));
+        Console.WriteLine(string.Create(inv, $"sgemm peak (ORT MatMul {a.Int("n", 1024)}^3, {threads} threads): {peak:F1} GFLOP/s  (runs: {string.Join(", ", sgemm.Select(s => s.ToString("F1", inv)))})"));
+        Console.WriteLine(string.Create(inv, $"training FLOPs per token (see TrainingFlops): {flopsPerToken / 1e6:F3} MFLOP"));
         var summary = new Dictionary<string, (double Tps, double Rss)>();
         foreach ((string name, _) in peers)
         {
-            double tps = Median(results[name].Select(d => double.Parse(d["tokens_per_s"], CultureInfo.InvariantCulture)));
-            double rss = Median(results[name].Select(d => double.Parse(d["peak_rss_mib"], CultureInfo.InvariantCulture)));
-            double flopsPerToken = double.Parse(results[name][0]["flops_per_token"], CultureInfo.InvariantCulture);
+            double tps = Median(results[name].Select(d => double.Parse(d["tokens_per_s"], inv)));
+            double rss = Median(results[name].Select(d => double.Parse(d["peak_rss_mib"], inv)));
             summary[name] = (tps, rss);
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{name,-9} tokens/s {tps,10:F1}  peak RSS {rss,7:F1} MiB  training {tps * flopsPerToken / 1e9,7:F3} GFLOP/s = {100 * tps * flopsPerToken / 1e9 / peak,5:F2}% of sgemm peak  (tokens/s runs: {string.Join(", ", results[name].Select(d => d["tokens_per_s"]))})"));
+            Console.WriteLine(string.Create(inv,
+                $"{name,-9} tokens/s {tps,10:F1}  peak RSS {rss,7:F1} MiB  training {tps * flopsPerToken / 1e9,7:F3} GFLOP/s = {100 * tps * flopsPerToken / 1e9 / peak,5:F2}% of sgemm peak  (tokens/s runs: {string.Join(", ", results[name].Select(d => d["tokens_per_s"]))}; RSS runs: {string.Join(", ", results[name].Select(d => d["peak_rss_mib"]))})"));
         }
 
         if (summary.TryGetValue("ours", out var ours))
         {
             var lt = summary["libtorch"];
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            Console.WriteLine(string.Create(inv,
                 $"ours/libtorch: tokens/s {ours.Tps / lt.Tps:F2}x (goal >= 1.5x), peak RSS {ours.Rss / lt.Rss:F2}x (goal <= 0.7x)"));
         }
         else
