@@ -1,0 +1,247 @@
+using System.Globalization;
+using Onnx.Lora.Graph;
+
+namespace Onnx.Lora.Models.Builders;
+
+/// <summary>
+/// Builds a Llama decoder in the shape torch.onnx exports it (opset 17, standard ops only, no KV cache):
+/// MatMul on pre-transposed [in, out] weights, decomposed RMSNorm (Pow, ReduceMean, Add, Sqrt, Div, Mul),
+/// RoPE from cos/sin tables with Slice/Split/Concat, a causal mask combined with attention_mask, GQA by repeating
+/// key/value heads, a SiLU MLP and logits. Nodes are named like torch's (<c>/model/layers.0/self_attn/q_proj/MatMul</c>).
+/// </summary>
+/// <remarks>
+/// Inputs: <c>input_ids</c>, <c>attention_mask</c> int64 [batch_size, sequence_length]; output <c>logits</c> float
+/// [batch_size, sequence_length, vocab]. Weights come from an <see cref="IWeightSource"/> under Hugging Face keys
+/// (<c>model.layers.N.self_attn.q_proj.weight</c> in [in, out] layout, <c>lm_head.weight</c> [hidden, vocab] when untied).
+/// </remarks>
+public static class TorchLlamaBuilder
+{
+    private const float MaskValue = -1e9f;
+
+    /// <summary>Builds the model with seeded random weights (<see cref="LlamaConfig.Seed"/>).</summary>
+    public static Model Build(LlamaConfig config) => Build(config, new RandomWeightSource(config?.Seed ?? 0));
+
+    /// <summary>Builds the model with weights from <paramref name="weights"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The config's sizes do not fit together.</exception>
+    public static Model Build(LlamaConfig config, IWeightSource weights)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(weights);
+        config.Validate();
+        return new Emitter(config, weights).Emit();
+    }
+
+    private sealed class Emitter(LlamaConfig c, IWeightSource weights)
+    {
+        private readonly GraphBuilder _b = new("main_graph", opset: 17);
+        private ConstantCache _constants = null!;
+        private int _anonymous = 100;
+        private Value _one = null!;
+        private Value _two = null!;
+        private Value _eps = null!;
+
+        public Model Emit()
+        {
+            _constants = new ConstantCache(_b);
+            _one = Constant("const_1.0", 1f);
+            _two = Constant("const_2.0", 2f);
+            _eps = Constant("const_eps", c.RmsNormEps);
+
+            Value ids = _b.Input("input_ids", DataType.Int64, "batch_size", "sequence_length");
+            Value mask = _b.Input("attention_mask", DataType.Int64, "batch_size", "sequence_length");
+
+            Value embedTable = _b.Weight(weights, "model.embed_tokens.weight", new("model.embed_tokens.weight", WeightRole.Embedding, [c.Vocab, c.Hidden]));
+            Value x = _b.Node("/model/embed_tokens", "Gather", [embedTable, ids]);
+
+            // Positions 0..seq-1 from the input's shape.
+            Value shape = _b.Node("/model", "Shape", [ids]);
+            Value seq = _b.Node("/model", "Gather", [shape, _b.Initializer(InMemoryTensor.FromInt64s("const_i1", [], [1]))], [Attr.Int("axis", 0)]);
+            Value zero = _b.Initializer(InMemoryTensor.FromInt64s("const_i0", [], [0]));
+            Value step = _b.Initializer(InMemoryTensor.FromInt64s("const_step", [], [1]));
+            Value positions = _b.Node("/model", "Range", [zero, seq, step]);
+
+            (Value cos, Value sin) = RotaryInputs(positions);
+            Value attnBias = AttentionBias(seq, mask);
+
+            for (int layer = 0; layer < c.Layers; layer++)
+            {
+                string scope = $"/model/layers.{layer}";
+                string key = $"model.layers.{layer}";
+                Value h = RmsNorm(x, $"{scope}/input_layernorm", $"{key}.input_layernorm.weight");
+                Value attn = Attention(h, layer, cos, sin, attnBias);
+                x = _b.Node(scope, "Add", [x, attn]);
+                h = RmsNorm(x, $"{scope}/post_attention_layernorm", $"{key}.post_attention_layernorm.weight");
+                Value mlp = Mlp(h, layer);
+                x = _b.Node(scope, "Add", [x, mlp]);
+            }
+
+            x = RmsNorm(x, "/model/norm", "model.norm.weight");
+            Value lmHead = LmHead(embedTable);
+            Value logits = _b.Node("/lm_head", "MatMul", [x, lmHead]);
+            _b.Output(logits, "logits", DataType.Float, "batch_size", "sequence_length", c.Vocab);
+            return _b.Model;
+        }
+
+        private Value LmHead(Value embedTable)
+        {
+            string name = c.Naming == InitializerNaming.Named ? "lm_head.weight" : NextAnonymous();
+            if (!c.TiedEmbeddings)
+            {
+                return _b.Weight(weights, name, new("lm_head.weight", WeightRole.Linear, [c.Hidden, c.Vocab]));
+            }
+
+            // torch.onnx exports a tied classifier as its own pre-transposed initializer; so do we.
+            float[] table = embedTable.Initializer!.ToFloat32();
+            return _b.Floats(name, [c.Hidden, c.Vocab], BuilderHelpers.Transpose(table, c.Vocab, c.Hidden));
+        }
+
+        private string NextAnonymous() => "onnx::MatMul_" + (_anonymous++).ToString(CultureInfo.InvariantCulture);
+
+        private Value Linear(Value x, string scope, string key, int inFeatures, int outFeatures)
+        {
+            string name = c.Naming == InitializerNaming.Named ? key : NextAnonymous();
+            Value w = _b.Weight(weights, name, new(key, WeightRole.Linear, [inFeatures, outFeatures]));
+            return _b.Node(scope, "MatMul", [x, w]);
+        }
+
+        private Value RmsNorm(Value x, string scope, string weightKey)
+        {
+            Value gamma = _b.Weight(weights, weightKey, new(weightKey, WeightRole.NormScale, [c.Hidden]));
+            Value pow = _b.Node(scope, "Pow", [x, _two]);
+            Value mean = _b.Node(scope, "ReduceMean", [pow], [Attr.Ints("axes", -1), Attr.Int("keepdims", 1)]);
+            Value add = _b.Node(scope, "Add", [mean, _eps]);
+            Value sqrt = _b.Node(scope, "Sqrt", [add]);
+            Value inv = _b.Node(scope, "Div", [_one, sqrt]);
+            Value normed = _b.Node(scope, "Mul", [x, inv]);
+            return _b.Node(scope, "Mul", [gamma, normed]);
+        }
+
+        private (Value Cos, Value Sin) RotaryInputs(Value positions)
+        {
+            bool interleaved = c.Rope == RopeStyle.Interleaved;
+            (float[] cosTable, float[] sinTable, int width) = BuilderHelpers.RotaryTables(c.MaxPositions, c.HeadDim, c.RopeTheta, duplicate: !interleaved);
+            Value cosCache = _b.Floats("cos_cached", [c.MaxPositions, width], cosTable);
+            Value sinCache = _b.Floats("sin_cached", [c.MaxPositions, width], sinTable);
+            Value cos = _b.Node("/model/rotary_emb", "Gather", [cosCache, positions]);
+            Value sin = _b.Node("/model/rotary_emb", "Gather", [sinCache, positions]);
+
+            // Interleaved: [s, d/2] -> [1, s, 1, d/2, 1] against q as [b, s, h, d/2, 2].
+            // Rotate-half: [s, d] -> [1, 1, s, d] against q as [b, h, s, d].
+            Value axes = interleaved ? Shape("rope_unsq_axes", 0, 2, 4) : Shape("rope_unsq_axes", 0, 1);
+            return (_b.Node("/model/rotary_emb", "Unsqueeze", [cos, axes]), _b.Node("/model/rotary_emb", "Unsqueeze", [sin, axes]));
+        }
+
+        private Value AttentionBias(Value seq, Value mask)
+        {
+            var causal = new float[(long)c.MaxPositions * c.MaxPositions];
+            for (int i = 0; i < c.MaxPositions; i++)
+            {
+                for (int j = i + 1; j < c.MaxPositions; j++)
+                {
+                    causal[((long)i * c.MaxPositions) + j] = MaskValue;
+                }
+            }
+
+            Value causalMask = _b.Floats("causal_mask", [c.MaxPositions, c.MaxPositions], causal);
+            Value seq1 = _b.Node("/model", "Unsqueeze", [seq, Shape("const_axis0", 0)]);
+            Value ends = _b.Node("/model", "Concat", [seq1, seq1], [Attr.Int("axis", 0)]);
+            Value square = _b.Node("/model", "Slice", [causalMask, Shape("const_zero_2", 0, 0), ends, Shape("const_axes_0_1", 0, 1)]);
+
+            // Padding: (1 - mask) * -1e9, broadcast over heads and query positions as [b, 1, 1, s].
+            Value maskF = _b.Node("/model", "Cast", [mask], [Attr.Int("to", (long)DataType.Float)]);
+            Value inverted = _b.Node("/model", "Sub", [_one, maskF]);
+            Value padding = _b.Node("/model", "Mul", [inverted, Constant("const_neg", MaskValue)]);
+            Value padding4 = _b.Node("/model", "Unsqueeze", [padding, Shape("const_axes_1_2", 1, 2)]);
+            return _b.Node("/model", "Add", [square, padding4]);
+        }
+
+        private Value Attention(Value h, int layer, Value cos, Value sin, Value bias)
+        {
+            string scope = $"/model/layers.{layer}/self_attn";
+            string key = $"model.layers.{layer}.self_attn";
+            Value q = Linear(h, $"{scope}/q_proj", $"{key}.q_proj.weight", c.Hidden, c.Hidden);
+            Value k = Linear(h, $"{scope}/k_proj", $"{key}.k_proj.weight", c.Hidden, c.KvDim);
+            Value v = Linear(h, $"{scope}/v_proj", $"{key}.v_proj.weight", c.Hidden, c.KvDim);
+
+            q = Rotate(q, c.Heads, scope, "rotary_q", cos, sin);
+            k = Rotate(k, c.KvHeads, scope, "rotary_k", cos, sin);
+            v = _b.Node(scope, "Reshape", [v, Shape4(c.KvHeads)]);
+            if (c.Rope == RopeStyle.Interleaved)
+            {
+                // torch exports rotate in [b, s, h, d] here and transpose q, k, v to [b, h, s, d] afterwards.
+                q = _b.Node(scope, "Transpose", [q], [Attr.Ints("perm", 0, 2, 1, 3)]);
+                k = _b.Node(scope, "Transpose", [k], [Attr.Ints("perm", 0, 2, 1, 3)]);
+            }
+
+            v = _b.Node(scope, "Transpose", [v], [Attr.Ints("perm", 0, 2, 1, 3)]);
+
+            if (c.KvHeads != c.Heads)
+            {
+                k = RepeatKv(k, $"{scope}/repeat_kv");
+                v = RepeatKv(v, $"{scope}/repeat_kv_1");
+            }
+
+            Value kT = _b.Node(scope, "Transpose", [k], [Attr.Ints("perm", 0, 1, 3, 2)]);
+            Value scores = _b.Node(scope, "MatMul", [q, kT]);
+            scores = _b.Node(scope, "Div", [scores, Constant("const_scale", MathF.Sqrt(c.HeadDim))]);
+            scores = _b.Node(scope, "Add", [scores, bias]);
+            Value probs = _b.Node(scope, "Softmax", [scores], [Attr.Int("axis", -1)]);
+            Value context = _b.Node(scope, "MatMul", [probs, v]);
+            context = _b.Node(scope, "Transpose", [context], [Attr.Ints("perm", 0, 2, 1, 3)]);
+            context = _b.Node(scope, "Reshape", [context, Shape("shape_merge", 0, 0, c.Hidden)]);
+            return Linear(context, $"{scope}/o_proj", $"{key}.o_proj.weight", c.Hidden, c.Hidden);
+        }
+
+        /// <summary>[b, s, heads*d] -> rotated [b, s, heads, d] (interleaved) or [b, heads, s, d] (rotate-half).</summary>
+        private Value Rotate(Value x, int heads, string attnScope, string rotaryName, Value cos, Value sin)
+        {
+            string scope = $"{attnScope}/{rotaryName}";
+            if (c.Rope == RopeStyle.Interleaved)
+            {
+                Value pairs = _b.Node(scope, "Reshape", [x, Shape($"shape_pairs_{heads}", 0, 0, heads, c.HeadDim / 2, 2)]);
+                IReadOnlyList<Value> parts = _b.OpMulti("Split", [pairs, Shape("split_2", 1, 1)], 2, [Attr.Int("axis", -1)], name: $"{scope}/Split");
+                Value even = parts[0];
+                Value odd = parts[1];
+                Value real = _b.Node(scope, "Sub", [_b.Node(scope, "Mul", [even, cos]), _b.Node(scope, "Mul", [odd, sin])]);
+                Value imag = _b.Node(scope, "Add", [_b.Node(scope, "Mul", [even, sin]), _b.Node(scope, "Mul", [odd, cos])]);
+                Value joined = _b.Node(scope, "Concat", [real, imag], [Attr.Int("axis", -1)]);
+                return _b.Node(scope, "Reshape", [joined, Shape4(heads)]);
+            }
+
+            // HF order: view and transpose in the attention scope, then apply_rotary_pos_emb.
+            Value split = _b.Node(attnScope, "Reshape", [x, Shape4(heads)]);
+            Value t = _b.Node(attnScope, "Transpose", [split], [Attr.Ints("perm", 0, 2, 1, 3)]);
+            int half = c.HeadDim / 2;
+            Value axis = Shape("const_axis_last", -1);
+            Value first = _b.Node(scope, "Slice", [t, Shape("const_start_0", 0), Shape($"const_half_{half}", half), axis]);
+            Value second = _b.Node(scope, "Slice", [t, Shape($"const_half_{half}", half), Shape("const_end_max", long.MaxValue), axis]);
+            Value rotated = _b.Node(scope, "Concat", [_b.Node(scope, "Neg", [second]), first], [Attr.Int("axis", -1)]);
+            return _b.Node(scope, "Add", [_b.Node(scope, "Mul", [t, cos]), _b.Node(scope, "Mul", [rotated, sin])]);
+        }
+
+        /// <summary>[b, kv, s, d] -> [b, heads, s, d] by repeating each kv head heads/kv times (as HF's repeat_kv).</summary>
+        private Value RepeatKv(Value x, string scope)
+        {
+            Value unsqueezed = _b.Node(scope, "Unsqueeze", [x, Shape("const_axis_2", 2)]);
+            Value expanded = _b.Node(scope, "Expand", [unsqueezed, Shape("expand_rep", 1, 1, c.Heads / c.KvHeads, 1, 1)]);
+            return _b.Node(scope, "Reshape", [expanded, Shape("shape_rep", 0, c.Heads, -1, c.HeadDim)]);
+        }
+
+        private Value Mlp(Value h, int layer)
+        {
+            string scope = $"/model/layers.{layer}/mlp";
+            string key = $"model.layers.{layer}.mlp";
+            Value gate = Linear(h, $"{scope}/gate_proj", $"{key}.gate_proj.weight", c.Hidden, c.Intermediate);
+            Value act = _b.Node($"{scope}/act_fn", "Mul", [gate, _b.Node($"{scope}/act_fn", "Sigmoid", [gate])]);
+            Value up = Linear(h, $"{scope}/up_proj", $"{key}.up_proj.weight", c.Hidden, c.Intermediate);
+            Value product = _b.Node(scope, "Mul", [act, up]);
+            return Linear(product, $"{scope}/down_proj", $"{key}.down_proj.weight", c.Intermediate, c.Hidden);
+        }
+
+        private Value Shape4(int heads) => Shape($"shape_heads_{heads}", 0, 0, heads, c.HeadDim);
+
+        private Value Shape(string name, params long[] values) => _constants.Int64s(name, values);
+
+        private Value Constant(string name, float scalar) => _constants.Float(name, scalar);
+    }
+}
