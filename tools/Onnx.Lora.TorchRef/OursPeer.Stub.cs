@@ -1,6 +1,8 @@
 namespace Onnx.Lora.TorchRef;
 
-/// <summary>Our ONNX trainer as the second peer. Wired once Onnx.Lora.Trainer's LoraTrainingSession is on main.</summary>
+// NOTE: compiled only while the trainer has no LoraTrainingSession (see the csproj); OursPeer.Session.cs replaces it.
+
+/// <summary>Stand-in for our trainer before it exists: the bench runs the libtorch side only, parity says what is missing.</summary>
 internal static class OursPeer
 {
     public static bool Available => false;
