@@ -3,7 +3,7 @@ using Onnx.Lora.TorchRef;
 
 if (args.Length == 0)
 {
-    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench> [--options]");
+    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|make-model> [--options]");
     return 2;
 }
 
@@ -18,6 +18,7 @@ try
         "train-ours" => Verbs.Train(options, ours: true),
         "parity" => Verbs.Parity(options),
         "sgemm" => Verbs.Sgemm(options),
+        "make-model" => Verbs.MakeModel(options),
         "bench" => Verbs.Bench(options),
         _ => throw new ArgumentException($"Unknown verb '{args[0]}'."),
     };
