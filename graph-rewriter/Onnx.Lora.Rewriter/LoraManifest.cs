@@ -88,6 +88,15 @@ public sealed record LoraModuleInfo
 
     /// <summary>Zero-based decoder layer index parsed from the module name, if it has one.</summary>
     public int? LayerIndex { get; init; }
+
+    /// <summary>Operator of the target node: MatMul, Gemm, MatMulNBits, or Attention (fused qkv weight: W' = W + s·A·B feeds the op). Optional, added by the rewriter.</summary>
+    public string? OpKind { get; init; }
+
+    /// <summary>MatMulNBits bits per weight (quantized bases only). Optional.</summary>
+    public int? Bits { get; init; }
+
+    /// <summary>The rank the user asked for; differs from <see cref="Rank"/> (0) for adapter slots. Optional.</summary>
+    public int? RequestedRank { get; init; }
 }
 
 /// <summary>

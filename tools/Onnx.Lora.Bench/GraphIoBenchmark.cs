@@ -22,6 +22,27 @@ internal static class GraphIoBenchmark
         Naming = InitializerNaming.Named, Rope = RopeStyle.RotateHalf,
     };
 
+    /// <summary>The 1B-shaped configuration (shared with the inject benchmark).</summary>
+    internal static LlamaConfig Config => s_config;
+
+    /// <summary>Builds the benchmark model into <paramref name="dir"/> unless it is there; returns its path.</summary>
+    internal static string EnsureModel(string dir, bool random)
+    {
+        string model = Path.Combine(dir, ModelName);
+        if (!File.Exists(model))
+        {
+            Directory.CreateDirectory(dir);
+            var build = Stopwatch.StartNew();
+            Console.WriteLine($"building {s_config.ParameterCount:N0}-parameter graph in {dir} ({(random ? "random" : "zero")} weights) ...");
+            IWeightSource weights = random ? new RandomWeightSource(s_config.Seed) : new ZeroWeightSource();
+            using Model built = TorchLlamaBuilder.Build(s_config, weights);
+            OnnxWriter.Save(built, model, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
+            Console.WriteLine($"built in {build.Elapsed.TotalSeconds:F1} s");
+        }
+
+        return model;
+    }
+
     public static int Run(string[] args)
     {
         string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench"));

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Onnx.Lora.Cli.Commands;
 
 namespace Onnx.Lora.Cli;
 
@@ -8,8 +9,11 @@ internal static class CommandRegistry
     public static IEnumerable<Command> All()
     {
         // One line per verb.
+        yield return new InspectCommand();
+        yield return new InjectCommand();
         yield return new Commands.MergeCommand();
         yield return new Commands.ExportAdapterCommand();
         yield return new Commands.ConvertAdapterCommand();
+        yield return new ConvertLlama2cCommand();
     }
 }

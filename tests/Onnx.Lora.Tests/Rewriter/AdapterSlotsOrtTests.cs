@@ -1,0 +1,63 @@
+using Microsoft.ML.OnnxRuntime;
+using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
+using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Tests.Support;
+
+namespace Onnx.Lora.Tests.Rewriter;
+
+/// <summary>An adapter-slot model made from a real fixture serves "no adapter" and an ORT .onnx_adapter.</summary>
+[TestClass]
+public sealed class AdapterSlotsOrtTests
+{
+    [TestMethod]
+    public void Run_SlotModelWithOrtAdapter_EqualsBaseWithMergedWeights()
+    {
+        using var dir = new TempDir();
+        string basePath = Fixtures.Path("stories260K", "reference-onnx", "model.onnx");
+        Dictionary<string, float[]> baseOut = OrtRunner.Run(basePath);
+        using Model slots = OnnxReader.Load(basePath);
+        LoraManifest manifest = LoraInjector.Inject(slots, new LoraOptions { Targets = ["q_proj", "v_proj", "down_proj"], Placement = LoraPlacement.AdapterSlots });
+        Assert.AreEqual(15, manifest.Modules.Count);
+        string slotsPath = LoraTestSupport.Save(slots, dir, "slots.onnx");
+
+        float none = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(slotsPath), baseOut);
+        Assert.IsTrue(none <= Tolerances.ZeroAdapterAbs, $"no adapter changed the logits by {none}");
+
+        // A rank-3 adapter, B with the scale folded in (as Olive/GenAI adapters carry it), written as .onnx_adapter.
+        const int R = 3;
+        var parameters = new List<AdapterParameter>();
+        var adapters = new Dictionary<string, (float[] A, float[] B)>();
+        int seed = 40;
+        foreach (LoraModuleInfo m in manifest.Modules)
+        {
+            float[] a = LoraTestSupport.Random((int)m.InFeatures * R, seed++, 0.1f);
+            float[] b = LoraTestSupport.Random(R * (int)m.OutFeatures, seed++, 0.1f);
+            parameters.Add(AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], a));
+            parameters.Add(AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], b));
+            adapters[m.Module] = (a, b);
+        }
+
+        string adapterPath = dir.File("task.onnx_adapter");
+        OnnxAdapterFormat.Write(new AdapterFile { Parameters = parameters }, adapterPath);
+        Dictionary<string, float[]> viaOrt;
+        using (OrtLoraAdapter adapter = OrtLoraAdapter.Create(adapterPath, null))
+        using (var options = new RunOptions())
+        {
+            options.AddActiveLoraAdapter(adapter);
+            viaOrt = OrtRunner.Run(slotsPath, runOptions: options);
+        }
+
+        // Reference: the base model with W + A·B (scale 1: folded into B) computed here.
+        using Model reference = OnnxReader.Load(basePath);
+        LoraManifest unitScale = manifest with { Modules = manifest.Modules.Select(m => m with { Rank = R, Alpha = R }).ToList() };
+        LoraTestSupport.MergeIntoBase(reference, unitScale, adapters);
+        Dictionary<string, float[]> refOut = OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx"));
+        float rel = LoraTestSupport.RelativeError(viaOrt, refOut);
+        Console.WriteLine($"slots + .onnx_adapter vs merged base: rel error {rel:E2}; no adapter vs base {none:E2}");
+        Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
+        Assert.IsTrue(LoraTestSupport.RelativeError(viaOrt, baseOut) > 1e-3f, "the adapter did not change the logits");
+    }
+}

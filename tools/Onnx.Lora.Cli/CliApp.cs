@@ -1,0 +1,39 @@
+using System.CommandLine;
+
+namespace Onnx.Lora.Cli;
+
+/// <summary>The onnx-lora command line, runnable in-process (tests pass their own writers).</summary>
+internal static class CliApp
+{
+    /// <summary>Builds the root command with every verb.</summary>
+    public static RootCommand CreateRoot()
+    {
+        var root = new RootCommand("onnx-lora: fine-tune ONNX transformer models with LoRA — inject, train, merge, export. No Python.");
+        foreach (Command command in CommandRegistry.All())
+        {
+            root.Subcommands.Add(command);
+        }
+
+        return root;
+    }
+
+    /// <summary>Parses and runs <paramref name="args"/>, writing to <paramref name="output"/> and <paramref name="error"/>; returns the exit code.</summary>
+    public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
+    {
+        ParseResult parse = CreateRoot().Parse(args);
+        if (parse.Errors.Count > 0 && !args.Any(a => a is "-h" or "--help" or "-?"))
+        {
+            // A malformed command line is invalid input too (System.CommandLine's default exit code is 1).
+            foreach (System.CommandLine.Parsing.ParseError e in parse.Errors)
+            {
+                error.WriteLine($"onnx-lora: {e.Message}");
+            }
+
+            error.WriteLine("Run 'onnx-lora --help' for usage.");
+            return Task.FromResult(ExitCodes.InvalidInput);
+        }
+
+        // Our commands report their own errors (LoraCommand); the default handler would print a stack trace.
+        return parse.InvokeAsync(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false }, cancellationToken);
+    }
+}

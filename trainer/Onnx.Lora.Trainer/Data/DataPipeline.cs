@@ -1,0 +1,46 @@
+using Onnx.Lora.Trainer.Config;
+
+namespace Onnx.Lora.Trainer.Data;
+
+/// <summary>Everything the training loop reads: tokenizer and loaders, all rows already validated.</summary>
+/// <param name="Tokenizer">The run's tokenizer.</param>
+/// <param name="Train">Training loader (shuffled per epoch with the run's seed).</param>
+/// <param name="Eval">Evaluation loader (fixed order), or null without eval data.</param>
+/// <param name="TrainExamples">Examples in the training file.</param>
+/// <param name="TrainTargetTokens">Tokens carrying loss in one training epoch.</param>
+public sealed record PreparedData(TextTokenizer Tokenizer, DataLoader Train, DataLoader? Eval, int TrainExamples, long TrainTargetTokens);
+
+/// <summary>Builds <see cref="PreparedData"/> from <see cref="TrainOptions"/>: the one call the runner makes before training.</summary>
+public static class DataPipeline
+{
+    /// <summary>
+    /// Loads the tokenizer, checks it and the seq length against the model, reads and validates every row of
+    /// the training and eval files, packs or not, and creates the loaders.
+    /// </summary>
+    /// <param name="options">Validated options.</param>
+    /// <param name="modelVocabSize">Rows of the model's token embedding.</param>
+    /// <param name="modelMaxPositions">Longest sequence the model supports, if it has a limit.</param>
+    /// <param name="modelName">Model name for messages.</param>
+    /// <exception cref="DataException">Tokenizer, data or limits do not fit; the message says where and why.</exception>
+    public static PreparedData Prepare(TrainOptions options, int modelVocabSize, int? modelMaxPositions, string modelName)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        VocabularyGuard.CheckSequenceLength(options.SeqLength, modelMaxPositions, modelName);
+        TextTokenizer tokenizer = TextTokenizer.Load(options.Tokenizer);
+        var datasetOptions = new DatasetOptions
+        {
+            CompletionOnlyLoss = options.CompletionOnlyLoss,
+            MaxTokens = options.SeqLength,
+            Truncate = options.Truncate,
+            ModelVocabSize = modelVocabSize,
+        };
+        List<TokenizedExample> train = JsonlDataset.Load(options.Data, tokenizer, datasetOptions);
+        List<TokenizedExample>? eval = options.EvalData is null ? null : JsonlDataset.Load(options.EvalData, tokenizer, datasetOptions);
+        List<TrainingRow> Rows(List<TokenizedExample> examples) =>
+            options.Packing ? SequencePacker.Pack(examples, options.SeqLength) : SequencePacker.Unpacked(examples);
+
+        var trainLoader = new DataLoader(Rows(train), options.BatchSize, options.SeqLength, tokenizer.PadId, options.Seed, shuffle: true);
+        DataLoader? evalLoader = eval is null ? null : new DataLoader(Rows(eval), options.BatchSize, options.SeqLength, tokenizer.PadId, options.Seed, shuffle: false);
+        return new PreparedData(tokenizer, trainLoader, evalLoader, train.Count, train.Sum(e => (long)e.TrainableTokens));
+    }
+}

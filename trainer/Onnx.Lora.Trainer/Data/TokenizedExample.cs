@@ -1,0 +1,34 @@
+namespace Onnx.Lora.Trainer.Data;
+
+/// <summary>The JSONL row formats the trainer reads.</summary>
+public enum ExampleFormat
+{
+    /// <summary><c>{"text": ...}</c>: every token trains.</summary>
+    Text,
+
+    /// <summary><c>{"prompt": ..., "completion": ...}</c>: the completion trains (prompt masked by default).</summary>
+    PromptCompletion,
+
+    /// <summary><c>{"messages": [{"role", "content"}, ...]}</c>: assistant replies train (others masked by default).</summary>
+    Messages,
+
+    /// <summary>Alpaca <c>{"instruction", "input"?, "output"}</c>: rendered with the Alpaca prompt; the output trains.</summary>
+    Alpaca,
+}
+
+/// <summary>
+/// One tokenized example. <see cref="Labels"/> follows the Hugging Face convention: same positions as
+/// <see cref="InputIds"/>, the token id where the token carries loss and −100 where it does not; the loss shifts
+/// (position t's logits predict label t+1).
+/// </summary>
+/// <param name="InputIds">Token ids, BOS/EOS included as the format adds them.</param>
+/// <param name="Labels">Per-position target id or <see cref="IgnoreIndex"/>.</param>
+/// <param name="Source">"file:line" the example came from.</param>
+public sealed record TokenizedExample(int[] InputIds, int[] Labels, string Source)
+{
+    /// <summary>The label value that carries no loss (PyTorch's ignore_index).</summary>
+    public const int IgnoreIndex = -100;
+
+    /// <summary>Number of positions with a target.</summary>
+    public int TrainableTokens => Labels.Count(l => l != IgnoreIndex);
+}
