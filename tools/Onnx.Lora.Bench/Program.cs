@@ -6,6 +6,7 @@ using Onnx.Lora.Bench;
 //   merge [--dir out/bench] [--rounds 30] [--runs 3] [--skip-latency] [--skip-large]
 //                                                       merged / LoRA / adapter-slot vs base latency through ORT (side by side),
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
+//   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
 return args.FirstOrDefault() switch
 {
@@ -15,12 +16,13 @@ return args.FirstOrDefault() switch
     InjectBenchmark.ChildVerb => InjectBenchmark.RunChild(args[1..]),
     "merge" => MergeBenchmark.Run(args[1..]),
     MergeBenchmark.ChildVerb => MergeBenchmark.RunChild(args[1..]),
+    "adamw" => AdamWBenchmark.Run(args[1..]),
     "dump" when args.Length == 2 => ModelDump.Run(args[1]),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | dump MODEL");
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | dump MODEL");
     return 2;
 }
