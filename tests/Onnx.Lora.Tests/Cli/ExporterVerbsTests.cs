@@ -59,6 +59,52 @@ public sealed class ExporterVerbsTests
     }
 
     [TestMethod]
+    public void Merge_BaseWithPeftAdapter_EqualsLoraModel()
+    {
+        using var dir = new TempDir();
+        (string basePath, string loraPath, LoraWeights weights) = InjectedPair(dir);
+        Onnx.Lora.Exporter.Peft.PeftAdapter.Export(weights, dir.File("peft"));
+
+        var (code, output, error) = CliRunner.Run("merge", basePath, "--adapter", dir.File("peft"), "-o", dir.File("merged.onnx"));
+
+        Assert.AreEqual(0, code, error);
+        StringAssert.Contains(output, $"merged {weights.Modules.Count} modules");
+        Assert.IsLessThanOrEqualTo(1e-5, LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]));
+    }
+
+    [TestMethod]
+    public void Merge_BaseWithAdapterForUnknownModule_FailsListingClosestName()
+    {
+        using var dir = new TempDir();
+        (string basePath, _, LoraWeights weights) = InjectedPair(dir);
+        LoraModuleWeights m = weights.Modules[0];
+        OnnxAdapterFormat.Write(AdapterLoader.ToNamedAdapter(new LoraWeights([m with { Module = m.Module + "_typo" }])), dir.File("typo.onnx_adapter"));
+
+        var result = CliRunner.Run("merge", basePath, "--adapter", dir.File("typo.onnx_adapter"), "-o", dir.File("merged.onnx"));
+
+        AssertCleanFailure(result, "typo.onnx_adapter", dir.File("merged.onnx"));
+        StringAssert.Contains(result.Err, "closest: '" + m.Module + "'");
+    }
+
+    /// <summary>The stand-in base, and its LoRA model injected by the real rewriter with random A and B.</summary>
+    private static (string Base, string Lora, LoraWeights Weights) InjectedPair(TempDir dir)
+    {
+        string basePath = LoraTestModels.Save(LoraTestModels.Base(), dir.File("base.onnx"));
+        Model model = LoraTestModels.Base();
+        LoraManifest manifest = LoraInjector.Inject(model, new LoraOptions { Rank = 4, Alpha = 8 });
+        var rng = new Random(21);
+        foreach (LoraModuleInfo info in manifest.Modules)
+        {
+            model.Graph.Initializers.SetData(info.LoraA, InMemoryTensor.FromFloats(info.LoraA, [info.InFeatures, 4], LoraTestModels.Rand(4 * (int)info.InFeatures, rng, 0.5f)));
+            model.Graph.Initializers.SetData(info.LoraB, InMemoryTensor.FromFloats(info.LoraB, [4, info.OutFeatures], LoraTestModels.Rand(4 * (int)info.OutFeatures, rng, 0.5f)));
+        }
+
+        string loraPath = LoraTestModels.Save(model, dir.File("lora.onnx"));
+        using Model saved = Onnx.Lora.Graph.Serialization.OnnxReader.Load(loraPath);
+        return (basePath, loraPath, LoraWeights.FromModel(saved, LoraManifest.Read(saved)!, loraPath));
+    }
+
+    [TestMethod]
     public void Combine_TwoAdaptersCat_WritesAdapterWithSummedRanks()
     {
         using var dir = new TempDir();
