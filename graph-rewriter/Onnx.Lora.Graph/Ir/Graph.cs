@@ -179,69 +179,66 @@ public sealed class Graph
 
     /// <summary>
     /// Reorders nodes so that every node comes after the producers of its inputs (and of the outer values its
-    /// subgraphs read). Stable: nodes already in order keep their relative order.
+    /// subgraphs read). Nodes keep their current order wherever it is already valid; a node that is needed earlier
+    /// (e.g. one appended at the end by a rewrite) moves to just before its first consumer, so a rewrite that only
+    /// adds nodes leaves the original nodes in their original relative order.
     /// </summary>
     /// <exception cref="GraphValidationException">The graph has a cycle.</exception>
     public void SortTopologically()
     {
-        var position = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
-        for (int i = 0; i < _nodes.Count; i++)
-        {
-            position[_nodes[i]] = i;
-        }
-
-        var pending = new int[_nodes.Count];
-        var dependents = new List<int>[_nodes.Count];
-        for (int i = 0; i < _nodes.Count; i++)
-        {
-            dependents[i] = [];
-        }
-
-        for (int i = 0; i < _nodes.Count; i++)
-        {
-            var producers = new HashSet<int>();
-            foreach (Value input in _nodes[i].Inputs.OfType<Value>().Concat(_nodes[i].ImplicitInputs()))
-            {
-                Node? producer = ProducerInThisGraph(input);
-                if (producer is not null && position.TryGetValue(producer, out int p) && p != i && producers.Add(p))
-                {
-                    dependents[p].Add(i);
-                    pending[i]++;
-                }
-            }
-        }
-
-        // A min-heap on original position keeps the order stable.
-        var ready = new PriorityQueue<int, int>();
-        for (int i = 0; i < _nodes.Count; i++)
-        {
-            if (pending[i] == 0)
-            {
-                ready.Enqueue(i, i);
-            }
-        }
-
+        var state = new Dictionary<Node, bool>(ReferenceEqualityComparer.Instance); // false: on the stack, true: emitted
         var order = new List<Node>(_nodes.Count);
-        while (ready.TryDequeue(out int i, out _))
+        var stack = new Stack<(Node Node, IEnumerator<Node> Dependencies)>();
+        foreach (Node root in _nodes)
         {
-            order.Add(_nodes[i]);
-            foreach (int d in dependents[i])
+            if (state.ContainsKey(root))
             {
-                if (--pending[d] == 0)
-                {
-                    ready.Enqueue(d, d);
-                }
+                continue;
             }
-        }
 
-        if (order.Count != _nodes.Count)
-        {
-            Node stuck = _nodes.First(n => !order.Contains(n));
-            throw new GraphValidationException($"Graph '{Name}' has a cycle through node '{stuck.Name}' ({stuck.OpType}).");
+            // Iterative depth-first search: graphs have chains thousands of nodes long.
+            state[root] = false;
+            stack.Push((root, Dependencies(root).GetEnumerator()));
+            while (stack.Count > 0)
+            {
+                (Node node, IEnumerator<Node> deps) = stack.Peek();
+                if (deps.MoveNext())
+                {
+                    Node dep = deps.Current;
+                    if (!state.TryGetValue(dep, out bool emitted))
+                    {
+                        state[dep] = false;
+                        stack.Push((dep, Dependencies(dep).GetEnumerator()));
+                    }
+                    else if (!emitted)
+                    {
+                        throw new GraphValidationException($"Graph '{Name}' has a cycle through node '{dep.Name}' ({dep.OpType}).");
+                    }
+
+                    continue;
+                }
+
+                deps.Dispose();
+                stack.Pop();
+                state[node] = true;
+                order.Add(node);
+            }
         }
 
         _nodes.Clear();
         _nodes.AddRange(order);
+    }
+
+    private IEnumerable<Node> Dependencies(Node node)
+    {
+        foreach (Value input in node.Inputs.OfType<Value>().Concat(node.ImplicitInputs()))
+        {
+            Node? producer = ProducerInThisGraph(input);
+            if (producer is not null && !ReferenceEquals(producer, node) && ReferenceEquals(producer.Graph, this))
+            {
+                yield return producer;
+            }
+        }
     }
 
     /// <summary>Finds a value defined in this graph by name (inputs, initializers, node outputs).</summary>

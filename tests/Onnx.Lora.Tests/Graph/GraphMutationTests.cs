@@ -68,7 +68,7 @@ public sealed class GraphMutationTests
     }
 
     [TestMethod]
-    public void SortTopologically_ReversedNodes_RestoresDependencyOrderStably()
+    public void SortTopologically_ReversedNodes_PullsProducersBeforeConsumers()
     {
         var g = new Onnx.Lora.Graph.Graph("g");
         var x = new Value("x");
@@ -81,7 +81,19 @@ public sealed class GraphMutationTests
         g.Add(independent);
         g.Add(first);
         g.SortTopologically();
-        CollectionAssert.AreEqual(new[] { "independent", "first", "second" }, g.Nodes.Select(n => n.Name).ToArray());
+        CollectionAssert.AreEqual(new[] { "first", "second", "independent" }, g.Nodes.Select(n => n.Name).ToArray());
+    }
+
+    [TestMethod]
+    public void SortTopologically_NodeAppendedForEarlierConsumer_KeepsOriginalNodesInOrder()
+    {
+        (GraphBuilder b, Value x, Value y, _) = Chain();
+        Node neg = y.Uses[0].Node;
+        Value extra = b.Op("Abs", [x], name: "appended");
+        Value sum = b.Add(y, extra, "appended_add");
+        neg.ReplaceInput(0, sum);
+        b.Graph.SortTopologically();
+        CollectionAssert.AreEqual(new[] { "relu", "appended", "appended_add", "neg" }, b.Graph.Nodes.Select(n => n.Name).ToArray());
     }
 
     [TestMethod]
