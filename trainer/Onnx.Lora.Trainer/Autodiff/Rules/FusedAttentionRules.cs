@@ -8,7 +8,7 @@ namespace Onnx.Lora.Trainer.Autodiff.Rules;
 /// graph has none): QKV = X·W + b split into Q | K | V (by qkv_hidden_sizes, else thirds), heads of size D, and, as
 /// ORT's CPU kernel does, ADDITIVE masks: S = scale·QKᵀ + attention_bias + f·[key masked] + f·[key after query when
 /// unidirectional], f = mask_filter_value (−10000 by default), P = softmax(S), O = PV. mask_index forms: raw 2-D
-/// [B, T] (0 = masked), 1-D [B] (keys from the index on are masked), 3-D [B, S, T].
+/// [B, T] (0 = masked) and 3-D [B, S, T] (what GPT-2 / BERT exports feed); the 1-D / 2·B index forms are refused.
 /// Backward: dS = P ∘ (dP − rowsum(dP ∘ P)), dQ = scale·dS·K, dK = scale·dSᵀ·Q, dV = Pᵀ·dO, dQKV = [dQ | dK | dV];
 /// dX = dQKV·Wᵀ, dW = Xᵀ·dQKV (summed over batch and sequence), db = Σ dQKV.
 /// </summary>
@@ -83,14 +83,14 @@ public sealed class AttentionGradient : IGradientRule
 
         Value filter = context.Scalar(node.GetFloat("mask_filter_value", -10000f), x);
         Value shape = context.ShapeOfValue(scores);
-        Value cols = context.Op("Range", [context.Scalar(0, DataType.Int64), context.Op("Squeeze", [context.Op("Gather", [shape, context.Ints(3)]), context.Ints(0)]), context.Scalar(1, DataType.Int64)]);
         if (step.OptionalInput(3) is { } mask)
         {
-            scores = context.Add(scores, context.Mul(KeyMasked(context, node, mask, cols, x), filter));
+            scores = context.Add(scores, context.Mul(KeyMasked(context, node, mask, x), filter));
         }
 
         if (node.GetInt("unidirectional", 0) != 0)
         {
+            Value cols = context.Op("Range", [context.Scalar(0, DataType.Int64), context.Op("Squeeze", [context.Op("Gather", [shape, context.Ints(3)]), context.Ints(0)]), context.Scalar(1, DataType.Int64)]);
             Value rows = context.Op("Range", [context.Scalar(0, DataType.Int64), context.Op("Squeeze", [context.Op("Gather", [shape, context.Ints(2)]), context.Ints(0)]), context.Scalar(1, DataType.Int64)]);
             Value causal = context.Op("Cast", [context.Op("Less", [context.Unsqueeze(rows, [1]), context.Unsqueeze(cols, [0])])], Attr.Int("to", (long)FloatType(context, x)));
             scores = context.Add(scores, context.Mul(causal, filter));
@@ -127,18 +127,16 @@ public sealed class AttentionGradient : IGradientRule
     private static DataType FloatType(GradientContext context, Value x) => context.TypeOf(x) is DataType.Undefined ? DataType.Float : context.TypeOf(x);
 
     /// <summary>1 where key column j of batch row b (and query row i for the 3-D form) is masked, else 0, broadcastable to [B, H, S, T].</summary>
-    private static Value KeyMasked(GradientContext context, Node node, Value mask, Value cols, Value like)
+    private static Value KeyMasked(GradientContext context, Node node, Value mask, Value like)
     {
         int rank = context.RankOf(mask) ?? throw new LoraException($"Attention '{node.Name}': the rank of mask_index '{mask.Name}' is unknown, so its form cannot be told.");
         Value masked = rank switch
         {
             // Raw mask [B, T]: 0 masks the key.
             2 => context.Unsqueeze(context.Op("Equal", [context.Op("Cast", [mask], Attr.Int("to", (long)DataType.Int64)), context.Scalar(0, DataType.Int64)]), [1, 2]),
-            // Key end positions [B]: keys at or after the index are masked.
-            1 => context.Op("GreaterOrEqual", [context.Unsqueeze(cols, [0, 1, 2]), context.Op("Reshape", [context.Op("Cast", [mask], Attr.Int("to", (long)DataType.Int64)), context.Ints(-1, 1, 1, 1)])]),
             // [B, S, T] per query row.
             3 => context.Unsqueeze(context.Op("Equal", [context.Op("Cast", [mask], Attr.Int("to", (long)DataType.Int64)), context.Scalar(0, DataType.Int64)]), [1]),
-            _ => throw new LoraException($"Attention '{node.Name}': mask_index of rank {rank} is not supported for training (supported: [B], [B, T], [B, S, T])."),
+            _ => throw new LoraException($"Attention '{node.Name}': mask_index of rank {rank} is not supported for training (supported: raw [B, T] and [B, S, T]; the 1-D key-end form did not match ORT's kernel in a finite-difference check)."),
         };
         return context.Op("Cast", [masked], Attr.Int("to", (long)FloatType(context, like)));
     }
