@@ -40,10 +40,12 @@ internal sealed class BatchFeeder
                 "input_ids" => Ids(batch.InputIds, meta, shape),
                 "attention_mask" => Ids(batch.AttentionMask ?? Ones(expected), meta, shape),
                 "position_ids" => Ids(Positions(batch), meta, shape),
+                // BERT-style segment ids: one segment per row.
+                "token_type_ids" => Ids(new long[expected], meta, shape),
                 _ when _emptyPast.Contains(name) => EmptyPast(meta, batch.BatchSize, name),
                 _ when _labels.Contains(name) && meta.ElementType == typeof(float) => Targets(batch, name),
                 _ when _labels.Contains(name) => Labels(batch, shape),
-                _ => throw new LoraException($"The training model input '{name}' is not fed by a training batch (known: input_ids, attention_mask, position_ids, labels, past inputs)."),
+                _ => throw new LoraException($"The training model input '{name}' is not fed by a training batch (known: input_ids, attention_mask, position_ids, token_type_ids, labels, past inputs)."),
             });
         }
     }

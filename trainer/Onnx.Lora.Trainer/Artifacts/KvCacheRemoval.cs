@@ -29,14 +29,15 @@ public static class KvCacheRemoval
         var kept = new List<string>();
         foreach (Value input in graph.Inputs.Where(i => IsPastInput(i.Name)).ToArray())
         {
-            bool optionalOnly = input.Uses.All(u => u.Node.Domain == "com.microsoft" && s_fusedAttention.Contains(u.Node.OpType));
-            if (optionalOnly)
+            // The fused attention ops take "no past" as an omitted input: disconnect those uses. Other readers (a
+            // torch-style Concat, Shape ops computing the past length for a mask) keep the input, fed empty.
+            foreach (Usage use in input.Uses.Where(u => u.Node.Domain == "com.microsoft" && s_fusedAttention.Contains(u.Node.OpType)).ToArray())
             {
-                foreach (Usage use in input.Uses.ToArray())
-                {
-                    use.Node.ReplaceInput(use.InputIndex, null);
-                }
+                use.Node.ReplaceInput(use.InputIndex, null);
+            }
 
+            if (input.Uses.Count == 0)
+            {
                 graph.Inputs.Remove(input);
             }
             else

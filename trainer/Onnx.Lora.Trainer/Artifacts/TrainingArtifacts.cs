@@ -147,6 +147,7 @@ public sealed class TrainingArtifacts
 
     private static IReadOnlyList<string> Prepare(Model model, TrainingArtifactsOptions options, string modelPath, out LossOutputs loss)
     {
+        OpsetUpgrade.Apply(model);
         IReadOnlyList<string> emptyPast = KvCacheRemoval.Apply(model);
         Onnx.Lora.Graph.Graph graph = model.Graph;
         Value prediction = (options.PredictionOutput is { } name

@@ -57,6 +57,15 @@ public static class BackwardGraph
 
         HashSet<Value> active = ForwardReachable(sources, facts);
         HashSet<Value> needed = ReachingLoss(loss, active);
+        Value[] cut = sources.Where(s => !needed.Contains(s)).ToArray();
+        if (cut.Length > 0)
+        {
+            // A trainable tensor with no path to the loss would silently get a zero gradient and never train.
+            throw new GraphValidationException(
+                $"Trainable tensor(s) {string.Join(", ", cut.Take(5).Select(s => $"'{s.Name}'"))}{(cut.Length > 5 ? $" and {cut.Length - 5} more" : string.Empty)} " +
+                $"do not reach the loss '{loss.Name}' through differentiable ops; they would never train.");
+        }
+
         List<Node> order = graph.Nodes.Where(n => n.Outputs.Any(needed.Contains) && n.Inputs.Any(i => i is not null && needed.Contains(i))).ToList();
 
         var contributions = new Dictionary<Value, List<Value>>(ReferenceEqualityComparer.Instance);

@@ -165,9 +165,43 @@ internal sealed class ValueFacts
             case "LayerNormalization" when index > 0:
             case "SimplifiedLayerNormalization" when index > 0:
                 return DataType.Float;
+            case "EmbedLayerNormalization":
+                // (input_ids, segment_ids, word_embedding, ...) → (output, mask_index int32, embedding_sum).
+                return index == 1 ? DataType.Int32 : In(node, 2);
             default:
-                return node.Inputs.FirstOrDefault(i => i is not null) is { } first ? TypeOf(first) : DataType.Undefined;
+                return DefaultType(node);
         }
+    }
+
+    /// <summary>
+    /// The type of the first floating-point input, else of the first input. Ops that mix id and float inputs (fused
+    /// embedding ops take the ids first) output floats; taking the ids' type would cut gradient paths silently.
+    /// </summary>
+    private DataType DefaultType(Node node)
+    {
+        DataType first = DataType.Undefined;
+        bool seen = false;
+        foreach (Value? input in node.Inputs)
+        {
+            if (input is null)
+            {
+                continue;
+            }
+
+            DataType t = TypeOf(input);
+            if (t.IsFloatingPoint())
+            {
+                return t;
+            }
+
+            if (!seen)
+            {
+                first = t;
+                seen = true;
+            }
+        }
+
+        return first;
     }
 
     private DataType In(Node node, int i) => node.Inputs.Count > i && node.Inputs[i] is { } v ? TypeOf(v) : DataType.Undefined;
