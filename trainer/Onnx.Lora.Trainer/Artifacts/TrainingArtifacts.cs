@@ -1,0 +1,186 @@
+using System.Text.Json;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
+using Onnx.Lora.Trainer.Loss;
+
+namespace Onnx.Lora.Trainer.Artifacts;
+
+/// <summary>How to build training artifacts.</summary>
+public sealed record TrainingArtifactsOptions
+{
+    /// <summary>The loss appended to the model (default: causal LM cross-entropy).</summary>
+    public ILossHead Loss { get; init; } = new CausalLmLoss();
+
+    /// <summary>Model output the loss reads; default "logits", else the first output.</summary>
+    public string? PredictionOutput { get; init; }
+
+    /// <summary>Trainable tensors; default: the LoRA manifest's <see cref="LoraManifest.TrainableTensors"/>.</summary>
+    public IReadOnlyList<string>? TrainableTensors { get; init; }
+}
+
+/// <summary>A trainable tensor of the artifacts: name and dims.</summary>
+/// <param name="Name">Initializer name (also the training model's input name).</param>
+/// <param name="Dims">Dimensions.</param>
+public sealed record TrainableTensor(string Name, long[] Dims)
+{
+    /// <summary>Number of elements.</summary>
+    public long ElementCount => Dims.Aggregate(1L, (a, d) => a * d);
+}
+
+/// <summary>
+/// The training artifacts of a model, in one folder: <c>training.onnx</c> (inputs: batch tensors + trainable tensors
+/// with their initial values as defaults; outputs: loss, token_count, one <c>&lt;name&gt;_grad</c> per trainable
+/// tensor), <c>eval.onnx</c> (loss and token_count, dropout off) and <c>artifacts.json</c> describing them. Both
+/// models run in a plain ONNX Runtime InferenceSession.
+/// </summary>
+public sealed class TrainingArtifacts
+{
+    /// <summary>File name of the training model.</summary>
+    public const string TrainingModelFile = "training.onnx";
+
+    /// <summary>File name of the evaluation model.</summary>
+    public const string EvalModelFile = "eval.onnx";
+
+    /// <summary>File name of the description.</summary>
+    public const string DescriptionFile = "artifacts.json";
+
+    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+
+    private TrainingArtifacts(string folder, ArtifactDescription description)
+    {
+        Folder = folder;
+        Description = description;
+    }
+
+    /// <summary>The artifacts folder.</summary>
+    public string Folder { get; }
+
+    /// <summary>Path of the training model.</summary>
+    public string TrainingModelPath => Path.Combine(Folder, TrainingModelFile);
+
+    /// <summary>Path of the evaluation model.</summary>
+    public string EvalModelPath => Path.Combine(Folder, EvalModelFile);
+
+    /// <summary>Trainable tensors, in the order of the gradient outputs.</summary>
+    public IReadOnlyList<TrainableTensor> Trainable => Description.Trainable;
+
+    /// <summary>Past inputs that stayed in the graph and must be fed empty tensors.</summary>
+    public IReadOnlyList<string> EmptyPastInputs => Description.EmptyPastInputs;
+
+    internal ArtifactDescription Description { get; }
+
+    /// <summary>Builds the artifacts of the model at <paramref name="modelPath"/> into <paramref name="outputFolder"/>.</summary>
+    /// <exception cref="LoraException">The model has no LoRA manifest and no trainable tensors were given, a tensor is
+    /// missing, or an op on a training path has no gradient rule.</exception>
+    public static TrainingArtifacts Build(string modelPath, string outputFolder, TrainingArtifactsOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(modelPath);
+        ArgumentException.ThrowIfNullOrEmpty(outputFolder);
+        options ??= new TrainingArtifactsOptions();
+        Directory.CreateDirectory(outputFolder);
+
+        using Model training = OnnxReader.Load(modelPath);
+        IReadOnlyList<string> trainable = options.TrainableTensors
+            ?? LoraManifest.Read(training)?.TrainableTensors().ToArray()
+            ?? throw new LoraException($"Model '{modelPath}' has no LoRA manifest (metadata '{LoraManifest.MetadataKey}'); inject LoRA first or name the trainable tensors.");
+        if (trainable.Count == 0)
+        {
+            throw new LoraException($"Model '{modelPath}' has no trainable tensors.");
+        }
+
+        var tensors = new List<TrainableTensor>();
+        foreach (string name in trainable)
+        {
+            Value init = training.Graph.Initializers.TryGetValue(name, out Value? v) ? v
+                : throw new GraphValidationException($"Trainable tensor '{name}' is not an initializer of '{modelPath}'.");
+            if (init.Initializer!.DataType != DataType.Float)
+            {
+                throw new GraphValidationException($"Trainable tensor '{name}' of '{modelPath}' is {init.Initializer.DataType}; expected float32.");
+            }
+
+            tensors.Add(new TrainableTensor(name, [.. init.Initializer.Dims]));
+        }
+
+        IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss);
+        Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable);
+        Save(training, Path.Combine(outputFolder, TrainingModelFile));
+
+        using Model eval = OnnxReader.Load(modelPath);
+        Prepare(eval, options, modelPath, out LossOutputs evalLoss);
+        DisableDropout(eval);
+        Trainer.Artifacts.TrainingGraph.MakeEvaluation(eval, evalLoss.Loss, evalLoss.TokenCount, trainable);
+        Save(eval, Path.Combine(outputFolder, EvalModelFile));
+
+        var description = new ArtifactDescription
+        {
+            Trainable = tensors,
+            EmptyPastInputs = [.. emptyPast],
+            LabelInputs = [.. options.Loss.LabelInputs],
+        };
+        AtomicFile.WriteAllText(Path.Combine(outputFolder, DescriptionFile), JsonSerializer.Serialize(description, s_json));
+        return new TrainingArtifacts(Path.GetFullPath(outputFolder), description);
+    }
+
+    /// <summary>Opens artifacts written by <see cref="Build"/>.</summary>
+    /// <exception cref="LoraException">The folder has no valid <c>artifacts.json</c>.</exception>
+    public static TrainingArtifacts Load(string folder)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        string path = Path.Combine(folder, DescriptionFile);
+        if (!File.Exists(path))
+        {
+            throw new LoraException($"'{folder}' holds no training artifacts ({DescriptionFile} is missing).");
+        }
+
+        try
+        {
+            ArtifactDescription description = JsonSerializer.Deserialize<ArtifactDescription>(File.ReadAllText(path), s_json)
+                ?? throw new LoraException($"'{path}' is empty.");
+            return new TrainingArtifacts(Path.GetFullPath(folder), description);
+        }
+        catch (JsonException e)
+        {
+            throw new LoraException($"'{path}' is not a valid artifacts description: {e.Message}", e);
+        }
+    }
+
+    private static IReadOnlyList<string> Prepare(Model model, TrainingArtifactsOptions options, string modelPath, out LossOutputs loss)
+    {
+        IReadOnlyList<string> emptyPast = KvCacheRemoval.Apply(model);
+        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Value prediction = (options.PredictionOutput is { } name
+                ? graph.Outputs.FirstOrDefault(o => o.Name == name)
+                : graph.Outputs.FirstOrDefault(o => o.Name == "logits") ?? graph.Outputs.FirstOrDefault())
+            ?? throw new GraphValidationException($"Model '{modelPath}' has no output '{options.PredictionOutput ?? "logits"}'.");
+        loss = options.Loss.Attach(new GraphBuilder(model), prediction);
+        return emptyPast;
+    }
+
+    /// <summary>Evaluation runs dropout in inference mode: the training_mode input is dropped.</summary>
+    private static void DisableDropout(Model model)
+    {
+        foreach (Node node in model.Graph.Nodes.Where(n => n.Is("Dropout")))
+        {
+            if (node.Inputs.Count > 2)
+            {
+                node.ReplaceInput(2, null);
+            }
+        }
+    }
+
+    private static void Save(Model model, string path) =>
+        OnnxWriter.Save(model, path, new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(path) + ".data" });
+}
+
+/// <summary>The JSON description of an artifacts folder.</summary>
+internal sealed record ArtifactDescription
+{
+    public int Version { get; init; } = 1;
+
+    public required IReadOnlyList<TrainableTensor> Trainable { get; init; }
+
+    public IReadOnlyList<string> EmptyPastInputs { get; init; } = [];
+
+    public IReadOnlyList<string> LabelInputs { get; init; } = [];
+}

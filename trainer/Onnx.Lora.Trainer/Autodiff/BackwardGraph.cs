@@ -1,0 +1,187 @@
+using Onnx.Lora.Graph;
+
+namespace Onnx.Lora.Trainer.Autodiff;
+
+/// <summary>What <see cref="BackwardGraph.Build"/> produced: the gradient value of each trainable tensor.</summary>
+/// <param name="Gradients">Gradient value per trainable tensor name, in the order asked for.</param>
+/// <param name="DifferentiatedNodes">How many forward nodes got backward nodes.</param>
+public sealed record BackwardResult(IReadOnlyDictionary<string, Value> Gradients, int DifferentiatedNodes);
+
+/// <summary>
+/// Reverse-mode automatic differentiation over the graph IR. Appends to the model's main graph the nodes that compute
+/// d loss / d t for each trainable tensor t, in standard ONNX ops (plus contrib ops the ORT inference build registers).
+/// </summary>
+/// <remarks>
+/// Only nodes on a path from a trainable tensor to the loss are differentiated: a node is visited when one of its
+/// inputs depends on a trainable tensor and one of its outputs reaches the loss, and a rule writes gradients only for
+/// such inputs, so frozen weights never get a weight-gradient node. Contributions of a value used several times are
+/// summed. Integer and boolean values, non-differentiable ops (Shape, Range, comparisons) and stop-gradient Identity
+/// nodes (<see cref="GraphConventions.IsStopGradient"/>) cut the paths.
+/// </remarks>
+public static class BackwardGraph
+{
+    private static readonly HashSet<string> s_nonDifferentiable =
+    [
+        "Shape", "Size", "Range", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
+        "ArgMax", "ArgMin", "NonZero", "ConstantOfShape", "Constant", "EyeLike", "RandomNormal", "RandomUniform",
+        "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "IsNaN", "IsInf", "OneHot", "Trilu",
+    ];
+
+    /// <summary>Differentiates <paramref name="loss"/> w.r.t. the initializers named in <paramref name="trainable"/>.</summary>
+    /// <param name="model">Model whose main graph holds the loss; backward nodes are appended to it.</param>
+    /// <param name="loss">Scalar loss value of the main graph.</param>
+    /// <param name="trainable">Names of trainable initializers (or graph inputs).</param>
+    /// <param name="lossGradient">Seed d loss / d loss; a scalar 1 when null.</param>
+    /// <param name="registry">Rules to use; <see cref="GradientRuleRegistry.Default"/> when null.</param>
+    /// <exception cref="MissingGradientRuleException">A node on a needed path has no rule.</exception>
+    /// <exception cref="GraphValidationException">A trainable tensor is not in the graph.</exception>
+    public static BackwardResult Build(Model model, Value loss, IReadOnlyList<string> trainable, Value? lossGradient = null, GradientRuleRegistry? registry = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(loss);
+        ArgumentNullException.ThrowIfNull(trainable);
+        registry ??= GradientRuleRegistry.Default;
+        Onnx.Lora.Graph.Graph graph = model.Graph;
+        graph.SortTopologically();
+        var facts = new ValueFacts();
+        var builder = new GraphBuilder(model) { NamePrefix = "grad/" };
+        var context = new GradientContext(builder, facts);
+
+        var sources = new List<Value>();
+        foreach (string name in trainable)
+        {
+            Value source = (graph.Initializers.TryGetValue(name, out Value? init) ? init : graph.Inputs.FirstOrDefault(i => i.Name == name))
+                ?? throw new GraphValidationException($"Trainable tensor '{name}' is neither an initializer nor an input of graph '{graph.Name}'.");
+            sources.Add(source);
+        }
+
+        HashSet<Value> active = ForwardReachable(sources, facts);
+        HashSet<Value> needed = ReachingLoss(loss, active);
+        List<Node> order = graph.Nodes.Where(n => n.Outputs.Any(needed.Contains) && n.Inputs.Any(i => i is not null && needed.Contains(i))).ToList();
+
+        var contributions = new Dictionary<Value, List<Value>>(ReferenceEqualityComparer.Instance);
+        Value seed = lossGradient ?? context.Scalar(1.0, loss);
+        contributions[loss] = [seed];
+        var missing = new List<Node>();
+        int differentiated = 0;
+        for (int k = order.Count - 1; k >= 0; k--)
+        {
+            Node node = order[k];
+            var outputGradients = node.Outputs.Select(o => contributions.TryGetValue(o, out List<Value>? terms) ? Summed(context, terms) : null).ToArray();
+            if (outputGradients.All(g => g is null))
+            {
+                continue;
+            }
+
+            IGradientRule? rule = registry.Find(node.Domain, node.OpType);
+            if (rule is null)
+            {
+                missing.Add(node);
+                continue;
+            }
+
+            bool[] needs = node.Inputs.Select(i => i is not null && needed.Contains(i)).ToArray();
+            var step = new BackwardStep(node, outputGradients, needs);
+            rule.Backward(context, step);
+            differentiated++;
+            for (int i = 0; i < node.Inputs.Count; i++)
+            {
+                if (step.InputGradients[i] is { } g && node.Inputs[i] is { } input)
+                {
+                    if (!contributions.TryGetValue(input, out List<Value>? terms))
+                    {
+                        terms = [];
+                        contributions[input] = terms;
+                    }
+
+                    terms.Add(g);
+                }
+            }
+        }
+
+        if (missing.Count > 0)
+        {
+            string list = string.Join("; ", missing.Select(n => $"'{n.Name}' ({(n.Domain.Length > 0 ? n.Domain : "ai.onnx")}::{n.OpType})").Distinct().Take(10));
+            throw new MissingGradientRuleException(
+                $"No gradient rule for {missing.Count} node(s) on a path from a trainable tensor to the loss: {list}. " +
+                $"Supported ops: {string.Join(", ", registry.Keys.Select(k => k.OpType).Order(StringComparer.Ordinal))}.");
+        }
+
+        var gradients = new Dictionary<string, Value>(StringComparer.Ordinal);
+        foreach (Value source in sources)
+        {
+            Value g = contributions.TryGetValue(source, out List<Value>? terms) ? Summed(context, terms) : context.ZerosLike(source);
+            gradients[source.Name] = g;
+        }
+
+        return new BackwardResult(gradients, differentiated);
+    }
+
+    private static Value Summed(GradientContext context, List<Value> terms)
+    {
+        if (terms.Count > 1)
+        {
+            Value sum = context.Sum(terms);
+            terms.Clear();
+            terms.Add(sum);
+        }
+
+        return terms[0];
+    }
+
+    private static HashSet<Value> ForwardReachable(List<Value> sources, ValueFacts facts)
+    {
+        var active = new HashSet<Value>(sources, ReferenceEqualityComparer.Instance);
+        var queue = new Queue<Value>(sources);
+        while (queue.TryDequeue(out Value? v))
+        {
+            foreach (Usage use in v.Uses)
+            {
+                Node node = use.Node;
+                if (s_nonDifferentiable.Contains(node.OpType) || GraphConventions.IsStopGradient(node))
+                {
+                    continue;
+                }
+
+                foreach (Value output in node.Outputs)
+                {
+                    if (output.Name.Length > 0 && facts.IsFloat(output) && active.Add(output))
+                    {
+                        queue.Enqueue(output);
+                    }
+                }
+            }
+        }
+
+        return active;
+    }
+
+    private static HashSet<Value> ReachingLoss(Value loss, HashSet<Value> active)
+    {
+        var needed = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        if (!active.Contains(loss))
+        {
+            return needed;
+        }
+
+        var stack = new Stack<Value>([loss]);
+        needed.Add(loss);
+        while (stack.TryPop(out Value? v))
+        {
+            if (v.Producer is not { } node)
+            {
+                continue;
+            }
+
+            foreach (Value? input in node.Inputs)
+            {
+                if (input is not null && active.Contains(input) && needed.Add(input))
+                {
+                    stack.Push(input);
+                }
+            }
+        }
+
+        return needed;
+    }
+}

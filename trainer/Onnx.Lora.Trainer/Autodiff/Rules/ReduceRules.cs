@@ -1,0 +1,102 @@
+using Onnx.Lora.Graph;
+
+namespace Onnx.Lora.Trainer.Autodiff.Rules;
+
+/// <summary>
+/// Shared backward of ReduceSum / ReduceMean: dY is given back its reduced axes (when keepdims = 0) and expanded to
+/// the shape of X. Axes come from the attribute (before the op's axes-as-input opset) or from input 1, constant or not.
+/// </summary>
+public abstract class ReduceGradientRule : GradientRule
+{
+    /// <summary>Opset in which the op's axes moved from an attribute to input 1.</summary>
+    protected abstract long AxesInputOpset { get; }
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        if (!step.NeedsGradient(0))
+        {
+            return;
+        }
+
+        Node node = step.Node;
+        Value x = step.Input(0);
+        Value dy = step.OutputGradient(0)!;
+        bool keepDims = node.GetInt("keepdims", 1) != 0;
+        long[]? constAxes = null;
+        Value? axesInput = null;
+        if (context.Opset >= AxesInputOpset)
+        {
+            axesInput = step.OptionalInput(1);
+            constAxes = axesInput is null ? [] : ValueFacts.ConstInts(axesInput);
+        }
+        else
+        {
+            constAxes = node.GetAttribute("axes")?.AsInts().ToArray() ?? [];
+        }
+
+        bool reduceAll = constAxes is { Length: 0 } && node.GetInt("noop_with_empty_axes", 0) == 0;
+        if (constAxes is { Length: 0 } && !reduceAll)
+        {
+            // No-op reduction: Y = X.
+            step.SetInputGradient(0, Scale(context, dy, x, step.Output(0)));
+            return;
+        }
+
+        Value g = dy;
+        if (!keepDims && !reduceAll)
+        {
+            g = constAxes is not null ? context.Unsqueeze(dy, constAxes) : context.Op("Unsqueeze", [dy, axesInput!]);
+        }
+
+        Value expanded = context.Op("Expand", [g, context.ShapeOfValue(x)]);
+        step.SetInputGradient(0, Scale(context, expanded, x, step.Output(0)));
+    }
+
+    /// <summary>Applies the op's local scale (1 for sums, 1/count for means).</summary>
+    protected abstract Value Scale(GradientContext context, Value expanded, Value x, Value y);
+}
+
+/// <summary>Y = Σ_axes X: dX = expand(dY).</summary>
+public sealed class ReduceSumGradient : ReduceGradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["ReduceSum"];
+
+    /// <inheritdoc />
+    protected override long AxesInputOpset => 13;
+
+    /// <inheritdoc />
+    protected override Value Scale(GradientContext context, Value expanded, Value x, Value y) => expanded;
+}
+
+/// <summary>Y = mean_axes X: dX = expand(dY) · |Y| / |X|.</summary>
+public sealed class ReduceMeanGradient : ReduceGradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["ReduceMean"];
+
+    /// <inheritdoc />
+    protected override long AxesInputOpset => 18;
+
+    /// <inheritdoc />
+    protected override Value Scale(GradientContext context, Value expanded, Value x, Value y)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        Dim[]? xs = context.ShapeOf(x);
+        Dim[]? ys = context.ShapeOf(y);
+        if (xs is not null && ys is not null && xs.All(d => d.IsFixed) && ys.All(d => d.IsFixed))
+        {
+            double count = xs.Aggregate(1.0, (a, d) => a * d.Value!.Value) / ys.Aggregate(1.0, (a, d) => a * d.Value!.Value);
+            return context.Mul(expanded, context.Scalar(1.0 / count, expanded));
+        }
+
+        DataType type = context.TypeOf(x);
+        var to = Attr.Int("to", (long)(type == DataType.Undefined ? DataType.Float : type));
+        Value sizeX = context.Op("Cast", [context.Op("Size", [x])], to);
+        Value sizeY = context.Op("Cast", [context.Op("Size", [y])], to);
+        return context.Div(context.Mul(expanded, sizeY), sizeX);
+    }
+}

@@ -1,0 +1,203 @@
+using Onnx.Lora.Graph;
+
+namespace Onnx.Lora.Trainer.Autodiff.Rules;
+
+/// <summary>Reshape, Squeeze, Unsqueeze, Flatten only move data: dX = reshape(dY, shape(X)).</summary>
+public sealed class ReshapeGradient : UnaryGradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Reshape", "Squeeze", "Unsqueeze", "Flatten"];
+
+    /// <inheritdoc />
+    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        Dim[]? xs = context.ShapeOf(x);
+        return xs is not null && xs.All(d => d.IsFixed)
+            ? context.Op("Reshape", [dy, context.Ints(xs.Select(d => d.Value!.Value).ToArray())])
+            : context.ReshapeLike(dy, x);
+    }
+}
+
+/// <summary>Y = transpose(X, p): dX = transpose(dY, p⁻¹).</summary>
+public sealed class TransposeGradient : GradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Transpose"];
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        if (!step.NeedsGradient(0))
+        {
+            return;
+        }
+
+        Value dy = step.OutputGradient(0)!;
+        if (step.Node.GetAttribute("perm") is not { } permAttr)
+        {
+            // Default perm reverses the axes, which is its own inverse.
+            step.SetInputGradient(0, context.Op("Transpose", [dy]));
+            return;
+        }
+
+        IReadOnlyList<long> perm = permAttr.AsInts();
+        var inverse = new long[perm.Count];
+        for (int i = 0; i < perm.Count; i++)
+        {
+            inverse[perm[i]] = i;
+        }
+
+        step.SetInputGradient(0, context.Op("Transpose", [dy], Attr.Ints("perm", inverse)));
+    }
+}
+
+/// <summary>Y = expand(X, shape): dX = unbroadcast(dY).</summary>
+public sealed class ExpandGradient : GradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Expand"];
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        if (step.NeedsGradient(0))
+        {
+            step.SetInputGradient(0, context.Unbroadcast(step.OutputGradient(0)!, step.Input(0), step.Output(0)));
+        }
+    }
+}
+
+/// <summary>
+/// Scatter of dY into zeros shaped like X, through the flat positions that the forward op picked. The positions come
+/// from running the same op on an index tensor iota(|X|) shaped like X, which works for every form of the op
+/// (dynamic starts/ends/steps, negative indices, any axis) without knowing ranks.
+/// </summary>
+internal static class IndexScatter
+{
+    public static Value Backward(GradientContext context, Value x, Value dy, Func<Value, Value> sameSelection, bool accumulate)
+    {
+        Value size = context.Op("Size", [x]);
+        Value iota = context.Op("Range", [context.Scalar(0, DataType.Int64), size, context.Scalar(1, DataType.Int64)]);
+        Value positions = sameSelection(context.ReshapeLike(iota, x));
+        Value flatPositions = context.Op("Reshape", [positions, context.Ints(-1, 1)]);
+        Value flatDy = context.Op("Reshape", [dy, context.Ints(-1)]);
+        Value zeros = context.Op("ConstantOfShape", [context.Unsqueeze(size, [0])], Attr.Tensor("value", ZeroOf(context.TypeOf(dy))));
+        Attr[] attrs = accumulate ? [Attr.String("reduction", "add")] : [];
+        if (accumulate && context.Opset < 16)
+        {
+            throw new LoraException($"The gradient of a Gather needs ScatterND with reduction='add', which needs opset 16 (model has {context.Opset}).");
+        }
+
+        Value scattered = context.Op("ScatterND", [zeros, flatPositions, flatDy], attrs);
+        return context.ReshapeLike(scattered, x);
+    }
+
+    private static InMemoryTensor ZeroOf(DataType type) => type switch
+    {
+        DataType.Double => InMemoryTensor.From("value", type, [1], [0.0]),
+        DataType.Float16 => InMemoryTensor.From("value", type, [1], [(Half)0]),
+        _ => InMemoryTensor.FromFloats("value", [1], [0f]),
+    };
+}
+
+/// <summary>Y = slice(X): dX = dY scattered into zeros at the sliced positions.</summary>
+public sealed class SliceGradient : GradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Slice"];
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        if (!step.NeedsGradient(0))
+        {
+            return;
+        }
+
+        Node node = step.Node;
+        Value dy = step.OutputGradient(0)!;
+        step.SetInputGradient(0, IndexScatter.Backward(context, step.Input(0), dy, positions =>
+            context.Op("Slice", [positions, .. node.Inputs.Skip(1)], [.. node.Attributes.Values]), accumulate: false));
+    }
+}
+
+/// <summary>Y = gather(X, indices, axis): dX = dY scatter-added into zeros (repeated indices accumulate).</summary>
+public sealed class GatherGradient : GradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Gather"];
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        if (!step.NeedsGradient(0))
+        {
+            return;
+        }
+
+        Node node = step.Node;
+        Value dy = step.OutputGradient(0)!;
+        step.SetInputGradient(0, IndexScatter.Backward(context, step.Input(0), dy, positions =>
+            context.Op("Gather", [positions, step.Input(1)], [.. node.Attributes.Values]), accumulate: true));
+    }
+}
+
+/// <summary>Y = concat(X₀…Xₙ, axis): dXᵢ = split(dY, sizes along axis)ᵢ.</summary>
+public sealed class ConcatGradient : GradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Concat"];
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        Node node = step.Node;
+        long axis = node.GetInt("axis", 0);
+        int n = node.Inputs.Count;
+        var sizes = new Value[n];
+        for (int i = 0; i < n; i++)
+        {
+            sizes[i] = context.Op("Gather", [context.ShapeOfValue(step.Input(i)), context.Ints(axis)]);
+        }
+
+        Value split = context.Op("Concat", sizes, Attr.Int("axis", 0));
+        IReadOnlyList<Value> parts = context.Builder.OpMulti("Split", [step.OutputGradient(0)!, split], n, [Attr.Int("axis", axis)]);
+        for (int i = 0; i < n; i++)
+        {
+            step.SetInputGradient(i, parts[i]);
+        }
+    }
+}
+
+/// <summary>Yᵢ = split(X, axis)ᵢ: dX = concat(dYᵢ, axis), with zeros for outputs no gradient reaches.</summary>
+public sealed class SplitGradient : GradientRule
+{
+    /// <inheritdoc />
+    public override IReadOnlyList<string> OpTypes => ["Split"];
+
+    /// <inheritdoc />
+    public override void Backward(GradientContext context, BackwardStep step)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(step);
+        if (!step.NeedsGradient(0))
+        {
+            return;
+        }
+
+        Node node = step.Node;
+        var parts = node.Outputs.Select((o, i) => step.OutputGradient(i) ?? context.ZerosLike(o)).ToArray();
+        step.SetInputGradient(0, context.Op("Concat", parts, Attr.Int("axis", node.GetInt("axis", 0))));
+    }
+}

@@ -1,0 +1,294 @@
+using System.Numerics.Tensors;
+using Microsoft.ML.OnnxRuntime;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Trainer.Artifacts;
+using Onnx.Lora.Trainer.Optim;
+
+namespace Onnx.Lora.Trainer;
+
+/// <summary>How a <see cref="LoraTrainingSession"/> runs.</summary>
+public sealed record TrainingSessionOptions
+{
+    /// <summary>Execution provider of the training and evaluation sessions.</summary>
+    public ExecutionProvider Provider { get; init; } = ExecutionProvider.Cpu;
+
+    /// <summary>GPU device id for CUDA / TensorRT.</summary>
+    public int DeviceId { get; init; }
+
+    /// <summary>Intra-op threads (0 = ORT's default).</summary>
+    public int IntraOpThreads { get; init; }
+
+    /// <summary>AdamW hyper-parameters.</summary>
+    public AdamWOptions AdamW { get; init; } = new();
+
+    /// <summary>Which AdamW implementation runs the update.</summary>
+    public OptimizerImplementation Optimizer { get; init; } = OptimizerImplementation.Vectorized;
+
+    /// <summary>Global gradient-norm clipping threshold; 0 or less disables clipping.</summary>
+    public float MaxGradientNorm { get; init; } = 1f;
+
+    /// <summary>Initial learning rate (change it per step with <see cref="LoraTrainingSession.LearningRate"/>).</summary>
+    public float LearningRate { get; init; } = 1e-3f;
+}
+
+/// <summary>
+/// Trains the LoRA tensors of a set of <see cref="TrainingArtifacts"/>: owns the ONNX Runtime sessions of the training
+/// and evaluation models and the optimizer. Parameters and gradients live in buffers allocated once and handed to ORT
+/// with <see cref="OrtValue.CreateTensorValueFromMemory{T}(T[], long[])"/>: ORT reads the parameters and writes the
+/// gradients in place, so a step allocates nothing parameter-sized.
+/// </summary>
+public sealed class LoraTrainingSession : IDisposable
+{
+    private readonly TrainingArtifacts _artifacts;
+    private readonly TrainingSessionOptions _options;
+    private readonly InferenceSession _training;
+    private readonly InferenceSession _eval;
+    private readonly RunOptions _runOptions = new();
+    private readonly float[][] _values;
+    private readonly float[][] _gradients;
+    private readonly float[][]? _accumulators;
+    private readonly OrtValue[] _valueOrt;
+    private readonly OrtValue[] _gradientOrt;
+    private readonly float[] _loss = new float[1];
+    private readonly float[] _tokens = new float[1];
+    private readonly OrtValue _lossOrt;
+    private readonly OrtValue _tokensOrt;
+    private readonly string[] _trainingOutputNames;
+    private readonly OrtValue[] _trainingOutputs;
+    private readonly Dictionary<string, int> _index = new(StringComparer.Ordinal);
+    private readonly IParameterOptimizer _optimizer;
+    private readonly BatchFeeder _trainingFeeder;
+    private readonly BatchFeeder _evalFeeder;
+
+    private LoraTrainingSession(TrainingArtifacts artifacts, TrainingSessionOptions options)
+    {
+        _artifacts = artifacts;
+        _options = options;
+        LearningRate = options.LearningRate;
+        IReadOnlyList<TrainableTensor> trainable = artifacts.Trainable;
+        _values = new float[trainable.Count][];
+        _gradients = new float[trainable.Count][];
+        using (Model model = OnnxReader.Load(artifacts.TrainingModelPath))
+        {
+            for (int i = 0; i < trainable.Count; i++)
+            {
+                TrainableTensor t = trainable[i];
+                Onnx.Lora.Graph.Tensor init = model.Graph.Initializers.TryGetValue(t.Name, out Value? v) ? v.Initializer!
+                    : throw new LoraException($"Training model '{artifacts.TrainingModelPath}' has no initial value for '{t.Name}'.");
+                _values[i] = init.ToArray<float>();
+                _gradients[i] = new float[_values[i].Length];
+                _index[t.Name] = i;
+            }
+        }
+
+        _valueOrt = trainable.Select((t, i) => OrtValue.CreateTensorValueFromMemory(_values[i], t.Dims)).ToArray();
+        _gradientOrt = trainable.Select((t, i) => OrtValue.CreateTensorValueFromMemory(_gradients[i], t.Dims)).ToArray();
+        _lossOrt = OrtValue.CreateTensorValueFromMemory(_loss, []);
+        _tokensOrt = OrtValue.CreateTensorValueFromMemory(_tokens, []);
+        _trainingOutputNames = [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput, .. trainable.Select(t => TrainingGraph.GradientOutput(t.Name))];
+        _trainingOutputs = [_lossOrt, _tokensOrt, .. _gradientOrt];
+
+        using SessionOptions sessionOptions = ExecutionProviders.CreateSessionOptions(options.Provider, options.IntraOpThreads, options.DeviceId);
+        _training = new InferenceSession(artifacts.TrainingModelPath, sessionOptions);
+        _eval = new InferenceSession(artifacts.EvalModelPath, sessionOptions);
+        _trainingFeeder = new BatchFeeder(_training, artifacts);
+        _evalFeeder = new BatchFeeder(_eval, artifacts);
+
+        var buffers = trainable.Select((t, i) => new ParameterBuffer(t.Name, _values[i], _gradients[i])).ToArray();
+        _optimizer = options.Optimizer == OptimizerImplementation.Onnx
+            ? new OnnxAdamW(buffers, options.AdamW)
+            : new AdamW(buffers, options.AdamW);
+        _accumulators = new float[trainable.Count][];
+    }
+
+    /// <summary>Trainable tensors, in artifact order.</summary>
+    public IReadOnlyList<TrainableTensor> Parameters => _artifacts.Trainable;
+
+    /// <summary>Learning rate of the next optimizer step (set it from a schedule before each step).</summary>
+    public float LearningRate { get; set; }
+
+    /// <summary>Optimizer steps taken.</summary>
+    public long OptimizerSteps => _optimizer.StepCount;
+
+    /// <summary>Opens a session on <paramref name="artifacts"/>.</summary>
+    /// <exception cref="LoraException">The artifacts are incomplete or the execution provider is unavailable.</exception>
+    public static LoraTrainingSession Create(TrainingArtifacts artifacts, TrainingSessionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(artifacts);
+        return new LoraTrainingSession(artifacts, options ?? new TrainingSessionOptions());
+    }
+
+    /// <summary>One optimizer step on one micro-batch.</summary>
+    public TrainStepResult Step(TrainingBatch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        return Step([batch]);
+    }
+
+    /// <summary>
+    /// One optimizer step over several micro-batches (gradient accumulation): the gradient is the token-weighted mean
+    /// of the micro-batch gradients, i.e. the gradient of the mean loss over all their counted tokens; then global-norm
+    /// clipping and AdamW.
+    /// </summary>
+    public TrainStepResult Step(IReadOnlyList<TrainingBatch> microBatches)
+    {
+        ArgumentNullException.ThrowIfNull(microBatches);
+        if (microBatches.Count == 0)
+        {
+            throw new ArgumentException("At least one micro-batch is needed.", nameof(microBatches));
+        }
+
+        double lossSum = 0;
+        double tokenSum = 0;
+        for (int k = 0; k < microBatches.Count; k++)
+        {
+            RunTraining(microBatches[k]);
+            double tokens = _tokens[0];
+            lossSum += _loss[0] * tokens;
+            tokenSum += tokens;
+            if (microBatches.Count > 1)
+            {
+                for (int i = 0; i < _gradients.Length; i++)
+                {
+                    float[] acc = _accumulators![i] ??= new float[_gradients[i].Length];
+                    if (k == 0)
+                    {
+                        TensorPrimitives.Multiply(_gradients[i], (float)tokens, acc);
+                    }
+                    else
+                    {
+                        TensorPrimitives.MultiplyAdd(_gradients[i], (float)tokens, acc, acc);
+                    }
+                }
+            }
+        }
+
+        if (microBatches.Count > 1)
+        {
+            float inv = tokenSum > 0 ? (float)(1 / tokenSum) : 0f;
+            for (int i = 0; i < _gradients.Length; i++)
+            {
+                TensorPrimitives.Multiply(_accumulators![i], inv, _gradients[i]);
+            }
+        }
+
+        float norm = GradientNorm();
+        bool clipped = false;
+        if (_options.MaxGradientNorm > 0 && norm > _options.MaxGradientNorm)
+        {
+            float scale = _options.MaxGradientNorm / (norm + 1e-6f);
+            foreach (float[] g in _gradients)
+            {
+                TensorPrimitives.Multiply(g, scale, g);
+            }
+
+            clipped = true;
+        }
+
+        _optimizer.Step(LearningRate);
+        return new TrainStepResult(tokenSum > 0 ? (float)(lossSum / tokenSum) : 0f, (float)tokenSum, norm, clipped);
+    }
+
+    /// <summary>Computes loss and gradients of one batch without updating anything (gradients readable with <see cref="GetGradient"/>).</summary>
+    public EvalResult ComputeGradients(TrainingBatch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        RunTraining(batch);
+        return new EvalResult(_loss[0], _tokens[0]);
+    }
+
+    /// <summary>Loss of the evaluation model (dropout off) on <paramref name="batch"/>.</summary>
+    public EvalResult Evaluate(TrainingBatch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        var names = new List<string>();
+        var values = new List<OrtValue>();
+        try
+        {
+            _evalFeeder.Feed(batch, names, values);
+            AddParameters(names, values);
+            _eval.Run(_runOptions, names, values, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
+            return new EvalResult(_loss[0], _tokens[0]);
+        }
+        finally
+        {
+            BatchFeeder.DisposeOwned(values, _valueOrt);
+        }
+    }
+
+    /// <summary>Current values of parameter <paramref name="name"/>.</summary>
+    /// <exception cref="LoraException">No such parameter.</exception>
+    public ReadOnlySpan<float> GetParameter(string name) => _values[IndexOf(name)];
+
+    /// <summary>Gradient of parameter <paramref name="name"/> from the last step.</summary>
+    public ReadOnlySpan<float> GetGradient(string name) => _gradients[IndexOf(name)];
+
+    /// <summary>Overwrites parameter <paramref name="name"/> (e.g. when resuming from a checkpoint).</summary>
+    /// <exception cref="LoraException">No such parameter, or the length differs.</exception>
+    public void SetParameter(string name, ReadOnlySpan<float> values)
+    {
+        float[] target = _values[IndexOf(name)];
+        if (values.Length != target.Length)
+        {
+            throw new LoraException($"Parameter '{name}' has {target.Length} elements; got {values.Length}.");
+        }
+
+        values.CopyTo(target);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (OrtValue v in _valueOrt.Concat(_gradientOrt))
+        {
+            v.Dispose();
+        }
+
+        _lossOrt.Dispose();
+        _tokensOrt.Dispose();
+        _optimizer.Dispose();
+        _runOptions.Dispose();
+        _training.Dispose();
+        _eval.Dispose();
+    }
+
+    private void RunTraining(TrainingBatch batch)
+    {
+        var names = new List<string>();
+        var values = new List<OrtValue>();
+        try
+        {
+            _trainingFeeder.Feed(batch, names, values);
+            AddParameters(names, values);
+            _training.Run(_runOptions, names, values, _trainingOutputNames, _trainingOutputs);
+        }
+        finally
+        {
+            BatchFeeder.DisposeOwned(values, _valueOrt);
+        }
+    }
+
+    private void AddParameters(List<string> names, List<OrtValue> values)
+    {
+        for (int i = 0; i < _valueOrt.Length; i++)
+        {
+            names.Add(_artifacts.Trainable[i].Name);
+            values.Add(_valueOrt[i]);
+        }
+    }
+
+    private float GradientNorm()
+    {
+        double sum = 0;
+        foreach (float[] g in _gradients)
+        {
+            sum += TensorPrimitives.SumOfSquares<float>(g);
+        }
+
+        return (float)Math.Sqrt(sum);
+    }
+
+    private int IndexOf(string name) =>
+        _index.TryGetValue(name, out int i) ? i : throw new LoraException($"'{name}' is not a trainable tensor of this session (it has {_index.Count}).");
+}

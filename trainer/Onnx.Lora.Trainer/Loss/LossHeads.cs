@@ -1,0 +1,124 @@
+using Onnx.Lora.Graph;
+
+namespace Onnx.Lora.Trainer.Loss;
+
+/// <summary>The scalar loss a head appended, and the count of tokens (or samples) it averages over.</summary>
+/// <param name="Loss">Scalar float32 loss.</param>
+/// <param name="TokenCount">Scalar float32 count of counted tokens or samples.</param>
+public sealed record LossOutputs(Value Loss, Value TokenCount);
+
+/// <summary>Appends a loss to a model's graph, reading one model output and adding the label inputs it needs.</summary>
+public interface ILossHead
+{
+    /// <summary>Names of the graph inputs the head adds (labels / targets).</summary>
+    IReadOnlyList<string> LabelInputs { get; }
+
+    /// <summary>Appends the loss computed from <paramref name="prediction"/>.</summary>
+    LossOutputs Attach(GraphBuilder builder, Value prediction);
+}
+
+/// <summary>
+/// Causal language modelling: mean cross-entropy of logits[:, t] against labels[:, t+1] over the tokens whose label is
+/// not <see cref="IgnoreIndex"/> (−100, as Hugging Face uses for padding and prompt tokens). Labels are an int64 input
+/// [batch, sequence] aligned with input_ids (the shift happens here). Outputs the mean and the counted tokens.
+/// </summary>
+public sealed class CausalLmLoss : ILossHead
+{
+    /// <summary>Label value that is not counted.</summary>
+    public const long IgnoreIndex = -100;
+
+    /// <summary>Name of the labels input.</summary>
+    public string LabelsInput { get; init; } = "labels";
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> LabelInputs => [LabelsInput];
+
+    /// <inheritdoc />
+    public LossOutputs Attach(GraphBuilder builder, Value prediction)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(prediction);
+        Value labels = builder.Input(LabelsInput, DataType.Int64, "batch", "sequence");
+        Value logits = LossMath.AsFloat(builder, prediction);
+        Value shifted = builder.Op("Slice", [logits, builder.Int64s("shift_start", 0), builder.Int64s("shift_end", -1), builder.Int64s("shift_axis", 1)]);
+        Value vocab = builder.Op("Slice", [builder.Op("Shape", [logits]), builder.Int64s("vocab_start", 2), builder.Int64s("vocab_end", 3)]);
+        Value scores = builder.Op("Reshape", [shifted, builder.Op("Concat", [builder.Int64s("minus_one", -1), vocab], [Attr.Int("axis", 0)])]);
+        Value nextLabels = builder.Op("Slice", [labels, builder.Int64s("label_start", 1), builder.Int64s("label_end", long.MaxValue), builder.Int64s("label_axis", 1)]);
+        Value flatLabels = builder.Op("Reshape", [nextLabels, builder.Int64s("flat", -1)]);
+        return LossMath.MeanCrossEntropy(builder, scores, flatLabels, IgnoreIndex, logits.ElementType);
+    }
+}
+
+/// <summary>
+/// Sequence classification: mean cross-entropy of logits [batch, classes] against int64 labels [batch]
+/// (−100 skips a sample). The count output is the number of counted samples.
+/// </summary>
+public sealed class SequenceClassificationLoss : ILossHead
+{
+    /// <summary>Name of the labels input.</summary>
+    public string LabelsInput { get; init; } = "labels";
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> LabelInputs => [LabelsInput];
+
+    /// <inheritdoc />
+    public LossOutputs Attach(GraphBuilder builder, Value prediction)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(prediction);
+        Value labels = builder.Input(LabelsInput, DataType.Int64, "batch");
+        Value scores = LossMath.AsFloat(builder, prediction);
+        return LossMath.MeanCrossEntropy(builder, scores, labels, CausalLmLoss.IgnoreIndex, scores.ElementType);
+    }
+}
+
+/// <summary>Mean squared error against a float32 targets input shaped like the prediction; the count is the element count.</summary>
+public sealed class MseLoss : ILossHead
+{
+    /// <summary>Name of the targets input.</summary>
+    public string TargetsInput { get; init; } = "targets";
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> LabelInputs => [TargetsInput];
+
+    /// <inheritdoc />
+    public LossOutputs Attach(GraphBuilder builder, Value prediction)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(prediction);
+        Value p = LossMath.AsFloat(builder, prediction);
+        Value targets = builder.Input(TargetsInput, DataType.Float, prediction.Shape?.ToArray() ?? []);
+        if (prediction.Shape is null)
+        {
+            targets.Type = Onnx.Lora.Graph.ValueType.Tensor(DataType.Float);
+        }
+
+        Value diff = builder.Sub(p, targets);
+        Value loss = builder.Op("ReduceMean", [builder.Mul(diff, diff)], [Attr.Int("keepdims", 0)]);
+        Value count = builder.Cast(builder.Op("Size", [p]), DataType.Float);
+        return new LossOutputs(loss, count);
+    }
+}
+
+internal static class LossMath
+{
+    /// <summary>Half-precision predictions are lifted to float32 for the loss; float32 and float64 stay as they are.</summary>
+    public static Value AsFloat(GraphBuilder builder, Value v) =>
+        v.ElementType is DataType.Float16 or DataType.BFloat16 ? builder.Cast(v, DataType.Float) : v;
+
+    /// <summary>Σ CE / max(count, 1) with SoftmaxCrossEntropyLoss(reduction = sum, ignore_index).</summary>
+    public static LossOutputs MeanCrossEntropy(GraphBuilder builder, Value scores, Value labels, long ignoreIndex, DataType scoreType)
+    {
+        Value sum = builder.Op("SoftmaxCrossEntropyLoss", [scores, labels], [Attr.String("reduction", "sum"), Attr.Int("ignore_index", ignoreIndex)]);
+        Value counted = builder.Op("Not", [builder.Op("Equal", [labels, builder.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [ignoreIndex]))])]);
+        Value count = builder.Op("ReduceSum", [builder.Cast(counted, DataType.Float)], [Attr.Int("keepdims", 0)]);
+        Value denominator = builder.Op("Max", [count, builder.Scalar("one", 1f)]);
+        if (scoreType == DataType.Double)
+        {
+            denominator = builder.Cast(denominator, DataType.Double);
+        }
+
+        Value loss = builder.Div(sum, denominator);
+        return new LossOutputs(loss, count);
+    }
+}
