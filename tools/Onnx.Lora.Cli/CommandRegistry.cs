@@ -15,5 +15,7 @@ internal static class CommandRegistry
         yield return new Commands.ExportAdapterCommand();
         yield return new Commands.ConvertAdapterCommand();
         yield return new ConvertLlama2cCommand();
+        yield return new TrainCommand();
+        yield return new GenerateCommand();
     }
 }
