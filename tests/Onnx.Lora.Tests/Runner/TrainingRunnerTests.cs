@@ -215,8 +215,9 @@ public sealed class TrainingRunnerTests
 
         // Reference: the LoRA graph itself, run by ORT with the trained A/B (from the last checkpoint's raw tensors).
         TrainingCheckpoint last = CheckpointStore.Load(s.LastCheckpoint!);
+        string loraModel = Path.Combine(Path.GetDirectoryName(s.LoraModel)!, TrainingRunner.ArtifactsFolder, TrainingRunner.LoraModelFile);
         string trainedLora = dir.File("trained.lora.onnx");
-        using (Model model = OnnxReader.Load(s.LoraModel))
+        using (Model model = OnnxReader.Load(loraModel))
         {
             foreach (NamedTensor t in last.Parameters)
             {
@@ -228,18 +229,20 @@ public sealed class TrainingRunnerTests
 
         // Merged: the exporter reads the PEFT folder independently of the trainer and folds it into the base weights.
         string merged = dir.File("merged.onnx");
-        using (Model model = OnnxReader.Load(s.LoraModel))
+        using (Model model = OnnxReader.Load(loraModel))
         {
             LoraManifest manifest = LoraManifest.Read(model)!;
             LoraWeights weights = PeftAdapter.Import(s.AdapterDir!, manifest.Modules);
             Assert.IsTrue(weights.Modules.Any(m => m.B.Any(v => v != 0)), "training changed B, so the merge is not vacuous");
-            LoraMerger.MergeInto(model, manifest, weights, s.LoraModel);
+            LoraMerger.MergeInto(model, manifest, weights, loraModel);
             OnnxWriter.Save(model, merged);
         }
 
         float[] expected = OrtRunner.Run(trainedLora, seed: 5)["logits"];
         float[] actual = OrtRunner.Run(merged, seed: 5)["logits"];
-        float[] untrained = OrtRunner.Run(s.LoraModel, seed: 5)["logits"];
+        float[] untrained = OrtRunner.Run(loraModel, seed: 5)["logits"];
+        float[] runnerModel = OrtRunner.Run(s.LoraModel, seed: 5)["logits"];
+        CollectionAssert.AreEqual(expected, runnerModel, "the runner's trained LoRA model holds the checkpoint's tensors");
         float scale = expected.Max(MathF.Abs);
         TestContext.WriteLine($"max |merged - lora| = {OrtRunner.MaxAbsDiff(expected, actual):G3}, max |logit| = {scale:G3}, max |trained - untrained| = {OrtRunner.MaxAbsDiff(expected, untrained):G3}");
         Assert.IsLessThanOrEqualTo(1e-5f * scale, OrtRunner.MaxAbsDiff(expected, actual));

@@ -110,7 +110,7 @@ public sealed record TrainingSummary
     /// <summary>The last checkpoint written.</summary>
     public string? LastCheckpoint { get; init; }
 
-    /// <summary>The LoRA model trained (its initializers hold the initial adapter; the trained one is in the adapter folder).</summary>
+    /// <summary>The trained LoRA model (LoRA graph with the trained A/B; input of merge / export-adapter), or the untrained one when no step completed.</summary>
     public required string LoraModel { get; init; }
 
     /// <summary>metrics.jsonl.</summary>

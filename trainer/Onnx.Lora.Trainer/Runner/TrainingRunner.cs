@@ -50,6 +50,12 @@ public sealed class TrainingRunner
     /// <summary>Summary file name.</summary>
     public const string SummaryFile = "summary.json";
 
+    /// <summary>
+    /// File name of the trained LoRA model in the run folder: the LoRA graph with the trained A/B as initializers, the
+    /// input of <c>onnx-lora merge</c> and <c>export-adapter</c>.
+    /// </summary>
+    public const string TrainedModelFile = "lora-trained.onnx";
+
     /// <summary>File name of the LoRA model inside <see cref="ArtifactsFolder"/> (when injected by the runner).</summary>
     public const string LoraModelFile = "model.lora.onnx";
 
@@ -170,6 +176,7 @@ public sealed class TrainingRunner
         }
 
         string? adapterDir = null;
+        string? trainedModel = null;
         long adapterBytes = 0;
         if (outcome != RunOutcome.Cancelled && loop.Step > 0)
         {
@@ -177,6 +184,8 @@ public sealed class TrainingRunner
             Directory.CreateDirectory(adapterDir);
             PeftAdapter.Export(AdapterWeights(session, model.Manifest), adapterDir, model.Name, o.UseRsLora, o.LoraDropout);
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
+            trainedModel = Path.Combine(outputDir, TrainedModelFile);
+            WriteTrainedModel(session, model.LoraModelPath, trainedModel);
         }
 
         string? plot = null;
@@ -204,7 +213,7 @@ public sealed class TrainingRunner
             AdapterDir = adapterDir,
             AdapterBytes = adapterBytes,
             LastCheckpoint = loop.LastCheckpoint,
-            LoraModel = model.LoraModelPath,
+            LoraModel = trainedModel ?? model.LoraModelPath,
             MetricsFile = metrics.Path,
             LossPlot = plot,
         };
@@ -360,6 +369,17 @@ public sealed class TrainingRunner
         loop.LastSavedStep = loop.Step;
         loop.LastCheckpoint = folder;
         _observer.OnCheckpoint(loop.Step, folder);
+    }
+
+    private static void WriteTrainedModel(LoraTrainingSession session, string loraModelPath, string path)
+    {
+        using Model model = OnnxReader.Load(loraModelPath);
+        foreach (TrainableTensor t in session.Parameters)
+        {
+            model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Dims, session.GetParameter(t.Name)));
+        }
+
+        OnnxWriter.Save(model, path);
     }
 
     /// <summary>The session's LoRA tensors as exporter weights (MatMul layout, scale from the manifest).</summary>
