@@ -182,7 +182,7 @@ public sealed class TrainingRunner
         {
             adapterDir = Path.Combine(outputDir, AdapterFolder);
             Directory.CreateDirectory(adapterDir);
-            PeftAdapter.Export(AdapterWeights(session, model.Manifest), adapterDir, model.Name, o.UseRsLora, o.LoraDropout);
+            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Name, o.UseRsLora, o.LoraDropout);
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
             WriteTrainedModel(session, model.LoraModelPath, trainedModel);
@@ -363,7 +363,7 @@ public sealed class TrainingRunner
             EvaluationsWithoutImprovement = loop.EvaluationsWithoutImprovement,
             OptionsFingerprint = c.Options.ResumeFingerprint(),
         };
-        List<NamedTensor> parameters = c.Session.Parameters.Select(p => new NamedTensor(p.Name, [.. p.Dims], c.Session.GetParameter(p.Name).ToArray())).ToList();
+        List<NamedTensor> parameters = CurrentParameters(c.Session);
         var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state);
         string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, c.Model.Name, AfterCheckpointFileWritten);
         loop.LastSavedStep = loop.Step;
@@ -382,11 +382,8 @@ public sealed class TrainingRunner
         OnnxWriter.Save(model, path);
     }
 
-    /// <summary>The session's LoRA tensors as exporter weights (MatMul layout, scale from the manifest).</summary>
-    internal static LoraWeights AdapterWeights(LoraTrainingSession session, LoraManifest manifest) =>
-        new(manifest.Modules.Select(m => new LoraModuleWeights(m.Module, (int)m.InFeatures, (int)m.OutFeatures, m.Rank,
-            session.GetParameter(m.LoraA).ToArray(), session.GetParameter(m.LoraB).ToArray(), (float)m.Scaling,
-            m.Magnitude is { } mag ? session.GetParameter(mag).ToArray() : null)));
+    private static List<NamedTensor> CurrentParameters(LoraTrainingSession session) =>
+        session.Parameters.Select(p => new NamedTensor(p.Name, [.. p.Dims], session.GetParameter(p.Name).ToArray())).ToList();
 
     private static string? ResolveResume(TrainOptions o, string checkpointsDir)
     {
