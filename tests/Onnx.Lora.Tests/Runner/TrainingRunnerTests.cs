@@ -105,19 +105,20 @@ public sealed class TrainingRunnerTests
     public void Resume_AfterCrashPastCheckpoint_ReproducesUninterruptedLossesBitIdentically()
     {
         using var dir = new TempDir();
-        TrainingSummary full = new TrainingRunner(Options(dir, 12, dir.File("full"))).Run(TestContext.CancellationToken);
+        TrainingSummary full = new TrainingRunner(Options(dir, 8, dir.File("full"))).Run(TestContext.CancellationToken);
         var expected = ReadMetrics(full.MetricsFile);
 
-        // The interrupted run dies (as if by SIGKILL) after step 10, two steps past checkpoint-8: no final save.
-        TrainOptions o = Options(dir, 12, dir.File("crashed"));
-        var crash = new CrashAfterStep(10);
+        // The interrupted run dies (as if by SIGKILL) after step 6, two steps past checkpoint-4 and after the eval at
+        // step 6: no final save, and metrics lines past the checkpoint that the resume must drop and redo.
+        TrainOptions o = Options(dir, 8, dir.File("crashed"));
+        var crash = new CrashAfterStep(6);
         Assert.ThrowsExactly<InvalidOperationException>(() => new TrainingRunner(o, crash).Run(TestContext.CancellationToken));
-        Assert.AreEqual("checkpoint-8", Path.GetFileName(CheckpointStore.FindLatest(Path.Combine(o.OutputDir, "checkpoints"))));
+        Assert.AreEqual("checkpoint-4", Path.GetFileName(CheckpointStore.FindLatest(Path.Combine(o.OutputDir, "checkpoints"))));
 
         TrainingSummary resumed = new TrainingRunner(o with { Resume = "latest" }).Run(TestContext.CancellationToken);
         var actual = ReadMetrics(resumed.MetricsFile);
 
-        Assert.AreEqual(12, resumed.Steps);
+        Assert.AreEqual(8, resumed.Steps);
         Assert.HasCount(expected.Count, actual);
         for (int i = 0; i < expected.Count; i++)
         {
@@ -247,6 +248,76 @@ public sealed class TrainingRunnerTests
         TestContext.WriteLine($"max |merged - lora| = {OrtRunner.MaxAbsDiff(expected, actual):G3}, max |logit| = {scale:G3}, max |trained - untrained| = {OrtRunner.MaxAbsDiff(expected, untrained):G3}");
         Assert.IsLessThanOrEqualTo(1e-5f * scale, OrtRunner.MaxAbsDiff(expected, actual));
         Assert.IsGreaterThan(1e-3f * scale, OrtRunner.MaxAbsDiff(expected, untrained), "the trained adapter must change the logits");
+    }
+
+    [TestMethod]
+    public void Step_GradientAccumulationTwoOfBatchTwo_MatchesBatchFour()
+    {
+        using var dir = new TempDir();
+        TrainOptions o = Options(dir, 6) with { EvalData = null, EvalSteps = 0, SaveSteps = 0 };
+        TrainingSummary big = new TrainingRunner(o with { OutputDir = dir.File("b4") }).Run(TestContext.CancellationToken);
+        TrainingSummary accumulated = new TrainingRunner(o with { OutputDir = dir.File("b2x2"), BatchSize = 2, GradientAccumulationSteps = 2 }).Run(TestContext.CancellationToken);
+
+        double[] expected = ReadMetrics(big.MetricsFile).Select(m => m.Loss).ToArray();
+        double[] actual = ReadMetrics(accumulated.MetricsFile).Select(m => m.Loss).ToArray();
+        Assert.HasCount(6, actual);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            // Same rows, same token-weighted mean gradient; only float summation order (and padding width) differ.
+            Assert.AreEqual(expected[i], actual[i], 1e-5 * Math.Abs(expected[i]), $"step {i + 1}");
+        }
+    }
+
+    [TestMethod]
+    public void Run_CancelledMidRun_SavesCheckpointAndResumes()
+    {
+        using var dir = new TempDir();
+        TrainOptions o = Options(dir, 8) with { EvalData = null, EvalSteps = 0, SaveSteps = 0 };
+        using var cts = new CancellationTokenSource();
+        TrainingSummary cancelled = new TrainingRunner(o, new CancelAtStep(3, cts)).Run(cts.Token);
+
+        Assert.AreEqual(RunOutcome.Cancelled, cancelled.Outcome);
+        Assert.AreEqual(3, cancelled.Steps);
+        Assert.IsNull(cancelled.AdapterDir, "a cancelled run writes no final adapter");
+        Assert.AreEqual("checkpoint-3", Path.GetFileName(cancelled.LastCheckpoint));
+
+        TrainingSummary resumed = new TrainingRunner(o with { Resume = cancelled.LastCheckpoint }).Run(TestContext.CancellationToken);
+        Assert.AreEqual(RunOutcome.Completed, resumed.Outcome);
+        Assert.AreEqual(8, ReadMetrics(resumed.MetricsFile).Count(m => m.Kind == "train"));
+    }
+
+    [TestMethod]
+    public void Train_CancelledFromCommandLine_ExitsCancelled()
+    {
+        using var dir = new TempDir();
+        using var output = new StringWriter();
+        using var error = new StringWriter();
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        int code = Onnx.Lora.Cli.CliApp.RunAsync(["train", "--model", s_checkpoint, "--tokenizer", s_tokenizer, "--data", WriteJsonl(dir, "d.jsonl", s_lines),
+            "--output-dir", dir.File("run"), "--max-steps", "4", "--seq-length", "32"], output, error, cts.Token).GetAwaiter().GetResult();
+
+        Assert.AreEqual(130, code, error.ToString());
+    }
+
+    /// <summary>Cancels the run's token after a step, as Ctrl-C does.</summary>
+    private sealed class CancelAtStep(int step, CancellationTokenSource source) : ITrainingObserver
+    {
+        public void OnMessage(string message) { }
+
+        public void OnStart(TrainingPlan plan) { }
+
+        public void OnStep(StepReport report)
+        {
+            if (report.Step == step)
+            {
+                source.Cancel();
+            }
+        }
+
+        public void OnEvaluation(EvaluationReport report) { }
+
+        public void OnCheckpoint(int step, string folder) { }
     }
 
     /// <summary>Throws out of the loop after a step, like a process killed between steps (no final save runs).</summary>
