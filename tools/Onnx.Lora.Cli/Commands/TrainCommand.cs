@@ -68,7 +68,7 @@ internal sealed class TrainCommand : LoraCommand
         TrainingSummary? summary = null;
         AnsiConsole.Progress()
             .AutoClear(false)
-            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = 24 }, new RemainingTimeColumn())
             .Start(ctx =>
             {
                 var live = new LiveProgress(ctx);
@@ -162,7 +162,9 @@ internal sealed class TrainCommand : LoraCommand
         private ProgressTask? _task;
         private string _eval = "";
 
-        public void OnMessage(string message) => context.AddTask(Markup.Escape(message), autoStart: true, maxValue: 1).Increment(1);
+        // Phase lines stay short so the description column is not squeezed to "…" on an 80-column terminal.
+        public void OnMessage(string message) =>
+            context.AddTask(Markup.Escape(message.Length > 56 ? message[..55] + "…" : message), autoStart: true, maxValue: 1).Increment(1);
 
         public void OnStart(TrainingPlan plan)
         {
@@ -179,10 +181,10 @@ internal sealed class TrainCommand : LoraCommand
 
             _task.Value = r.Step;
             _task.Description = Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                $"step {r.Step}/{r.TotalSteps} loss {r.Loss:F4} lr {r.LearningRate:G3} {r.TokensPerSecond:F0} tok/s eta {r.Eta:hh\\:mm\\:ss}{_eval}"));
+                $"step {r.Step}/{r.TotalSteps} loss {r.Loss:F4} lr {r.LearningRate:G2} {r.TokensPerSecond:F0} tok/s{_eval}"));
         }
 
-        public void OnEvaluation(EvaluationReport r) => _eval = string.Create(CultureInfo.InvariantCulture, $" | eval {r.Loss:F4} ppl {r.Perplexity:F2}");
+        public void OnEvaluation(EvaluationReport r) => _eval = string.Create(CultureInfo.InvariantCulture, $" eval {r.Loss:F3}");
 
         public void OnCheckpoint(int step, string folder) => context.AddTask(Markup.Escape($"saved {Path.GetFileName(folder)}"), maxValue: 1).Increment(1);
     }
