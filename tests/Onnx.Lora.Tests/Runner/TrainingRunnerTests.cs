@@ -193,7 +193,7 @@ public sealed class TrainingRunnerTests
 
         Assert.AreEqual(2, code, error);
         StringAssert.Contains(error, "bad.jsonl:3");
-        Assert.IsFalse(File.Exists(dir.File("run/metrics.jsonl")), "no training happened");
+        Assert.IsFalse(Directory.Exists(dir.File("run/artifacts")), "the data is checked before any model work");
     }
 
     [TestMethod]

@@ -17,12 +17,42 @@ namespace Onnx.Lora.Trainer.Runner;
 /// <param name="MaxPositions">Longest sequence the model supports, when known.</param>
 public sealed record PreparedModel(string Name, string LoraModelPath, LoraManifest Manifest, TrainingArtifacts Artifacts, int VocabSize, int? MaxPositions);
 
+/// <summary>What the data checks need to know about a model, read without converting or injecting anything.</summary>
+/// <param name="Name">The model's file name.</param>
+/// <param name="VocabSize">Rows of the token embedding.</param>
+/// <param name="MaxPositions">Longest sequence the model supports, when known.</param>
+public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions);
+
 /// <summary>
 /// Turns <c>model</c> into training artifacts: a llama2.c <c>.bin</c> is converted first; a model without a LoRA
 /// manifest gets LoRA injected from the run's LoRA options; an injected model is used as it is.
 /// </summary>
 public static class ModelPreparation
 {
+    /// <summary>
+    /// Reads vocabulary size and position limit of <c>model</c> cheaply (a llama2.c header, or the ONNX graph with
+    /// its weights left on disk), so the data can be validated before the expensive preparation.
+    /// </summary>
+    /// <exception cref="LoraException">The model cannot be read.</exception>
+    public static ModelLimits ReadLimits(TrainOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        string source = options.Model;
+        if (!File.Exists(source))
+        {
+            throw new LoraException($"Model '{source}' does not exist.");
+        }
+
+        if (source.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
+        {
+            Llama2cHeader header = Llama2cCheckpoint.Open(source).Header;
+            return new ModelLimits(Path.GetFileName(source), header.Vocab, header.SeqLen);
+        }
+
+        using Model model = OnnxReader.Load(source);
+        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), null);
+    }
+
     /// <summary>Prepares the model of <paramref name="options"/> into <paramref name="artifactsDir"/>.</summary>
     /// <exception cref="LoraException">The model cannot be read, converted or injected, or has no usable logits.</exception>
     public static PreparedModel Prepare(TrainOptions options, string artifactsDir, ITrainingObserver observer)

@@ -113,10 +113,12 @@ public sealed class TrainingRunner
             }
         }
 
-        PreparedModel model = ModelPreparation.Prepare(o, Path.Combine(outputDir, ArtifactsFolder), _observer);
+        // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
+        ModelLimits limits = ModelPreparation.ReadLimits(o);
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
-        PreparedData data = DataPipeline.Prepare(o, model.VocabSize, model.MaxPositions, model.Name);
-        VocabularyGuard.Check(data.Tokenizer, model.VocabSize);
+        PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
+        VocabularyGuard.Check(data.Tokenizer, limits.VocabSize);
+        PreparedModel model = ModelPreparation.Prepare(o, Path.Combine(outputDir, ArtifactsFolder), _observer);
 
         int totalSteps = o.TotalOptimizerSteps(data.Train.RowCount);
         LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
