@@ -34,6 +34,13 @@ internal static class CliApp
         }
 
         // Our commands report their own errors (LoraCommand); the default handler would print a stack trace.
-        return parse.InvokeAsync(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false }, cancellationToken);
+        return parse.InvokeAsync(new InvocationConfiguration
+        {
+            Output = output,
+            Error = error,
+            EnableDefaultExceptionHandler = false,
+            // Ctrl-C cancels the token; `train` then saves a checkpoint, which may take longer than the 2 s default.
+            ProcessTerminationTimeout = TimeSpan.FromSeconds(60),
+        }, cancellationToken);
     }
 }

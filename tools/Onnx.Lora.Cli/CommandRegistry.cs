@@ -16,5 +16,7 @@ internal static class CommandRegistry
         yield return new ConvertAdapterCommand();
         yield return new CombineCommand();
         yield return new ConvertLlama2cCommand();
+        yield return new TrainCommand();
+        yield return new GenerateCommand();
     }
 }

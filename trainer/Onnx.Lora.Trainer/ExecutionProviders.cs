@@ -33,7 +33,8 @@ public static class ExecutionProviders
     /// <exception cref="LoraException">The ONNX Runtime in use does not include the provider.</exception>
     public static SessionOptions CreateSessionOptions(ExecutionProvider provider, int intraOpThreads = 0, int deviceId = 0)
     {
-        var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        // Trainable tensors are graph inputs with initializer defaults by design; ORT warns about each one, so log errors only.
+        var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         if (intraOpThreads > 0)
         {
             options.IntraOpNumThreads = intraOpThreads;

@@ -3,6 +3,7 @@ using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
+using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Optim;
 
 namespace Onnx.Lora.Trainer;
@@ -30,6 +31,12 @@ public sealed record TrainingSessionOptions
 
     /// <summary>Initial learning rate (change it per step with <see cref="LoraTrainingSession.LearningRate"/>).</summary>
     public float LearningRate { get; init; } = 1e-3f;
+
+    /// <summary>
+    /// Per-tensor multipliers of the learning rate (tensor name → factor; absent = 1). LoRA+ sets λ for every
+    /// <c>lora_B</c> tensor. Needs the vectorized optimizer.
+    /// </summary>
+    public IReadOnlyDictionary<string, float>? LearningRateScales { get; init; }
 }
 
 /// <summary>
@@ -95,7 +102,13 @@ public sealed class LoraTrainingSession : IDisposable
         _trainingFeeder = new BatchFeeder(_training, artifacts);
         _evalFeeder = new BatchFeeder(_eval, artifacts);
 
-        var buffers = trainable.Select((t, i) => new ParameterBuffer(t.Name, _values[i], _gradients[i])).ToArray();
+        var buffers = trainable.Select((t, i) => new ParameterBuffer(t.Name, _values[i], _gradients[i],
+            options.LearningRateScales is { } scales && scales.TryGetValue(t.Name, out float f) ? f : 1f)).ToArray();
+        if (options.LearningRateScales?.Keys.FirstOrDefault(k => !_index.ContainsKey(k)) is { } unknown)
+        {
+            throw new LoraException($"A learning-rate scale names '{unknown}', which is not a trainable tensor of '{artifacts.TrainingModelPath}'.");
+        }
+
         _optimizer = options.Optimizer == OptimizerImplementation.Onnx
             ? new OnnxAdamW(buffers, options.AdamW)
             : new AdamW(buffers, options.AdamW);
@@ -174,6 +187,13 @@ public sealed class LoraTrainingSession : IDisposable
         }
 
         float norm = GradientNorm();
+        float meanLoss = tokenSum > 0 ? (float)(lossSum / tokenSum) : 0f;
+        if (!float.IsFinite(meanLoss) || !float.IsFinite(norm))
+        {
+            // NOTE: nothing is applied, so parameters and moments stay as they were; the caller stops or skips.
+            return new TrainStepResult(meanLoss, (float)tokenSum, norm, Clipped: false) { NonFinite = true };
+        }
+
         bool clipped = false;
         if (_options.MaxGradientNorm > 0 && norm > _options.MaxGradientNorm)
         {
@@ -187,7 +207,7 @@ public sealed class LoraTrainingSession : IDisposable
         }
 
         _optimizer.Step(LearningRate);
-        return new TrainStepResult(tokenSum > 0 ? (float)(lossSum / tokenSum) : 0f, (float)tokenSum, norm, clipped);
+        return new TrainStepResult(meanLoss, (float)tokenSum, norm, clipped);
     }
 
     /// <summary>Computes loss and gradients of one batch without updating anything (gradients readable with <see cref="GetGradient"/>).</summary>
@@ -235,6 +255,39 @@ public sealed class LoraTrainingSession : IDisposable
         }
 
         values.CopyTo(target);
+    }
+
+    /// <summary>Copies the optimizer's moments (named like the parameters) for a checkpoint.</summary>
+    public OptimizerMoments ExportOptimizerMoments()
+    {
+        var first = new List<NamedTensor>(_values.Length);
+        var second = new List<NamedTensor>(_values.Length);
+        for (int i = 0; i < _values.Length; i++)
+        {
+            TrainableTensor t = _artifacts.Trainable[i];
+            first.Add(new NamedTensor(t.Name, [.. t.Dims], _optimizer.FirstMoment(i).ToArray()));
+            second.Add(new NamedTensor(t.Name, [.. t.Dims], _optimizer.SecondMoment(i).ToArray()));
+        }
+
+        return new OptimizerMoments(first, second);
+    }
+
+    /// <summary>
+    /// Restores optimizer moments and the AdamW step count (bias correction) from a checkpoint, so the next step equals
+    /// the one the saved run would have taken, bit for bit.
+    /// </summary>
+    /// <exception cref="LoraException">A tensor is missing or has another length.</exception>
+    public void RestoreOptimizerState(OptimizerMoments moments, long optimizerSteps)
+    {
+        ArgumentNullException.ThrowIfNull(moments);
+        float[][] Ordered(IReadOnlyList<NamedTensor> list, string kind)
+        {
+            var byName = list.ToDictionary(m => m.Name, StringComparer.Ordinal);
+            return _artifacts.Trainable.Select(t => byName.TryGetValue(t.Name, out NamedTensor? m) ? m.Data
+                : throw new LoraException($"The optimizer state has no {kind} for '{t.Name}'.")).ToArray();
+        }
+
+        _optimizer.RestoreState(optimizerSteps, Ordered(moments.FirstMoments, "exp_avg"), Ordered(moments.SecondMoments, "exp_avg_sq"));
     }
 
     /// <inheritdoc />

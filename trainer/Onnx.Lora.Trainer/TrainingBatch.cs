@@ -33,7 +33,11 @@ public sealed record TrainingBatch
 /// <param name="Tokens">Counted tokens (or samples).</param>
 /// <param name="GradientNorm">Global L2 norm of the gradient before clipping.</param>
 /// <param name="Clipped">True when the gradient was scaled down to the clipping norm.</param>
-public readonly record struct TrainStepResult(float Loss, float Tokens, float GradientNorm, bool Clipped);
+public readonly record struct TrainStepResult(float Loss, float Tokens, float GradientNorm, bool Clipped)
+{
+    /// <summary>True when the loss or the gradient was NaN/Inf: the step was NOT applied (parameters and optimizer unchanged).</summary>
+    public bool NonFinite { get; init; }
+}
 
 /// <summary>What an evaluation reports.</summary>
 /// <param name="Loss">Mean loss over the counted tokens.</param>

@@ -26,7 +26,7 @@ public sealed class GenAiGradientTests
         string path = temp.File("genai-lora.onnx");
         using (Model model = GenAiLlamaBuilder.Build(new GenAiLlamaConfig { Int4 = int4, BlockSize = 32 }))
         {
-            var manifest = TestLoraInjector.Inject(model, rank: 4, alpha: 8, seed: 13, nonZeroB: true);
+            var manifest = LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 13, nonZeroB: true);
             Assert.AreEqual(2 * 7, manifest.Modules.Count, "7 projections in each of 2 layers");
             OnnxWriter.Save(model, path);
         }

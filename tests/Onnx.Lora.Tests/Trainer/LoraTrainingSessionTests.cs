@@ -29,7 +29,7 @@ public sealed class LoraTrainingSessionTests
         string loraPath = s_temp.File("lora.onnx");
         using (Model model = OnnxReader.Load(s_basePath))
         {
-            TestLoraInjector.Inject(model, rank: 8, alpha: 16, seed: 3, nonZeroB: false);
+            LoraForTraining.Inject(model, rank: 8, alpha: 16, seed: 3, nonZeroB: false);
             OnnxWriter.Save(model, loraPath);
         }
 

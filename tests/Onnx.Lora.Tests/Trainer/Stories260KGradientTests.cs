@@ -20,7 +20,7 @@ public sealed class Stories260KGradientTests
         string loraPath = temp.File("lora.onnx");
         using (Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx")))
         {
-            TestLoraInjector.Inject(model, rank: 4, alpha: 8, seed: 7, nonZeroB: true);
+            LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 7, nonZeroB: true);
             OnnxWriter.Save(model, loraPath);
         }
 
@@ -78,7 +78,7 @@ public sealed class Stories260KGradientTests
     public void TrainingModelInFloat64_LoraEntries_MatchFiniteDifferencesTo1e6()
     {
         using Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx"));
-        var manifest = TestLoraInjector.Inject(model, rank: 4, alpha: 8, seed: 11, nonZeroB: true);
+        var manifest = LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 11, nonZeroB: true);
         Float64Conversion.Apply(model);
         string[] trainable = manifest.TrainableTensors().ToArray();
         var loss = new Onnx.Lora.Trainer.Loss.CausalLmLoss().Attach(new GraphBuilder(model), model.Graph.Outputs.Single(o => o.Name == "logits"));

@@ -1,5 +1,9 @@
 using System.Globalization;
 using System.Text.Json;
+using Onnx.Lora.Exporter;
+using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Graph;
 using Onnx.Lora.Rewriter;
 
 namespace Onnx.Lora.Trainer.Checkpoints;
@@ -69,15 +73,15 @@ public static class CheckpointStore
         try
         {
             Directory.CreateDirectory(temp);
-            // Compute the PEFT tensors first: a manifest/parameter mismatch fails before anything is written.
-            List<NamedTensor> peft = PeftAdapterLayout.ToPeftTensors(manifest, checkpoint.Parameters);
-            var metadata = new Dictionary<string, string> { ["format"] = "pt" };
-            WriteFile(temp, AdapterFile, s => SafetensorsFile.Write(s, peft, metadata), afterFileWritten);
-            WriteFile(temp, AdapterConfigFile, s => s.Write(System.Text.Encoding.UTF8.GetBytes(PeftAdapterLayout.ConfigJson(manifest, baseModelName))), afterFileWritten);
-            WriteFile(temp, ParametersFile, s => SafetensorsFile.Write(s, checkpoint.Parameters), afterFileWritten);
+            // Collect the adapter first: a manifest/parameter mismatch fails before anything is written.
+            LoraWeights adapter = ToAdapterWeights(manifest, checkpoint.Parameters);
+            PeftAdapter.Export(adapter, temp, baseModelName, manifest.Modules.Count > 0 && manifest.Modules[0].UseRsLora, manifest.Dropout);
+            afterFileWritten?.Invoke(AdapterFile);
+            afterFileWritten?.Invoke(AdapterConfigFile);
+            WriteTensors(temp, ParametersFile, checkpoint.Parameters, afterFileWritten);
             var moments = checkpoint.Moments.FirstMoments.Select(m => m with { Name = "exp_avg." + m.Name })
                 .Concat(checkpoint.Moments.SecondMoments.Select(m => m with { Name = "exp_avg_sq." + m.Name })).ToList();
-            WriteFile(temp, OptimizerFile, s => SafetensorsFile.Write(s, moments), afterFileWritten);
+            WriteTensors(temp, OptimizerFile, moments, afterFileWritten);
             WriteFile(temp, StateFile, s => JsonSerializer.Serialize(s, checkpoint.State, s_json), afterFileWritten);
 
             if (Directory.Exists(final))
@@ -95,7 +99,7 @@ public static class CheckpointStore
                 Directory.Move(temp, final);
             }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException or AdapterFormatException)
         {
             TryDelete(temp);
             throw new CheckpointException($"Saving checkpoint '{final}' failed: {e.Message}. Earlier checkpoints are intact.", e);
@@ -165,8 +169,8 @@ public static class CheckpointStore
             throw new CheckpointException($"Cannot read '{statePath}': {e.Message}", e);
         }
 
-        List<NamedTensor> parameters = SafetensorsFile.Read(Path.Combine(checkpointDir, ParametersFile));
-        List<NamedTensor> moments = SafetensorsFile.Read(Path.Combine(checkpointDir, OptimizerFile));
+        List<NamedTensor> parameters = ReadTensors(Path.Combine(checkpointDir, ParametersFile));
+        List<NamedTensor> moments = ReadTensors(Path.Combine(checkpointDir, OptimizerFile));
         var first = new List<NamedTensor>();
         var second = new List<NamedTensor>();
         foreach (NamedTensor m in moments)
@@ -186,6 +190,73 @@ public static class CheckpointStore
         }
 
         return new TrainingCheckpoint(parameters, new OptimizerMoments(first, second), state);
+    }
+
+    /// <summary>
+    /// The adapter in exporter form (MatMul layout A [in,r], B [r,out], scale from the manifest), looked up by the
+    /// manifest's tensor names; the exporter's <see cref="PeftAdapter"/> turns it into PEFT's [r,in]/[out,r] layout.
+    /// </summary>
+    /// <exception cref="CheckpointException">A tensor the manifest names is missing or has the wrong shape.</exception>
+    internal static LoraWeights ToAdapterWeights(LoraManifest manifest, IReadOnlyList<NamedTensor> parameters)
+    {
+        var byName = parameters.ToDictionary(p => p.Name, StringComparer.Ordinal);
+        return new LoraWeights(manifest.Modules.Select(m => new LoraModuleWeights(m.Module, (int)m.InFeatures, (int)m.OutFeatures, m.Rank,
+            Get(byName, m.LoraA, [m.InFeatures, m.Rank]).Data, Get(byName, m.LoraB, [m.Rank, m.OutFeatures]).Data, (float)m.Scaling,
+            m.Magnitude is { } mag ? Get(byName, mag, [m.OutFeatures]).Data : null)).ToList());
+    }
+
+    private static NamedTensor Get(Dictionary<string, NamedTensor> byName, string name, long[] shape)
+    {
+        if (!byName.TryGetValue(name, out NamedTensor? t))
+        {
+            throw new CheckpointException($"Trainable tensor '{name}' named by the LoRA manifest is missing from the parameters.");
+        }
+
+        if (!t.Shape.SequenceEqual(shape))
+        {
+            throw new CheckpointException(string.Create(CultureInfo.InvariantCulture,
+                $"Trainable tensor '{name}' has shape [{string.Join(",", t.Shape)}]; the manifest expects [{string.Join(",", shape)}]."));
+        }
+
+        return t;
+    }
+
+    private static void WriteTensors(string folder, string name, IReadOnlyList<NamedTensor> tensors, Action<string>? afterFileWritten)
+    {
+        foreach (NamedTensor t in tensors)
+        {
+            if (t.ElementCount != t.Data.Length)
+            {
+                throw new ArgumentException($"Tensor '{t.Name}' has shape [{string.Join(",", t.Shape)}] but {t.Data.Length} values.", nameof(tensors));
+            }
+        }
+
+        SafetensorsWriter.Write(Path.Combine(folder, name), tensors.Select(t => SafetensorsTensor.FromFloats(t.Name, t.Shape, t.Data)));
+        afterFileWritten?.Invoke(name);
+    }
+
+    private static List<NamedTensor> ReadTensors(string path)
+    {
+        try
+        {
+            using SafetensorsFile file = SafetensorsFile.Open(path);
+            var result = new List<NamedTensor>(file.Tensors.Count);
+            foreach (SafetensorsEntry e in file.Tensors)
+            {
+                if (e.DataType != DataType.Float)
+                {
+                    throw new CheckpointException($"'{path}': tensor '{e.Name}' is {e.DataType}; checkpoints hold float32 only.");
+                }
+
+                result.Add(new NamedTensor(e.Name, [.. e.Dims], file.ToFloat32(e.Name)));
+            }
+
+            return result;
+        }
+        catch (AdapterFormatException e)
+        {
+            throw new CheckpointException($"Checkpoint file '{path}' is unreadable: {e.Message}", e);
+        }
     }
 
     private static void WriteFile(string folder, string name, Action<Stream> write, Action<string>? afterFileWritten)

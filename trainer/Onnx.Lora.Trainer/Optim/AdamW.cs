@@ -44,13 +44,23 @@ public sealed class AdamW : IParameterOptimizer
     public ReadOnlySpan<float> SecondMoment(int index) => _v[index];
 
     /// <inheritdoc />
+    public void RestoreState(long stepCount, IReadOnlyList<float[]> firstMoments, IReadOnlyList<float[]> secondMoments)
+    {
+        OptimizerState.Restore(_parameters, _m, _v, stepCount, firstMoments, secondMoments);
+        StepCount = stepCount;
+    }
+
+    /// <inheritdoc />
     public void Step(float learningRate)
     {
         StepCount++;
         AdamWStepScalars s = AdamWStepScalars.For(_options, StepCount, learningRate);
         for (int i = 0; i < _parameters.Count; i++)
         {
-            Update(_parameters[i].Values, _parameters[i].Gradients, _m[i], _v[i], _scratch.AsSpan(0, _parameters[i].Values.Length), _options, s);
+            // LoRA+: a tensor with its own rate multiplier gets its own scalars (same formula, scaled lr).
+            float scale = _parameters[i].LearningRateScale;
+            AdamWStepScalars si = scale == 1f ? s : AdamWStepScalars.For(_options, StepCount, learningRate * scale);
+            Update(_parameters[i].Values, _parameters[i].Gradients, _m[i], _v[i], _scratch.AsSpan(0, _parameters[i].Values.Length), _options, si);
         }
     }
 

@@ -37,7 +37,8 @@ public enum OptimizerImplementation
 /// <param name="Name">Tensor name.</param>
 /// <param name="Values">Parameter values (updated in place).</param>
 /// <param name="Gradients">Gradients of the step.</param>
-public sealed record ParameterBuffer(string Name, float[] Values, float[] Gradients);
+/// <param name="LearningRateScale">Multiplier of the step's learning rate for this tensor (LoRA+ trains B with λ·lr); 1 = plain.</param>
+public sealed record ParameterBuffer(string Name, float[] Values, float[] Gradients, float LearningRateScale = 1f);
 
 /// <summary>An optimizer over a fixed set of parameter buffers.</summary>
 public interface IParameterOptimizer : IDisposable
@@ -47,6 +48,48 @@ public interface IParameterOptimizer : IDisposable
 
     /// <summary>Applies one update with learning rate <paramref name="learningRate"/> to every parameter.</summary>
     void Step(float learningRate);
+
+    /// <summary>First moments (exp_avg) of parameter <paramref name="index"/>, for checkpoints.</summary>
+    ReadOnlySpan<float> FirstMoment(int index);
+
+    /// <summary>Second moments (exp_avg_sq) of parameter <paramref name="index"/>, for checkpoints.</summary>
+    ReadOnlySpan<float> SecondMoment(int index);
+
+    /// <summary>
+    /// Restores the state saved from <see cref="FirstMoment"/>, <see cref="SecondMoment"/> and <see cref="StepCount"/>,
+    /// so the next <see cref="Step"/> is bit-identical to the one the saved optimizer would have taken.
+    /// </summary>
+    /// <exception cref="LoraException">The counts or lengths differ from this optimizer's parameters.</exception>
+    void RestoreState(long stepCount, IReadOnlyList<float[]> firstMoments, IReadOnlyList<float[]> secondMoments);
+}
+
+/// <summary>Shared checks of <see cref="IParameterOptimizer.RestoreState"/>.</summary>
+internal static class OptimizerState
+{
+    public static void Restore(IReadOnlyList<ParameterBuffer> parameters, float[][] m, float[][] v, long stepCount, IReadOnlyList<float[]> first, IReadOnlyList<float[]> second)
+    {
+        ArgumentNullException.ThrowIfNull(first);
+        ArgumentNullException.ThrowIfNull(second);
+        ArgumentOutOfRangeException.ThrowIfNegative(stepCount);
+        if (first.Count != parameters.Count || second.Count != parameters.Count)
+        {
+            throw new LoraException($"Optimizer state has {first.Count}/{second.Count} moment tensors; the optimizer has {parameters.Count} parameters.");
+        }
+
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            if (first[i].Length != m[i].Length || second[i].Length != v[i].Length)
+            {
+                throw new LoraException($"Optimizer moments of '{parameters[i].Name}' have {first[i].Length}/{second[i].Length} values; the parameter has {m[i].Length}.");
+            }
+        }
+
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            first[i].CopyTo(m[i], 0);
+            second[i].CopyTo(v[i], 0);
+        }
+    }
 }
 
 /// <summary>The scalars of AdamW step t shared by both implementations.</summary>

@@ -33,6 +33,12 @@ public sealed class OnnxAdamW : IParameterOptimizer
         ArgumentNullException.ThrowIfNull(options);
         _parameters = parameters;
         _options = options;
+        if (parameters.FirstOrDefault(p => p.LearningRateScale != 1f) is { } scaled)
+        {
+            // The graph shares one set of step scalars; per-tensor rates (LoRA+) are the C# optimizer's job.
+            throw new LoraException($"The ONNX AdamW applies one learning rate to all tensors; '{scaled.Name}' asks for ×{scaled.LearningRateScale} (LoRA+). Use the vectorized optimizer.");
+        }
+
         _m = parameters.Select(p => new float[p.Values.Length]).ToArray();
         _v = parameters.Select(p => new float[p.Values.Length]).ToArray();
         _outTheta = parameters.Select(p => new float[p.Values.Length]).ToArray();
@@ -66,6 +72,19 @@ public sealed class OnnxAdamW : IParameterOptimizer
 
     /// <inheritdoc />
     public long StepCount { get; private set; }
+
+    /// <inheritdoc />
+    public ReadOnlySpan<float> FirstMoment(int index) => _m[index];
+
+    /// <inheritdoc />
+    public ReadOnlySpan<float> SecondMoment(int index) => _v[index];
+
+    /// <inheritdoc />
+    public void RestoreState(long stepCount, IReadOnlyList<float[]> firstMoments, IReadOnlyList<float[]> secondMoments)
+    {
+        OptimizerState.Restore(_parameters, _m, _v, stepCount, firstMoments, secondMoments);
+        StepCount = stepCount;
+    }
 
     /// <inheritdoc />
     public void Step(float learningRate)

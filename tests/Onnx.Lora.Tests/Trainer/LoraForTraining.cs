@@ -1,0 +1,29 @@
+using Onnx.Lora.Graph;
+using Onnx.Lora.Rewriter;
+using Onnx.Lora.Rewriter.Injection;
+
+namespace Onnx.Lora.Tests.Trainer;
+
+/// <summary>
+/// Injects LoRA with the real rewriter (<see cref="LoraInjector"/>, all linear projections) for the trainer tests.
+/// The injector starts B at zero, which makes every gradient w.r.t. A zero; gradient checks pass
+/// <c>nonZeroB: true</c> to give B seeded values of ±0.1 so both A and B have informative gradients.
+/// </summary>
+internal static class LoraForTraining
+{
+    public static LoraManifest Inject(Model model, int rank, double alpha, int seed, bool nonZeroB)
+    {
+        LoraManifest manifest = LoraInjector.Inject(model, new LoraOptions { Rank = rank, Alpha = alpha, Seed = seed, Targets = [LoraOptions.AllLinear] });
+        if (nonZeroB)
+        {
+            var rng = new Random(seed);
+            foreach (LoraModuleInfo m in manifest.Modules)
+            {
+                float[] b = Enumerable.Range(0, (int)(m.Rank * m.OutFeatures)).Select(_ => (float)((rng.NextDouble() * 2 - 1) * 0.1)).ToArray();
+                model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], b));
+            }
+        }
+
+        return manifest;
+    }
+}

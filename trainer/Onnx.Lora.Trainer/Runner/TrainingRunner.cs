@@ -1,0 +1,483 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Onnx.Lora.Exporter;
+using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
+using Onnx.Lora.Trainer.Artifacts;
+using Onnx.Lora.Trainer.Checkpoints;
+using Onnx.Lora.Trainer.Config;
+using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Trainer.Metrics;
+using Onnx.Lora.Trainer.Optim;
+using Onnx.Lora.Trainer.Schedules;
+
+namespace Onnx.Lora.Trainer.Runner;
+
+/// <summary>
+/// The training loop behind <c>onnx-lora train</c>: prepares the model (llama2.c conversion, LoRA injection when the
+/// model has no manifest, training artifacts), validates all data up front, then runs optimizer steps with the
+/// schedule, LoRA+, gradient accumulation and clipping, evaluates, checkpoints, and writes the final PEFT adapter,
+/// metrics.jsonl, loss.png and summary.json. Run folder layout:
+/// <c>artifacts/</c> (LoRA model + training/eval graphs), <c>checkpoints/checkpoint-N/</c>, <c>adapter/</c>,
+/// <c>metrics.jsonl</c>, <c>loss.png</c>, <c>summary.json</c>.
+/// </summary>
+/// <remarks>
+/// NOTE: a resumed run is bit-identical to an uninterrupted one because everything a step depends on is restored
+/// exactly: parameters (raw training layout), AdamW moments and step count, data position (the epoch order is a pure
+/// function of seed and epoch), and the schedule (a pure function of the step). LoRA dropout draws its masks inside
+/// ONNX Runtime and is therefore not reproducible across a resume.
+/// </remarks>
+public sealed class TrainingRunner
+{
+    /// <summary>Folder of the LoRA model and training graphs inside the run folder.</summary>
+    public const string ArtifactsFolder = "artifacts";
+
+    /// <summary>Folder of the checkpoints inside the run folder.</summary>
+    public const string CheckpointsFolder = "checkpoints";
+
+    /// <summary>Folder of the final PEFT adapter inside the run folder.</summary>
+    public const string AdapterFolder = "adapter";
+
+    /// <summary>Metrics file name.</summary>
+    public const string MetricsFile = "metrics.jsonl";
+
+    /// <summary>Loss-curve file name.</summary>
+    public const string LossPlotFile = "loss.png";
+
+    /// <summary>Summary file name.</summary>
+    public const string SummaryFile = "summary.json";
+
+    /// <summary>
+    /// File name of the trained LoRA model in the run folder: the LoRA graph with the trained A/B as initializers, the
+    /// input of <c>onnx-lora merge</c> and <c>export-adapter</c>.
+    /// </summary>
+    public const string TrainedModelFile = "lora-trained.onnx";
+
+    /// <summary>File name of the LoRA model inside <see cref="ArtifactsFolder"/> (when injected by the runner).</summary>
+    public const string LoraModelFile = "model.lora.onnx";
+
+    private static readonly JsonSerializerOptions s_json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
+    };
+
+    private readonly TrainOptions _options;
+    private readonly ITrainingObserver _observer;
+
+    /// <summary>Creates a runner for validated <paramref name="options"/>.</summary>
+    public TrainingRunner(TrainOptions options, ITrainingObserver? observer = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options;
+        _observer = observer ?? NullObserver.Instance;
+    }
+
+    /// <summary>Test hook: called after each file of a checkpoint is written (throw to simulate a kill mid-save).</summary>
+    internal Action<string>? AfterCheckpointFileWritten { get; init; }
+
+    /// <summary>Runs the whole training.</summary>
+    /// <param name="cancellationToken">Cancelling (Ctrl-C) saves a checkpoint of the last completed step and returns <see cref="RunOutcome.Cancelled"/>.</param>
+    /// <exception cref="TrainingGuardException">A non-finite loss or gradient under <c>nan_policy: stop</c>.</exception>
+    /// <exception cref="LoraException">Bad options, model, data, tokenizer or checkpoint; raised before training starts.</exception>
+    public TrainingSummary Run(CancellationToken cancellationToken = default)
+    {
+        var clock = Stopwatch.StartNew();
+        TrainOptions o = _options;
+        o.Validate();
+        ExecutionProvider provider = ExecutionProviders.Parse(o.ExecutionProvider);
+        // Fail fast on a missing provider, before any conversion or data work.
+        ExecutionProviders.CreateSessionOptions(provider, o.IntraOpThreads, o.DeviceId).Dispose();
+
+        string outputDir = Path.GetFullPath(o.OutputDir);
+        string checkpointsDir = Path.Combine(outputDir, CheckpointsFolder);
+        string? resumeFrom = ResolveResume(o, checkpointsDir);
+        if (resumeFrom is null && CheckpointStore.List(checkpointsDir).Count > 0)
+        {
+            throw new ConfigException($"Output folder '{outputDir}' already holds checkpoints; pass --resume to continue that run or choose another output_dir.");
+        }
+
+        TrainingCheckpoint? checkpoint = null;
+        if (resumeFrom is not null)
+        {
+            _observer.OnMessage($"resuming from {resumeFrom}");
+            checkpoint = CheckpointStore.Load(resumeFrom);
+            string fingerprint = o.ResumeFingerprint();
+            if (checkpoint.State.OptionsFingerprint is { } saved && saved != fingerprint)
+            {
+                throw new CheckpointException($"Checkpoint '{resumeFrom}' was made with different data/model/shape/LoRA/schedule options (fingerprint {saved}, now {fingerprint}); a resume must use the same ones.");
+            }
+        }
+
+        // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
+        ModelLimits limits = ModelPreparation.ReadLimits(o);
+        _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
+        PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
+        VocabularyGuard.Check(data.Tokenizer, limits.VocabSize);
+        PreparedModel model = ModelPreparation.Prepare(o, Path.Combine(outputDir, ArtifactsFolder), _observer);
+
+        int totalSteps = o.TotalOptimizerSteps(data.Train.RowCount);
+        LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
+        var scales = o.LoraPlusRatio == 1 ? null
+            : model.Manifest.Modules.ToDictionary(m => m.LoraB, _ => (float)o.LoraPlusRatio, StringComparer.Ordinal);
+        var sessionOptions = new TrainingSessionOptions
+        {
+            Provider = provider,
+            DeviceId = o.DeviceId,
+            IntraOpThreads = o.IntraOpThreads,
+            MaxGradientNorm = (float)o.MaxGradNorm,
+            LearningRate = (float)o.LearningRate,
+            AdamW = new AdamWOptions { Beta1 = (float)o.AdamBeta1, Beta2 = (float)o.AdamBeta2, Epsilon = (float)o.AdamEpsilon, WeightDecay = (float)o.WeightDecay },
+            LearningRateScales = scales,
+        };
+
+        _observer.OnMessage("opening ONNX Runtime sessions");
+        using LoraTrainingSession session = LoraTrainingSession.Create(model.Artifacts, sessionOptions);
+        var loop = new LoopState();
+        if (checkpoint is not null)
+        {
+            foreach (NamedTensor p in checkpoint.Parameters)
+            {
+                session.SetParameter(p.Name, p.Data);
+            }
+
+            session.RestoreOptimizerState(checkpoint.Moments, checkpoint.State.OptimizerStep);
+            data.Train.Seek(checkpoint.State.DataPosition);
+            loop.Step = checkpoint.State.GlobalStep;
+            loop.TokensSeen = checkpoint.State.TokensSeen;
+            loop.BestEvalLoss = checkpoint.State.BestEvalLoss;
+            loop.EvaluationsWithoutImprovement = checkpoint.State.EvaluationsWithoutImprovement;
+            loop.LastLearningRate = checkpoint.State.LastLearningRate;
+            loop.LastCheckpoint = resumeFrom;
+        }
+
+        using MetricsLog metrics = MetricsLog.Open(Path.Combine(outputDir, MetricsFile), checkpoint?.State.GlobalStep);
+        long trainable = session.Parameters.Sum(p => p.ElementCount);
+        _observer.OnStart(new TrainingPlan(totalSteps, loop.Step, data.Train.RowCount, data.Eval?.RowCount ?? 0, trainable, model.Manifest.Modules.Count, outputDir));
+
+        var context = new RunContext(o, session, data, model, schedule, metrics, checkpointsDir, totalSteps, loop);
+        if (checkpoint is null && data.Eval is not null)
+        {
+            // The eval loss of the untrained adapter: the baseline every later evaluation is compared with.
+            Evaluate(context, step: 0, countForEarlyStopping: false);
+        }
+
+        RunOutcome outcome = TrainLoop(context, cancellationToken);
+        if (outcome != RunOutcome.Cancelled && data.Eval is not null && loop.LastEvaluatedStep != loop.Step)
+        {
+            Evaluate(context, loop.Step, countForEarlyStopping: false);
+        }
+
+        if (loop.Step > 0 && loop.LastSavedStep != loop.Step)
+        {
+            Save(context);
+        }
+
+        string? adapterDir = null;
+        string? trainedModel = null;
+        long adapterBytes = 0;
+        if (outcome != RunOutcome.Cancelled && loop.Step > 0)
+        {
+            adapterDir = Path.Combine(outputDir, AdapterFolder);
+            Directory.CreateDirectory(adapterDir);
+            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Name, o.UseRsLora, o.LoraDropout);
+            adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
+            trainedModel = Path.Combine(outputDir, TrainedModelFile);
+            WriteTrainedModel(session, model.LoraModelPath, trainedModel);
+        }
+
+        string? plot = null;
+        if (metrics.Records.Count > 0)
+        {
+            plot = Path.Combine(outputDir, LossPlotFile);
+            LossCurvePlot.Write(plot, metrics.Records, $"LoRA training — {model.Name}");
+        }
+
+        List<MetricRecord> train = metrics.Records.Where(r => r.Kind == "train" && double.IsFinite(r.Loss)).ToList();
+        List<MetricRecord> eval = metrics.Records.Where(r => r.Kind == "eval").ToList();
+        var summary = new TrainingSummary
+        {
+            Outcome = outcome,
+            Steps = loop.Step,
+            TotalSteps = totalSteps,
+            FirstTrainLoss = train.Count > 0 ? train[0].Loss : null,
+            LastTrainLoss = train.Count > 0 ? train[^1].Loss : null,
+            FirstEvalLoss = eval.Count > 0 ? eval[0].Loss : null,
+            LastEvalLoss = eval.Count > 0 ? eval[^1].Loss : null,
+            BestEvalLoss = eval.Count > 0 ? eval.Min(e => e.Loss) : null,
+            TokensSeen = loop.TokensSeen,
+            Seconds = clock.Elapsed.TotalSeconds,
+            SkippedSteps = loop.Skipped,
+            AdapterDir = adapterDir,
+            AdapterBytes = adapterBytes,
+            LastCheckpoint = loop.LastCheckpoint,
+            LoraModel = trainedModel ?? model.LoraModelPath,
+            MetricsFile = metrics.Path,
+            LossPlot = plot,
+        };
+        AtomicFile.WriteAllText(Path.Combine(outputDir, SummaryFile), JsonSerializer.Serialize(summary, s_json));
+        return summary;
+    }
+
+    private RunOutcome TrainLoop(RunContext c, CancellationToken cancellationToken)
+    {
+        TrainOptions o = c.Options;
+        LoopState loop = c.Loop;
+        var micro = new MicroBatchBuffers(o.GradientAccumulationSteps);
+        var batches = new TrainingBatch[o.GradientAccumulationSteps];
+        var sinceStart = Stopwatch.StartNew();
+        int firstStep = loop.Step;
+        while (loop.Step < c.TotalSteps)
+        {
+            if (cancellationToken.IsCancellationRequested)
+            {
+                return RunOutcome.Cancelled;
+            }
+
+            long inputTokens = 0;
+            int targetTokens = 0;
+            for (int k = 0; k < batches.Length; k++)
+            {
+                Batch b = c.Data.Train.Next();
+                targetTokens += b.TargetTokens;
+                for (int i = 0; i < b.AttentionMask.Length; i++)
+                {
+                    inputTokens += b.AttentionMask[i];
+                }
+
+                batches[k] = micro.Hold(k, b);
+            }
+
+            double lr = c.Schedule.PeakLearningRate * c.Schedule.Factor(loop.Step);
+            c.Session.LearningRate = (float)lr;
+            var stepClock = Stopwatch.StartNew();
+            TrainStepResult r = c.Session.Step(batches);
+            double seconds = stepClock.Elapsed.TotalSeconds;
+            int stepNumber = loop.Step + 1;
+            if (r.NonFinite)
+            {
+                string what = float.IsFinite(r.Loss) ? FormattableString.Invariant($"gradient norm {r.GradientNorm}") : FormattableString.Invariant($"loss {r.Loss}");
+                if (o.NanPolicy == NonFinitePolicy.Stop)
+                {
+                    string where = loop.LastCheckpoint is null ? "." : $", last checkpoint '{loop.LastCheckpoint}'.";
+                    throw new TrainingGuardException(string.Create(CultureInfo.InvariantCulture,
+                        $"Step {stepNumber}: the {what} is not finite (learning rate {lr:G4}). Training stopped; parameters are those after step {loop.Step}{where} Lower learning_rate, check the data, or set nan_policy: skip."))
+                    { Step = stepNumber };
+                }
+
+                loop.Skipped++;
+            }
+            else
+            {
+                loop.TokensSeen += targetTokens;
+            }
+
+            loop.Step = stepNumber;
+            loop.LastLearningRate = lr;
+            double tokensPerSecond = seconds > 0 ? inputTokens / seconds : 0;
+            double epoch = c.Data.Train.Position.Epoch + ((double)c.Data.Train.Position.Index / c.Data.Train.RowCount);
+            c.Metrics.Write(new MetricRecord
+            {
+                Kind = "train",
+                Step = stepNumber,
+                Loss = r.Loss,
+                LearningRate = lr,
+                GradNorm = r.GradientNorm,
+                TokensPerSecond = tokensPerSecond,
+                TokensSeen = loop.TokensSeen,
+                Epoch = epoch,
+                ElapsedSeconds = sinceStart.Elapsed.TotalSeconds,
+            });
+            double perStep = sinceStart.Elapsed.TotalSeconds / (stepNumber - firstStep);
+            _observer.OnStep(new StepReport(stepNumber, c.TotalSteps, r.Loss, lr, r.GradientNorm, tokensPerSecond, loop.TokensSeen,
+                TimeSpan.FromSeconds(perStep * (c.TotalSteps - stepNumber)), r.NonFinite));
+
+            if (c.Data.Eval is not null && o.EvalSteps > 0 && stepNumber % o.EvalSteps == 0)
+            {
+                Evaluate(c, stepNumber, countForEarlyStopping: true);
+                if (o.EarlyStoppingPatience > 0 && loop.EvaluationsWithoutImprovement >= o.EarlyStoppingPatience)
+                {
+                    return RunOutcome.EarlyStopped;
+                }
+            }
+
+            if (o.SaveSteps > 0 && stepNumber % o.SaveSteps == 0 && stepNumber < c.TotalSteps)
+            {
+                Save(c);
+            }
+        }
+
+        return RunOutcome.Completed;
+    }
+
+    private void Evaluate(RunContext c, int step, bool countForEarlyStopping)
+    {
+        DataLoader eval = c.Data.Eval!;
+        eval.Seek(new DataPosition(0, 0));
+        double lossSum = 0;
+        double tokenSum = 0;
+        for (int i = 0; i < eval.BatchesPerEpoch; i++)
+        {
+            Batch b = eval.Next();
+            EvalResult r = c.Session.Evaluate(ToTrainingBatch(b));
+            lossSum += (double)r.Loss * r.Tokens;
+            tokenSum += r.Tokens;
+        }
+
+        double loss = tokenSum > 0 ? lossSum / tokenSum : double.NaN;
+        LoopState loop = c.Loop;
+        bool improved = loop.BestEvalLoss is not double best || loss < best;
+        if (improved)
+        {
+            loop.BestEvalLoss = loss;
+            loop.EvaluationsWithoutImprovement = 0;
+        }
+        else if (countForEarlyStopping)
+        {
+            loop.EvaluationsWithoutImprovement++;
+        }
+
+        loop.LastEvaluatedStep = step;
+        c.Metrics.Write(new MetricRecord { Kind = "eval", Step = step, Loss = loss, TokensSeen = loop.TokensSeen });
+        _observer.OnEvaluation(new EvaluationReport(step, loss, Math.Exp(loss), improved));
+    }
+
+    private void Save(RunContext c)
+    {
+        LoopState loop = c.Loop;
+        var state = new TrainerState
+        {
+            GlobalStep = loop.Step,
+            DataPosition = c.Data.Train.Position,
+            RngState = new DeterministicRandom(c.Options.Seed).GetState(),
+            ScheduleKind = c.Schedule.Kind.ToString().ToLowerInvariant(),
+            PeakLearningRate = c.Schedule.PeakLearningRate,
+            WarmupSteps = c.Schedule.WarmupSteps,
+            TotalSteps = c.Schedule.TotalSteps,
+            LastLearningRate = loop.LastLearningRate,
+            OptimizerStep = (int)c.Session.OptimizerSteps,
+            TokensSeen = loop.TokensSeen,
+            BestEvalLoss = loop.BestEvalLoss,
+            EvaluationsWithoutImprovement = loop.EvaluationsWithoutImprovement,
+            OptionsFingerprint = c.Options.ResumeFingerprint(),
+        };
+        List<NamedTensor> parameters = CurrentParameters(c.Session);
+        var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state);
+        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, c.Model.Name, AfterCheckpointFileWritten);
+        loop.LastSavedStep = loop.Step;
+        loop.LastCheckpoint = folder;
+        _observer.OnCheckpoint(loop.Step, folder);
+    }
+
+    private static void WriteTrainedModel(LoraTrainingSession session, string loraModelPath, string path)
+    {
+        using Model model = OnnxReader.Load(loraModelPath);
+        foreach (TrainableTensor t in session.Parameters)
+        {
+            model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Dims, session.GetParameter(t.Name)));
+        }
+
+        OnnxWriter.Save(model, path);
+    }
+
+    private static List<NamedTensor> CurrentParameters(LoraTrainingSession session) =>
+        session.Parameters.Select(p => new NamedTensor(p.Name, [.. p.Dims], session.GetParameter(p.Name).ToArray())).ToList();
+
+    private static string? ResolveResume(TrainOptions o, string checkpointsDir)
+    {
+        if (o.Resume is null)
+        {
+            return null;
+        }
+
+        if (o.Resume.Equals("latest", StringComparison.OrdinalIgnoreCase) || o.Resume.Length == 0)
+        {
+            return CheckpointStore.FindLatest(checkpointsDir)
+                ?? throw new CheckpointException($"--resume: there is no checkpoint in '{checkpointsDir}' to resume from.");
+        }
+
+        return Directory.Exists(o.Resume) ? Path.GetFullPath(o.Resume)
+            : throw new CheckpointException($"--resume: checkpoint folder '{o.Resume}' does not exist.");
+    }
+
+    internal static TrainingBatch ToTrainingBatch(Batch b) => new()
+    {
+        InputIds = b.InputIds,
+        AttentionMask = b.AttentionMask,
+        Labels = b.Labels,
+        BatchSize = b.BatchSize,
+        SequenceLength = b.SeqLength,
+    };
+
+    private sealed record RunContext(TrainOptions Options, LoraTrainingSession Session, PreparedData Data, PreparedModel Model,
+        LearningRateSchedule Schedule, MetricsLog Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop);
+
+    private sealed class LoopState
+    {
+        public int Step { get; set; }
+
+        public long TokensSeen { get; set; }
+
+        public double? BestEvalLoss { get; set; }
+
+        public int EvaluationsWithoutImprovement { get; set; }
+
+        public double LastLearningRate { get; set; }
+
+        public int LastSavedStep { get; set; } = -1;
+
+        public int LastEvaluatedStep { get; set; } = -1;
+
+        public string? LastCheckpoint { get; set; }
+
+        public int Skipped { get; set; }
+    }
+
+    /// <summary>
+    /// The loader reuses one buffer set per column count, so micro-batch k of a step must be copied before
+    /// micro-batch k+1 is loaded; each k keeps its own reusable set per column count (allocated once).
+    /// </summary>
+    private sealed class MicroBatchBuffers(int count)
+    {
+        private readonly Dictionary<int, (long[] Ids, long[] Mask, long[] Labels)>[] _sets =
+            Enumerable.Range(0, count).Select(_ => new Dictionary<int, (long[], long[], long[])>()).ToArray();
+
+        public TrainingBatch Hold(int k, Batch b)
+        {
+            if (_sets.Length == 1)
+            {
+                return ToTrainingBatch(b); // Consumed before the next Next(): no copy needed.
+            }
+
+            if (!_sets[k].TryGetValue(b.SeqLength, out var set))
+            {
+                set = (new long[b.InputIds.Length], new long[b.InputIds.Length], new long[b.InputIds.Length]);
+                _sets[k][b.SeqLength] = set;
+            }
+
+            b.InputIds.CopyTo(set.Ids, 0);
+            b.AttentionMask.CopyTo(set.Mask, 0);
+            b.Labels.CopyTo(set.Labels, 0);
+            return new TrainingBatch { InputIds = set.Ids, AttentionMask = set.Mask, Labels = set.Labels, BatchSize = b.BatchSize, SequenceLength = b.SeqLength };
+        }
+    }
+
+    private sealed class NullObserver : ITrainingObserver
+    {
+        public static readonly NullObserver Instance = new();
+
+        public void OnMessage(string message) { }
+
+        public void OnStart(TrainingPlan plan) { }
+
+        public void OnStep(StepReport report) { }
+
+        public void OnEvaluation(EvaluationReport report) { }
+
+        public void OnCheckpoint(int step, string folder) { }
+    }
+}
