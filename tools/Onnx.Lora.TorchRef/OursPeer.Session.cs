@@ -5,13 +5,9 @@ using Onnx.Lora.Trainer.Optim;
 
 namespace Onnx.Lora.TorchRef;
 
-// NOTE: compiled only when the trainer's LoraTrainingSession exists (see the csproj); OursPeer.Stub.cs stands in before.
-
 /// <summary>Our ONNX trainer as the second peer: TrainingArtifacts.Build + LoraTrainingSession, exactly as the product trains.</summary>
 internal static class OursPeer
 {
-    public static bool Available => true;
-
     /// <summary>
     /// Our trainer on <paramref name="loraModelPath"/>. With <paramref name="profilePrefix"/> the same training artifact
     /// and the trainer's AdamW run in an ORT session that has profiling on (LoraTrainingSession does not expose its

@@ -241,11 +241,7 @@ internal static class Verbs
 
         string common = string.Create(CultureInfo.InvariantCulture,
             $"--model {path} --vocab {vocab} --steps {a.Int("steps", 30)} --warmup {a.Int("warmup", 3)} --batch {a.Int("batch", 4)} --seq {seq} --threads {threads} --lr {a.Double("lr", 1e-3)}");
-        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)) };
-        if (OursPeer.Available)
-        {
-            peers.Add(("ours", "train-ours"));
-        }
+        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)), ("ours", "train-ours") };
 
         // libtorch's OpenMP spins actively between ops by default; on a shared 2-core box with other load that turns a
         // 50 ms step into seconds. PASSIVE gives libtorch its best case here (--omp-wait ACTIVE to see the default).
