@@ -12,10 +12,47 @@ public sealed class ReshapeGradient : UnaryGradientRule
     protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy)
     {
         ArgumentNullException.ThrowIfNull(context);
-        Dim[]? xs = context.ShapeOf(x);
-        return xs is not null && xs.All(d => d.IsFixed)
-            ? context.Op("Reshape", [dy, context.Ints(xs.Select(d => d.Value!.Value).ToArray())])
+        return StaticTarget(context.ShapeOf(x), context.ShapeOf(y)) is { } target
+            ? context.Op("Reshape", [dy, context.Ints(target)])
             : context.ReshapeLike(dy, x);
+    }
+
+    /// <summary>
+    /// A constant Reshape target that gives dY (shaped <paramref name="ys"/>) the shape <paramref name="xs"/>: fixed
+    /// sizes as they are, 0 (copy dY's size) where X and Y have the same symbol on that axis, and -1 for at most one
+    /// other axis. Null when that cannot express it (then the target is read at run time).
+    /// </summary>
+    internal static long[]? StaticTarget(Dim[]? xs, Dim[]? ys)
+    {
+        if (xs is null || xs.Any(d => d.Value == 0))
+        {
+            return null;
+        }
+
+        var target = new long[xs.Length];
+        bool inferred = false;
+        for (int i = 0; i < xs.Length; i++)
+        {
+            if (xs[i].Value is { } size)
+            {
+                target[i] = size;
+            }
+            else if (ys is not null && i < ys.Length && xs[i].Param is not null && ValueFacts.SameDim(xs[i], ys[i]))
+            {
+                target[i] = 0;
+            }
+            else if (!inferred)
+            {
+                target[i] = -1;
+                inferred = true;
+            }
+            else
+            {
+                return null;
+            }
+        }
+
+        return target;
     }
 }
 
