@@ -74,7 +74,7 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX]</c>:
+    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX --spin]</c>:
     /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
     /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
@@ -93,7 +93,7 @@ internal static class Verbs
         ITrainingPeer peer;
         if (ours)
         {
-            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile);
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"));
         }
         else
         {
@@ -221,10 +221,11 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>bench [--model M --steps 30 --batch 4 --seq 64 --threads 2 --rank 8 --runs 3]</c>: runs each peer in its own
+    /// <c>bench [--model M --steps 30 --batch 4 --seq 64 --threads 2 --rank 8 --runs 3 --sdpa --spin]</c>: runs each peer in its own
     /// child process (so VmHWM is its own), plus the sgemm probe, and prints tokens/s, peak RSS, their ratios and the
     /// training FLOP/s as a fraction of the sgemm peak.
     /// </summary>
+    /// <remarks><c>--spin</c> lets our ORT thread pool busy-wait (TrainingSessionOptions.AllowSpinning); off by default.</remarks>
     public static int Bench(Args a)
     {
         int threads = a.Int("threads", 2), runs = a.Int("runs", 3), seq = a.Int("seq", 64);
@@ -241,7 +242,7 @@ internal static class Verbs
 
         string common = string.Create(CultureInfo.InvariantCulture,
             $"--model {path} --vocab {vocab} --steps {a.Int("steps", 30)} --warmup {a.Int("warmup", 3)} --batch {a.Int("batch", 4)} --seq {seq} --threads {threads} --lr {a.Double("lr", 1e-3)}");
-        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)), ("ours", "train-ours") };
+        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)), ("ours", "train-ours" + (a.Flag("spin") ? " --spin" : string.Empty)) };
 
         // libtorch's OpenMP spins actively between ops by default; on a shared 2-core box with other load that turns a
         // 50 ms step into seconds. PASSIVE gives libtorch its best case here (--omp-wait ACTIVE to see the default).
