@@ -28,11 +28,11 @@ internal static class Verbs
         }
     }
 
-    /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the reference LoRA copy (all-linear).</summary>
+    /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the peers' LoRA copy (PeerLora: product injector, all-linear, non-zero B).</summary>
     public static int Inject(Args a)
     {
         using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
-        LoraManifest manifest = ReferenceLoraInjector.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
+        LoraManifest manifest = PeerLora.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
         OnnxWriter.Save(model, a.Str("out"));
         Console.WriteLine($"wrote {a.Str("out")}: {manifest.Modules.Count} LoRA modules, rank {a.Int("rank", 4)}");
         return 0;
@@ -172,14 +172,14 @@ internal static class Verbs
         return new TorchTrainer(new TorchLlama(facts, a.Flag("sdpa")), AdamWSettings.From(a), ownsModel: true);
     }
 
-    /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else the reference injection saved to a temp file.</summary>
+    /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else PeerLora.Inject (the product injector, non-zero B) saved to a temp file.</summary>
     private static (Model Model, string Path) LoraModel(Args a, TempFolder temp)
     {
         string path = a.Str("model", DefaultModel);
         Model model = OnnxReader.Load(path);
         if (LoraManifest.Read(model) is null)
         {
-            ReferenceLoraInjector.Inject(model, a.Int("rank", 8), a.Double("alpha", 16), a.Int("lora-seed", 7));
+            PeerLora.Inject(model, a.Int("rank", 8), a.Double("alpha", 16), a.Int("lora-seed", 7));
             path = Path.Combine(temp.Path, "lora.onnx");
             OnnxWriter.Save(model, path);
         }
