@@ -31,7 +31,7 @@ public sealed class TorchPeerTests
     private static Model LoadLora()
     {
         Model model = OnnxReader.Load(BasePath);
-        ReferenceLoraInjector.Inject(model, Rank, Alpha, LoraSeed);
+        PeerLora.Inject(model, Rank, Alpha, LoraSeed);
         return model;
     }
 

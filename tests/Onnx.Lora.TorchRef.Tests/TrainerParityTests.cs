@@ -24,7 +24,7 @@ public sealed class TrainerParityTests
         using var temp = new TempFolder();
         string path = System.IO.Path.Combine(temp.Path, "lora.onnx");
         using Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx"));
-        ReferenceLoraInjector.Inject(model, rank: 4, alpha: 8, seed: 7);
+        PeerLora.Inject(model, rank: 4, alpha: 8, seed: 7);
         OnnxWriter.Save(model, path);
         LlamaGraphFacts facts = LlamaGraphFacts.Read(model);
         TokenBatch[] batches = Enumerable.Range(0, 3).Select(i => TokenBatch.Create(100 + i, 3, 32, facts.Vocab)).ToArray();

@@ -5,20 +5,16 @@ using Onnx.Lora.Trainer.Optim;
 
 namespace Onnx.Lora.TorchRef;
 
-// NOTE: compiled only when the trainer's LoraTrainingSession exists (see the csproj); OursPeer.Stub.cs stands in before.
-
 /// <summary>Our ONNX trainer as the second peer: TrainingArtifacts.Build + LoraTrainingSession, exactly as the product trains.</summary>
 internal static class OursPeer
 {
-    public static bool Available => true;
-
     /// <summary>
     /// Our trainer on <paramref name="loraModelPath"/>. With <paramref name="profilePrefix"/> the same training artifact
     /// and the trainer's AdamW run in an ORT session that has profiling on (LoraTrainingSession does not expose its
     /// SessionOptions), with the trainer's session settings (ORT_ENABLE_ALL, the same thread count).
     /// </summary>
-    public static ITrainingPeer Create(string loraModelPath, AdamWSettings adamw, int threads, string? profilePrefix = null) =>
-        profilePrefix is null ? new SessionPeer(loraModelPath, adamw, threads) : new ProfiledArtifactPeer(loraModelPath, adamw, threads, profilePrefix);
+    public static ITrainingPeer Create(string loraModelPath, AdamWSettings adamw, int threads, string? profilePrefix = null, bool spin = false) =>
+        profilePrefix is null ? new SessionPeer(loraModelPath, adamw, threads, spin) : new ProfiledArtifactPeer(loraModelPath, adamw, threads, profilePrefix, spin);
 
     /// <summary>Ends ORT profiling of <paramref name="peer"/> and returns the profile file, or null when it is not profiled.</summary>
     public static string? EndProfiling(ITrainingPeer peer) => (peer as ProfiledArtifactPeer)?.EndProfiling();
@@ -37,12 +33,13 @@ internal sealed class SessionPeer : ITrainingPeer
     private readonly LoraTrainingSession _session;
     private readonly Dictionary<TokenBatch, TrainingBatch> _batches = [];
 
-    public SessionPeer(string loraModelPath, AdamWSettings adamw, int threads)
+    public SessionPeer(string loraModelPath, AdamWSettings adamw, int threads, bool spin = false)
     {
         TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path);
         _session = LoraTrainingSession.Create(artifacts, new TrainingSessionOptions
         {
             IntraOpThreads = threads,
+            AllowSpinning = spin,
             AdamW = OursPeer.Options(adamw),
             LearningRate = (float)adamw.Lr,
             MaxGradientNorm = 0,
@@ -94,7 +91,7 @@ internal sealed class ProfiledArtifactPeer : ITrainingPeer
     private readonly string[] _outputNames;
     private readonly float[] _loss = new float[1];
 
-    public ProfiledArtifactPeer(string loraModelPath, AdamWSettings adamw, int threads, string profilePrefix)
+    public ProfiledArtifactPeer(string loraModelPath, AdamWSettings adamw, int threads, string profilePrefix, bool spin)
     {
         TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path);
         using (Onnx.Lora.Graph.Model lora = Onnx.Lora.Graph.Serialization.OnnxReader.Load(loraModelPath))
@@ -114,6 +111,7 @@ internal sealed class ProfiledArtifactPeer : ITrainingPeer
             EnableProfiling = true,
             ProfileOutputPathPrefix = profilePrefix,
         };
+        options.AddSessionConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
         _session = new InferenceSession(artifacts.TrainingModelPath, options);
         _inputNames = ["input_ids", "attention_mask", "labels", .. _buffers.Select(p => p.Name)];
         _outputNames = [TrainingGraph.LossOutput, .. _buffers.Select(p => TrainingGraph.GradientOutput(p.Name))];

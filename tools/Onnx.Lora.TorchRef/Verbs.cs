@@ -28,11 +28,11 @@ internal static class Verbs
         }
     }
 
-    /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the reference LoRA copy (all-linear).</summary>
+    /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the peers' LoRA copy (PeerLora: product injector, all-linear, non-zero B).</summary>
     public static int Inject(Args a)
     {
         using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
-        LoraManifest manifest = ReferenceLoraInjector.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
+        LoraManifest manifest = PeerLora.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
         OnnxWriter.Save(model, a.Str("out"));
         Console.WriteLine($"wrote {a.Str("out")}: {manifest.Modules.Count} LoRA modules, rank {a.Int("rank", 4)}");
         return 0;
@@ -74,7 +74,7 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX]</c>:
+    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX --spin]</c>:
     /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
     /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
@@ -93,7 +93,7 @@ internal static class Verbs
         ITrainingPeer peer;
         if (ours)
         {
-            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile);
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"));
         }
         else
         {
@@ -172,14 +172,14 @@ internal static class Verbs
         return new TorchTrainer(new TorchLlama(facts, a.Flag("sdpa")), AdamWSettings.From(a), ownsModel: true);
     }
 
-    /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else the reference injection saved to a temp file.</summary>
+    /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else PeerLora.Inject (the product injector, non-zero B) saved to a temp file.</summary>
     private static (Model Model, string Path) LoraModel(Args a, TempFolder temp)
     {
         string path = a.Str("model", DefaultModel);
         Model model = OnnxReader.Load(path);
         if (LoraManifest.Read(model) is null)
         {
-            ReferenceLoraInjector.Inject(model, a.Int("rank", 8), a.Double("alpha", 16), a.Int("lora-seed", 7));
+            PeerLora.Inject(model, a.Int("rank", 8), a.Double("alpha", 16), a.Int("lora-seed", 7));
             path = Path.Combine(temp.Path, "lora.onnx");
             OnnxWriter.Save(model, path);
         }
@@ -221,10 +221,11 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>bench [--model M --steps 30 --batch 4 --seq 64 --threads 2 --rank 8 --runs 3]</c>: runs each peer in its own
+    /// <c>bench [--model M --steps 30 --batch 4 --seq 64 --threads 2 --rank 8 --runs 3 --sdpa --spin]</c>: runs each peer in its own
     /// child process (so VmHWM is its own), plus the sgemm probe, and prints tokens/s, peak RSS, their ratios and the
     /// training FLOP/s as a fraction of the sgemm peak.
     /// </summary>
+    /// <remarks><c>--spin</c> lets our ORT thread pool busy-wait (TrainingSessionOptions.AllowSpinning); off by default.</remarks>
     public static int Bench(Args a)
     {
         int threads = a.Int("threads", 2), runs = a.Int("runs", 3), seq = a.Int("seq", 64);
@@ -241,11 +242,7 @@ internal static class Verbs
 
         string common = string.Create(CultureInfo.InvariantCulture,
             $"--model {path} --vocab {vocab} --steps {a.Int("steps", 30)} --warmup {a.Int("warmup", 3)} --batch {a.Int("batch", 4)} --seq {seq} --threads {threads} --lr {a.Double("lr", 1e-3)}");
-        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)) };
-        if (OursPeer.Available)
-        {
-            peers.Add(("ours", "train-ours"));
-        }
+        var peers = new List<(string Name, string Verb)> { ("libtorch", "train" + (a.Flag("sdpa") ? " --sdpa" : string.Empty)), ("ours", "train-ours" + (a.Flag("spin") ? " --spin" : string.Empty)) };
 
         // libtorch's OpenMP spins actively between ops by default; on a shared 2-core box with other load that turns a
         // 50 ms step into seconds. PASSIVE gives libtorch its best case here (--omp-wait ACTIVE to see the default).

@@ -30,14 +30,26 @@ public static class ExecutionProviders
     };
 
     /// <summary>Creates session options for <paramref name="provider"/>.</summary>
+    /// <param name="provider">Execution provider.</param>
+    /// <param name="intraOpThreads">Intra-op threads (0 = ORT's default).</param>
+    /// <param name="deviceId">GPU device id.</param>
+    /// <param name="allowSpinning">Whether ORT's thread pools busy-wait for work (null = ORT's default, which spins).
+    /// Spinning saves a wake-up per op on an idle machine but burns the cores that other processes need on a shared
+    /// one, where 2 spinning threads run several times slower than 2 sleeping ones.</param>
     /// <exception cref="LoraException">The ONNX Runtime in use does not include the provider.</exception>
-    public static SessionOptions CreateSessionOptions(ExecutionProvider provider, int intraOpThreads = 0, int deviceId = 0)
+    public static SessionOptions CreateSessionOptions(ExecutionProvider provider, int intraOpThreads = 0, int deviceId = 0, bool? allowSpinning = null)
     {
         // Trainable tensors are graph inputs with initializer defaults by design; ORT warns about each one, so log errors only.
         var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         if (intraOpThreads > 0)
         {
             options.IntraOpNumThreads = intraOpThreads;
+        }
+
+        if (allowSpinning is { } spin)
+        {
+            options.AddSessionConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
+            options.AddSessionConfigEntry("session.inter_op.allow_spinning", spin ? "1" : "0");
         }
 
         try

@@ -20,6 +20,12 @@ public sealed record TrainingSessionOptions
     /// <summary>Intra-op threads (0 = ORT's default).</summary>
     public int IntraOpThreads { get; init; }
 
+    /// <summary>
+    /// Whether ORT's thread pools busy-wait between ops (ORT's default is to spin). Off by default: a training step
+    /// runs hundreds of small ops, and on a machine shared with other work spinning threads starve each other.
+    /// </summary>
+    public bool AllowSpinning { get; init; }
+
     /// <summary>AdamW hyper-parameters.</summary>
     public AdamWOptions AdamW { get; init; } = new();
 
@@ -50,7 +56,7 @@ public sealed class LoraTrainingSession : IDisposable
     private readonly TrainingArtifacts _artifacts;
     private readonly TrainingSessionOptions _options;
     private readonly InferenceSession _training;
-    private readonly InferenceSession _eval;
+    private InferenceSession? _eval;
     private readonly RunOptions _runOptions = new();
     private readonly float[][] _values;
     private readonly float[][] _gradients;
@@ -66,7 +72,7 @@ public sealed class LoraTrainingSession : IDisposable
     private readonly Dictionary<string, int> _index = new(StringComparer.Ordinal);
     private readonly IParameterOptimizer _optimizer;
     private readonly BatchFeeder _trainingFeeder;
-    private readonly BatchFeeder _evalFeeder;
+    private BatchFeeder? _evalFeeder;
 
     private LoraTrainingSession(TrainingArtifacts artifacts, TrainingSessionOptions options)
     {
@@ -96,11 +102,9 @@ public sealed class LoraTrainingSession : IDisposable
         _trainingOutputNames = [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput, .. trainable.Select(t => TrainingGraph.GradientOutput(t.Name))];
         _trainingOutputs = [_lossOrt, _tokensOrt, .. _gradientOrt];
 
-        using SessionOptions sessionOptions = ExecutionProviders.CreateSessionOptions(options.Provider, options.IntraOpThreads, options.DeviceId);
+        using SessionOptions sessionOptions = CreateSessionOptions();
         _training = new InferenceSession(artifacts.TrainingModelPath, sessionOptions);
-        _eval = new InferenceSession(artifacts.EvalModelPath, sessionOptions);
         _trainingFeeder = new BatchFeeder(_training, artifacts);
-        _evalFeeder = new BatchFeeder(_eval, artifacts);
 
         var buffers = trainable.Select((t, i) => new ParameterBuffer(t.Name, _values[i], _gradients[i],
             options.LearningRateScales is { } scales && scales.TryGetValue(t.Name, out float f) ? f : 1f)).ToArray();
@@ -226,7 +230,15 @@ public sealed class LoraTrainingSession : IDisposable
         var values = new List<OrtValue>();
         try
         {
-            _evalFeeder.Feed(batch, names, values);
+            if (_eval is null)
+            {
+                // Opened on first use: a run that never evaluates does not pay its memory.
+                using SessionOptions sessionOptions = CreateSessionOptions();
+                _eval = new InferenceSession(_artifacts.EvalModelPath, sessionOptions);
+                _evalFeeder = new BatchFeeder(_eval, _artifacts);
+            }
+
+            _evalFeeder!.Feed(batch, names, values);
             AddParameters(names, values);
             _eval.Run(_runOptions, names, values, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
             return new EvalResult(_loss[0], _tokens[0]);
@@ -303,8 +315,11 @@ public sealed class LoraTrainingSession : IDisposable
         _optimizer.Dispose();
         _runOptions.Dispose();
         _training.Dispose();
-        _eval.Dispose();
+        _eval?.Dispose();
     }
+
+    private SessionOptions CreateSessionOptions() =>
+        ExecutionProviders.CreateSessionOptions(_options.Provider, _options.IntraOpThreads, _options.DeviceId, _options.AllowSpinning);
 
     private void RunTraining(TrainingBatch batch)
     {

@@ -183,6 +183,43 @@ public sealed class RuleGradientTests
     }
 
     [TestMethod]
+    public void Slice_ContiguousFromBothEnds_PadPathMatchesFiniteDifferences()
+    {
+        var c = new GradCheck();
+        Value x = c.Param("x", [4, 6]);
+        Value y = Op(c, "Slice", [x, c.B.Int64s("starts", 1, 2), c.B.Int64s("ends", -1, long.MaxValue), c.B.Int64s("axes", 0, -1)]);
+        Verify("Slice (pad path)", c, c.B.Mul(y, y), [2, 4]);
+    }
+
+    [TestMethod]
+    public void Broadcast_SymbolicDimsAgainstOnesAndMissingAxes_MatchesFiniteDifferences()
+    {
+        // Static un-broadcast with symbolic batch/seq: a fixed 1 against a symbol (w, mean), and a missing leading
+        // axis of a symbolically shaped value (rows), which is summed and squeezed without run-time shapes.
+        var c = new GradCheck();
+        Value x = c.Input("x", ["batch", "seq", 4], [2, 3, 4]);
+        Value w = c.Param("w", [1, 1, 4]);
+        Value u = c.B.Mul(x, w);
+        Value rows = Op(c, "ReduceSum", [u, c.B.Int64s("axis0", 0)], Attr.Int("keepdims", 0));
+        Value mean = Op(c, "ReduceMean", [u], Attr.Ints("axes", 1), Attr.Int("keepdims", 1));
+        Value y = c.B.Add(c.B.Mul(u, rows), c.B.Mul(u, mean));
+        Verify("Mul/Add (symbolic broadcast)", c, y, null);
+    }
+
+    [TestMethod]
+    public void Broadcast_BetweenDifferentSymbols_RunTimeAxesMatchFiniteDifferences()
+    {
+        // "b2" is 1 at run time and "batch" is 2: which axis was broadcast is only known when the graph runs, so the
+        // gradient of v sums over axes found from run-time shapes.
+        var c = new GradCheck();
+        Value x1 = c.Input("x1", ["batch", "seq", 4], [2, 3, 4]);
+        Value x2 = c.Input("x2", ["b2", "seq", 4], [1, 3, 4]);
+        Value w = c.Param("w", [4]);
+        Value v = c.B.Mul(x2, c.Param("p", [4]));
+        Verify("Add (run-time broadcast axes)", c, c.B.Add(c.B.Mul(x1, w), v), null);
+    }
+
+    [TestMethod]
     public void ConcatAndSplit_MatchesFiniteDifferences()
     {
         var c = new GradCheck();

@@ -76,7 +76,7 @@ public static class BackwardGraph
         for (int k = order.Count - 1; k >= 0; k--)
         {
             Node node = order[k];
-            var outputGradients = node.Outputs.Select(o => contributions.TryGetValue(o, out List<Value>? terms) ? Summed(context, terms) : null).ToArray();
+            var outputGradients = node.Outputs.Select(o => contributions.TryGetValue(o, out List<Value>? terms) ? Summed(context, terms, o) : null).ToArray();
             if (outputGradients.All(g => g is null))
             {
                 continue;
@@ -97,6 +97,10 @@ public static class BackwardGraph
             {
                 if (step.InputGradients[i] is { } g && node.Inputs[i] is { } input)
                 {
+                    // A gradient has its forward value's shape: recording it lets later rules decide statically which
+                    // axes were broadcast instead of asking for shapes at run time.
+                    RecordShape(facts, g, input);
+
                     if (!contributions.TryGetValue(input, out List<Value>? terms))
                     {
                         terms = [];
@@ -119,18 +123,36 @@ public static class BackwardGraph
         var gradients = new Dictionary<string, Value>(StringComparer.Ordinal);
         foreach (Value source in sources)
         {
-            Value g = contributions.TryGetValue(source, out List<Value>? terms) ? Summed(context, terms) : context.ZerosLike(source);
+            Value g = contributions.TryGetValue(source, out List<Value>? terms) ? Summed(context, terms, source) : context.ZerosLike(source);
             gradients[source.Name] = g;
         }
 
         return new BackwardResult(gradients, differentiated);
     }
 
-    private static Value Summed(GradientContext context, List<Value> terms)
+    /// <summary>Records that gradient <paramref name="g"/> has the shape of <paramref name="forward"/>, keeping what is already known per axis.</summary>
+    private static void RecordShape(ValueFacts facts, Value g, Value forward)
+    {
+        if (g.Initializer is not null || g.Shape is not null || facts.ShapeOf(forward) is not { } shape)
+        {
+            return;
+        }
+
+        Dim[]? known = facts.ShapeOf(g);
+        if (known is not null && known.Length == shape.Length)
+        {
+            shape = shape.Select((d, i) => d.IsFixed || d.Param is not null ? d : known[i]).ToArray();
+        }
+
+        facts.Record(g, facts.TypeOf(g), shape);
+    }
+
+    private static Value Summed(GradientContext context, List<Value> terms, Value forward)
     {
         if (terms.Count > 1)
         {
             Value sum = context.Sum(terms);
+            RecordShape(context.Facts, sum, forward);
             terms.Clear();
             terms.Add(sum);
         }

@@ -168,25 +168,26 @@ public sealed class GradientContext
             return gradient;
         }
 
-        if (xs is not null && gs is not null && gs.Length >= xs.Length && xs.All(d => d.IsFixed) && gs.All(d => d.IsFixed))
+        if (StaticBroadcastAxes(xs, gs) is { } axes)
         {
-            int lead = gs.Length - xs.Length;
-            var axes = new List<long>();
-            for (int i = 0; i < gs.Length; i++)
-            {
-                if (i < lead || (xs[i - lead].Value == 1 && gs[i].Value != 1))
-                {
-                    axes.Add(i);
-                }
-            }
-
             if (axes.Count == 0)
             {
                 return gradient;
             }
 
             Value reduced = ReduceSum(gradient, [.. axes], keepDims: true);
-            return Op("Reshape", [reduced, Ints(xs.Select(d => d.Value!.Value).ToArray())]);
+            int lead = gs!.Length - xs!.Length;
+            if (lead == 0)
+            {
+                return reduced;
+            }
+
+            // Leading axes the input did not have are size 1 now: a constant Reshape when the input's shape is fixed,
+            // else a Squeeze, which keeps symbolic dims without asking for shapes at run time.
+            return xs.All(d => d.IsFixed)
+                ? Op("Reshape", [reduced, Ints(xs.Select(d => d.Value!.Value).ToArray())])
+                : Opset >= 13 ? Op("Squeeze", [reduced, Ints(Enumerable.Range(0, lead).Select(i => (long)i).ToArray())])
+                : Op("Squeeze", [reduced], Attr.Ints("axes", Enumerable.Range(0, lead).Select(i => (long)i).ToArray()));
         }
 
         if (Opset < 13)
@@ -204,6 +205,48 @@ public sealed class GradientContext
         Value axesValue = Op("Reshape", [Op("NonZero", [isOne]), Ints(-1)]);
         Value sum = Op("ReduceSum", [gradient, axesValue], Attr.Int("keepdims", 1), Attr.Int("noop_with_empty_axes", 1));
         return Op("Reshape", [sum, xShape]);
+    }
+
+    /// <summary>
+    /// The axes of a gradient shaped <paramref name="gs"/> to sum so that it gets the shape <paramref name="xs"/> of the
+    /// broadcast input, when the shapes decide it: leading axes the input lacks, and axes where the input has a fixed 1
+    /// (summing an axis that turns out to be 1 at run time is harmless). An axis where the input's size is fixed and
+    /// above 1, or the same symbol as the gradient's, is kept. Null when some axis cannot be told (unknown dims, or two
+    /// different symbols where either could be 1).
+    /// </summary>
+    private static List<long>? StaticBroadcastAxes(Dim[]? xs, Dim[]? gs)
+    {
+        if (xs is null || gs is null || gs.Length < xs.Length)
+        {
+            return null;
+        }
+
+        int lead = gs.Length - xs.Length;
+        var axes = new List<long>();
+        for (int i = 0; i < gs.Length; i++)
+        {
+            if (i < lead)
+            {
+                axes.Add(i);
+                continue;
+            }
+
+            Dim x = xs[i - lead];
+            Dim g = gs[i];
+            if (x.Value == 1)
+            {
+                if (g.Value != 1)
+                {
+                    axes.Add(i);
+                }
+            }
+            else if (!(x.Value > 1 || ValueFacts.SameDim(x, g)))
+            {
+                return null;
+            }
+        }
+
+        return axes;
     }
 
     /// <summary>Casts <paramref name="gradient"/> to the element type of <paramref name="like"/> when they differ.</summary>

@@ -51,11 +51,33 @@ public abstract class ReduceGradientRule : GradientRule
             g = constAxes is not null ? context.Unsqueeze(dy, constAxes) : context.Op("Unsqueeze", [dy, axesInput!]);
         }
 
-        Value expanded = context.Op("Expand", [g, context.ShapeOfValue(x)]);
-        step.SetInputGradient(0, Scale(context, expanded, x, step.Output(0)));
+        // Scaling before the Expand touches |Y| elements instead of |X|.
+        Value scaled = Scale(context, g, x, step.Output(0));
+        Value shape = StaticExpandShape(context.ShapeOf(x), reduceAll ? null : constAxes) is { } target ? context.Ints(target) : context.ShapeOfValue(x);
+        step.SetInputGradient(0, context.Op("Expand", [scaled, shape]));
     }
 
-    /// <summary>Applies the op's local scale (1 for sums, 1/count for means).</summary>
+    /// <summary>
+    /// Constant Expand target when every reduced axis has a fixed size: that size on reduced axes and 1 elsewhere (the
+    /// gradient already has X's size there, symbolic or not). <paramref name="axes"/> null means every axis.
+    /// </summary>
+    private static long[]? StaticExpandShape(Dim[]? xs, long[]? axes)
+    {
+        if (xs is null)
+        {
+            return null;
+        }
+
+        var reduced = axes is null ? Enumerable.Range(0, xs.Length).ToHashSet() : axes.Select(a => (int)(a < 0 ? a + xs.Length : a)).ToHashSet();
+        if (reduced.Any(i => i < 0 || i >= xs.Length || !xs[i].IsFixed))
+        {
+            return null;
+        }
+
+        return xs.Select((d, i) => reduced.Contains(i) ? d.Value!.Value : 1L).ToArray();
+    }
+
+    /// <summary>Applies the op's local scale (1 for sums, 1/count for means) to the not yet expanded gradient.</summary>
     protected abstract Value Scale(GradientContext context, Value expanded, Value x, Value y);
 }
 
@@ -87,9 +109,8 @@ public sealed class ReduceMeanGradient : ReduceGradientRule
         ArgumentNullException.ThrowIfNull(context);
         Dim[]? xs = context.ShapeOf(x);
         Dim[]? ys = context.ShapeOf(y);
-        if (xs is not null && ys is not null && xs.All(d => d.IsFixed) && ys.All(d => d.IsFixed))
+        if (StaticCount(xs, ys) is { } count)
         {
-            double count = xs.Aggregate(1.0, (a, d) => a * d.Value!.Value) / ys.Aggregate(1.0, (a, d) => a * d.Value!.Value);
             return context.Mul(expanded, context.Scalar(1.0 / count, expanded));
         }
 
@@ -98,5 +119,26 @@ public sealed class ReduceMeanGradient : ReduceGradientRule
         Value sizeX = context.Op("Cast", [context.Op("Size", [x])], to);
         Value sizeY = context.Op("Cast", [context.Op("Size", [y])], to);
         return context.Div(context.Mul(expanded, sizeY), sizeX);
+    }
+
+    /// <summary>|X| / |Y| when it is a constant: fixed sizes, and symbols that X and Y share cancel (e.g. [b, s, 64] over [b, s, 1]).</summary>
+    private static double? StaticCount(Dim[]? xs, Dim[]? ys)
+    {
+        if (xs is null || ys is null || xs.Concat(ys).Any(d => !d.IsFixed && d.Param is null))
+        {
+            return null;
+        }
+
+        var symbols = xs.Where(d => d.Param is not null).Select(d => d.Param!).ToList();
+        foreach (Dim d in ys.Where(d => d.Param is not null))
+        {
+            if (!symbols.Remove(d.Param!))
+            {
+                return null;
+            }
+        }
+
+        return symbols.Count > 0 ? null
+            : xs.Where(d => d.IsFixed).Aggregate(1.0, (a, d) => a * d.Value!.Value) / ys.Where(d => d.IsFixed).Aggregate(1.0, (a, d) => a * d.Value!.Value);
     }
 }

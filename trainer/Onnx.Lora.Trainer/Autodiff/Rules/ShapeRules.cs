@@ -12,10 +12,47 @@ public sealed class ReshapeGradient : UnaryGradientRule
     protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy)
     {
         ArgumentNullException.ThrowIfNull(context);
-        Dim[]? xs = context.ShapeOf(x);
-        return xs is not null && xs.All(d => d.IsFixed)
-            ? context.Op("Reshape", [dy, context.Ints(xs.Select(d => d.Value!.Value).ToArray())])
+        return StaticTarget(context.ShapeOf(x), context.ShapeOf(y)) is { } target
+            ? context.Op("Reshape", [dy, context.Ints(target)])
             : context.ReshapeLike(dy, x);
+    }
+
+    /// <summary>
+    /// A constant Reshape target that gives dY (shaped <paramref name="ys"/>) the shape <paramref name="xs"/>: fixed
+    /// sizes as they are, 0 (copy dY's size) where X and Y have the same symbol on that axis, and -1 for at most one
+    /// other axis. Null when that cannot express it (then the target is read at run time).
+    /// </summary>
+    internal static long[]? StaticTarget(Dim[]? xs, Dim[]? ys)
+    {
+        if (xs is null || xs.Any(d => d.Value == 0))
+        {
+            return null;
+        }
+
+        var target = new long[xs.Length];
+        bool inferred = false;
+        for (int i = 0; i < xs.Length; i++)
+        {
+            if (xs[i].Value is { } size)
+            {
+                target[i] = size;
+            }
+            else if (ys is not null && i < ys.Length && xs[i].Param is not null && ValueFacts.SameDim(xs[i], ys[i]))
+            {
+                target[i] = 0;
+            }
+            else if (!inferred)
+            {
+                target[i] = -1;
+                inferred = true;
+            }
+            else
+            {
+                return null;
+            }
+        }
+
+        return target;
     }
 }
 
@@ -123,8 +160,52 @@ public sealed class SliceGradient : GradientRule
 
         Node node = step.Node;
         Value dy = step.OutputGradient(0)!;
+        if (PadsOf(context, node) is { } pads)
+        {
+            // A contiguous slice whose bounds do not depend on the axis size (e.g. the causal-LM shift [0, -1)) is
+            // undone by zero padding, far cheaper than a scatter into a zero tensor of X's size.
+            step.SetInputGradient(0, context.Op("Pad", [dy, context.Ints(pads)]));
+            return;
+        }
+
         step.SetInputGradient(0, IndexScatter.Backward(context, step.Input(0), dy, positions =>
             context.Op("Slice", [positions, .. node.Inputs.Skip(1)], [.. node.Attributes.Values]), accumulate: false));
+    }
+
+    /// <summary>
+    /// Pad amounts [begin..., end...] that turn dY back into X's shape, when the slice has step 1, constant
+    /// non-negative starts and constant ends that are negative (counted from the end) or past the end; else null.
+    /// </summary>
+    private static long[]? PadsOf(GradientContext context, Node node)
+    {
+        if (context.Opset < 11 || node.Inputs.Count < 3 || context.RankOf(node.Inputs[0]!) is not { } rank)
+        {
+            return null;
+        }
+
+        long[]? starts = ValueFacts.ConstInts(node.Inputs[1]);
+        long[]? ends = ValueFacts.ConstInts(node.Inputs[2]);
+        long[]? axes = node.Inputs.Count > 3 && node.Inputs[3] is not null ? ValueFacts.ConstInts(node.Inputs[3]) : starts?.Select((_, i) => (long)i).ToArray();
+        long[]? steps = node.Inputs.Count > 4 && node.Inputs[4] is not null ? ValueFacts.ConstInts(node.Inputs[4]) : starts?.Select(_ => 1L).ToArray();
+        if (starts is null || ends is null || axes is null || steps is null || steps.Any(t => t != 1) || starts.Length != ends.Length || axes.Length != starts.Length)
+        {
+            return null;
+        }
+
+        var pads = new long[2 * rank];
+        for (int k = 0; k < axes.Length; k++)
+        {
+            int axis = (int)(axes[k] < 0 ? axes[k] + rank : axes[k]);
+            if (starts[k] < 0 || !(ends[k] < 0 || ends[k] >= int.MaxValue) || axis < 0 || axis >= rank)
+            {
+                return null;
+            }
+
+            pads[axis] = starts[k];
+            pads[rank + axis] = ends[k] < 0 ? -ends[k] : 0;
+        }
+
+        return pads;
     }
 }
 
