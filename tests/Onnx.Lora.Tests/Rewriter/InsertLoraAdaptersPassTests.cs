@@ -231,7 +231,8 @@ public sealed class InsertLoraAdaptersPassTests
         Assert.AreEqual("model.layers.0.self_attn.q_proj.lora_A.weight", module.LoraA);
         Assert.IsNull(module.ScaleTensor);
         Value aInput = slots.Graph.Inputs.Single(i => i.Name == module.LoraA);
-        Assert.AreEqual("lora_rank", aInput.Shape![1].Param);
+        Assert.AreEqual("model.layers.0.self_attn.q_proj.lora_rank", aInput.Shape![1].Param);
+        Assert.AreEqual("model.layers.0.self_attn.q_proj.lora_rank", slots.Graph.Inputs.Single(i => i.Name == module.LoraB).Shape![0].Param);
         CollectionAssert.AreEqual(new long[] { TestGraphs.In, 0 }, aInput.Initializer!.Dims.ToArray());
         string path = LoraTestSupport.Save(slots, dir, "slots.onnx");
 
