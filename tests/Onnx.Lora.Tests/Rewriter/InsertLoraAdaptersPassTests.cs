@@ -258,6 +258,29 @@ public sealed class InsertLoraAdaptersPassTests
     }
 
     [TestMethod]
+    [DataRow(false, false)]
+    [DataRow(true, false)]
+    [DataRow(false, true)]
+    public void Run_Initializers_ScalesRankIntermediateBeforeB(bool fp16, bool dora)
+    {
+        // ((x·A)·s)·B, not ((x·A)·B)·s: the Mul runs on [.., r] instead of [.., out]. The numbers are checked by the
+        // merged-base tests (fp32, fp16, DoRA); this pins where the scale sits.
+        using Model m = fp16 ? TestGraphs.MatMulFp16() : TestGraphs.MatMul();
+        LoraModuleInfo module = LoraInjector.Inject(m, new LoraOptions { Rank = 2, Alpha = 4, UseDora = dora, Dropout = 0.1, TrainingGraph = true }).Modules.Single();
+        static string Source(Value v) => v.Producer is { OpType: "Cast" } cast ? cast.Inputs[0]!.Name : v.Name;
+
+        // The branch's last MatMul reads B and not A (DoRA's weight norm also multiplies A·B; that one reads A).
+        Node last = m.Graph.Nodes.Single(n => n.Is("MatMul") && Source(n.Inputs[1]!) == module.LoraB && Source(n.Inputs[0]!) != module.LoraA);
+        Node scale = last.Inputs[0]!.Producer!;
+        Assert.AreEqual("Mul", scale.OpType);
+        Value[] operands = scale.Inputs.Select(v => v!).ToArray();
+        Assert.AreEqual(1, operands.Count(v => v.Name == module.ScaleTensor), "the Mul before B multiplies by the LoRA scale");
+        Node xa = operands.Single(v => v.Name != module.ScaleTensor).Producer!;
+        Assert.IsTrue(xa.Is("MatMul") && Source(xa.Inputs[1]!) == module.LoraA, $"the scaled value is x·A, got {xa.OpType} '{xa.Name}'");
+        Assert.AreEqual(fp16 ? DataType.Float16 : DataType.Float, m.Graph.Initializers[module.ScaleTensor!].Initializer!.DataType);
+    }
+
+    [TestMethod]
     public void Run_TrainingGraphWithDropout_AddsDropoutOnlyThere()
     {
         using Model inference = TestGraphs.MatMul();
