@@ -107,7 +107,10 @@ public sealed record LoraOptions
     /// <summary>True for a training graph: the dropout node is added only then.</summary>
     public bool TrainingGraph { get; init; }
 
-    /// <summary>Name of the symbolic rank dimension of adapter-slot inputs.</summary>
+    /// <summary>
+    /// Suffix of the symbolic rank dimensions of adapter-slot inputs: each module's A and B share the dim
+    /// <c>&lt;module&gt;.&lt;RankDimName&gt;</c>, so modules may take adapters of different ranks in one run.
+    /// </summary>
     public string RankDimName { get; init; } = "lora_rank";
 
     /// <summary>Checks every option; the one place options are validated.</summary>

@@ -46,7 +46,7 @@ public static partial class AdapterValidation
                     {
                         if (symbolic.TryGetValue(param, out var seen) && seen.Size != p.Dims[i])
                         {
-                            throw new AdapterMismatchException($"Parameters '{seen.Parameter}' and '{p.Name}' of adapter '{adapterSource}' give the serving model's dimension '{param}' sizes {seen.Size} and {p.Dims[i]}; ORT needs one size per dimension name in a run. Give each module its own rank dimension (export-adapter --serving does) or use one rank.");
+                            throw new AdapterMismatchException($"Parameters '{seen.Parameter}' and '{p.Name}' of adapter '{adapterSource}' give the serving model's dimension '{param}' sizes {seen.Size} and {p.Dims[i]}; ORT needs one size per dimension name in a run. Give each module its own rank dimension (inject --adapter-slots and export-adapter --serving do) or use one rank.");
                         }
 
                         symbolic[param] = (p.Dims[i], p.Name);

@@ -1,7 +1,8 @@
 // The serving model for .onnx_adapter files: the base graph with an adapter SLOT per adapted module (A, B as graph
 // inputs with a symbolic rank and r = 0 initializer defaults, scale folded into B, no scale Mul), plus one
 // NAME.onnx_adapter per adapter, each validated against that model (names, dtypes, fixed dims). Adapters of
-// different ranks share one serving model: the rank dimension is symbolic.
+// different ranks share one serving model: each module's rank dimension is symbolic and its own
+// (<module>.lora_rank, as the injector declares it), so an adapter may also give modules different ranks.
 //   from a LoRA model: its branches are removed (the base graph comes back) and slots are added for its modules;
 //   from a base model: slots are added for the union of the adapters' modules (or the given targets).
 using Onnx.Lora.Exporter.Formats;
@@ -101,7 +102,6 @@ public static class ServingExport
         IReadOnlyList<string> targets = options.Targets
             ?? (trained is not null ? modules : adapters.SelectMany(a => a.Weights.Modules.Select(m => m.Module)).Distinct(StringComparer.Ordinal).ToList());
         LoraManifest serving = LoraInjector.Inject(model, new LoraOptions { Targets = targets, Placement = LoraPlacement.AdapterSlots, Rank = 1, Alpha = 1 });
-        GiveEachSlotItsOwnRankDim(model, serving);
 
         var files = new List<(string Path, AdapterFile File)>();
         foreach ((string name, LoraWeights weights, string source) in adapters)
@@ -128,29 +128,6 @@ public static class ServingExport
         }
 
         return new ServingExportReport(modelOut, serving, paths);
-    }
-
-    /// <summary>
-    /// One symbolic rank dimension per module (<c>&lt;module&gt;.lora_rank</c>) instead of one for all slots: ORT holds a
-    /// dim_param to one size per run, so an adapter with per-module ranks (PEFT rank_pattern) fails on a shared name
-    /// ("Shape mismatch attempting to re-use buffer").
-    /// </summary>
-    private static void GiveEachSlotItsOwnRankDim(Model model, LoraManifest manifest)
-    {
-        var inputs = model.Graph.Inputs.ToDictionary(v => v.Name, StringComparer.Ordinal);
-        foreach (LoraModuleInfo m in manifest.Modules)
-        {
-            var rank = new Dim(m.Module + ".lora_rank");
-            if (inputs.TryGetValue(m.LoraA, out Value? a))
-            {
-                a.Type = Onnx.Lora.Graph.ValueType.Tensor(a.ElementType, new Shape([new Dim(m.InFeatures), rank]));
-            }
-
-            if (inputs.TryGetValue(m.LoraB, out Value? b))
-            {
-                b.Type = Onnx.Lora.Graph.ValueType.Tensor(b.ElementType, new Shape([rank, new Dim(m.OutFeatures)]));
-            }
-        }
     }
 
     /// <summary>Adapter weights from a LoRA model (its trained tensors) or any adapter file.</summary>

@@ -1,14 +1,15 @@
 // InsertLoraAdaptersPass — adds a LoRA branch to every selected linear layer y = x·W (+ bias):
 //
-//   LoRA:  y' = y + s · (dropout(x)·A)·B              A: [in, r], B: [r, out], s = α/r (rsLoRA: α/√r)
+//   LoRA:  y' = y + ((dropout(x)·A)·s)·B              A: [in, r], B: [r, out], s = α/r (rsLoRA: α/√r)
 //   DoRA:  y' = y + (m/‖W + s·A·B‖ − 1) · dropout(x)·W + (m/‖W + s·A·B‖) · s · dropout(x)·A·B
 //          = (m/‖·‖)·(x·W + s·x·A·B) + bias without dropout       ‖·‖: column norm over "in", detached
 //   fused Attention (com.microsoft): the weight input becomes W + s·A·B (the projection happens inside the op).
 //
 // B starts at zero, so a freshly inserted adapter changes nothing. With the Initializers placement A, B (and DoRA's
-// magnitude m, float32) are initializers and s is a Mul by a scalar initializer; with AdapterSlots A and B are graph
-// inputs with a symbolic rank dim and r = 0 initializer defaults, and s is folded into B by whoever writes the
-// adapter, as ORT/Olive adapters expect. The branch runs in the activation dtype: fp16/bf16 bases Cast A and B.
+// magnitude m, float32) are initializers and s is a Mul by a scalar initializer on the rank-r intermediate x·A;
+// with AdapterSlots A and B are graph inputs with a symbolic rank dim per module (<module>.lora_rank) and r = 0
+// initializer defaults, and s is folded into B by whoever writes the adapter, as ORT/Olive adapters expect. The
+// branch runs in the activation dtype: fp16/bf16 bases Cast A and B.
 // NOTE: no weight bytes are read unless DoRA (magnitude init) or PiSSA (SVD) needs them.
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Passes;
@@ -143,8 +144,10 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                     Usage[] uses = y.Uses.ToArray();
                     Value x = _t.TransposeActivation ? b.Transpose(_t.Activation, [1, 0]) : _t.Activation;
                     Value xd = options.TrainingGraph && options.Dropout > 0 ? Dropout(x) : x;
-                    Value lora = b.MatMul(b.MatMul(xd, aAct), bAct);
-                    Value scaled = scale is null ? lora : b.Mul(lora, scale);
+                    // The scale multiplies the rank-r intermediate, ((x·A)·s)·B, not the [.., out] result: the same
+                    // math with r ≪ out elements to scale (the Mul on [batch, seq, out] was ~9% of training kernel time).
+                    Value xa = b.MatMul(xd, aAct);
+                    Value scaled = b.MatMul(scale is null ? xa : b.Mul(xa, scale), bAct);
                     Value output;
                     if (options.UseDora)
                     {
@@ -221,7 +224,10 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             }
 
             // An adapter slot: a graph input with a symbolic rank and an r = 0 default, so the model runs without an adapter.
-            Dim[] shape = rankAxis == 0 ? [new Dim(options.RankDimName), new Dim(dims[1])] : [new Dim(dims[0]), new Dim(options.RankDimName)];
+            // Each module gets its own rank dim: ORT binds a dim_param to ONE size per run, so a shared name fails
+            // ("Shape mismatch attempting to re-use buffer") on adapters whose modules have different ranks (rank_pattern).
+            var rank = new Dim(_t.Module + "." + options.RankDimName);
+            Dim[] shape = rankAxis == 0 ? [rank, new Dim(dims[1])] : [new Dim(dims[0]), rank];
             Value input = b.Input(name, DataType.Float, shape);
             long[] empty = rankAxis == 0 ? [0, dims[1]] : [dims[0], 0];
             Graph.Initializers.Add(input, InMemoryTensor.FromFloats(name, empty, []));

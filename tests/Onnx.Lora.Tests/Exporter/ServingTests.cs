@@ -64,7 +64,7 @@ public sealed class ServingTests
     [TestMethod]
     public void ServingExport_AdapterWithPerModuleRanks_RunsThroughOrtAndEqualsMerge()
     {
-        // rank_pattern adapters: every slot shares one symbolic rank dim name, yet ORT binds each input on its own.
+        // rank_pattern adapters: ORT binds a dim name to one size per run, so each slot needs its own rank dim.
         using var dir = new TempDir();
         (_, LoraWeights trained) = TrainedLoraModel(dir, rank: 2, seed: 6);
         var rng = new Random(7);

@@ -231,7 +231,8 @@ public sealed class InsertLoraAdaptersPassTests
         Assert.AreEqual("model.layers.0.self_attn.q_proj.lora_A.weight", module.LoraA);
         Assert.IsNull(module.ScaleTensor);
         Value aInput = slots.Graph.Inputs.Single(i => i.Name == module.LoraA);
-        Assert.AreEqual("lora_rank", aInput.Shape![1].Param);
+        Assert.AreEqual("model.layers.0.self_attn.q_proj.lora_rank", aInput.Shape![1].Param);
+        Assert.AreEqual("model.layers.0.self_attn.q_proj.lora_rank", slots.Graph.Inputs.Single(i => i.Name == module.LoraB).Shape![0].Param);
         CollectionAssert.AreEqual(new long[] { TestGraphs.In, 0 }, aInput.Initializer!.Dims.ToArray());
         string path = LoraTestSupport.Save(slots, dir, "slots.onnx");
 
@@ -254,6 +255,29 @@ public sealed class InsertLoraAdaptersPassTests
         reference.Graph.Initializers.SetData("onnx::MatMul_7", InMemoryTensor.FromFloats("onnx::MatMul_7", [TestGraphs.In, TestGraphs.Out], LoraTestSupport.AddDelta(w, a, bFolded, TestGraphs.In, TestGraphs.Out, R, 1.0)));
         float rel = LoraTestSupport.RelativeError(fed, OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx")));
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
+    }
+
+    [TestMethod]
+    [DataRow(false, false)]
+    [DataRow(true, false)]
+    [DataRow(false, true)]
+    public void Run_Initializers_ScalesRankIntermediateBeforeB(bool fp16, bool dora)
+    {
+        // ((x·A)·s)·B, not ((x·A)·B)·s: the Mul runs on [.., r] instead of [.., out]. The numbers are checked by the
+        // merged-base tests (fp32, fp16, DoRA); this pins where the scale sits.
+        using Model m = fp16 ? TestGraphs.MatMulFp16() : TestGraphs.MatMul();
+        LoraModuleInfo module = LoraInjector.Inject(m, new LoraOptions { Rank = 2, Alpha = 4, UseDora = dora, Dropout = 0.1, TrainingGraph = true }).Modules.Single();
+        static string Source(Value v) => v.Producer is { OpType: "Cast" } cast ? cast.Inputs[0]!.Name : v.Name;
+
+        // The branch's last MatMul reads B and not A (DoRA's weight norm also multiplies A·B; that one reads A).
+        Node last = m.Graph.Nodes.Single(n => n.Is("MatMul") && Source(n.Inputs[1]!) == module.LoraB && Source(n.Inputs[0]!) != module.LoraA);
+        Node scale = last.Inputs[0]!.Producer!;
+        Assert.AreEqual("Mul", scale.OpType);
+        Value[] operands = scale.Inputs.Select(v => v!).ToArray();
+        Assert.AreEqual(1, operands.Count(v => v.Name == module.ScaleTensor), "the Mul before B multiplies by the LoRA scale");
+        Node xa = operands.Single(v => v.Name != module.ScaleTensor).Producer!;
+        Assert.IsTrue(xa.Is("MatMul") && Source(xa.Inputs[1]!) == module.LoraA, $"the scaled value is x·A, got {xa.OpType} '{xa.Name}'");
+        Assert.AreEqual(fp16 ? DataType.Float16 : DataType.Float, m.Graph.Initializers[module.ScaleTensor!].Initializer!.DataType);
     }
 
     [TestMethod]
