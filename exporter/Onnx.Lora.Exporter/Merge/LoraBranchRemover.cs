@@ -55,7 +55,7 @@ internal static class LoraBranchRemover
         RestoreAdaptedWeightInput(target, info, seeds, source);
 
         // Base path: values computed from the target's output without LoRA. Branch values: computed from LoRA
-        // tensors only. A node reading both (Add(y, x·A·B·s)), or extending such a combination with more branch
+        // tensors only. A node reading both (Add(y, ((x·A)·s)·B)), or extending such a combination with more branch
         // values (DoRA's rescale), is a combine node; nodes that read a combined value and no branch value are the
         // rest of the model and stay.
         var basePath = new HashSet<Value>(target.Outputs);
