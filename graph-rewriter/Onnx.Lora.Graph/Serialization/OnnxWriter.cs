@@ -33,12 +33,12 @@ public static class OnnxWriter
                 string dataName = options.DataFileName ?? Path.GetFileName(fullPath) + ".data";
                 ModelProto? built = null;
                 batch.Add(Path.Combine(folder, dataName), stream =>
-                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold)));
+                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder)));
                 proto = built!;
             }
             else
             {
-                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue));
+                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder));
             }
 
             batch.Add(fullPath, stream =>
@@ -58,7 +58,7 @@ public static class OnnxWriter
     public static byte[] ToBytes(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return ToProto(model, new TensorSink(ExternalDataMode.Inline, null, null, long.MaxValue)).ToByteArray();
+        return ToProto(model, new TensorSink(ExternalDataMode.Inline, null, null, long.MaxValue, null)).ToByteArray();
     }
 
     private static ExternalDataMode ResolveMode(Model model, string folder, ExternalDataMode requested)
@@ -68,10 +68,10 @@ public static class OnnxWriter
         {
             case ExternalDataMode.Auto:
                 return model.DataFiles.Count == 0 ? ExternalDataMode.Keep : allInFolder ? ExternalDataMode.Keep : ExternalDataMode.SingleFile;
-            case ExternalDataMode.Keep when !allInFolder:
-                ExternalDataFile away = model.DataFiles.First(f => Path.GetDirectoryName(f.FullPath) != folder);
-                throw new OnnxSerializationException($"Cannot keep external data '{away.FullPath}' when saving into '{folder}': the model must be saved into the data file's folder, or use single-file or inline external data.");
             default:
+                // NOTE: Keep is checked tensor by tensor while writing (TensorSink), not against model.DataFiles: a
+                // model may reference tensors of another model's data file (two graphs sharing one weights file), and
+                // may still hold files that no tensor refers to any more.
                 return requested;
         }
     }
@@ -280,9 +280,9 @@ public static class OnnxWriter
         props.Select(p => new StringStringEntryProto { Key = p.Key, Value = p.Value });
 
     /// <summary>Decides, tensor by tensor, between inline bytes, kept external references and a new data file.</summary>
-    private sealed class TensorSink(ExternalDataMode mode, Stream? data, string? dataLocation, long threshold)
+    private sealed class TensorSink(ExternalDataMode mode, Stream? data, string? dataLocation, long threshold, string? folder)
     {
-        public static TensorSink Inline { get; } = new(ExternalDataMode.Inline, null, null, long.MaxValue);
+        public static TensorSink Inline { get; } = new(ExternalDataMode.Inline, null, null, long.MaxValue, null);
 
         public long InlineBytes { get; private set; }
 
@@ -296,6 +296,11 @@ public static class OnnxWriter
             }
             else if (tensor is ExternalTensor ext && mode == ExternalDataMode.Keep)
             {
+                if (Path.GetDirectoryName(ext.File.FullPath) != folder)
+                {
+                    throw new OnnxSerializationException($"Cannot keep external data '{ext.File.FullPath}' (tensor '{tensor.Name}') when saving into '{folder}': the model must be saved into the data file's folder, or use single-file or inline external data.");
+                }
+
                 AddExternal(proto, ext.File.Location, ext.Offset, ext.Length);
             }
             else if (data is not null && tensor.ByteLength >= threshold)

@@ -105,7 +105,7 @@ public sealed class LoraTrainingSessionTests
     public void Step_OnTextBatch_ChangesOnlyAdapterParametersAndNotTheModelFiles()
     {
         string trainingHash = Hash(Artifacts.TrainingModelPath);
-        string dataHash = Hash(Artifacts.TrainingModelPath + ".data");
+        string dataHash = Hash(Path.Combine(Artifacts.Folder, TrainingArtifacts.WeightsDataFile));
         using LoraTrainingSession session = LoraTrainingSession.Create(Artifacts, new TrainingSessionOptions { LearningRate = 1e-2f });
         var before = session.Parameters.ToDictionary(p => p.Name, p => session.GetParameter(p.Name).ToArray());
         session.Step(TextBatch());
@@ -125,7 +125,7 @@ public sealed class LoraTrainingSessionTests
 
         Assert.IsTrue(session.Parameters.All(p => !before[p.Name].SequenceEqual(session.GetParameter(p.Name).ToArray())), "every adapter tensor changed");
         Assert.AreEqual(trainingHash, Hash(Artifacts.TrainingModelPath), "frozen weights stay untouched");
-        Assert.AreEqual(dataHash, Hash(Artifacts.TrainingModelPath + ".data"));
+        Assert.AreEqual(dataHash, Hash(Path.Combine(Artifacts.Folder, TrainingArtifacts.WeightsDataFile)));
     }
 
     [TestMethod]

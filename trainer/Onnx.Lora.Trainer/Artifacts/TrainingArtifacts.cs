@@ -31,8 +31,8 @@ public sealed record TrainableTensor(string Name, long[] Dims)
 /// <summary>
 /// The training artifacts of a model, in one folder: <c>training.onnx</c> (inputs: batch tensors + trainable tensors
 /// with their initial values as defaults; outputs: loss, token_count, one <c>&lt;name&gt;_grad</c> per trainable
-/// tensor), <c>eval.onnx</c> (loss and token_count, dropout off) and <c>artifacts.json</c> describing them. Both
-/// models run in a plain ONNX Runtime InferenceSession.
+/// tensor), <c>eval.onnx</c> (loss and token_count, dropout off), <c>weights.data</c> (the frozen weights, which both
+/// models reference) and <c>artifacts.json</c> describing them. Both models run in a plain ONNX Runtime InferenceSession.
 /// </summary>
 public sealed class TrainingArtifacts
 {
@@ -42,8 +42,14 @@ public sealed class TrainingArtifacts
     /// <summary>File name of the evaluation model.</summary>
     public const string EvalModelFile = "eval.onnx";
 
+    /// <summary>File name of the frozen weights, shared by the training and the evaluation model.</summary>
+    public const string WeightsDataFile = "weights.data";
+
     /// <summary>File name of the description.</summary>
     public const string DescriptionFile = "artifacts.json";
+
+    // Data files of artifacts written before the weights were shared; removed when a folder is rebuilt.
+    private static readonly string[] s_legacyDataFiles = [TrainingModelFile + ".data", EvalModelFile + ".data"];
 
     private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
@@ -104,21 +110,28 @@ public sealed class TrainingArtifacts
 
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss);
         Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable);
-        Save(training, Path.Combine(outputFolder, TrainingModelFile));
-
-        using Model eval = OnnxReader.Load(modelPath);
-        Prepare(eval, options, modelPath, out LossOutputs evalLoss);
-        DisableDropout(eval);
-        Trainer.Artifacts.TrainingGraph.MakeEvaluation(eval, evalLoss.Loss, evalLoss.TokenCount, trainable);
-        Save(eval, Path.Combine(outputFolder, EvalModelFile));
-
         var description = new ArtifactDescription
         {
             Trainable = tensors,
             EmptyPastInputs = [.. emptyPast],
             LabelInputs = [.. options.Loss.LabelInputs],
         };
-        AtomicFile.WriteAllText(Path.Combine(outputFolder, DescriptionFile), JsonSerializer.Serialize(description, s_json));
+
+        // Everything is built in a hidden folder and moved into place only once both models are written, so a
+        // failed build (an op without a gradient rule, a full disk) leaves the output folder as it was.
+        string staging = Path.Combine(outputFolder, $".artifacts.{Guid.NewGuid():N}.tmp");
+        Directory.CreateDirectory(staging);
+        try
+        {
+            WriteModels(training, modelPath, options, trainable, staging);
+            AtomicFile.WriteAllText(Path.Combine(staging, DescriptionFile), JsonSerializer.Serialize(description, s_json));
+            MoveIntoPlace(staging, outputFolder);
+        }
+        finally
+        {
+            Directory.Delete(staging, recursive: true);
+        }
+
         return new TrainingArtifacts(Path.GetFullPath(outputFolder), description);
     }
 
@@ -142,6 +155,60 @@ public sealed class TrainingArtifacts
         catch (JsonException e)
         {
             throw new LoraException($"'{path}' is not a valid artifacts description: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Writes training.onnx with the frozen weights in <see cref="WeightsDataFile"/>, then eval.onnx referencing the
+    /// same bytes of that file: the weights are on disk once, not once per model.
+    /// </summary>
+    private static void WriteModels(Model training, string modelPath, TrainingArtifactsOptions options, IReadOnlyList<string> trainable, string folder)
+    {
+        string trainingPath = Path.Combine(folder, TrainingModelFile);
+        OnnxWriter.Save(training, trainingPath, new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
+
+        using Model eval = OnnxReader.Load(modelPath);
+        Prepare(eval, options, modelPath, out LossOutputs evalLoss);
+        DisableDropout(eval);
+        Trainer.Artifacts.TrainingGraph.MakeEvaluation(eval, evalLoss.Loss, evalLoss.TokenCount, trainable);
+
+        using Model written = OnnxReader.Load(trainingPath);
+        foreach (Value init in eval.Graph.Initializers.Values.ToArray())
+        {
+            if (written.Graph.Initializers.TryGetValue(init.Name, out Value? stored)
+                && stored.Initializer is ExternalTensor external
+                && SameData(init.Initializer!, external))
+            {
+                eval.Graph.Initializers.SetData(init.Name, external);
+            }
+        }
+
+        // Tensors the training model does not hold (none for the loss heads we build) stay inline; Keep writes every
+        // external tensor as a reference to the shared data file.
+        OnnxWriter.Save(eval, Path.Combine(folder, EvalModelFile), new SaveOptions { ExternalData = ExternalDataMode.Keep });
+    }
+
+    /// <summary>Whether two tensors hold the same element type, dims and bytes (the eval graph is built separately, so
+    /// names alone do not prove it).</summary>
+    private static bool SameData(Onnx.Lora.Graph.Tensor a, Onnx.Lora.Graph.Tensor b) =>
+        a.DataType == b.DataType && a.ByteLength == b.ByteLength && a.Dims.SequenceEqual(b.Dims)
+        && a.GetBytes().Span.SequenceEqual(b.GetBytes().Span);
+
+    /// <summary>
+    /// Moves the staged files into <paramref name="outputFolder"/>. The description goes last and the old one first:
+    /// while files are being replaced the folder holds no artifacts.json, so <see cref="Load"/> never sees a mix.
+    /// </summary>
+    private static void MoveIntoPlace(string staging, string outputFolder)
+    {
+        File.Delete(Path.Combine(outputFolder, DescriptionFile));
+        foreach (string legacy in s_legacyDataFiles)
+        {
+            File.Delete(Path.Combine(outputFolder, legacy));
+        }
+
+        foreach (string file in new[] { WeightsDataFile, TrainingModelFile, EvalModelFile, DescriptionFile })
+        {
+            File.Move(Path.Combine(staging, file), Path.Combine(outputFolder, file), overwrite: true);
         }
     }
 
@@ -170,8 +237,6 @@ public sealed class TrainingArtifacts
         }
     }
 
-    private static void Save(Model model, string path) =>
-        OnnxWriter.Save(model, path, new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(path) + ".data" });
 }
 
 /// <summary>The JSON description of an artifacts folder.</summary>
