@@ -130,6 +130,21 @@ public static class LoraMerger
         return true;
     }
 
+    private static void MergeValues(Span<float> values, LoraModuleInfo info, LoraModuleWeights w)
+    {
+        LoraMath.AddDelta(values, info.Layout, w.InFeatures, w.OutFeatures, w.A, w.B, w.Rank, w.Scale);
+        if (w.Magnitude is { } m)
+        {
+            LoraMath.ApplyMagnitude(values, info.Layout, w.InFeatures, w.OutFeatures, m);
+        }
+
+        // A vectorized sum is finite when every value is (an overflowing sum of finite values falls back to the scan).
+        if (!float.IsFinite(System.Numerics.Tensors.TensorPrimitives.Sum<float>(values)) && !AllFinite(values))
+        {
+            throw new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' gives non-finite values; the adapter is broken (NaN/Inf).");
+        }
+    }
+
     private static void CheckFeatures(LoraModuleInfo info, LoraModuleWeights w)
     {
         if (w.InFeatures != info.InFeatures || w.OutFeatures != info.OutFeatures)
@@ -156,29 +171,34 @@ public static class LoraMerger
             throw new AdapterMismatchException($"Initializer '{info.BaseWeight}' is {original.DataType.ShortName()}; only float weights can be merged.");
         }
 
-        // NOTE: the merged bytes are computed when the writer reaches this tensor, from the original (possibly
-        // memory-mapped) bytes, so only one merged weight is in memory at a time.
-        var deferred = new DeferredTensor(info.BaseWeight, original.DataType, original.Dims, () =>
+        // NOTE: the merged bytes are computed when the writer reaches this tensor, into the writer's pooled buffer,
+        // from the original bytes read with buffered reads (not the memory map, whose pages would stay resident): only
+        // one merged weight is in memory at a time and nothing is allocated per weight.
+        DataType type = original.DataType;
+        var deferred = new DeferredTensor(info.BaseWeight, type, original.Dims, destination =>
         {
-            // fp32: merge in place in the one output buffer (a copy of the stored bytes); fp16/bf16: in a float32 work
-            // buffer rounded once at the end.
-            bool fp32 = original.DataType == DataType.Float;
-            byte[]? bytes = fp32 ? original.GetBytes().ToArray() : null;
-            float[]? work = fp32 ? null : original.ToFloat32();
-            Span<float> values = fp32 ? System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()) : work;
-            LoraMath.AddDelta(values, info.Layout, w.InFeatures, w.OutFeatures, w.A, w.B, w.Rank, w.Scale);
-            if (w.Magnitude is { } m)
+            original.CopyTo(destination);
+            if (type == DataType.Float)
             {
-                LoraMath.ApplyMagnitude(values, info.Layout, w.InFeatures, w.OutFeatures, m);
+                // fp32: merged in place in the output bytes.
+                MergeValues(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination), info, w);
+                return;
             }
 
-            // A vectorized sum is finite when every value is (an overflowing sum of finite values falls back to the scan).
-            if (!float.IsFinite(System.Numerics.Tensors.TensorPrimitives.Sum<float>(values)) && !AllFinite(values))
+            // fp16/bf16: accumulated in a pooled float32 work buffer, rounded once at the end.
+            int count = checked((int)original.ElementCount);
+            float[] work = System.Buffers.ArrayPool<float>.Shared.Rent(count);
+            try
             {
-                throw new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' gives non-finite values; the adapter is broken (NaN/Inf).");
+                Span<float> values = work.AsSpan(0, count);
+                TensorConvert.ToFloat32(destination, type, values);
+                MergeValues(values, info, w);
+                TensorConvert.FromFloat32(values, type, destination);
             }
-
-            return bytes ?? TensorConvert.FromFloat32(work!, original.DataType);
+            finally
+            {
+                System.Buffers.ArrayPool<float>.Shared.Return(work);
+            }
         });
         graph.Initializers.SetData(info.BaseWeight, deferred);
     }

@@ -94,6 +94,26 @@ public sealed class ExternalDataFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// Reads the byte range at <paramref name="offset"/> into <paramref name="destination"/> with positioned reads
+    /// (not through the memory map): the pages read stay in the page cache, not in this process.
+    /// </summary>
+    /// <exception cref="OnnxSerializationException">The file ends before the range does.</exception>
+    public void Read(long offset, Span<byte> destination, string tensorName)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int got = RandomAccess.Read(_handle, destination[done..], offset + done);
+            if (got <= 0)
+            {
+                throw new OnnxSerializationException($"External data file '{FullPath}' ended early while reading tensor '{tensorName}' (offset {offset}, length {destination.Length}).");
+            }
+
+            done += got;
+        }
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -62,6 +62,26 @@ public abstract class Tensor
         destination.Write(GetBytes().Span);
     }
 
+    /// <summary>
+    /// Copies the raw bytes into <paramref name="destination"/> (exactly <see cref="ByteLength"/> bytes). External
+    /// tensors read the file through buffered reads instead of the memory map, so no file pages stay in the process.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> is not <see cref="ByteLength"/> bytes long.</exception>
+    public virtual void CopyTo(Span<byte> destination)
+    {
+        CheckDestination(destination);
+        GetBytes().Span.CopyTo(destination);
+    }
+
+    /// <summary>Throws unless <paramref name="destination"/> holds exactly the tensor's bytes.</summary>
+    protected void CheckDestination(Span<byte> destination)
+    {
+        if (destination.Length != ByteLength)
+        {
+            throw new ArgumentException($"Tensor '{Name}' is {ByteLength} bytes; the destination holds {destination.Length}.", nameof(destination));
+        }
+    }
+
     /// <summary>The data as a span of <typeparamref name="T"/> (no copy).</summary>
     /// <exception cref="GraphValidationException">The element type does not have the size of <typeparamref name="T"/>.</exception>
     public ReadOnlySpan<T> AsSpan<T>() where T : unmanaged
@@ -192,4 +212,11 @@ public sealed class ExternalTensor : Tensor
 
     /// <inheritdoc />
     public override void WriteTo(Stream destination) => File.CopyTo(Offset, Length, destination, Name);
+
+    /// <inheritdoc />
+    public override void CopyTo(Span<byte> destination)
+    {
+        CheckDestination(destination);
+        File.Read(Offset, destination, Name);
+    }
 }

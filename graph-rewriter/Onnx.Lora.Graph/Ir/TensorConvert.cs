@@ -90,24 +90,44 @@ public static class TensorConvert
     /// <summary>Encodes float32 values as raw bytes of <paramref name="type"/> (float, float16, bfloat16), rounding to nearest even.</summary>
     public static byte[] FromFloat32(ReadOnlySpan<float> source, DataType type)
     {
+        var bytes = new byte[source.Length * (type == DataType.Float ? 4 : 2)];
+        FromFloat32(source, type, bytes);
+        return bytes;
+    }
+
+    /// <summary>
+    /// Encodes float32 values into <paramref name="destination"/> as raw bytes of <paramref name="type"/> (float,
+    /// float16, bfloat16), rounding to nearest even; no allocation.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> does not hold exactly the encoded bytes.</exception>
+    public static void FromFloat32(ReadOnlySpan<float> source, DataType type, Span<byte> destination)
+    {
+        int width = type switch
+        {
+            DataType.Float => 4,
+            DataType.Float16 or DataType.BFloat16 => 2,
+            _ => throw new NotSupportedException($"float32 values cannot be encoded as {type}."),
+        };
+        if (destination.Length != (long)source.Length * width)
+        {
+            throw new ArgumentException($"{source.Length} {type} values need {(long)source.Length * width} bytes; the destination holds {destination.Length}.", nameof(destination));
+        }
+
         switch (type)
         {
             case DataType.Float:
-                return MemoryMarshal.AsBytes(source).ToArray();
+                MemoryMarshal.AsBytes(source).CopyTo(destination);
+                break;
             case DataType.Float16:
-                var halves = new Half[source.Length];
-                TensorPrimitives.ConvertToHalf(source, halves);
-                return MemoryMarshal.AsBytes(halves.AsSpan()).ToArray();
-            case DataType.BFloat16:
-                var bytes = new byte[source.Length * 2];
+                TensorPrimitives.ConvertToHalf(source, MemoryMarshal.Cast<byte, Half>(destination));
+                break;
+            default:
                 for (int i = 0; i < source.Length; i++)
                 {
-                    BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(i * 2), ToBFloat16Bits(source[i]));
+                    BinaryPrimitives.WriteUInt16LittleEndian(destination[(i * 2)..], ToBFloat16Bits(source[i]));
                 }
 
-                return bytes;
-            default:
-                throw new NotSupportedException($"float32 values cannot be encoded as {type}.");
+                break;
         }
     }
 
