@@ -47,18 +47,7 @@ internal static class GraphIoBenchmark
     {
         string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench"));
         int runs = int.Parse(Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
-        bool random = args.Contains("--random");
-        string model = Path.Combine(dir, ModelName);
-        if (!File.Exists(model))
-        {
-            Directory.CreateDirectory(dir);
-            var build = Stopwatch.StartNew();
-            Console.WriteLine($"building {s_config.ParameterCount:N0}-parameter graph in {dir} ({(random ? "random" : "zero")} weights) ...");
-            IWeightSource weights = random ? new RandomWeightSource(s_config.Seed) : new ZeroWeightSource();
-            using Model built = TorchLlamaBuilder.Build(s_config, weights);
-            OnnxWriter.Save(built, model, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
-            Console.WriteLine($"built in {build.Elapsed.TotalSeconds:F1} s");
-        }
+        string model = EnsureModel(dir, random: args.Contains("--random"));
 
         long dataBytes = new FileInfo(model + ".data").Length;
         Console.WriteLine($"model: {model} ({new FileInfo(model).Length:N0} bytes) + data {dataBytes:N0} bytes");
@@ -98,19 +87,7 @@ internal static class GraphIoBenchmark
 
     private static Measurement Child(string model, string mode)
     {
-        var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true };
-        info.ArgumentList.Add(ChildVerb);
-        info.ArgumentList.Add(model);
-        info.ArgumentList.Add(mode);
-        using Process process = Process.Start(info)!;
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"child failed with exit code {process.ExitCode}: {output}");
-        }
-
-        double[] f = output.Trim().Split(' ').Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        double[] f = ChildProcess.Numbers(ChildVerb, model, mode);
         return new Measurement(f[0], f[1], f[2], f[3] / 1024);
     }
 

@@ -27,18 +27,7 @@ internal static class InjectBenchmark
         var rss = new List<double>();
         for (int i = 0; i < runs; i++)
         {
-            var info = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true };
-            info.ArgumentList.Add(ChildVerb);
-            info.ArgumentList.Add(model);
-            using Process process = Process.Start(info)!;
-            string output = process.StandardOutput.ReadToEnd().Trim();
-            process.WaitForExit();
-            if (process.ExitCode != 0)
-            {
-                throw new InvalidOperationException($"child failed with exit code {process.ExitCode}: {output}");
-            }
-
-            double[] f = output.Split(' ').Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+            double[] f = ChildProcess.Numbers(ChildVerb, model);
             totals.Add(f[3]);
             rss.Add(f[4] / 1024);
             Console.WriteLine($"{i + 1,3}  {f[0],6:F3}  {f[1],8:F3}  {f[2],6:F3}  {f[3],7:F3}  {f[4] / 1024,11:F1}  {f[5],7}  {f[6],11:N0}");
