@@ -66,22 +66,12 @@ public sealed class FixtureGradientTests
         int count = 0;
         foreach (TrainableTensor t in session.Parameters.Where((_, i) => i % 3 == 0))
         {
-            float[] values = session.GetParameter(t.Name).ToArray();
             float[] gradient = session.GetGradient(t.Name).ToArray();
             // The entry with the largest gradient, so the difference is well above the loss's rounding.
             int i = Array.IndexOf(gradient, gradient.MaxBy(Math.Abs));
             double analytic = gradient[i];
-            float original = values[i];
-            values[i] = (float)(original + step);
-            session.SetParameter(t.Name, values);
-            double plus = session.Evaluate(batch).Loss;
-            values[i] = (float)(original - step);
-            session.SetParameter(t.Name, values);
-            double minus = session.Evaluate(batch).Loss;
-            values[i] = original;
-            session.SetParameter(t.Name, values);
-            double numeric = (plus - minus) / (2 * step);
-            double rel = Math.Abs(analytic - numeric) / Math.Max(Floor, Math.Max(Math.Abs(analytic), Math.Abs(numeric)));
+            double numeric = SessionGradCheck.CentralDifference(session, batch, t.Name, i, step);
+            double rel = SessionGradCheck.RelativeError(analytic, numeric, Floor);
             Console.WriteLine($"FIXTUREGRAD | {tag} | {t.Name}[{i}] | analytic {analytic:E4} | numeric {numeric:E4} | rel {rel:E2}");
             worst = Math.Max(worst, rel);
             count++;
