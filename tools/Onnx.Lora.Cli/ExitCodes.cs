@@ -1,20 +1,32 @@
 namespace Onnx.Lora.Cli;
 
-/// <summary>Process exit codes of the onnx-lora command.</summary>
+/// <summary>Process exit codes of the onnx-lora command; scripts branch on them, so they never change meaning.</summary>
 internal static class ExitCodes
 {
     /// <summary>Done.</summary>
     public const int Success = 0;
 
-    /// <summary>The input (model, data, adapter, config) is invalid; the message says which and why.</summary>
+    /// <summary>The command line, an option value or a config file is invalid; the message says which and why.</summary>
     public const int InvalidInput = 2;
-
-    /// <summary>Stopped by the user (Ctrl-C) after saving what could be saved.</summary>
-    public const int Cancelled = 130;
 
     /// <summary>A guard stopped the run (NaN loss, out-of-vocabulary ids...).</summary>
     public const int GuardTripped = 3;
 
+    /// <summary>A model file (ONNX protobuf or its external data) is unreadable or inconsistent.</summary>
+    public const int BadModel = 4;
+
+    /// <summary>An adapter file (safetensors, .onnx_adapter, adapter_config.json) is unreadable or does not fit the model.</summary>
+    public const int BadAdapter = 5;
+
+    /// <summary>A dataset (JSONL) or tokenizer file is unreadable or inconsistent.</summary>
+    public const int BadData = 6;
+
+    /// <summary>The job would need more memory or disk than available; the message has the estimate.</summary>
+    public const int ResourceLimit = 7;
+
     /// <summary>An internal error; a bug.</summary>
     public const int InternalError = 70;
+
+    /// <summary>Stopped by the user (Ctrl-C) after saving what could be saved.</summary>
+    public const int Cancelled = 130;
 }

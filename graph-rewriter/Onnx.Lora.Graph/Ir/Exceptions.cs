@@ -51,3 +51,19 @@ public class PassException : LoraException
     /// <summary>Creates the exception with a message and a cause.</summary>
     public PassException(string message, Exception innerException) : base(message, innerException) { }
 }
+
+/// <summary>
+/// The job would need more memory (or disk) than the machine has; raised before the allocation, with the estimate,
+/// so the user sees numbers instead of an out-of-memory kill.
+/// </summary>
+public class ResourceLimitException : LoraException
+{
+    /// <summary>Creates the exception.</summary>
+    public ResourceLimitException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public ResourceLimitException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public ResourceLimitException(string message, Exception innerException) : base(message, innerException) { }
+}
