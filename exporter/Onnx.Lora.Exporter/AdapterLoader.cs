@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using Onnx.Lora.Graph;
 using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Exporter.Peft;
 
@@ -69,10 +70,25 @@ public static partial class AdapterLoader
                 throw new AdapterFormatException($"Module '{module}' of adapter '{source}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; expected [in, r] and [r, out].");
             }
 
-            modules.Add(new LoraModuleWeights(module, (int)a.Dims[0], (int)b.Dims[1], (int)a.Dims[1], a.ToFloat32(), b.ToFloat32(), 1f));
+            if (a.Dims.Concat(b.Dims).Any(d => d is <= 0 or > int.MaxValue))
+            {
+                throw new AdapterFormatException($"Module '{module}' of adapter '{source}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; every dimension must be between 1 and {int.MaxValue}.");
+            }
+
+            modules.Add(new LoraModuleWeights(module, (int)a.Dims[0], (int)b.Dims[1], (int)a.Dims[1], Floats(a, source), Floats(b, source), 1f));
         }
 
         return new LoraWeights(modules);
+    }
+
+    private static float[] Floats(AdapterParameter p, string source)
+    {
+        if (!p.DataType.IsFloatingPoint())
+        {
+            throw new AdapterFormatException($"Parameter '{p.Name}' of adapter '{source}' is {p.DataType.ShortName()}; LoRA weights must be float32, float16, bfloat16 or float64.");
+        }
+
+        return p.ToFloat32();
     }
 
     /// <summary>The adapter file for <paramref name="weights"/> named by module (A [in, r], B [r, out] scaled), without a serving model.</summary>

@@ -9,6 +9,7 @@ internal static class CliApp
     public static RootCommand CreateRoot()
     {
         var root = new RootCommand("onnx-lora: fine-tune ONNX transformer models with LoRA — inject, train, merge, export. No Python.");
+        root.Options.Add(GlobalOptions.Verbose);
         foreach (Command command in CommandRegistry.All())
         {
             root.Subcommands.Add(command);

@@ -30,8 +30,8 @@ internal readonly struct FlatBufferView
     /// <summary>Follows the uoffset stored at <paramref name="position"/> to a table and checks its vtable.</summary>
     public int Table(int position, string what)
     {
-        int table = checked(position + (int)ReadUInt32(position, what));
-        int vtable = checked(table - ReadInt32(table, what));
+        int table = Follow(position, what);
+        int vtable = VTable(table, what);
         ushort vtableSize = ReadUInt16(vtable, what);
         if (vtableSize < 4 || vtableSize % 2 != 0)
         {
@@ -45,7 +45,7 @@ internal readonly struct FlatBufferView
     /// <summary>Absolute position of field <paramref name="index"/> of <paramref name="table"/>, or -1 when absent.</summary>
     public int Field(int table, int index, string what)
     {
-        int vtable = table - ReadInt32(table, what);
+        int vtable = VTable(table, what);
         ushort vtableSize = ReadUInt16(vtable, what);
         int slot = 4 + (2 * index);
         if (slot + 2 > vtableSize)
@@ -72,7 +72,7 @@ internal readonly struct FlatBufferView
             return (-1, 0);
         }
 
-        int vector = checked(at + (int)ReadUInt32(at, what));
+        int vector = Follow(at, what);
         uint count = ReadUInt32(vector, what);
         if (count > (uint)(_buffer.Length / Math.Max(elementSize, 1)))
         {
@@ -103,6 +103,22 @@ internal readonly struct FlatBufferView
         return BinaryPrimitives.ReadInt32LittleEndian(_buffer.Span[position..]);
     }
 
+    /// <summary>The position a uoffset at <paramref name="position"/> points to (computed in 64 bits: hostile offsets must not wrap).</summary>
+    private int Follow(int position, string what)
+    {
+        long target = position + (long)ReadUInt32(position, what);
+        Check(target, 0, what);
+        return (int)target;
+    }
+
+    /// <summary>The vtable position of <paramref name="table"/> (a signed soffset back from the table).</summary>
+    private int VTable(int table, string what)
+    {
+        long vtable = table - (long)ReadInt32(table, what);
+        Check(vtable, 2, what);
+        return (int)vtable;
+    }
+
     private uint ReadUInt32(int position, string what)
     {
         Check(position, 4, what);
@@ -115,9 +131,9 @@ internal readonly struct FlatBufferView
         return BinaryPrimitives.ReadUInt16LittleEndian(_buffer.Span[position..]);
     }
 
-    private void Check(int position, int count, string what)
+    private void Check(long position, int count, string what)
     {
-        if (position < 0 || count < 0 || (long)position + count > _buffer.Length)
+        if (position < 0 || count < 0 || position + count > _buffer.Length)
         {
             throw Error($"{what} points outside the file (bytes {position}..{(long)position + count} of {_buffer.Length}): truncated or corrupt");
         }

@@ -178,7 +178,16 @@ public static class OnnxAdapterFormat
                 throw new AdapterFormatException($"Parameter '{p.Name}' in adapter '{source}' has a negative dimension in [{string.Join(",", p.Dims)}].");
             }
 
-            long expected = p.DataType.ByteCount(p.Dims.Aggregate(1L, (a, d) => checked(a * d)));
+            long expected;
+            try
+            {
+                expected = p.DataType.ByteCount(p.Dims.Aggregate(1L, (a, d) => checked(a * d)));
+            }
+            catch (OverflowException e)
+            {
+                throw new AdapterFormatException($"Parameter '{p.Name}' in adapter '{source}' has dims [{string.Join(",", p.Dims)}] whose size overflows a 64-bit integer.", e);
+            }
+
             if (expected != p.Data.Length)
             {
                 throw new AdapterFormatException($"Parameter '{p.Name}' in adapter '{source}' has {p.Data.Length} bytes; dims [{string.Join(",", p.Dims)}] of {p.DataType.ShortName()} need {expected}.");

@@ -50,18 +50,41 @@ public sealed record PeftConfig
     /// <summary>The scale PEFT applies to B·A for <paramref name="module"/> with rank <paramref name="rank"/>.</summary>
     public double ScaleOf(string module, int rank) => UseRsLora ? AlphaOf(module) / Math.Sqrt(rank) : AlphaOf(module) / rank;
 
+    /// <summary>Time one rank_pattern / alpha_pattern regex may take on one module name (config files come from the internet).</summary>
+    internal static readonly TimeSpan PatternTimeout = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>The regex PEFT builds from a pattern key.</summary>
+    /// <exception cref="ArgumentException">The key is not a valid regex.</exception>
+    internal static Regex PatternRegex(string key) => new("^(.*\\.)?" + key + "$", RegexOptions.CultureInvariant, PatternTimeout);
+
     // PEFT: a pattern key matches when the module name ends with ".key" or equals it, else as a full regex.
     private static T? Pattern<T>(IReadOnlyDictionary<string, T> patterns, string module) where T : struct
     {
         foreach ((string key, T value) in patterns)
         {
-            if (module == key || module.EndsWith("." + key, StringComparison.Ordinal) || Regex.IsMatch(module, "^(.*\\.)?" + key + "$"))
+            if (module == key || module.EndsWith("." + key, StringComparison.Ordinal) || Matches(key, module))
             {
                 return value;
             }
         }
 
         return null;
+    }
+
+    private static bool Matches(string key, string module)
+    {
+        try
+        {
+            return PatternRegex(key).IsMatch(module);
+        }
+        catch (ArgumentException e)
+        {
+            throw new AdapterFormatException($"PEFT config pattern '{key}' is not a valid regex: {e.Message}", e);
+        }
+        catch (RegexMatchTimeoutException e)
+        {
+            throw new AdapterFormatException($"PEFT config pattern '{key}' took over {PatternTimeout.TotalMilliseconds} ms on module '{module}' (a pathological regex).", e);
+        }
     }
 }
 
@@ -157,7 +180,17 @@ public static class PeftAdapter
         string path = Path.Combine(folder, ConfigFile);
         try
         {
+            if (!File.Exists(path))
+            {
+                throw new AdapterFormatException($"PEFT config '{path}' does not exist (a PEFT adapter needs adapter_config.json beside its safetensors file).");
+            }
+
             JsonNode root = JsonNode.Parse(File.ReadAllText(path)) ?? throw new AdapterFormatException($"PEFT config '{path}' is empty.");
+            if (root is not JsonObject)
+            {
+                throw new AdapterFormatException($"PEFT config '{path}' is a JSON {root.GetValueKind()}; expected an object.");
+            }
+
             string? type = root["peft_type"]?.GetValue<string>();
             if (type is not null && type != "LORA")
             {
@@ -169,24 +202,81 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"PEFT config '{path}' has fan_in_fan_out true (Conv1D weights); not supported.");
             }
 
-            return new PeftConfig
+            var config = new PeftConfig
             {
-                R = root["r"]?.GetValue<int>() ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'r'."),
-                LoraAlpha = root["lora_alpha"]?.GetValue<double>() ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'lora_alpha'."),
-                UseRsLora = root["use_rslora"]?.GetValue<bool>() ?? false,
-                UseDora = root["use_dora"]?.GetValue<bool>() ?? false,
-                RankPattern = root["rank_pattern"]?.AsObject().ToDictionary(p => p.Key, p => p.Value!.GetValue<int>()) ?? [],
-                AlphaPattern = root["alpha_pattern"]?.AsObject().ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) ?? [],
-                TargetModules = root["target_modules"] is JsonArray arr ? arr.Select(n => n!.GetValue<string>()).ToList() : [],
-                LoraDropout = root["lora_dropout"]?.GetValue<double>() ?? 0,
-                BaseModelNameOrPath = root["base_model_name_or_path"]?.GetValue<string>(),
-                TaskType = root["task_type"]?.GetValue<string>() ?? "CAUSAL_LM",
+                R = Field<int>(root, "r", path) ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'r'."),
+                LoraAlpha = Field<double>(root, "lora_alpha", path) ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'lora_alpha'."),
+                UseRsLora = Field<bool>(root, "use_rslora", path) ?? false,
+                UseDora = Field<bool>(root, "use_dora", path) ?? false,
+                RankPattern = PatternMap<int>(root, "rank_pattern", path),
+                AlphaPattern = PatternMap<double>(root, "alpha_pattern", path),
+                TargetModules = root["target_modules"] is JsonArray arr ? arr.Select((n, i) => n is JsonValue v && v.TryGetValue(out string? t) ? t : throw new AdapterFormatException($"PEFT config '{path}': target_modules[{i}] is not a string.")).ToList() : [],
+                LoraDropout = Field<double>(root, "lora_dropout", path) ?? 0,
+                BaseModelNameOrPath = root["base_model_name_or_path"] is JsonValue b && b.TryGetValue(out string? baseModel) ? baseModel : null,
+                TaskType = root["task_type"] is JsonValue tt && tt.TryGetValue(out string? task) ? task : "CAUSAL_LM",
             };
+            if (config.R <= 0 || config.RankPattern.Any(p => p.Value <= 0))
+            {
+                throw new AdapterFormatException($"PEFT config '{path}': 'r' and every rank_pattern value must be positive (r = {config.R}).");
+            }
+
+            if (!double.IsFinite(config.LoraAlpha) || config.AlphaPattern.Any(p => !double.IsFinite(p.Value)))
+            {
+                throw new AdapterFormatException($"PEFT config '{path}': 'lora_alpha' and every alpha_pattern value must be finite numbers.");
+            }
+
+            return config;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or InvalidOperationException or FormatException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or InvalidOperationException or FormatException or ArgumentException)
         {
             throw new AdapterFormatException($"Cannot read PEFT config '{path}': {e.Message}", e);
         }
+    }
+
+    // A present field of the wrong JSON type is an error naming the field; null or absent means "not given".
+    private static T? Field<T>(JsonNode root, string name, string path) where T : struct
+    {
+        JsonNode? node = root[name];
+        if (node is null)
+        {
+            return null;
+        }
+
+        return node is JsonValue v && v.TryGetValue(out T value)
+            ? value
+            : throw new AdapterFormatException($"PEFT config '{path}': '{name}' is {node.ToJsonString()}; expected a {typeof(T).Name.ToLowerInvariant()}.");
+    }
+
+    private static Dictionary<string, T> PatternMap<T>(JsonNode root, string name, string path) where T : struct
+    {
+        var result = new Dictionary<string, T>(StringComparer.Ordinal);
+        if (root[name] is null)
+        {
+            return result;
+        }
+
+        if (root[name] is not JsonObject map)
+        {
+            throw new AdapterFormatException($"PEFT config '{path}': '{name}' must be an object of module pattern → value.");
+        }
+
+        foreach ((string key, JsonNode? value) in map)
+        {
+            try
+            {
+                _ = PeftConfig.PatternRegex(key);
+            }
+            catch (ArgumentException e)
+            {
+                throw new AdapterFormatException($"PEFT config '{path}': {name} key '{key}' is not a valid regex: {e.Message}", e);
+            }
+
+            result[key] = value is JsonValue v && v.TryGetValue(out T parsed)
+                ? parsed
+                : throw new AdapterFormatException($"PEFT config '{path}': {name}['{key}'] is {value?.ToJsonString() ?? "null"}; expected a {typeof(T).Name.ToLowerInvariant()}.");
+        }
+
+        return result;
     }
 
     /// <summary>
@@ -248,6 +338,16 @@ public static class PeftAdapter
             if (a.Dims.Count != 2 || b.Dims.Count != 2 || a.Dims[0] != b.Dims[1])
             {
                 throw new AdapterFormatException($"Module '{module}' in '{path}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; expected [r, in] and [out, r].");
+            }
+
+            if (a.Dims.Concat(b.Dims).Any(d => d is <= 0 or > int.MaxValue))
+            {
+                throw new AdapterFormatException($"Module '{module}' in '{path}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; every dimension must be between 1 and {int.MaxValue}.");
+            }
+
+            if (kinds.TryGetValue("m", out SafetensorsEntry? mag) && (mag.Dims.Count != 1 || mag.Dims[0] != b.Dims[0]))
+            {
+                throw new AdapterFormatException($"Module '{module}' in '{path}': lora_magnitude_vector is [{string.Join(",", mag.Dims)}]; expected [{b.Dims[0]}] (out features).");
             }
 
             int rank = (int)a.Dims[0], inF = (int)a.Dims[1], outF = (int)b.Dims[0];

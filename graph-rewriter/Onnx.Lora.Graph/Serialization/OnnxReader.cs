@@ -6,10 +6,22 @@ namespace Onnx.Lora.Graph.Serialization;
 
 /// <summary>
 /// Reads an ONNX file into the IR. External tensors are validated (location inside the model's folder, file
-/// present and long enough) but not read: their bytes are mapped on first use.
+/// present and long enough, byte ranges not partly overlapping) but not read: their bytes are mapped on first use.
 /// </summary>
+/// <remarks>
+/// NOTE: every failure on a hostile file surfaces as <see cref="OnnxSerializationException"/> naming the file and the
+/// tensor / node: nesting is bounded (<see cref="MaxNestingDepth"/> protobuf levels, checked before the stack runs out),
+/// declared sizes are checked against the file before anything is allocated (protobuf itself reads huge length
+/// prefixes in chunks), and size arithmetic is overflow-checked.
+/// </remarks>
 public static class OnnxReader
 {
+    /// <summary>
+    /// Deepest protobuf message nesting accepted (protobuf's default is 100, too few for deep If/Loop bodies: each
+    /// subgraph level costs three message levels, Graph → Node → Attribute).
+    /// </summary>
+    public const int MaxNestingDepth = 1000;
+
     /// <summary>Loads the model at <paramref name="path"/>.</summary>
     /// <exception cref="OnnxSerializationException">The file is missing, is not an ONNX model, or its external data is missing, short or outside the model's folder.</exception>
     public static Model Load(string path)
@@ -27,7 +39,7 @@ public static class OnnxReader
             using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
             proto = Parse(stream);
         }
-        catch (Exception e) when (e is InvalidProtocolBufferException or IOException or InvalidOperationException)
+        catch (Exception e) when (e is InvalidProtocolBufferException or IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException)
         {
             throw new OnnxSerializationException($"'{path}' is not a readable ONNX model: {e.Message}", e);
         }
@@ -44,7 +56,7 @@ public static class OnnxReader
             using var stream = new MemoryStream(bytes.ToArray(), writable: false);
             proto = Parse(stream);
         }
-        catch (Exception e) when (e is InvalidProtocolBufferException or InvalidOperationException)
+        catch (Exception e) when (e is InvalidProtocolBufferException or InvalidOperationException or ArgumentException)
         {
             throw new OnnxSerializationException($"The bytes are not a readable ONNX model: {e.Message}", e);
         }
@@ -54,9 +66,11 @@ public static class OnnxReader
 
     private static ModelProto Parse(Stream stream)
     {
-        // Deep If/Loop nesting exceeds protobuf's default recursion limit of 100.
+        // Deep If/Loop nesting exceeds protobuf's default recursion limit of 100. The size limit is the stream's
+        // length: no field may claim more bytes than the file has.
         var proto = new ModelProto();
-        using var limited = CodedInputStream.CreateWithLimits(stream, int.MaxValue, 1000);
+        int sizeLimit = stream.CanSeek ? (int)Math.Min(int.MaxValue, stream.Length) : int.MaxValue;
+        using var limited = CodedInputStream.CreateWithLimits(stream, sizeLimit, MaxNestingDepth);
         proto.MergeFrom(limited);
         if (proto.Graph is null)
         {
@@ -69,7 +83,29 @@ public static class OnnxReader
     private static Model FromProto(ModelProto proto, string? baseDirectory, string displayPath)
     {
         var context = new ReadContext(baseDirectory, displayPath);
-        var model = new Model(context.ReadGraph(proto.Graph, outer: null))
+        try
+        {
+            Graph graph = context.ReadGraph(proto.Graph, outer: null);
+            context.CheckExternalRanges();
+            return Assemble(proto, graph, context, baseDirectory);
+        }
+        catch (Exception e) when (e is not OnnxSerializationException
+            && e is GraphValidationException or ArgumentException or OverflowException or NotSupportedException or InvalidOperationException or InsufficientExecutionStackException)
+        {
+            // A safety net for inconsistencies the IR itself rejects (duplicate names, bad shapes): still the model's fault.
+            context.DisposeFiles();
+            throw new OnnxSerializationException($"{displayPath}: {e.Message}", e);
+        }
+        catch
+        {
+            context.DisposeFiles();
+            throw;
+        }
+    }
+
+    private static Model Assemble(ModelProto proto, Graph graph, ReadContext context, string? baseDirectory)
+    {
+        var model = new Model(graph)
         {
             IrVersion = proto.IrVersion,
             ProducerName = NullIfEmpty(proto.ProducerName),
@@ -100,10 +136,50 @@ public static class OnnxReader
 
     private sealed class ReadContext(string? baseDirectory, string displayPath)
     {
+        private readonly List<ExternalTensor> _externals = [];
+
         public Dictionary<string, ExternalDataFile> Files { get; } = new(StringComparer.Ordinal);
+
+        public void DisposeFiles()
+        {
+            foreach (ExternalDataFile file in Files.Values)
+            {
+                file.Dispose();
+            }
+        }
+
+        /// <summary>
+        /// Refuses external tensors whose byte ranges partly overlap (a corrupt or hostile index: writing one tensor
+        /// would change another). Identical ranges are allowed: exporters may point tied weights at the same bytes.
+        /// </summary>
+        public void CheckExternalRanges()
+        {
+            foreach (IGrouping<ExternalDataFile, ExternalTensor> file in _externals.Where(t => t.Length > 0).GroupBy(t => t.File))
+            {
+                ExternalTensor? previous = null;
+                foreach (ExternalTensor t in file.OrderBy(t => t.Offset).ThenBy(t => t.Length))
+                {
+                    if (previous is not null && t.Offset < previous.Offset + previous.Length
+                        && !(t.Offset == previous.Offset && t.Length == previous.Length))
+                    {
+                        throw new OnnxSerializationException($"{displayPath}: tensors '{previous.Name}' (bytes {previous.Offset}..{previous.Offset + previous.Length}) and '{t.Name}' (bytes {t.Offset}..{t.Offset + t.Length}) overlap in external data file '{file.Key.Location}'.");
+                    }
+
+                    if (previous is null || t.Offset + t.Length > previous.Offset + previous.Length)
+                    {
+                        previous = t;
+                    }
+                }
+            }
+        }
 
         public Graph ReadGraph(GraphProto proto, Scope? outer)
         {
+            if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw new OnnxSerializationException($"{displayPath}: graph '{proto.Name}' is nested too deeply to read.");
+            }
+
             var graph = new Graph(proto.Name)
             {
                 DocString = NullIfEmpty(proto.DocString),
@@ -163,7 +239,13 @@ public static class OnnxReader
                 nodes.Add((node, np));
             }
 
-            var infos = proto.ValueInfo.ToDictionary(v => v.Name, StringComparer.Ordinal);
+            // Last one wins on duplicate value_info names (as onnx's shape inference merges them), no exception.
+            var infos = new Dictionary<string, ValueInfoProto>(StringComparer.Ordinal);
+            foreach (ValueInfoProto info in proto.ValueInfo)
+            {
+                infos[info.Name] = info;
+            }
+
             foreach ((Node node, NodeProto np) in nodes)
             {
                 foreach (string inputName in np.Input)
@@ -289,6 +371,10 @@ public static class OnnxReader
             {
                 throw new OnnxSerializationException($"{displayPath}: {e.Message}", e);
             }
+            catch (OverflowException e)
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' has dims [{string.Join(",", tp.Dims)}] whose size overflows a 64-bit integer.", e);
+            }
 
             tensor.DocString = NullIfEmpty(tp.DocString);
             tensor.MetadataProps.AddRange(tp.MetadataProps.Select(p => KeyValuePair.Create(p.Key, p.Value)));
@@ -327,6 +413,16 @@ public static class OnnxReader
                 throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' uses external data '{location}', but the model was loaded from memory without a base directory.");
             }
 
+            if (type != DataType.String && type.BitWidth() == 0)
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' has unsupported data type {(int)type}.");
+            }
+
+            if (tp.Dims.Any(d => d < 0))
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' has a negative dimension in [{string.Join(",", tp.Dims)}].");
+            }
+
             ExternalDataFile file = OpenDataFile(location, tp.Name);
             long expected = type == DataType.String ? -1 : type.ByteCount(tp.Dims.Aggregate(1L, (a, d) => checked(a * d)));
             if (length < 0)
@@ -339,12 +435,15 @@ public static class OnnxReader
                 throw new OnnxSerializationException($"{displayPath}: tensor '{tp.Name}' ({type.ShortName()}[{string.Join(",", tp.Dims)}]) declares {length} bytes of external data; its shape needs {expected}.");
             }
 
-            if (offset < 0 || offset + length > file.Length)
+            // NOTE: written as a subtraction: offset + length can overflow a long for hostile values.
+            if (offset < 0 || length < 0 || offset > file.Length || length > file.Length - offset)
             {
                 throw new OnnxSerializationException($"External data file '{file.FullPath}' is too short for tensor '{tp.Name}': needs bytes {offset}..{offset + length}, the file has {file.Length}.");
             }
 
-            return new ExternalTensor(tp.Name, type, tp.Dims, file, offset, length);
+            var tensor = new ExternalTensor(tp.Name, type, tp.Dims, file, offset, length);
+            _externals.Add(tensor);
+            return tensor;
         }
 
         private ExternalDataFile OpenDataFile(string location, string tensorName)

@@ -70,10 +70,10 @@ internal sealed class CombineCommand : LoraCommand
         {
             if (!double.TryParse(parts[i], NumberStyles.Float, CultureInfo.InvariantCulture, out values[i]))
             {
-                throw new AdapterMismatchException($"--weights '{text}': '{parts[i]}' is not a number.");
+                throw new UsageException($"--weights '{text}': '{parts[i]}' is not a number.");
             }
         }
 
-        return values.Length == count ? values : throw new AdapterMismatchException($"--weights gives {values.Length} weights for {count} adapters.");
+        return values.Length == count ? values : throw new UsageException($"--weights gives {values.Length} weights for {count} adapters.");
     }
 }

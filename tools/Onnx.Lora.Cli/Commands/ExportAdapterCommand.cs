@@ -46,13 +46,13 @@ internal sealed class ExportAdapterCommand : LoraCommand
         string? adapterOut = parse.GetValue(s_output), peft = parse.GetValue(s_peft), serving = parse.GetValue(s_serving);
         if (adapterOut is null && peft is null && serving is null)
         {
-            throw new AdapterMismatchException("Give --output NAME.onnx_adapter, --peft DIR and/or --serving DIR.");
+            throw new UsageException("Give --output NAME.onnx_adapter, --peft DIR and/or --serving DIR.");
         }
 
         if (adapterOut is not null || peft is not null)
         {
             using Model model = OnnxReader.Load(path);
-            LoraManifest manifest = LoraManifest.Read(model) ?? throw new AdapterMismatchException($"Model '{path}' has no LoRA manifest; --output and --peft export a trained LoRA model's adapter.");
+            LoraManifest manifest = LoraManifest.Read(model) ?? throw new UsageException($"Model '{path}' has no LoRA manifest; --output and --peft export a trained LoRA model's adapter.");
             LoraWeights weights = LoraWeights.FromModel(model, manifest, path);
             if (adapterOut is not null)
             {
@@ -90,7 +90,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
                 {
                     ModelPath = report.ModelPath,
                     OutputFolder = genai,
-                    GenAiConfigPath = parse.GetValue(s_genaiConfig) ?? throw new AdapterMismatchException("--genai needs --genai-config (the base model's genai_config.json)."),
+                    GenAiConfigPath = parse.GetValue(s_genaiConfig) ?? throw new UsageException("--genai needs --genai-config (the base model's genai_config.json)."),
                     TokenizerFolder = parse.GetValue(s_tokenizer),
                     Adapters = report.AdapterPaths.Select(p => new GenAiAdapter(p.Key, p.Value)).ToList(),
                 });
@@ -99,7 +99,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
         }
         else if (parse.GetValue(s_genai) is not null)
         {
-            throw new AdapterMismatchException("--genai needs --serving (the GenAI folder holds the serving model).");
+            throw new UsageException("--genai needs --serving (the GenAI folder holds the serving model).");
         }
 
         return Task.FromResult(ExitCodes.Success);
@@ -108,6 +108,6 @@ internal sealed class ExportAdapterCommand : LoraCommand
     private static ServingAdapter ParseAdapter(string text)
     {
         int eq = text.IndexOf('=', StringComparison.Ordinal);
-        return eq > 0 ? new ServingAdapter(text[..eq], text[(eq + 1)..]) : throw new AdapterMismatchException($"--adapter '{text}' is not NAME=PATH.");
+        return eq > 0 ? new ServingAdapter(text[..eq], text[(eq + 1)..]) : throw new UsageException($"--adapter '{text}' is not NAME=PATH.");
     }
 }

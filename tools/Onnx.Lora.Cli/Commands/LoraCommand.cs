@@ -1,11 +1,15 @@
 using System.CommandLine;
+using Onnx.Lora.Exporter;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Trainer;
+using Onnx.Lora.Trainer.Runner;
 
 namespace Onnx.Lora.Cli.Commands;
 
 /// <summary>
-/// Base of every verb: runs <see cref="ExecuteAsync"/> and turns expected failures (bad model, bad option, missing
-/// file) into one clear line on stderr and <see cref="ExitCodes.InvalidInput"/>, never a stack trace.
+/// Base of every verb: runs <see cref="ExecuteAsync"/> and turns expected failures (bad model, bad adapter, bad data,
+/// bad option, missing file) into one clear line on stderr and the exit code of that kind of input
+/// (<see cref="ExitCodeFor"/>), never a stack trace unless <c>--verbose</c> asks for one.
 /// </summary>
 internal abstract class LoraCommand : Command
 {
@@ -17,10 +21,25 @@ internal abstract class LoraCommand : Command
     /// <summary>The verb itself; writes results to <paramref name="output"/>.</summary>
     protected abstract Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The exit code for an expected failure: the kind of input at fault decides it, so scripts can tell a broken model
+    /// (4) from a broken adapter (5) or dataset (6) without parsing the message.
+    /// </summary>
+    internal static int ExitCodeFor(Exception e) => e switch
+    {
+        OnnxSerializationException => ExitCodes.BadModel,
+        AdapterFormatException or AdapterMismatchException => ExitCodes.BadAdapter,
+        DataException => ExitCodes.BadData,
+        ResourceLimitException or OutOfMemoryException => ExitCodes.ResourceLimit,
+        TrainingGuardException => ExitCodes.GuardTripped,
+        _ => ExitCodes.InvalidInput,
+    };
+
     private async Task<int> RunAsync(ParseResult parse, CancellationToken cancellationToken)
     {
         TextWriter output = parse.InvocationConfiguration.Output;
         TextWriter error = parse.InvocationConfiguration.Error;
+        bool verbose = parse.GetValue(GlobalOptions.Verbose);
         try
         {
             return await ExecuteAsync(parse, output, cancellationToken).ConfigureAwait(false);
@@ -33,14 +52,31 @@ internal abstract class LoraCommand : Command
         catch (Exception e) when (e is LoraException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException)
         {
             await error.WriteLineAsync($"onnx-lora {Name}: error: {OneLine(e.Message)}").ConfigureAwait(false);
-            return ExitCodes.InvalidInput;
+            await WriteDetailsAsync(error, e, verbose).ConfigureAwait(false);
+            return ExitCodeFor(e);
+        }
+        catch (OutOfMemoryException e)
+        {
+            // NOTE: readers check declared sizes before allocating; this is the last line for a job that is simply too big.
+            await error.WriteLineAsync($"onnx-lora {Name}: error: out of memory ({OneLine(e.Message)}); the job needs more memory than this machine has.").ConfigureAwait(false);
+            await WriteDetailsAsync(error, e, verbose).ConfigureAwait(false);
+            return ExitCodes.ResourceLimit;
         }
 #pragma warning disable CA1031 // A bug must still end in one line and a named exit code, not a stack trace.
         catch (Exception e)
 #pragma warning restore CA1031
         {
             await error.WriteLineAsync($"onnx-lora {Name}: internal error ({e.GetType().Name}): {OneLine(e.Message)}").ConfigureAwait(false);
+            await WriteDetailsAsync(error, e, verbose).ConfigureAwait(false);
             return ExitCodes.InternalError;
+        }
+    }
+
+    private static async Task WriteDetailsAsync(TextWriter error, Exception e, bool verbose)
+    {
+        if (verbose)
+        {
+            await error.WriteLineAsync(e.ToString()).ConfigureAwait(false);
         }
     }
 

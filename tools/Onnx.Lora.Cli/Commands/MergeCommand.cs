@@ -51,7 +51,7 @@ internal sealed class MergeCommand : LoraCommand
         }
         else
         {
-            report = BaseModelMerge.Merge(model, adapter ?? throw new Exporter.AdapterMismatchException($"Model '{model}' has no LoRA adapters; give the adapter to merge with --adapter."), target, options);
+            report = BaseModelMerge.Merge(model, adapter ?? throw new UsageException($"Model '{model}' has no LoRA adapters; give the adapter to merge with --adapter."), target, options);
         }
 
         output.WriteLine($"merged {report.MergedModules} modules, removed {report.RemovedNodes} LoRA nodes → {target}");

@@ -100,9 +100,17 @@ public sealed class TextTokenizer
             throw new DataException($"Tokenizer file '{path}' does not exist.");
         }
 
-        TextTokenizer tokenizer = path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? LoadHuggingFace(path) : LoadSentencePiece(path);
-        tokenizer.ApplyConfig(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        return tokenizer;
+        try
+        {
+            TextTokenizer tokenizer = path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? LoadHuggingFace(path) : LoadSentencePiece(path);
+            tokenizer.ApplyConfig(Path.GetDirectoryName(Path.GetFullPath(path))!);
+            return tokenizer;
+        }
+        catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException or IndexOutOfRangeException or ArgumentException or IOException or UnauthorizedAccessException)
+        {
+            // A field of the wrong JSON type or shape (a number where a string belongs, a merge that is not a pair...).
+            throw new DataException($"Tokenizer '{path}' (or its tokenizer_config.json / special_tokens_map.json) is malformed: {e.Message}", e);
+        }
     }
 
     /// <summary>
@@ -300,7 +308,11 @@ public sealed class TextTokenizer
         using (doc)
         {
             JsonElement root = doc.RootElement;
-            JsonElement model = root.GetProperty("model");
+            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out JsonElement model) || model.ValueKind != JsonValueKind.Object)
+            {
+                throw new DataException($"Tokenizer '{path}' has no \"model\" object (not a Hugging Face tokenizer.json).");
+            }
+
             string type = model.TryGetProperty("type", out JsonElement t) ? t.GetString() ?? "" : "BPE";
             if (type != "BPE")
             {
@@ -308,26 +320,50 @@ public sealed class TextTokenizer
             }
 
             var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-            foreach (JsonProperty p in model.GetProperty("vocab").EnumerateObject())
+            if (!model.TryGetProperty("vocab", out JsonElement vocabJson) || vocabJson.ValueKind != JsonValueKind.Object)
             {
-                vocab[p.Name] = p.Value.GetInt32();
+                throw new DataException($"Tokenizer '{path}': model.vocab is missing or not an object of token → id.");
+            }
+
+            foreach (JsonProperty p in vocabJson.EnumerateObject())
+            {
+                vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id >= 0
+                    ? id
+                    : throw new DataException($"Tokenizer '{path}': model.vocab['{p.Name}'] is {p.Value}; expected a non-negative integer id.");
             }
 
             var merges = new List<string>();
             if (model.TryGetProperty("merges", out JsonElement m))
             {
+                int index = 0;
                 foreach (JsonElement merge in m.EnumerateArray())
                 {
-                    merges.Add(merge.ValueKind == JsonValueKind.Array ? merge[0].GetString() + " " + merge[1].GetString() : merge.GetString()!);
+                    merges.Add(merge.ValueKind switch
+                    {
+                        JsonValueKind.Array when merge.GetArrayLength() == 2 && merge[0].ValueKind == JsonValueKind.String && merge[1].ValueKind == JsonValueKind.String
+                            => merge[0].GetString() + " " + merge[1].GetString(),
+                        JsonValueKind.String => merge.GetString()!,
+                        _ => throw new DataException($"Tokenizer '{path}': model.merges[{index}] is {merge}; expected \"a b\" or [\"a\", \"b\"]."),
+                    });
+                    index++;
                 }
             }
 
             var added = new Dictionary<string, int>(StringComparer.Ordinal);
             if (root.TryGetProperty("added_tokens", out JsonElement addedTokens))
             {
+                int index = 0;
                 foreach (JsonElement a in addedTokens.EnumerateArray())
                 {
-                    added[a.GetProperty("content").GetString()!] = a.GetProperty("id").GetInt32();
+                    if (a.ValueKind != JsonValueKind.Object
+                        || !a.TryGetProperty("content", out JsonElement content) || content.ValueKind != JsonValueKind.String
+                        || !a.TryGetProperty("id", out JsonElement idJson) || idJson.ValueKind != JsonValueKind.Number || !idJson.TryGetInt32(out int addedId) || addedId < 0)
+                    {
+                        throw new DataException($"Tokenizer '{path}': added_tokens[{index}] needs \"content\" (string) and \"id\" (non-negative integer).");
+                    }
+
+                    added[content.GetString()!] = addedId;
+                    index++;
                 }
             }
 
