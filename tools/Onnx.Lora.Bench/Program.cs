@@ -8,6 +8,8 @@ using Onnx.Lora.Bench;
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
 //   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
+//   fuzz [--target onnx|safetensors|onnx_adapter|all] [--iterations N] [--seed S] [--crashes DIR] [--timeout-ms T]
+//                                                       seeded mutation fuzzing of the readers; exit 1 on any crash
 return args.FirstOrDefault() switch
 {
     "graph-io" => GraphIoBenchmark.Run(args[1..]),
@@ -18,11 +20,12 @@ return args.FirstOrDefault() switch
     MergeBenchmark.ChildVerb => MergeBenchmark.RunChild(args[1..]),
     "adamw" => AdamWBenchmark.Run(args[1..]),
     "dump" when args.Length == 2 => ModelDump.Run(args[1]),
+    "fuzz" => FuzzCommand.Run(args[1..]),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | dump MODEL");
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | dump MODEL | fuzz [--target T] [--iterations N] [--seed S]");
     return 2;
 }

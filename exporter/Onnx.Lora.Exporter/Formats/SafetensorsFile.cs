@@ -180,6 +180,13 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Parses and validates a header: entries, dtype sizes, and the exact tiling of the data section.</summary>
     internal static (List<SafetensorsEntry> Entries, Dictionary<string, string> Metadata) ParseHeader(string path, ReadOnlySpan<byte> header, long dataLength)
     {
+        // NOTE: JsonDocument accepts invalid UTF-8 inside strings and only fails when a name is read (a raw
+        // InvalidOperationException); check the encoding first.
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+        {
+            throw new AdapterFormatException($"Safetensors file '{path}' has a header that is not valid UTF-8 text.");
+        }
+
         JsonDocument doc;
         try
         {
