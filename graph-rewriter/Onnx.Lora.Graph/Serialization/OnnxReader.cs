@@ -69,7 +69,7 @@ public static class OnnxReader
         // Deep If/Loop nesting exceeds protobuf's default recursion limit of 100. The size limit is the stream's
         // length: no field may claim more bytes than the file has.
         var proto = new ModelProto();
-        int sizeLimit = stream.CanSeek ? (int)Math.Min(int.MaxValue, stream.Length) : int.MaxValue;
+        int sizeLimit = stream.CanSeek ? (int)Math.Clamp(stream.Length, 1, int.MaxValue) : int.MaxValue;
         using var limited = CodedInputStream.CreateWithLimits(stream, sizeLimit, MaxNestingDepth);
         proto.MergeFrom(limited);
         if (proto.Graph is null)

@@ -2,13 +2,13 @@ using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Cli;
 
-/// <summary>Broken model files give exit code 2 and one line naming the file, never a stack trace or partial output.</summary>
+/// <summary>Broken model files give exit code 4 (BadModel) and one line naming the file, never a stack trace or partial output.</summary>
 [TestClass]
 public sealed class BadInputTests
 {
     private static void AssertCleanFailure((int ExitCode, string Out, string Err) result, string fileName, string outDir)
     {
-        Assert.AreEqual(2, result.ExitCode, result.Err);
+        Assert.AreEqual(4, result.ExitCode, result.Err);
         StringAssert.Contains(result.Err, fileName);
         Assert.IsFalse(result.Err.Contains("   at ", StringComparison.Ordinal), result.Err);
         Assert.IsFalse(result.Out.Contains("   at ", StringComparison.Ordinal));

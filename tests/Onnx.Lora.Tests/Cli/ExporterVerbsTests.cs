@@ -8,13 +8,15 @@ using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Cli;
 
-/// <summary>The exporter verbs in-process: success paths produce what the library produces; bad input gives exit code 2 and one line naming the file.</summary>
+/// <summary>The exporter verbs in-process: success paths produce what the library produces; bad input gives the exit code of its kind (2 usage, 5 adapter) and one line naming the file.</summary>
 [TestClass]
 public sealed class ExporterVerbsTests
 {
-    private static void AssertCleanFailure((int ExitCode, string Out, string Err) result, string expected, params string[] mustNotExist)
+    private const int Usage = 2, BadAdapter = 5;
+
+    private static void AssertCleanFailure((int ExitCode, string Out, string Err) result, int exitCode, string expected, params string[] mustNotExist)
     {
-        Assert.AreEqual(2, result.ExitCode, result.Err + result.Out);
+        Assert.AreEqual(exitCode, result.ExitCode, result.Err + result.Out);
         StringAssert.Contains(result.Err, expected);
         Assert.IsFalse(result.Err.Contains("   at ", StringComparison.Ordinal), result.Err);
         Assert.AreEqual(1, result.Err.TrimEnd().Split('\n').Length, "one line: " + result.Err);
@@ -47,7 +49,7 @@ public sealed class ExporterVerbsTests
         string serving = LoraTestModels.Save(LoraTestModels.WithLora(LoraTestModels.Base(), LoraTestModels.RandomWeights(4, 8), LoraPlacement.AdapterSlots), dir.File("serving.onnx"));
         File.WriteAllBytes(dir.File("junk.onnx_adapter"), Enumerable.Range(0, 300).Select(i => (byte)(i * 7)).ToArray());
 
-        AssertCleanFailure(CliRunner.Run("merge", serving, "--adapter", dir.File("junk.onnx_adapter"), "-o", dir.File("merged.onnx")), "junk.onnx_adapter", dir.File("merged.onnx"));
+        AssertCleanFailure(CliRunner.Run("merge", serving, "--adapter", dir.File("junk.onnx_adapter"), "-o", dir.File("merged.onnx")), BadAdapter, "junk.onnx_adapter", dir.File("merged.onnx"));
     }
 
     [TestMethod]
@@ -55,7 +57,7 @@ public sealed class ExporterVerbsTests
     {
         using var dir = new TempDir();
         string basePath = LoraTestModels.Save(LoraTestModels.Base(), dir.File("base.onnx"));
-        AssertCleanFailure(CliRunner.Run("merge", basePath, "-o", dir.File("merged.onnx")), "base.onnx", dir.File("merged.onnx"));
+        AssertCleanFailure(CliRunner.Run("merge", basePath, "-o", dir.File("merged.onnx")), Usage, "base.onnx", dir.File("merged.onnx"));
     }
 
     [TestMethod]
@@ -82,7 +84,7 @@ public sealed class ExporterVerbsTests
 
         var result = CliRunner.Run("merge", basePath, "--adapter", dir.File("typo.onnx_adapter"), "-o", dir.File("merged.onnx"));
 
-        AssertCleanFailure(result, "typo.onnx_adapter", dir.File("merged.onnx"));
+        AssertCleanFailure(result, BadAdapter, "typo.onnx_adapter", dir.File("merged.onnx"));
         StringAssert.Contains(result.Err, "closest: '" + m.Module + "'");
     }
 
@@ -123,7 +125,7 @@ public sealed class ExporterVerbsTests
     {
         using var dir = new TempDir();
         OnnxAdapterFormat.Write(AdapterLoader.ToNamedAdapter(LoraTestModels.RandomWeights(4, 8)), dir.File("a.onnx_adapter"));
-        AssertCleanFailure(CliRunner.Run("combine", dir.File("a.onnx_adapter"), "--weights", "1,2", "-o", dir.File("c.onnx_adapter")), "--weights", dir.File("c.onnx_adapter"));
+        AssertCleanFailure(CliRunner.Run("combine", dir.File("a.onnx_adapter"), "--weights", "1,2", "-o", dir.File("c.onnx_adapter")), Usage, "--weights", dir.File("c.onnx_adapter"));
     }
 
     [TestMethod]
@@ -133,7 +135,7 @@ public sealed class ExporterVerbsTests
         OnnxAdapterFormat.Write(AdapterLoader.ToNamedAdapter(LoraTestModels.RandomWeights(4, 8)), dir.File("a.onnx_adapter"));
         byte[] bytes = File.ReadAllBytes(dir.File("a.onnx_adapter"));
         File.WriteAllBytes(dir.File("cut.onnx_adapter"), bytes.AsSpan(0, bytes.Length / 2).ToArray());
-        AssertCleanFailure(CliRunner.Run("combine", dir.File("a.onnx_adapter"), dir.File("cut.onnx_adapter"), "-o", dir.File("c.onnx_adapter")), "cut.onnx_adapter", dir.File("c.onnx_adapter"));
+        AssertCleanFailure(CliRunner.Run("combine", dir.File("a.onnx_adapter"), dir.File("cut.onnx_adapter"), "-o", dir.File("c.onnx_adapter")), BadAdapter, "cut.onnx_adapter", dir.File("c.onnx_adapter"));
     }
 
     [TestMethod]
@@ -168,7 +170,7 @@ public sealed class ExporterVerbsTests
     public void ExportAdapter_NoOutputGiven_FailsCleanly()
     {
         using var dir = new TempDir();
-        AssertCleanFailure(CliRunner.Run("export-adapter", LoraModel(dir)), "--output");
+        AssertCleanFailure(CliRunner.Run("export-adapter", LoraModel(dir)), Usage, "--output");
     }
 
     [TestMethod]
@@ -176,6 +178,6 @@ public sealed class ExporterVerbsTests
     {
         using var dir = new TempDir();
         File.WriteAllBytes(dir.File("old.fb"), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-        AssertCleanFailure(CliRunner.Run("convert-adapter", dir.File("old.fb"), "-o", dir.File("new.onnx_adapter")), "old.fb", dir.File("new.onnx_adapter"));
+        AssertCleanFailure(CliRunner.Run("convert-adapter", dir.File("old.fb"), "-o", dir.File("new.onnx_adapter")), BadAdapter, "old.fb", dir.File("new.onnx_adapter"));
     }
 }

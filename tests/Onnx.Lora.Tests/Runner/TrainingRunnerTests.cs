@@ -184,14 +184,14 @@ public sealed class TrainingRunnerTests
     }
 
     [TestMethod]
-    public void Train_BadDataRow_ExitsInvalidInputNamingFileAndLineBeforeTraining()
+    public void Train_BadDataRow_ExitsBadDataNamingFileAndLineBeforeTraining()
     {
         using var dir = new TempDir();
         string data = dir.File("bad.jsonl");
         File.WriteAllLines(data, ["{\"text\": \"Once upon a time.\"}", "{\"text\": \"The end.\"}", "{\"text\": \"oops\""]);
         (int code, _, string error) = CliRunner.Run("train", "--model", s_checkpoint, "--tokenizer", s_tokenizer, "--data", data, "--output-dir", dir.File("run"), "--max-steps", "2");
 
-        Assert.AreEqual(2, code, error);
+        Assert.AreEqual(6, code, error); // ExitCodes.BadData
         StringAssert.Contains(error, "bad.jsonl:3");
         Assert.IsFalse(Directory.Exists(dir.File("run/artifacts")), "the data is checked before any model work");
     }

@@ -674,7 +674,9 @@ public sealed class TextTokenizer
         try
         {
             using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(path));
-            return doc.RootElement.Clone();
+            return doc.RootElement.ValueKind == JsonValueKind.Object
+                ? doc.RootElement.Clone()
+                : throw new DataException($"'{path}' is a JSON {doc.RootElement.ValueKind}; expected an object.");
         }
         catch (JsonException e)
         {

@@ -1,0 +1,134 @@
+using System.Text.Json.Nodes;
+using Onnx.Lora.Tests.Support;
+using Onnx.Lora.Trainer;
+using Onnx.Lora.Trainer.Data;
+
+namespace Onnx.Lora.Tests.BadInput;
+
+/// <summary>Hostile JSONL data and tokenizer files: each gives a <see cref="DataException"/> naming the file and the line / field.</summary>
+[TestClass]
+public sealed class DataBadInputTests
+{
+    private static readonly string s_tokenizer = Fixtures.Path("stories260K", "tok512.model");
+
+    private static DataException LoadDataFails(string[] lines, params string[] expected)
+    {
+        using var dir = new TempDir();
+        string path = dir.File("data.jsonl");
+        File.WriteAllLines(path, lines);
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
+        foreach (string s in expected)
+        {
+            StringAssert.Contains(e.Message, s);
+        }
+
+        return e;
+    }
+
+    [TestMethod]
+    public void Jsonl_InvalidJsonLine_ThrowsNamingFileAndLine()
+    {
+        LoadDataFails(["{\"text\": \"Once upon a time.\"}", "{\"text\": \"The end.\"", "{\"text\": \"ok\"}"], "data.jsonl:2", "invalid JSON");
+    }
+
+    [TestMethod]
+    public void Jsonl_DeeplyNestedLine_ThrowsNamingLineInsteadOfRecursing()
+    {
+        string deep = "{\"text\": " + new string('[', 5000) + new string(']', 5000) + "}";
+        LoadDataFails(["{\"text\": \"fine\"}", deep], "data.jsonl:2");
+    }
+
+    [TestMethod]
+    [DataRow("[1, 2]", "expected a JSON object")]
+    [DataRow("{\"text\": 7}", "'text' must be a string")]
+    [DataRow("{\"messages\": \"hi\"}", "'messages' must be an array")]
+    [DataRow("{\"messages\": [7]}", "messages[0]")]
+    [DataRow("{\"unknown\": \"x\"}", "no known fields")]
+    public void Jsonl_WrongShapes_ThrowNamingLineAndField(string line, string expected)
+    {
+        LoadDataFails([line], "data.jsonl:1", expected);
+    }
+
+    [TestMethod]
+    public void Jsonl_InvalidUtf8_ThrowsOrReplacesNeverCrashes()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("bin.jsonl");
+        File.WriteAllBytes(path, [.. "{\"text\": \""u8, 0xC3, 0x28, 0xFF, .. "\"}\n"u8, 0x00, 0x01, 0x02, (byte)'\n']);
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
+        StringAssert.Contains(e.Message, "bin.jsonl:2");
+    }
+
+    private static DataException LoadTokenizerFails(Action<JsonObject> edit, params string[] expected)
+    {
+        using var dir = new TempDir();
+        var json = JsonNode.Parse(File.ReadAllText(Fixtures.Path("ortgenai-tiny-gqa", "tokenizer.json")))!.AsObject();
+        edit(json);
+        string path = dir.File("tokenizer.json");
+        File.WriteAllText(path, json.ToJsonString());
+        var e = Assert.ThrowsExactly<DataException>(() => TextTokenizer.Load(path));
+        StringAssert.Contains(e.Message, path);
+        foreach (string s in expected)
+        {
+            StringAssert.Contains(e.Message, s);
+        }
+
+        return e;
+    }
+
+    [TestMethod]
+    public void Tokenizer_FixtureLoads()
+    {
+        Assert.IsNotNull(TextTokenizer.Load(Fixtures.Path("ortgenai-tiny-gqa", "tokenizer.json")));
+    }
+
+    [TestMethod]
+    public void Tokenizer_NoModel_ThrowsNamingField() =>
+        LoadTokenizerFails(j => j.Remove("model"), "\"model\"");
+
+    [TestMethod]
+    public void Tokenizer_VocabIsArray_ThrowsNamingField() =>
+        LoadTokenizerFails(j => j["model"]!["vocab"] = new JsonArray(1, 2), "model.vocab");
+
+    [TestMethod]
+    public void Tokenizer_VocabIdNotInteger_ThrowsNamingToken() =>
+        LoadTokenizerFails(j => j["model"]!["vocab"]!["zzz_hostile"] = "seven", "model.vocab['zzz_hostile']");
+
+    [TestMethod]
+    public void Tokenizer_MergeNotPair_ThrowsNamingIndex() =>
+        LoadTokenizerFails(j => j["model"]!["merges"] = new JsonArray(new JsonArray("a"), 5), "model.merges[0]");
+
+    [TestMethod]
+    public void Tokenizer_AddedTokenWithoutId_ThrowsNamingIndex() =>
+        LoadTokenizerFails(j => j["added_tokens"] = new JsonArray(new JsonObject { ["content"] = "<x>" }), "added_tokens[0]");
+
+    [TestMethod]
+    public void Tokenizer_NotJson_ThrowsNamingFile()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("tokenizer.json"), "{\"model\": ");
+        var e = Assert.ThrowsExactly<DataException>(() => TextTokenizer.Load(dir.File("tokenizer.json")));
+        StringAssert.Contains(e.Message, "tokenizer.json");
+    }
+
+    [TestMethod]
+    public void Tokenizer_ConfigOfWrongShape_ThrowsNamingFolderFiles()
+    {
+        using var dir = new TempDir();
+        File.Copy(Fixtures.Path("ortgenai-tiny-gqa", "tokenizer.json"), dir.File("tokenizer.json"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), "[\"bos_token\"]");
+        var e = Assert.ThrowsExactly<DataException>(() => TextTokenizer.Load(dir.File("tokenizer.json")));
+        StringAssert.Contains(e.Message, "tokenizer_config.json");
+    }
+
+    [TestMethod]
+    public void Tokenizer_GarbageSentencePiece_ThrowsNamingFile()
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir.File("tok.model"), Enumerable.Range(0, 2048).Select(i => (byte)(i * 131 + 7)).ToArray());
+        var e = Assert.ThrowsExactly<DataException>(() => TextTokenizer.Load(dir.File("tok.model")));
+        StringAssert.Contains(e.Message, "tok.model");
+    }
+}
