@@ -40,6 +40,7 @@ internal static class FuzzCommand
             using FuzzTarget t = FuzzTarget.Create(name);
             FuzzReport r = FuzzEngine.Run(t, options);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {r.Executions:N0} | {r.Accepted:N0} | {r.Rejected:N0} | {r.ExecutionsPerSecond:N0} | {r.Crashes.Count} | {r.DistinctCrashes} |"));
+            Console.WriteLine("    rejected as: " + string.Join(", ", r.RejectionCauses.OrderByDescending(p => p.Value).Select(p => string.Create(CultureInfo.InvariantCulture, $"{p.Key} {p.Value:N0}"))));
             foreach (IGrouping<(string Kind, string Where), FuzzCrash> g in r.Crashes.GroupBy(c => (c.Kind, c.Where)))
             {
                 Console.WriteLine($"    {g.Count()} × {g.Key.Kind} at {g.Key.Where}: {g.First().Message} (first: iteration {g.First().Iteration})");

@@ -453,6 +453,11 @@ public static class OnnxReader
                 return known;
             }
 
+            if (location.Contains('\0', StringComparison.Ordinal))
+            {
+                throw new OnnxSerializationException($"{displayPath}: tensor '{tensorName}' has an external data location containing a NUL character.");
+            }
+
             if (Path.IsPathRooted(location) || location.Contains('\\', StringComparison.Ordinal) && Path.IsPathRooted(location.Replace('\\', '/')))
             {
                 throw new OnnxSerializationException($"{displayPath}: tensor '{tensorName}' has an absolute external data location '{location}'; only paths inside the model's folder are allowed.");

@@ -12,7 +12,9 @@ namespace Onnx.Lora.Bench.Fuzz;
 public sealed record FuzzCrash(long Iteration, string Kind, string Message, string Where, byte[] Input);
 
 /// <summary>What a campaign did.</summary>
-public sealed record FuzzReport(string Target, long Executions, long Accepted, long Rejected, TimeSpan Elapsed, IReadOnlyList<FuzzCrash> Crashes)
+/// <param name="RejectionCauses">Rejections by "ExceptionType(InnerExceptionType)": shows which checks fire, and how often a
+/// raw exception was only caught by a reader's last-resort wrapper.</param>
+public sealed record FuzzReport(string Target, long Executions, long Accepted, long Rejected, TimeSpan Elapsed, IReadOnlyList<FuzzCrash> Crashes, IReadOnlyDictionary<string, long> RejectionCauses)
 {
     /// <summary>Executions per second.</summary>
     public double ExecutionsPerSecond => Executions / Math.Max(Elapsed.TotalSeconds, 1e-9);
@@ -53,6 +55,7 @@ public static class FuzzEngine
         ArgumentNullException.ThrowIfNull(target);
         ArgumentNullException.ThrowIfNull(options);
         var crashes = new List<FuzzCrash>();
+        var causes = new Dictionary<string, long>(StringComparer.Ordinal);
         var corpus = new List<byte[]> { target.Seed };
         long accepted = 0, rejected = 0, executions = 0;
         var clock = Stopwatch.StartNew();
@@ -73,6 +76,7 @@ public static class FuzzEngine
                     break;
                 case OutcomeKind.Rejected:
                     rejected++;
+                    causes[outcome.Message!] = causes.GetValueOrDefault(outcome.Message!) + 1;
                     break;
                 default:
                     crashes.Add(new FuzzCrash(i, outcome.CrashKind!, outcome.Message!, outcome.Where!, input));
@@ -80,7 +84,7 @@ public static class FuzzEngine
             }
         }
 
-        return new FuzzReport(target.Name, executions, accepted, rejected, clock.Elapsed, crashes);
+        return new FuzzReport(target.Name, executions, accepted, rejected, clock.Elapsed, crashes, causes);
     }
 
     /// <summary>
@@ -112,9 +116,12 @@ public static class FuzzEngine
                 target.Execute(input);
                 return Checked(Outcome.Accepted);
             }
-            catch (LoraException)
+            catch (LoraException e)
             {
-                return Checked(Outcome.Rejected);
+                Outcome rejected = Checked(Outcome.Rejected);
+                return rejected.Kind == OutcomeKind.Rejected
+                    ? rejected with { Message = e.InnerException is null ? e.GetType().Name : $"{e.GetType().Name}({e.InnerException.GetType().Name})" }
+                    : rejected;
             }
 #pragma warning disable CA1031 // Any other exception is exactly what the fuzzer looks for.
             catch (Exception e)
