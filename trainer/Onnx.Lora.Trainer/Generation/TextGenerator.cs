@@ -139,7 +139,9 @@ public sealed class TextGenerator : IDisposable
 
             try
             {
-                session = sessionOptions is null ? new InferenceSession(modelPath) : new InferenceSession(modelPath, sessionOptions);
+                // ORT warns (on stderr) about every adapter slot, an initializer that is also an input: by design here.
+                using var quiet = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+                session = new InferenceSession(modelPath, sessionOptions ?? quiet);
             }
             catch (OnnxRuntimeException e)
             {
