@@ -41,6 +41,7 @@ public sealed class TextGenerator : IDisposable
     private long[] _ids = [];
     private long[] _positions = [];
     private long[] _ones = [];
+    private bool _disposed;
 
     private TextGenerator(InferenceSession session, RunOptions runOptions, List<OrtLoraAdapter> adapters, string modelPath)
     {
@@ -207,7 +208,7 @@ public sealed class TextGenerator : IDisposable
     {
         ArgumentNullException.ThrowIfNull(promptTokens);
         ArgumentNullException.ThrowIfNull(options);
-        ObjectDisposedException.ThrowIf(_session is null, this);
+        ObjectDisposedException.ThrowIf(_disposed, this);
         options.Validate();
         if (promptTokens.Count == 0)
         {
@@ -277,6 +278,12 @@ public sealed class TextGenerator : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
         _session.Dispose();
         foreach (OrtValue v in _emptyPast)
         {
