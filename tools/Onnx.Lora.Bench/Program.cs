@@ -7,6 +7,7 @@ using Onnx.Lora.Bench;
 //                                                       merged / LoRA / adapter-slot vs base latency through ORT (side by side),
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
 //   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
+//   generate [CHECKPOINT] [runs]                         decode tokens/s with the KV cache vs recompute (side by side), ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
 return args.FirstOrDefault() switch
 {
@@ -17,12 +18,13 @@ return args.FirstOrDefault() switch
     "merge" => MergeBenchmark.Run(args[1..]),
     MergeBenchmark.ChildVerb => MergeBenchmark.RunChild(args[1..]),
     "adamw" => AdamWBenchmark.Run(args[1..]),
+    "generate" => GenerateBenchmark.Run(args[1..]),
     "dump" when args.Length == 2 => ModelDump.Run(args[1]),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | dump MODEL");
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | generate [CHECKPOINT] [runs] | dump MODEL");
     return 2;
 }
