@@ -6,6 +6,8 @@ using Onnx.Lora.Bench;
 //   merge [--dir out/bench] [--rounds 30] [--runs 3] [--skip-latency] [--skip-large]
 //                                                       merged / LoRA / adapter-slot vs base latency through ORT (side by side),
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
+//   kill-resume [--dir out/bench/kill-resume] [--trials 10] [--seed N] [--steps 300] [--save-steps 5] [--cli onnx-lora.dll]
+//                                                       SIGKILL `train` at seeded random moments, resume, compare with an uninterrupted run
 //   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
 return args.FirstOrDefault() switch
@@ -17,12 +19,13 @@ return args.FirstOrDefault() switch
     "merge" => MergeBenchmark.Run(args[1..]),
     MergeBenchmark.ChildVerb => MergeBenchmark.RunChild(args[1..]),
     "adamw" => AdamWBenchmark.Run(args[1..]),
+    "kill-resume" => KillResumeCampaign.Run(args[1..]),
     "dump" when args.Length == 2 => ModelDump.Run(args[1]),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | dump MODEL");
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge|kill-resume [--dir out/bench] [options] | adamw [steps] | dump MODEL");
     return 2;
 }

@@ -34,7 +34,7 @@ public sealed record TrainOptions
     /// <summary><c>output_dir</c>: where checkpoints, metrics and the final adapter go.</summary>
     public string OutputDir { get; init; } = "run";
 
-    /// <summary><c>resume</c>: a checkpoint folder, or <c>latest</c> for the newest one in <see cref="OutputDir"/>.</summary>
+    /// <summary><c>resume</c>: a checkpoint folder, or <c>latest</c> for the newest one in <see cref="OutputDir"/> (none yet: start from step 0).</summary>
     public string? Resume { get; init; }
 
     /// <summary><c>seq_length</c>: tokens per row.</summary>

@@ -96,6 +96,13 @@ public sealed class TrainingRunner
         string outputDir = Path.GetFullPath(o.OutputDir);
         string checkpointsDir = Path.Combine(outputDir, CheckpointsFolder);
         string? resumeFrom = ResolveResume(o, checkpointsDir);
+        if (resumeFrom is null && o.Resume is not null)
+        {
+            // A run killed before its first checkpoint has nothing to resume: it starts over (the metrics of the
+            // dead run are dropped below), so "always pass --resume latest" is a safe restart policy.
+            _observer.OnMessage($"no checkpoint in {checkpointsDir} yet; starting from step 0");
+        }
+
         if (resumeFrom is null && CheckpointStore.List(checkpointsDir).Count > 0)
         {
             throw new ConfigException($"Output folder '{outputDir}' already holds checkpoints; pass --resume to continue that run or choose another output_dir.");
@@ -396,8 +403,7 @@ public sealed class TrainingRunner
 
         if (o.Resume.Equals("latest", StringComparison.OrdinalIgnoreCase) || o.Resume.Length == 0)
         {
-            return CheckpointStore.FindLatest(checkpointsDir)
-                ?? throw new CheckpointException($"--resume: there is no checkpoint in '{checkpointsDir}' to resume from.");
+            return CheckpointStore.FindLatest(checkpointsDir);
         }
 
         return Directory.Exists(o.Resume) ? Path.GetFullPath(o.Resume)
