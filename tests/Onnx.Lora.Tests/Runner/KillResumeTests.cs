@@ -68,23 +68,8 @@ public sealed class KillResumeTests
         TestContext.WriteLine($"kill 1: after {MetricLines(run)} metric lines, no checkpoint yet");
 
         int checkpointEvent = 1 + random.Next(12);
-        Directory.CreateDirectory(run);
-        using (var watcher = new FileSystemWatcher(run) { IncludeSubdirectories = true, NotifyFilter = NotifyFilters.FileName | NotifyFilters.DirectoryName })
-        using (var hit = new ManualResetEventSlim())
-        {
-            int seen = 0;
-            watcher.Created += (_, e) =>
-            {
-                if (e.FullPath.Contains($"{Path.DirectorySeparatorChar}.checkpoint-", StringComparison.Ordinal) && Interlocked.Increment(ref seen) == checkpointEvent)
-                {
-                    hit.Set();
-                }
-            };
-            watcher.EnableRaisingEvents = true;
-            using Process process = StartTrain(flags, run, resume: true);
-            WaitUntil(process, () => hit.IsSet);
-            Kill(process);
-        }
+        Assert.IsTrue(CliProcess.KillAtFileEvent(["train", .. flags, "--output-dir", run, "--resume", "latest"], run, checkpointEvent,
+            path => path.Contains($"{Path.DirectorySeparatorChar}.checkpoint-", StringComparison.Ordinal)), "the run ended before kill 2");
 
         string? torn = Directory.Exists(checkpoints) ? Directory.EnumerateDirectories(checkpoints, ".checkpoint-*").FirstOrDefault() : null;
         TestContext.WriteLine($"kill 2: at checkpoint file event #{checkpointEvent}; latest {Path.GetFileName(CheckpointStore.FindLatest(checkpoints))}; torn {(torn is null ? "none" : Path.GetFileName(torn))}");
@@ -122,22 +107,8 @@ public sealed class KillResumeTests
             "--learning-rate", "2e-3", "--lora-targets", "all-linear", "--save-steps", $"{saveSteps}", "--save-total-limit", "2", "--intra-op-threads", "1", "--seed", "3"];
     }
 
-    private static Process StartTrain(string[] flags, string outputDir, bool resume)
-    {
-        string cli = Path.Combine(AppContext.BaseDirectory, "onnx-lora.dll");
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in (string[])[cli, "train", .. flags, "--output-dir", outputDir, .. resume ? (string[])["--resume", "latest"] : []])
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        Process process = Process.Start(start)!;
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        return process;
-    }
+    private static Process StartTrain(string[] flags, string outputDir, bool resume) =>
+        CliProcess.Start(["train", .. flags, "--output-dir", outputDir, .. resume ? (string[])["--resume", "latest"] : []]);
 
     private static void WaitUntil(Process process, Func<bool> condition)
     {
