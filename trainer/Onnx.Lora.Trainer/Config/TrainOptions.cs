@@ -1,3 +1,4 @@
+using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Trainer.Schedules;
 
 namespace Onnx.Lora.Trainer.Config;
@@ -136,6 +137,13 @@ public sealed record TrainOptions
     /// <summary><c>use_dora</c>: weight-decomposed LoRA.</summary>
     public bool UseDora { get; init; }
 
+    /// <summary>
+    /// <c>memory_limit</c>: memory the run may use (e.g. <c>6GiB</c>), instead of what the machine reports (MemAvailable,
+    /// cgroup limit, or the ONNX_LORA_MEMORY_LIMIT variable); <c>none</c> skips the check. A run whose estimate exceeds
+    /// it stops before training with the estimate.
+    /// </summary>
+    public string? MemoryLimit { get; init; }
+
     /// <summary>Execution providers the runner knows, lower-case.</summary>
     public static IReadOnlyList<string> KnownExecutionProviders { get; } = ["cpu", "cuda", "tensorrt"];
 
@@ -156,6 +164,8 @@ public sealed record TrainOptions
         }
 
         Require(!string.IsNullOrWhiteSpace(Model), "model", "is required");
+        Require(MemoryLimit is null || MemoryLimit.Equals("none", StringComparison.OrdinalIgnoreCase) || SystemResources.TryParseSize(MemoryLimit, out _),
+            "memory_limit", "must be a size like 6GiB or 512M, or none");
         Require(!string.IsNullOrWhiteSpace(Data), "data", "is required");
         Require(!string.IsNullOrWhiteSpace(Tokenizer), "tokenizer", "is required");
         Require(!string.IsNullOrWhiteSpace(OutputDir), "output_dir", "must not be empty");

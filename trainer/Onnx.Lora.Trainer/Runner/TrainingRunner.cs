@@ -4,6 +4,7 @@ using System.Text.Json;
 using Onnx.Lora.Exporter;
 using Onnx.Lora.Exporter.Peft;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Artifacts;
@@ -120,6 +121,8 @@ public sealed class TrainingRunner
             }
         }
 
+        CheckMemory(o);
+
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
         ModelLimits limits = ModelPreparation.ReadLimits(o);
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
@@ -228,6 +231,33 @@ public sealed class TrainingRunner
         };
         AtomicFile.WriteAllText(Path.Combine(outputDir, SummaryFile), JsonSerializer.Serialize(summary, s_json));
         return summary;
+    }
+
+    /// <summary>Estimates the run's peak memory and stops before anything is allocated when it cannot fit.</summary>
+    private void CheckMemory(TrainOptions o)
+    {
+        if (o.MemoryLimit?.Equals("none", StringComparison.OrdinalIgnoreCase) == true)
+        {
+            return;
+        }
+
+        ModelShape shape;
+        try
+        {
+            shape = TrainingMemoryEstimate.ReadShape(o.Model);
+        }
+        catch (Exception e) when (e is LoraException or IOException)
+        {
+            return; // A missing or broken model is reported by the preparation below, with its own message.
+        }
+
+        long dataBytes = (File.Exists(o.Data) ? new FileInfo(o.Data).Length : 0) + (o.EvalData is { } eval && File.Exists(eval) ? new FileInfo(eval).Length : 0);
+        TrainingMemoryEstimate estimate = TrainingMemoryEstimate.Estimate(o, shape, dataBytes);
+        MemoryBudget budget = o.MemoryLimit is { } limit
+            ? new MemoryBudget(SystemResources.ParseSize(limit, "memory_limit"), "--memory-limit")
+            : SystemResources.AvailableMemory();
+        _observer.OnMessage($"memory: estimated peak {estimate}; {SystemResources.FormatGiB(budget.Bytes)} available ({budget.Source})");
+        estimate.EnsureFits(budget);
     }
 
     private RunOutcome TrainLoop(RunContext c, CancellationToken cancellationToken)
