@@ -6,10 +6,15 @@ namespace Onnx.Lora.Tests.Support;
 internal static class CliProcess
 {
     /// <summary>Starts <c>dotnet onnx-lora.dll ARGS</c>; its output is drained and dropped.</summary>
-    public static Process Start(IEnumerable<string> arguments)
+    public static Process Start(IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment = null)
     {
         string cli = Path.Combine(AppContext.BaseDirectory, "onnx-lora.dll");
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach ((string name, string value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[name] = value;
+        }
+
         start.ArgumentList.Add(cli);
         foreach (string a in arguments)
         {
@@ -30,6 +35,30 @@ internal static class CliProcess
         using Process process = Start(arguments);
         process.WaitForExit();
         return process.ExitCode;
+    }
+
+    /// <summary>Runs to the end; the exit code and what it wrote to stderr.</summary>
+    public static (int ExitCode, string Error) RunCapturingErrors(IEnumerable<string> arguments, IReadOnlyDictionary<string, string> environment)
+    {
+        string cli = Path.Combine(AppContext.BaseDirectory, "onnx-lora.dll");
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach ((string name, string value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
+        start.ArgumentList.Add(cli);
+        foreach (string a in arguments)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using Process process = Process.Start(start)!;
+        process.OutputDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        string error = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, error);
     }
 
     /// <summary>SIGKILL (no handler, no finally block runs) unless it already ended; whether it was killed.</summary>
