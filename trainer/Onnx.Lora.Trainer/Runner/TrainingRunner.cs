@@ -267,6 +267,7 @@ public sealed class TrainingRunner
         var micro = new MicroBatchBuffers(o.GradientAccumulationSteps);
         var batches = new TrainingBatch[o.GradientAccumulationSteps];
         var sinceStart = Stopwatch.StartNew();
+        var stepClock = new Stopwatch();
         int firstStep = loop.Step;
         while (loop.Step < c.TotalSteps)
         {
@@ -291,7 +292,7 @@ public sealed class TrainingRunner
 
             double lr = c.Schedule.PeakLearningRate * c.Schedule.Factor(loop.Step);
             c.Session.LearningRate = (float)lr;
-            var stepClock = Stopwatch.StartNew();
+            stepClock.Restart();
             TrainStepResult r = c.Session.Step(batches);
             double seconds = stepClock.Elapsed.TotalSeconds;
             int stepNumber = loop.Step + 1;
