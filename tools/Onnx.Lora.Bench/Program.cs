@@ -6,7 +6,12 @@ using Onnx.Lora.Bench;
 //   merge [--dir out/bench] [--rounds 30] [--runs 3] [--skip-latency] [--skip-large]
 //                                                       merged / LoRA / adapter-slot vs base latency through ORT (side by side),
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
+//   kill-resume [--dir out/bench/kill-resume] [--trials 10] [--seed N] [--steps 300] [--save-steps 5] [--cli onnx-lora.dll]
+//                                                       SIGKILL `train` at seeded random moments, resume, compare with an uninterrupted run
+//   train-memory [--dir out/bench/train-memory] [--steps 1100]
+//                                                       RSS / managed heap / allocations per step of a 1,100-step stories260K run (child)
 //   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
+//   generate [CHECKPOINT] [runs]                         decode tokens/s with the KV cache vs recompute (side by side), ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
 //   fuzz [--target onnx|safetensors|onnx_adapter|all] [--iterations N] [--seed S] [--crashes DIR] [--timeout-ms T]
 //                                                       seeded mutation fuzzing of the readers; exit 1 on any crash
@@ -19,6 +24,10 @@ return args.FirstOrDefault() switch
     "merge" => MergeBenchmark.Run(args[1..]),
     MergeBenchmark.ChildVerb => MergeBenchmark.RunChild(args[1..]),
     "adamw" => AdamWBenchmark.Run(args[1..]),
+    "generate" => GenerateBenchmark.Run(args[1..]),
+    "kill-resume" => KillResumeCampaign.Run(args[1..]),
+    "train-memory" => TrainMemoryBenchmark.Run(args[1..]),
+    TrainMemoryBenchmark.ChildVerb => TrainMemoryBenchmark.RunChild(args[1..]),
     "dump" when args.Length == 2 => ModelDump.Run(args[1]),
     "fuzz" => FuzzCommand.Run(args[1..]),
     _ => Usage(),
@@ -26,6 +35,6 @@ return args.FirstOrDefault() switch
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge [--dir out/bench] [options] | adamw [steps] | dump MODEL | fuzz [--target T] [--iterations N] [--seed S]");
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge|kill-resume|train-memory [--dir out/bench] [options] | adamw [steps] | generate [CHECKPOINT] [runs] | dump MODEL | fuzz [--target T] [--iterations N] [--seed S]");
     return 2;
 }

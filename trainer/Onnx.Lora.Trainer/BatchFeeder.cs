@@ -15,6 +15,10 @@ internal sealed class BatchFeeder
     private readonly HashSet<string> _emptyPast;
     private readonly HashSet<string> _labels;
 
+    // Reused from step to step (the OrtValues over them are disposed before the next Feed): no per-step arrays.
+    private long[] _positions = [];
+    private long[] _ones = [];
+
     public BatchFeeder(InferenceSession session, TrainingArtifacts artifacts)
     {
         var trainable = artifacts.Trainable.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
@@ -53,14 +57,16 @@ internal sealed class BatchFeeder
     /// <summary>Disposes the OrtValues created for the batch, not the session's own parameter values.</summary>
     public static void DisposeOwned(List<OrtValue> values, OrtValue[] keep)
     {
-        var kept = keep.ToHashSet(ReferenceEqualityComparer.Instance);
+        // A linear search over the few parameters instead of a set: no allocation per step.
         foreach (OrtValue v in values)
         {
-            if (!kept.Contains(v))
+            if (Array.IndexOf(keep, v) < 0)
             {
                 v.Dispose();
             }
         }
+
+        values.Clear();
     }
 
     private static OrtValue Ids(long[] data, NodeMetadata meta, long[] shape) =>
@@ -68,16 +74,25 @@ internal sealed class BatchFeeder
             ? OrtValue.CreateTensorValueFromMemory(data.Select(x => (int)x).ToArray(), shape)
             : OrtValue.CreateTensorValueFromMemory(data, shape);
 
-    private static long[] Ones(long n)
+    private long[] Ones(long n)
     {
-        var ones = new long[n];
-        Array.Fill(ones, 1L);
-        return ones;
+        if (_ones.Length != n)
+        {
+            _ones = new long[n];
+            Array.Fill(_ones, 1L);
+        }
+
+        return _ones;
     }
 
-    private static long[] Positions(TrainingBatch batch)
+    private long[] Positions(TrainingBatch batch)
     {
-        var positions = new long[batch.InputIds.Length];
+        if (_positions.Length != batch.InputIds.Length)
+        {
+            _positions = new long[batch.InputIds.Length];
+        }
+
+        long[] positions = _positions;
         for (int b = 0; b < batch.BatchSize; b++)
         {
             long p = 0;

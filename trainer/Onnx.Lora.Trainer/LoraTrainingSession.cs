@@ -73,6 +73,8 @@ public sealed class LoraTrainingSession : IDisposable
     private readonly IParameterOptimizer _optimizer;
     private readonly BatchFeeder _trainingFeeder;
     private BatchFeeder? _evalFeeder;
+    private readonly List<string> _feedNames = [];
+    private readonly List<OrtValue> _feedValues = [];
 
     private LoraTrainingSession(TrainingArtifacts artifacts, TrainingSessionOptions options)
     {
@@ -226,8 +228,9 @@ public sealed class LoraTrainingSession : IDisposable
     public EvalResult Evaluate(TrainingBatch batch)
     {
         ArgumentNullException.ThrowIfNull(batch);
-        var names = new List<string>();
-        var values = new List<OrtValue>();
+        List<string> names = _feedNames;
+        List<OrtValue> values = _feedValues;
+        names.Clear();
         try
         {
             if (_eval is null)
@@ -323,8 +326,9 @@ public sealed class LoraTrainingSession : IDisposable
 
     private void RunTraining(TrainingBatch batch)
     {
-        var names = new List<string>();
-        var values = new List<OrtValue>();
+        List<string> names = _feedNames;
+        List<OrtValue> values = _feedValues;
+        names.Clear();
         try
         {
             _trainingFeeder.Feed(batch, names, values);

@@ -29,17 +29,33 @@ public static class SafetensorsWriter
         ArgumentNullException.ThrowIfNull(tensors);
         List<SafetensorsTensor> list = tensors.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         byte[] header = BuildHeader(path, list, metadata);
-        AtomicFile.Write(path, stream =>
+        AtomicFile.Write(path, stream => WriteBody(stream, header, list));
+    }
+
+    /// <summary>
+    /// Writes <paramref name="tensors"/> and <paramref name="metadata"/> to <paramref name="destination"/> (for callers
+    /// that write several files as one <see cref="AtomicFileBatch"/>); <paramref name="name"/> is used in messages.
+    /// </summary>
+    /// <exception cref="AdapterFormatException">A tensor's byte count does not match its shape, or names repeat.</exception>
+    public static void Write(Stream destination, string name, IEnumerable<SafetensorsTensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(tensors);
+        List<SafetensorsTensor> list = tensors.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        WriteBody(destination, BuildHeader(name, list, metadata), list);
+    }
+
+    private static void WriteBody(Stream stream, byte[] header, List<SafetensorsTensor> list)
+    {
+        Span<byte> length = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+        stream.Write(length);
+        stream.Write(header);
+        foreach (SafetensorsTensor t in list)
         {
-            Span<byte> length = stackalloc byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-            stream.Write(length);
-            stream.Write(header);
-            foreach (SafetensorsTensor t in list)
-            {
-                stream.Write(t.Data.Span);
-            }
-        });
+            stream.Write(t.Data.Span);
+        }
     }
 
     private static byte[] BuildHeader(string path, List<SafetensorsTensor> list, IReadOnlyDictionary<string, string>? metadata)

@@ -161,12 +161,12 @@ public static class PeftAdapter
             ["use_dora"] = weights.Modules.Any(m => m.Magnitude is not null),
             ["use_rslora"] = useRsLora,
         };
+        // The config goes last: it is what marks the folder as an adapter, so a kill mid-export never leaves a
+        // config beside weights of another export (AtomicFileBatch removes the old config before any rename).
         using var batch = new AtomicFileBatch();
         string weightsPath = Path.Combine(folder, WeightsFile);
-        string tempWeights = Path.Combine(folder, "." + WeightsFile + ".partial");
-        SafetensorsWriter.Write(tempWeights, tensors);
+        batch.Add(weightsPath, s => SafetensorsWriter.Write(s, weightsPath, tensors));
         batch.Add(Path.Combine(folder, ConfigFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }))));
-        File.Move(tempWeights, weightsPath, overwrite: true);
         batch.Commit();
 
         // PEFT stores alpha; our scale may be anything (e.g. folded): alpha = scale·r (or scale·√r for rsLoRA).

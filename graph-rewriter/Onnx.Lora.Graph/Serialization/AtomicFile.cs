@@ -1,9 +1,13 @@
+using System.Diagnostics;
+using System.Globalization;
+
 namespace Onnx.Lora.Graph.Serialization;
 
 /// <summary>
 /// Writes files atomically: content goes to a temporary file in the destination folder, which is renamed over
 /// the destination only after it is complete and flushed. A failure deletes the temporary file and leaves any
-/// previous destination file untouched.
+/// previous destination file untouched; a process killed mid-write leaves only a hidden temporary file, never a
+/// partial file under the final name.
 /// </summary>
 public static class AtomicFile
 {
@@ -30,8 +34,14 @@ public static class AtomicFile
 
 /// <summary>
 /// Several files written as one: each is written to a temporary file, and all are renamed into place in the order
-/// they were added once every one is complete (add data files before the model that refers to them).
+/// they were added once every one is complete. Add the files that others refer to first and the entry point last
+/// (data files, then the model that refers to them): the entry point's previous version is removed before any rename,
+/// so a process killed during the renames leaves no entry point rather than a new data file beside an old model.
 /// </summary>
+/// <remarks>
+/// Temporary files are named <c>.NAME.PID-GUID.tmp</c> beside NAME. A process killed while writing leaves one behind;
+/// the next write of NAME deletes those whose process is gone (never a live writer's).
+/// </remarks>
 public sealed class AtomicFileBatch : IDisposable
 {
     private readonly List<(string Temp, string Final)> _pending = [];
@@ -45,16 +55,24 @@ public sealed class AtomicFileBatch : IDisposable
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full) ?? ".";
         Directory.CreateDirectory(dir);
-        string temp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        RemoveStaleTemporaries(dir, Path.GetFileName(full));
+        string temp = Path.Combine(dir, string.Create(CultureInfo.InvariantCulture, $".{Path.GetFileName(full)}.{Environment.ProcessId}-{Guid.NewGuid():N}.tmp"));
         _pending.Add((temp, full));
         using var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
         write(stream);
         stream.Flush(flushToDisk: true);
     }
 
-    /// <summary>Renames every temporary file into place.</summary>
+    /// <summary>Renames every temporary file into place (the last one added last, its old version removed first).</summary>
     public void Commit()
     {
+        if (_pending.Count > 1)
+        {
+            // NOTE: without this, a kill between the renames would leave the new data file under the old model's
+            // name pairing (offsets of one model applied to another's bytes), which loads without any error.
+            File.Delete(_pending[^1].Final);
+        }
+
         foreach ((string temp, string final) in _pending)
         {
             File.Move(temp, final, overwrite: true);
@@ -73,14 +91,55 @@ public sealed class AtomicFileBatch : IDisposable
 
         foreach ((string temp, _) in _pending)
         {
-            try
+            TryDelete(temp);
+        }
+    }
+
+    /// <summary>Whether <paramref name="fileName"/> is a temporary file of this writer (for tools that list a folder).</summary>
+    public static bool IsTemporary(string fileName)
+    {
+        ArgumentNullException.ThrowIfNull(fileName);
+        return fileName.StartsWith('.') && fileName.EndsWith(".tmp", StringComparison.Ordinal);
+    }
+
+    private static void RemoveStaleTemporaries(string dir, string fileName)
+    {
+        foreach (string stale in Directory.EnumerateFiles(dir, $".{fileName}.*.tmp"))
+        {
+            // ".NAME.PID-GUID.tmp": only temporaries of a process that no longer runs are stale.
+            string tail = Path.GetFileName(stale)[(fileName.Length + 2)..^4];
+            int dash = tail.IndexOf('-', StringComparison.Ordinal);
+            if (dash > 0 && tail.Length - dash - 1 == 32
+                && int.TryParse(tail.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out int pid)
+                && pid != Environment.ProcessId && !IsRunning(pid))
             {
-                File.Delete(temp);
+                TryDelete(stale);
             }
-            catch (IOException)
-            {
-                // Best effort: the temp name is unique and hidden, so a leftover never shadows real output.
-            }
+        }
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var process = Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+        {
+            return false;
+        }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Best effort: the temp name is unique and hidden, so a leftover never shadows real output.
         }
     }
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Google.Protobuf;
 using Onnx.Lora.Graph.Proto;
+using Onnx.Lora.Graph.Resources;
 
 namespace Onnx.Lora.Graph.Serialization;
 
@@ -15,6 +16,7 @@ public static class OnnxWriter
 
     /// <summary>Saves <paramref name="model"/> to <paramref name="path"/> (and its data file, if any) atomically.</summary>
     /// <exception cref="OnnxSerializationException">The model cannot be written as asked; nothing is left at the destination.</exception>
+    /// <exception cref="ResourceLimitException">The destination's file system has less free space than the tensors need; nothing is written.</exception>
     public static void Save(Model model, string path, SaveOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -23,6 +25,8 @@ public static class OnnxWriter
         string fullPath = Path.GetFullPath(path);
         string folder = Path.GetDirectoryName(fullPath)!;
         ExternalDataMode mode = ResolveMode(model, folder, options.ExternalData);
+        // Fail before writing anything rather than with a full disk halfway through a multi-GiB data file.
+        SystemResources.EnsureDiskSpace(folder, OutputBytes(model, mode), $"model '{path}'");
 
         try
         {
@@ -52,6 +56,23 @@ public static class OnnxWriter
         {
             throw new OnnxSerializationException($"Cannot save model to '{path}': {e.Message}", e);
         }
+    }
+
+    // Tensor bytes the save writes (kept external references cost nothing), plus alignment padding; nodes and names
+    // are small beside them.
+    private static long OutputBytes(Model model, ExternalDataMode mode)
+    {
+        long bytes = 0;
+        foreach (Value init in model.Graph.Initializers.Values)
+        {
+            Tensor t = init.Initializer!;
+            if (!(mode == ExternalDataMode.Keep && t is ExternalTensor))
+            {
+                bytes += t.ByteLength + LargeTensorAlignment;
+            }
+        }
+
+        return bytes;
     }
 
     /// <summary>The model serialized into one byte array, every tensor inline.</summary>

@@ -59,6 +59,12 @@ public sealed record LlamaConfig
     /// <summary>How linear weight initializers are named (torch-style builder only).</summary>
     public InitializerNaming Naming { get; init; } = InitializerNaming.Anonymous;
 
+    /// <summary>
+    /// True for the decoder-with-past form (<c>position_ids</c>, <c>past_key_values.N.key/value</c> inputs,
+    /// <c>present.N.key/value</c> outputs; torch-style builder only). False for the plain form without a cache.
+    /// </summary>
+    public bool KvCache { get; init; }
+
     /// <summary>Seed of the random weights when no weight source is given.</summary>
     public int Seed { get; init; } = 20261125;
 

@@ -4,14 +4,20 @@ using Onnx.Lora.Graph;
 namespace Onnx.Lora.Models.Builders;
 
 /// <summary>
-/// Builds a Llama decoder in the shape torch.onnx exports it (opset 17, standard ops only, no KV cache):
+/// Builds a Llama decoder in the shape torch.onnx exports it (opset 17, standard ops only, optionally with a KV cache):
 /// MatMul on pre-transposed [in, out] weights, decomposed RMSNorm (Pow, ReduceMean, Add, Sqrt, Div, Mul),
 /// RoPE from cos/sin tables with Slice/Split/Concat, a causal mask combined with attention_mask, GQA by repeating
 /// key/value heads, a SiLU MLP and logits. Nodes are named like torch's (<c>/model/layers.0/self_attn/q_proj/MatMul</c>).
 /// </summary>
 /// <remarks>
-/// Inputs: <c>input_ids</c>, <c>attention_mask</c> int64 [batch_size, sequence_length]; output <c>logits</c> float
-/// [batch_size, sequence_length, vocab]. Weights come from an <see cref="IWeightSource"/> under Hugging Face keys
+/// Without a cache (<see cref="LlamaConfig.KvCache"/> false): inputs <c>input_ids</c>, <c>attention_mask</c> int64
+/// [batch_size, sequence_length]; output <c>logits</c> float [batch_size, sequence_length, vocab]. With a cache, as Optimum
+/// exports a decoder with past: inputs <c>input_ids</c> and <c>position_ids</c> [batch_size, sequence_length],
+/// <c>attention_mask</c> [batch_size, total_sequence_length] (past + new tokens) and per layer
+/// <c>past_key_values.N.key/value</c> float [batch_size, kv_heads, past_sequence_length, head_dim]; outputs <c>logits</c>
+/// and <c>present.N.key/value</c> [batch_size, kv_heads, total_sequence_length, head_dim] — the Concat of past and new
+/// (rotated) keys/values along the sequence, before the GQA repeat. The causal mask rows start at the past length
+/// (total − sequence). An empty past (past_sequence_length 0) gives the no-cache model's logits. Weights come from an <see cref="IWeightSource"/> under Hugging Face keys
 /// (<c>model.layers.N.self_attn.q_proj.weight</c> in [in, out] layout, <c>lm_head.weight</c> [hidden, vocab] when untied).
 /// </remarks>
 public static class TorchLlamaBuilder
@@ -48,27 +54,32 @@ public static class TorchLlamaBuilder
             _eps = Constant("const_eps", c.RmsNormEps);
 
             Value ids = _b.Input("input_ids", DataType.Int64, "batch_size", "sequence_length");
-            Value mask = _b.Input("attention_mask", DataType.Int64, "batch_size", "sequence_length");
+            Value mask = _b.Input("attention_mask", DataType.Int64, "batch_size", c.KvCache ? "total_sequence_length" : "sequence_length");
+            Value? positionIds = c.KvCache ? _b.Input("position_ids", DataType.Int64, "batch_size", "sequence_length") : null;
+            var past = new List<(Value Key, Value Value)>();
+            for (int layer = 0; c.KvCache && layer < c.Layers; layer++)
+            {
+                past.Add((PastInput($"past_key_values.{layer}.key"), PastInput($"past_key_values.{layer}.value")));
+            }
 
             Value embedTable = _b.Weight(weights, "model.embed_tokens.weight", new("model.embed_tokens.weight", WeightRole.Embedding, [c.Vocab, c.Hidden]));
             Value x = _b.Node("/model/embed_tokens", "Gather", [embedTable, ids]);
 
-            // Positions 0..seq-1 from the input's shape.
+            // Without a cache the positions are 0..seq-1, from the input's shape.
             Value shape = _b.Node("/model", "Shape", [ids]);
-            Value seq = _b.Node("/model", "Gather", [shape, _b.Initializer(InMemoryTensor.FromInt64s("const_i1", [], [1]))], [Attr.Int("axis", 0)]);
-            Value zero = _b.Initializer(InMemoryTensor.FromInt64s("const_i0", [], [0]));
-            Value step = _b.Initializer(InMemoryTensor.FromInt64s("const_step", [], [1]));
-            Value positions = _b.Node("/model", "Range", [zero, seq, step]);
+            Value seq = _b.Node("/model", "Gather", [shape, _constants.Int64Scalar("const_i1", 1)], [Attr.Int("axis", 0)]);
+            Value positions = positionIds ?? _b.Node("/model", "Range", [_constants.Int64Scalar("const_i0", 0), seq, _constants.Int64Scalar("const_step", 1)]);
 
-            (Value cos, Value sin) = RotaryInputs(positions);
+            (Value cos, Value sin) = RotaryInputs(positions, batched: positionIds is not null);
             Value attnBias = AttentionBias(seq, mask);
+            var present = new List<(Value Key, Value Value)>();
 
             for (int layer = 0; layer < c.Layers; layer++)
             {
                 string scope = $"/model/layers.{layer}";
                 string key = $"model.layers.{layer}";
                 Value h = RmsNorm(x, $"{scope}/input_layernorm", $"{key}.input_layernorm.weight");
-                Value attn = Attention(h, layer, cos, sin, attnBias);
+                Value attn = Attention(h, layer, cos, sin, attnBias, c.KvCache ? past[layer] : null, present);
                 x = _b.Node(scope, "Add", [x, attn]);
                 h = RmsNorm(x, $"{scope}/post_attention_layernorm", $"{key}.post_attention_layernorm.weight");
                 Value mlp = Mlp(h, layer);
@@ -79,8 +90,16 @@ public static class TorchLlamaBuilder
             Value lmHead = LmHead(embedTable);
             Value logits = _b.Node("/lm_head", "MatMul", [x, lmHead]);
             _b.Output(logits, "logits", DataType.Float, "batch_size", "sequence_length", c.Vocab);
+            for (int layer = 0; layer < present.Count; layer++)
+            {
+                _b.Output(present[layer].Key, $"present.{layer}.key", DataType.Float, "batch_size", c.KvHeads, "total_sequence_length", c.HeadDim);
+                _b.Output(present[layer].Value, $"present.{layer}.value", DataType.Float, "batch_size", c.KvHeads, "total_sequence_length", c.HeadDim);
+            }
+
             return _b.Model;
         }
+
+        private Value PastInput(string name) => _b.Input(name, DataType.Float, "batch_size", c.KvHeads, "past_sequence_length", c.HeadDim);
 
         private Value LmHead(Value embedTable)
         {
@@ -116,7 +135,8 @@ public static class TorchLlamaBuilder
             return _b.Node(scope, "Mul", [gamma, normed]);
         }
 
-        private (Value Cos, Value Sin) RotaryInputs(Value positions)
+        /// <summary>cos/sin rows for <paramref name="positions"/>: [seq] from Range, or [batch, seq] from position_ids.</summary>
+        private (Value Cos, Value Sin) RotaryInputs(Value positions, bool batched)
         {
             bool interleaved = c.Rope == RopeStyle.Interleaved;
             (float[] cosTable, float[] sinTable, int width) = BuilderHelpers.RotaryTables(c.MaxPositions, c.HeadDim, c.RopeTheta, duplicate: !interleaved);
@@ -127,7 +147,14 @@ public static class TorchLlamaBuilder
 
             // Interleaved: [s, d/2] -> [1, s, 1, d/2, 1] against q as [b, s, h, d/2, 2].
             // Rotate-half: [s, d] -> [1, 1, s, d] against q as [b, h, s, d].
-            Value axes = interleaved ? Shape("rope_unsq_axes", 0, 2, 4) : Shape("rope_unsq_axes", 0, 1);
+            // From position_ids the batch axis is already there: [b, s, d/2] -> [b, s, 1, d/2, 1]; [b, s, d] -> [b, 1, s, d].
+            Value axes = (interleaved, batched) switch
+            {
+                (true, false) => Shape("rope_unsq_axes", 0, 2, 4),
+                (true, true) => Shape("rope_unsq_axes", 2, 4),
+                (false, false) => Shape("rope_unsq_axes", 0, 1),
+                (false, true) => Shape("rope_unsq_axes", 1),
+            };
             return (_b.Node("/model/rotary_emb", "Unsqueeze", [cos, axes]), _b.Node("/model/rotary_emb", "Unsqueeze", [sin, axes]));
         }
 
@@ -144,8 +171,22 @@ public static class TorchLlamaBuilder
 
             Value causalMask = _b.Floats("causal_mask", [c.MaxPositions, c.MaxPositions], causal);
             Value seq1 = _b.Node("/model", "Unsqueeze", [seq, Shape("const_axis0", 0)]);
-            Value ends = _b.Node("/model", "Concat", [seq1, seq1], [Attr.Int("axis", 0)]);
-            Value square = _b.Node("/model", "Slice", [causalMask, Shape("const_zero_2", 0, 0), ends, Shape("const_axes_0_1", 0, 1)]);
+            Value square;
+            if (c.KvCache)
+            {
+                // Query i sits at absolute position past + i and sees keys 0..past+i: rows past..total-1, columns 0..total-1.
+                Value total = _b.Node("/model", "Gather", [_b.Node("/model", "Shape", [mask]), _constants.Int64Scalar("const_i1", 1)], [Attr.Int("axis", 0)]);
+                Value total1 = _b.Node("/model", "Unsqueeze", [total, Shape("const_axis0", 0)]);
+                Value past1 = _b.Node("/model", "Sub", [total1, seq1]);
+                Value starts = _b.Node("/model", "Concat", [past1, Shape("const_zero_1", 0)], [Attr.Int("axis", 0)]);
+                Value ends = _b.Node("/model", "Concat", [total1, total1], [Attr.Int("axis", 0)]);
+                square = _b.Node("/model", "Slice", [causalMask, starts, ends, Shape("const_axes_0_1", 0, 1)]);
+            }
+            else
+            {
+                Value ends = _b.Node("/model", "Concat", [seq1, seq1], [Attr.Int("axis", 0)]);
+                square = _b.Node("/model", "Slice", [causalMask, Shape("const_zero_2", 0, 0), ends, Shape("const_axes_0_1", 0, 1)]);
+            }
 
             // Padding: (1 - mask) * -1e9, broadcast over heads and query positions as [b, 1, 1, s].
             Value maskF = _b.Node("/model", "Cast", [mask], [Attr.Int("to", (long)DataType.Float)]);
@@ -155,7 +196,7 @@ public static class TorchLlamaBuilder
             return _b.Node("/model", "Add", [square, padding4]);
         }
 
-        private Value Attention(Value h, int layer, Value cos, Value sin, Value bias)
+        private Value Attention(Value h, int layer, Value cos, Value sin, Value bias, (Value Key, Value Value)? past, List<(Value Key, Value Value)> present)
         {
             string scope = $"/model/layers.{layer}/self_attn";
             string key = $"model.layers.{layer}.self_attn";
@@ -174,6 +215,14 @@ public static class TorchLlamaBuilder
             }
 
             v = _b.Node(scope, "Transpose", [v], [Attr.Ints("perm", 0, 2, 1, 3)]);
+
+            if (past is { } cache)
+            {
+                // present = past ++ new along the sequence axis, with kv_heads heads (before the GQA repeat).
+                k = _b.Node(scope, "Concat", [cache.Key, k], [Attr.Int("axis", 2)]);
+                v = _b.Node(scope, "Concat", [cache.Value, v], [Attr.Int("axis", 2)]);
+                present.Add((k, v));
+            }
 
             if (c.KvHeads != c.Heads)
             {

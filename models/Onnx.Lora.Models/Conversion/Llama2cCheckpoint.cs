@@ -188,11 +188,13 @@ public static class Llama2cConverter
     /// <summary>Reads <paramref name="checkpointPath"/> and returns the torch-style model.</summary>
     /// <param name="checkpointPath">The llama2.c .bin file.</param>
     /// <param name="naming">Initializer naming (anonymous as torch exports, or module names).</param>
+    /// <param name="kvCache">True (default) for the decoder-with-past form (past_key_values / present, position_ids),
+    /// false for the plain form that takes whole sequences only (<see cref="LlamaConfig.KvCache"/>).</param>
     /// <exception cref="OnnxSerializationException">The checkpoint is missing, malformed or truncated.</exception>
-    public static Model Convert(string checkpointPath, InitializerNaming naming = InitializerNaming.Anonymous)
+    public static Model Convert(string checkpointPath, InitializerNaming naming = InitializerNaming.Anonymous, bool kvCache = true)
     {
         Llama2cCheckpoint checkpoint = Llama2cCheckpoint.Open(checkpointPath);
-        return TorchLlamaBuilder.Build(checkpoint.Header.ToConfig() with { Naming = naming }, checkpoint);
+        return TorchLlamaBuilder.Build(checkpoint.Header.ToConfig() with { Naming = naming, KvCache = kvCache }, checkpoint);
     }
 
     /// <summary>Converts <paramref name="checkpointPath"/> and saves the model atomically to <paramref name="onnxPath"/>.</summary>
@@ -200,10 +202,11 @@ public static class Llama2cConverter
     /// <param name="onnxPath">Destination .onnx file.</param>
     /// <param name="naming">Initializer naming.</param>
     /// <param name="options">Save options (e.g. external data); default inline for small models.</param>
+    /// <param name="kvCache">True (default) for the decoder-with-past form, false for the plain form.</param>
     /// <exception cref="OnnxSerializationException">The checkpoint is malformed, or the model cannot be written (nothing is left at the destination).</exception>
-    public static void ConvertToFile(string checkpointPath, string onnxPath, InitializerNaming naming = InitializerNaming.Anonymous, Graph.Serialization.SaveOptions? options = null)
+    public static void ConvertToFile(string checkpointPath, string onnxPath, InitializerNaming naming = InitializerNaming.Anonymous, Graph.Serialization.SaveOptions? options = null, bool kvCache = true)
     {
-        using Model model = Convert(checkpointPath, naming);
+        using Model model = Convert(checkpointPath, naming, kvCache);
         Graph.Serialization.OnnxWriter.Save(model, onnxPath, options);
     }
 }

@@ -38,9 +38,30 @@ internal sealed class ModelRunner : IDisposable
             inputs[kv.Key] = kv.Value;
         }
 
-        using var runOptions = new RunOptions();
-        using var outputs = _session.Run(runOptions, inputs.Keys.ToArray(), inputs.Values.ToArray(), ["logits"]);
-        return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+        // A decoder with past gets positions 0..seq-1 and an empty past (past_sequence_length 0): the whole-sequence
+        // forward pass that a model without a cache computes.
+        var owned = new List<OrtValue>();
+        if (_session.InputMetadata.ContainsKey("position_ids") && !inputs.ContainsKey("position_ids"))
+        {
+            long[] positions = Enumerable.Range(0, ids.Length).Select(i => (long)(i % seq)).ToArray();
+            owned.Add(inputs["position_ids"] = OrtValue.CreateTensorValueFromMemory(positions, [batch, seq]));
+        }
+
+        foreach ((string name, NodeMetadata meta) in _session.InputMetadata.Where(p => p.Key.StartsWith("past_key_values.", StringComparison.Ordinal) && !inputs.ContainsKey(p.Key)))
+        {
+            owned.Add(inputs[name] = OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), [batch, meta.Dimensions[1], 0, meta.Dimensions[3]]));
+        }
+
+        try
+        {
+            using var runOptions = new RunOptions();
+            using var outputs = _session.Run(runOptions, inputs.Keys.ToArray(), inputs.Values.ToArray(), ["logits"]);
+            return outputs[0].GetTensorDataAsSpan<float>().ToArray();
+        }
+        finally
+        {
+            owned.ForEach(v => v.Dispose());
+        }
     }
 
     public void Dispose() => _session.Dispose();

@@ -1,31 +1,93 @@
 using System.CommandLine;
+using System.Globalization;
+using Onnx.Lora.Graph;
 using Onnx.Lora.Trainer.Data;
 using Onnx.Lora.Trainer.Generation;
 
 namespace Onnx.Lora.Cli.Commands;
 
-/// <summary><c>onnx-lora generate MODEL --tokenizer TOK [--prompt TEXT]</c>: a greedy sample (no KV cache; for small models).</summary>
+/// <summary>
+/// <c>onnx-lora generate MODEL --tokenizer TOK [--adapter FILE ...] --prompt TEXT ...</c>: continues each prompt with the
+/// model's KV cache (or by re-running the sequence), greedy or sampled. stdout gets exactly one line per prompt — the
+/// prompt and its continuation, streamed as tokens arrive, with line breaks written as <c>\n</c> — so scripts can diff
+/// it; the timing line goes to stderr.
+/// </summary>
 internal sealed class GenerateCommand : LoraCommand
 {
-    private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM with input_ids (+ attention_mask) and logits, no KV cache (e.g. a merged model)." };
+    private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM: input_ids [+ attention_mask, position_ids, past_key_values.*] → logits [+ present.*]." };
     private static readonly Option<string> s_tokenizer = new("--tokenizer", "-t") { Description = "SentencePiece .model or tokenizer.json.", Required = true };
-    private static readonly Option<string> s_prompt = new("--prompt", "-p") { Description = "Text to continue (after BOS).", DefaultValueFactory = _ => "" };
-    private static readonly Option<int> s_maxTokens = new("--max-tokens", "-n") { Description = "New tokens at most.", DefaultValueFactory = _ => 64 };
+    private static readonly Option<string[]> s_adapters = new("--adapter") { Description = ".onnx_adapter file activated through ONNX Runtime's LoRA adapter API (repeatable; the model needs adapter slots, e.g. base-with-slots.onnx).", AllowMultipleArgumentsPerToken = false };
+    private static readonly Option<string[]> s_prompts = new("--prompt", "-p") { Description = "Text to continue after BOS (repeatable: each prompt is generated in turn).", AllowMultipleArgumentsPerToken = false };
+    private static readonly Option<int> s_maxTokens = new("--max-tokens", "-n") { Description = "New tokens at most per prompt (generation also stops at EOS).", DefaultValueFactory = _ => 64 };
+    private static readonly Option<float> s_temperature = new("--temperature") { Description = "Sampling temperature; 0 = greedy.", DefaultValueFactory = _ => 0f };
+    private static readonly Option<int> s_topK = new("--top-k") { Description = "Sample among the K most likely tokens (0 = all).", DefaultValueFactory = _ => 0 };
+    private static readonly Option<float> s_topP = new("--top-p") { Description = "Sample within the smallest set of tokens whose probability reaches P (1 = all).", DefaultValueFactory = _ => 1f };
+    private static readonly Option<int> s_seed = new("--seed") { Description = "Seed of the sampler (same seed, same text).", DefaultValueFactory = _ => 0 };
+    private static readonly Option<bool> s_noKvCache = new("--no-kv-cache") { Description = "Re-run the whole sequence for every token instead of feeding the KV cache back." };
 
-    public GenerateCommand() : base("generate", "Greedy-generate a sample from a small causal LM (re-runs the prefix per token).")
+    public GenerateCommand() : base("generate", "Generate text from a causal LM with its KV cache, greedy or sampled, optionally with LoRA adapters through ONNX Runtime.")
     {
         Arguments.Add(s_model);
         Options.Add(s_tokenizer);
-        Options.Add(s_prompt);
+        Options.Add(s_adapters);
+        Options.Add(s_prompts);
         Options.Add(s_maxTokens);
+        Options.Add(s_temperature);
+        Options.Add(s_topK);
+        Options.Add(s_topP);
+        Options.Add(s_seed);
+        Options.Add(s_noKvCache);
     }
 
     protected override async Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
     {
+        TextWriter error = parse.InvocationConfiguration.Error;
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = parse.GetValue(s_maxTokens),
+            UseKvCache = !parse.GetValue(s_noKvCache),
+            Sampling = new SamplingOptions
+            {
+                Temperature = parse.GetValue(s_temperature),
+                TopK = parse.GetValue(s_topK),
+                TopP = parse.GetValue(s_topP),
+                Seed = parse.GetValue(s_seed),
+            },
+        };
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            throw new LoraException($"Invalid generation option {e.ParamName}: {e.Message}", e);
+        }
+
+        string[] prompts = parse.GetValue(s_prompts) is { Length: > 0 } given ? given : [""];
         TextTokenizer tokenizer = TextTokenizer.Load(parse.GetValue(s_tokenizer)!);
-        using var generator = new GreedyGenerator(parse.GetValue(s_model)!);
-        string text = generator.Generate(tokenizer, parse.GetValue(s_prompt)!, parse.GetValue(s_maxTokens));
-        await output.WriteLineAsync(text).ConfigureAwait(false);
+        using TextGenerator generator = TextGenerator.Create(parse.GetValue(s_model)!, parse.GetValue(s_adapters) ?? []);
+        foreach (string prompt in prompts)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            await output.WriteAsync(OneLine(prompt)).ConfigureAwait(false);
+            GenerationResult result = generator.Generate(tokenizer, prompt, options, piece =>
+            {
+                // Library callback, synchronous by design: one piece per token, flushed so the text streams.
+                output.Write(OneLine(piece));
+                output.Flush();
+            });
+            await output.WriteLineAsync().ConfigureAwait(false);
+            await output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await error.WriteLineAsync(Stats(result)).ConfigureAwait(false);
+        }
+
         return ExitCodes.Success;
     }
+
+    /// <summary>Keeps one prompt's text on one line (stories contain paragraph breaks).</summary>
+    private static string OneLine(string text) => text.Replace("\r", "\\r", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
+
+    private static string Stats(GenerationResult r) => string.Create(
+        CultureInfo.InvariantCulture,
+        $"{r.NewTokens.Count} tokens, prefill {r.PromptTokens.Count} tokens {r.PrefillTime.TotalMilliseconds:F1} ms, decode {r.DecodeTokensPerSecond:F1} tokens/s ({(r.UsedKvCache ? "kv cache" : "recompute")})");
 }

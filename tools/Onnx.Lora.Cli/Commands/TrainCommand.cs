@@ -116,6 +116,7 @@ internal sealed class TrainCommand : LoraCommand
         "output_dir" => "Run folder: artifacts/, checkpoints/, adapter/, metrics.jsonl, loss.png, summary.json.",
         "resume" => "Continue from a checkpoint folder, or the latest one in output_dir when given without a value.",
         "lr_scheduler" => "constant, linear or cosine.",
+        "memory_limit" => "Memory the run may use (e.g. 6GiB; default: what the machine/cgroup has, or ONNX_LORA_MEMORY_LIMIT); none skips the check.",
         "nan_policy" => "stop (default) or skip a step whose loss/gradient is NaN/Inf.",
         "lora_targets" => "Comma-separated module names/suffixes/regexes, or all-linear.",
         "lora_plus_ratio" => "LoRA+: B's learning rate = ratio × lr.",

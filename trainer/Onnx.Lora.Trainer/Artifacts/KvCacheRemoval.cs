@@ -5,8 +5,10 @@ namespace Onnx.Lora.Trainer.Artifacts;
 /// <summary>
 /// Removes the KV cache from a decoder for training (a training step sees whole sequences, no past): present outputs
 /// are dropped, and each past input is disconnected where it feeds an optional input of a fused attention op
-/// (GroupQueryAttention, MultiHeadAttention, Attention take "no past" as an omitted input). A past input read any other
-/// way (e.g. a torch-style Concat) is instead fed an empty tensor by the session, so it is kept.
+/// (GroupQueryAttention, MultiHeadAttention, Attention take "no past" as an omitted input) or feeds a torch-style
+/// <c>Concat(past, new)</c>: with an empty past that Concat is the new keys/values, so its readers read them directly
+/// and the Concat goes. A past input still read some other way (e.g. Shape ops computing the past length) is fed an
+/// empty tensor by the session, so it is kept.
 /// </summary>
 public static class KvCacheRemoval
 {
@@ -34,6 +36,14 @@ public static class KvCacheRemoval
             foreach (Usage use in input.Uses.Where(u => u.Node.Domain == "com.microsoft" && s_fusedAttention.Contains(u.Node.OpType)).ToArray())
             {
                 use.Node.ReplaceInput(use.InputIndex, null);
+            }
+
+            // Concat(empty past, new) ≡ new: bypassing it keeps the training graph (and its speed) as without a cache.
+            foreach (Usage use in input.Uses.Where(u => u.Node.Is("Concat") && u.Node.Inputs.Count == 2 && !u.Node.Outputs[0].IsGraphOutput).ToArray())
+            {
+                Value fresh = use.Node.Inputs[1 - use.InputIndex]!;
+                use.Node.Outputs[0].ReplaceAllUsesWith(fresh);
+                graph.Remove(use.Node);
             }
 
             if (input.Uses.Count == 0)

@@ -1,3 +1,4 @@
+using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Trainer.Schedules;
 
 namespace Onnx.Lora.Trainer.Config;
@@ -34,7 +35,7 @@ public sealed record TrainOptions
     /// <summary><c>output_dir</c>: where checkpoints, metrics and the final adapter go.</summary>
     public string OutputDir { get; init; } = "run";
 
-    /// <summary><c>resume</c>: a checkpoint folder, or <c>latest</c> for the newest one in <see cref="OutputDir"/>.</summary>
+    /// <summary><c>resume</c>: a checkpoint folder, or <c>latest</c> for the newest one in <see cref="OutputDir"/> (none yet: start from step 0).</summary>
     public string? Resume { get; init; }
 
     /// <summary><c>seq_length</c>: tokens per row.</summary>
@@ -136,6 +137,13 @@ public sealed record TrainOptions
     /// <summary><c>use_dora</c>: weight-decomposed LoRA.</summary>
     public bool UseDora { get; init; }
 
+    /// <summary>
+    /// <c>memory_limit</c>: memory the run may use (e.g. <c>6GiB</c>), instead of what the machine reports (MemAvailable,
+    /// cgroup limit, or the ONNX_LORA_MEMORY_LIMIT variable); <c>none</c> skips the check. A run whose estimate exceeds
+    /// it stops before training with the estimate.
+    /// </summary>
+    public string? MemoryLimit { get; init; }
+
     /// <summary>Execution providers the runner knows, lower-case.</summary>
     public static IReadOnlyList<string> KnownExecutionProviders { get; } = ["cpu", "cuda", "tensorrt"];
 
@@ -156,6 +164,8 @@ public sealed record TrainOptions
         }
 
         Require(!string.IsNullOrWhiteSpace(Model), "model", "is required");
+        Require(MemoryLimit is null || MemoryLimit.Equals("none", StringComparison.OrdinalIgnoreCase) || SystemResources.TryParseSize(MemoryLimit, out _),
+            "memory_limit", "must be a size like 6GiB or 512M, or none");
         Require(!string.IsNullOrWhiteSpace(Data), "data", "is required");
         Require(!string.IsNullOrWhiteSpace(Tokenizer), "tokenizer", "is required");
         Require(!string.IsNullOrWhiteSpace(OutputDir), "output_dir", "must not be empty");

@@ -57,6 +57,7 @@ public static class TrainOptionsLoader
         ["lora_dropout"] = (o, v) => o with { LoraDropout = v.Double() },
         ["use_rslora"] = (o, v) => o with { UseRsLora = v.Bool() },
         ["use_dora"] = (o, v) => o with { UseDora = v.Bool() },
+        ["memory_limit"] = (o, v) => o with { MemoryLimit = v.NullableString() },
     };
 
     /// <summary>Every key a file or flag may set, snake_case.</summary>

@@ -48,12 +48,14 @@ public sealed class MetricsLog : IDisposable
 {
     private readonly FileStream _stream;
     private readonly List<MetricRecord> _records;
+    private readonly Utf8JsonWriter _writer; // One writer for the whole run (Reset per line): no per-step allocation.
 
     private MetricsLog(string path, FileStream stream, List<MetricRecord> records)
     {
         Path = path;
         _stream = stream;
         _records = records;
+        _writer = new Utf8JsonWriter(stream);
     }
 
     /// <summary>The file.</summary>
@@ -105,7 +107,8 @@ public sealed class MetricsLog : IDisposable
     public void Write(MetricRecord record)
     {
         ArgumentNullException.ThrowIfNull(record);
-        using (var writer = new Utf8JsonWriter(_stream))
+        Utf8JsonWriter writer = _writer;
+        writer.Reset();
         {
             writer.WriteStartObject();
             writer.WriteString("kind", record.Kind);
@@ -123,6 +126,7 @@ public sealed class MetricsLog : IDisposable
             WriteOptional(writer, "epoch", record.Epoch);
             WriteOptional(writer, "elapsed_seconds", record.ElapsedSeconds);
             writer.WriteEndObject();
+            writer.Flush();
         }
 
         _stream.WriteByte((byte)'\n');
@@ -131,7 +135,11 @@ public sealed class MetricsLog : IDisposable
     }
 
     /// <inheritdoc/>
-    public void Dispose() => _stream.Dispose();
+    public void Dispose()
+    {
+        _writer.Dispose();
+        _stream.Dispose();
+    }
 
     private static void WriteOptional(Utf8JsonWriter w, string name, double? value)
     {

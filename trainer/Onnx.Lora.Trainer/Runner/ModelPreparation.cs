@@ -92,7 +92,9 @@ public static class ModelPreparation
         }
         else
         {
-            observer.OnMessage($"{name} already carries LoRA ({manifest.Modules.Count} modules); the lora_* options are ignored");
+            observer.OnMessage(SetsLoraOptions(options)
+                ? $"{name} already carries LoRA ({manifest.Modules.Count} modules); the lora_* options are ignored"
+                : $"{name} already carries LoRA ({manifest.Modules.Count} modules)");
         }
 
         if (manifest.Placement != LoraPlacement.Initializers)
@@ -104,6 +106,14 @@ public static class ModelPreparation
         observer.OnMessage($"building training graphs in {artifactsDir}");
         TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir);
         return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions);
+    }
+
+    // Only worth a warning when the user asked for something the injected model will not get.
+    private static bool SetsLoraOptions(TrainOptions options)
+    {
+        var defaults = new TrainOptions();
+        return options.LoraRank != defaults.LoraRank || options.LoraAlpha != defaults.LoraAlpha || !options.LoraTargets.SequenceEqual(defaults.LoraTargets) ||
+            options.UseRsLora != defaults.UseRsLora || options.UseDora != defaults.UseDora;
     }
 
     /// <summary>The LoRA options that <paramref name="options"/> describe.</summary>

@@ -4,6 +4,7 @@ using System.Text.Json;
 using Onnx.Lora.Exporter;
 using Onnx.Lora.Exporter.Peft;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Artifacts;
@@ -96,6 +97,13 @@ public sealed class TrainingRunner
         string outputDir = Path.GetFullPath(o.OutputDir);
         string checkpointsDir = Path.Combine(outputDir, CheckpointsFolder);
         string? resumeFrom = ResolveResume(o, checkpointsDir);
+        if (resumeFrom is null && o.Resume is not null)
+        {
+            // A run killed before its first checkpoint has nothing to resume: it starts over (the metrics of the
+            // dead run are dropped below), so "always pass --resume latest" is a safe restart policy.
+            _observer.OnMessage($"no checkpoint in {checkpointsDir} yet; starting from step 0");
+        }
+
         if (resumeFrom is null && CheckpointStore.List(checkpointsDir).Count > 0)
         {
             throw new ConfigException($"Output folder '{outputDir}' already holds checkpoints; pass --resume to continue that run or choose another output_dir.");
@@ -112,6 +120,8 @@ public sealed class TrainingRunner
                 throw new CheckpointException($"Checkpoint '{resumeFrom}' was made with different data/model/shape/LoRA/schedule options (fingerprint {saved}, now {fingerprint}); a resume must use the same ones.");
             }
         }
+
+        CheckMemory(o);
 
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
         ModelLimits limits = ModelPreparation.ReadLimits(o);
@@ -223,6 +233,33 @@ public sealed class TrainingRunner
         return summary;
     }
 
+    /// <summary>Estimates the run's peak memory and stops before anything is allocated when it cannot fit.</summary>
+    private void CheckMemory(TrainOptions o)
+    {
+        if (o.MemoryLimit?.Equals("none", StringComparison.OrdinalIgnoreCase) == true)
+        {
+            return;
+        }
+
+        ModelShape shape;
+        try
+        {
+            shape = TrainingMemoryEstimate.ReadShape(o.Model);
+        }
+        catch (Exception e) when (e is LoraException or IOException)
+        {
+            return; // A missing or broken model is reported by the preparation below, with its own message.
+        }
+
+        long dataBytes = (File.Exists(o.Data) ? new FileInfo(o.Data).Length : 0) + (o.EvalData is { } eval && File.Exists(eval) ? new FileInfo(eval).Length : 0);
+        TrainingMemoryEstimate estimate = TrainingMemoryEstimate.Estimate(o, shape, dataBytes);
+        MemoryBudget budget = o.MemoryLimit is { } limit
+            ? new MemoryBudget(SystemResources.ParseSize(limit, "memory_limit"), "--memory-limit")
+            : SystemResources.AvailableMemory();
+        _observer.OnMessage($"memory: estimated peak {estimate}; {SystemResources.FormatGiB(budget.Bytes)} available ({budget.Source})");
+        estimate.EnsureFits(budget);
+    }
+
     private RunOutcome TrainLoop(RunContext c, CancellationToken cancellationToken)
     {
         TrainOptions o = c.Options;
@@ -230,6 +267,7 @@ public sealed class TrainingRunner
         var micro = new MicroBatchBuffers(o.GradientAccumulationSteps);
         var batches = new TrainingBatch[o.GradientAccumulationSteps];
         var sinceStart = Stopwatch.StartNew();
+        var stepClock = new Stopwatch();
         int firstStep = loop.Step;
         while (loop.Step < c.TotalSteps)
         {
@@ -254,7 +292,7 @@ public sealed class TrainingRunner
 
             double lr = c.Schedule.PeakLearningRate * c.Schedule.Factor(loop.Step);
             c.Session.LearningRate = (float)lr;
-            var stepClock = Stopwatch.StartNew();
+            stepClock.Restart();
             TrainStepResult r = c.Session.Step(batches);
             double seconds = stepClock.Elapsed.TotalSeconds;
             int stepNumber = loop.Step + 1;
@@ -396,8 +434,7 @@ public sealed class TrainingRunner
 
         if (o.Resume.Equals("latest", StringComparison.OrdinalIgnoreCase) || o.Resume.Length == 0)
         {
-            return CheckpointStore.FindLatest(checkpointsDir)
-                ?? throw new CheckpointException($"--resume: there is no checkpoint in '{checkpointsDir}' to resume from.");
+            return CheckpointStore.FindLatest(checkpointsDir);
         }
 
         return Directory.Exists(o.Resume) ? Path.GetFullPath(o.Resume)

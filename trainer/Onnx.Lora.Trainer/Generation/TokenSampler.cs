@@ -1,0 +1,95 @@
+using System.Numerics.Tensors;
+
+namespace Onnx.Lora.Trainer.Generation;
+
+/// <summary>
+/// Picks tokens from logits as <see cref="SamplingOptions"/> say, with its own seeded <see cref="Random"/> (the same
+/// seed and logits give the same tokens). Buffers grow to the vocabulary once and are reused for every token.
+/// </summary>
+public sealed class TokenSampler
+{
+    private readonly SamplingOptions _options;
+    private readonly Random _random;
+    private float[] _probabilities = [];
+    private float[] _keys = [];
+    private int[] _order = [];
+
+    /// <summary>Creates a sampler.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The options are out of range.</exception>
+    public TokenSampler(SamplingOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _options = options;
+        _random = new Random(options.Seed);
+    }
+
+    /// <summary>The next token for <paramref name="logits"/> (one position, one entry per vocabulary id).</summary>
+    /// <exception cref="ArgumentException"><paramref name="logits"/> is empty.</exception>
+    public int Next(ReadOnlySpan<float> logits)
+    {
+        if (logits.IsEmpty)
+        {
+            throw new ArgumentException("Logits are empty.", nameof(logits));
+        }
+
+        if (_options.IsGreedy)
+        {
+            return TensorPrimitives.IndexOfMax(logits);
+        }
+
+        int vocab = logits.Length;
+        if (_order.Length < vocab)
+        {
+            _probabilities = new float[vocab];
+            _keys = new float[vocab];
+            _order = new int[vocab];
+        }
+
+        Span<float> p = _probabilities.AsSpan(0, vocab);
+        Span<float> keys = _keys.AsSpan(0, vocab);
+        TensorPrimitives.Divide(logits, _options.Temperature, keys);
+        TensorPrimitives.SoftMax(keys, p);
+
+        // Most likely first: sorting keys = -p ascending carries the ids along.
+        TensorPrimitives.Negate(p, keys);
+        for (int i = 0; i < vocab; i++)
+        {
+            _order[i] = i;
+        }
+
+        Array.Sort(_keys, _order, 0, vocab);
+
+        // Top-k, then the nucleus of the top-k distribution (renormalized): the fewest tokens whose mass reaches top-p.
+        int k = _options.TopK > 0 ? Math.Min(_options.TopK, vocab) : vocab;
+        double topKMass = 0;
+        for (int i = 0; i < k; i++)
+        {
+            topKMass += p[_order[i]];
+        }
+
+        double target = _options.TopP * topKMass;
+        double mass = 0;
+        int n = 0;
+        while (n < k)
+        {
+            mass += p[_order[n++]];
+            if (mass >= target)
+            {
+                break;
+            }
+        }
+
+        double r = _random.NextDouble() * mass;
+        for (int i = 0; i < n; i++)
+        {
+            r -= p[_order[i]];
+            if (r < 0)
+            {
+                return _order[i];
+            }
+        }
+
+        return _order[n - 1];
+    }
+}

@@ -1,0 +1,104 @@
+using System.Globalization;
+using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Resources;
+using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Models.Conversion;
+using Onnx.Lora.Trainer.Config;
+
+namespace Onnx.Lora.Trainer.Runner;
+
+/// <summary>The shape facts of a decoder model that its training memory depends on, read without loading weights.</summary>
+/// <param name="WeightBytes">Bytes of all weights (external data included).</param>
+/// <param name="Hidden">Model width.</param>
+/// <param name="Intermediate">MLP width.</param>
+/// <param name="Layers">Decoder layers.</param>
+/// <param name="Heads">Attention heads.</param>
+/// <param name="Vocab">Vocabulary size (logits width).</param>
+/// <param name="LinearInOutSum">Σ (in + out) over the linear layers of the decoder: LoRA of rank r on all of them has r·Σ parameters.</param>
+public sealed record ModelShape(long WeightBytes, int Hidden, int Intermediate, int Layers, int Heads, int Vocab, long LinearInOutSum);
+
+/// <summary>
+/// A rough estimate of a training run's peak memory, by part, in bytes (see <see cref="Estimate"/> for the formula).
+/// </summary>
+/// <param name="Weights">Frozen weights as ONNX Runtime holds them.</param>
+/// <param name="Activations">Saved forward activations and their gradients for one micro-batch, with the safety factor.</param>
+/// <param name="Adapter">LoRA parameters, gradients, AdamW moments, accumulators and checkpoint copies.</param>
+/// <param name="Data">Tokenized dataset in memory.</param>
+/// <param name="Runtime">.NET runtime, ONNX Runtime and its arena, fixed.</param>
+public sealed record TrainingMemoryEstimate(long Weights, long Activations, long Adapter, long Data, long Runtime)
+{
+    /// <summary>Fixed cost of the process: .NET, ONNX Runtime, code and arena bookkeeping (a stories260K run peaks at ~160 MiB).</summary>
+    public const long RuntimeBytes = 200L << 20;
+
+    /// <summary>Multiplier on the activation formula: ORT keeps more intermediates than the saved tensors counted, and its arena rounds up.</summary>
+    public const double ActivationSafetyFactor = 1.5;
+
+    /// <summary>The whole estimate.</summary>
+    public long Total => Weights + Activations + Adapter + Data + Runtime;
+
+    /// <summary>"~1.2 GiB (weights 0.4, activations 0.6, ...)".</summary>
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
+        $"~{SystemResources.FormatGiB(Total)} (weights {G(Weights)}, activations {G(Activations)}, adapter+optimizer {G(Adapter)}, data {G(Data)}, runtime {G(Runtime)} GiB)");
+
+    /// <summary>
+    /// Estimates the peak memory of training <paramref name="shape"/> with <paramref name="options"/>:
+    /// <code>
+    /// weights     = W · (1 + 1 if eval data)                    (ORT holds the frozen weights once per session)
+    /// activations = 1.5 · 4 B · b·s · [ L · (14·h + 6·i + 3·heads·s) + 4·V ]
+    ///               (per layer and token: norms, q/k/v/o, RoPE, residuals ≈ 14·h, MLP ≈ 6·i, attention scores, probabilities
+    ///               and their gradient ≈ 3·heads·s; logits, log-softmax, probabilities and their gradient 4·V)
+    /// adapter     = 4 B · r·Σ(in+out) · 8                       (values, gradients, 2 moments, accumulators, 3 checkpoint copies)
+    /// data        = 10 · JSONL bytes                            (≈ 1 token per 3 bytes, ids + mask + labels as int64 ≈ 30 B a token)
+    /// runtime     = 200 MiB
+    /// </code>
+    /// </summary>
+    public static TrainingMemoryEstimate Estimate(TrainOptions options, ModelShape shape, long dataBytes)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(shape);
+        long weights = shape.WeightBytes * (options.EvalData is null ? 1 : 2);
+        double tokens = (double)options.BatchSize * options.SeqLength;
+        double perToken = (shape.Layers * ((14.0 * shape.Hidden) + (6.0 * shape.Intermediate) + (3.0 * shape.Heads * options.SeqLength))) + (4.0 * shape.Vocab);
+        long activations = (long)(ActivationSafetyFactor * 4 * tokens * perToken);
+        long adapter = 4L * options.LoraRank * shape.LinearInOutSum * 8;
+        return new TrainingMemoryEstimate(weights, activations, adapter, 10 * dataBytes, RuntimeBytes);
+    }
+
+    /// <summary>Throws unless the estimate fits <paramref name="budget"/>.</summary>
+    /// <exception cref="ResourceLimitException">It does not; the message has the estimate by part and what is available.</exception>
+    public void EnsureFits(MemoryBudget budget)
+    {
+        if (Total > budget.Bytes)
+        {
+            throw new ResourceLimitException($"Training needs {this} but {SystemResources.FormatGiB(budget.Bytes)} is available ({budget.Source}); lower --batch-size or --seq-length (use --gradient-accumulation-steps to keep the effective batch), or raise --memory-limit.");
+        }
+    }
+
+    /// <summary>Reads the shape of a llama2.c <c>.bin</c> (its header) or an ONNX decoder (initializer dims; weights stay on disk).</summary>
+    /// <exception cref="LoraException">The model cannot be read.</exception>
+    public static ModelShape ReadShape(string modelPath)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        if (modelPath.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
+        {
+            Llama2cHeader h = Llama2cCheckpoint.Open(modelPath).Header;
+            long perLayer = (2L * (h.Dim + h.Dim)) + (2L * (h.Dim + h.KvDim)) + (3L * (h.Dim + h.HiddenDim));
+            return new ModelShape(h.FloatCount * sizeof(float), h.Dim, h.HiddenDim, h.Layers, h.Heads, h.Vocab, perLayer * h.Layers);
+        }
+
+        using Model model = OnnxReader.Load(modelPath);
+        Onnx.Lora.Graph.Graph g = model.Graph;
+        long weightBytes = g.Initializers.Values.Sum(v => v.Initializer!.ByteLength);
+        Tensor? table = g.Nodes.Where(n => n.Is("Gather") && n.Inputs[0]?.Initializer is { Dims.Count: 2 }).Select(n => n.Inputs[0]!.Initializer!).MaxBy(t => t.ByteLength);
+        int vocab = table is null ? 0 : (int)table.Dims[0];
+        int hidden = table is null ? 0 : (int)table.Dims[1];
+        var linear = g.Nodes.Where(n => n.OpType is "MatMul" or "Gemm" or "FusedMatMul")
+            .Select(n => n.Inputs.Count > 1 ? n.Inputs[1]?.Initializer : null).OfType<Tensor>().Where(t => t.Dims.Count == 2 && t.Dims[0] != vocab && t.Dims[1] != vocab).ToList();
+        int intermediate = linear.Count == 0 ? 4 * hidden : (int)linear.Max(t => Math.Max(t.Dims[0], t.Dims[1]));
+        int layers = Math.Max(1, g.Nodes.Count(n => n.OpType is "Softmax" or "Attention" or "GroupQueryAttention" or "MultiHeadAttention"));
+        long? heads = g.Nodes.Select(n => n.Attributes.TryGetValue("num_heads", out Attr? a) && a.Value is long v ? v : (long?)null).FirstOrDefault(h => h is > 0);
+        return new ModelShape(weightBytes, hidden, intermediate, layers, (int)(heads ?? Math.Max(1, hidden / 64)), vocab, linear.Sum(t => t.Dims[0] + t.Dims[1]));
+    }
+
+    private static string G(long bytes) => (bytes / (1024.0 * 1024 * 1024)).ToString("F2", CultureInfo.InvariantCulture);
+}
