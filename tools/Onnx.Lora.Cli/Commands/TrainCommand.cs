@@ -8,8 +8,9 @@ namespace Onnx.Lora.Cli.Commands;
 
 /// <summary>
 /// <c>onnx-lora train [--config FILE] [--KEY VALUE ...]</c>: one flag per <see cref="TrainOptionsLoader.Keys"/> key
-/// (kebab-case), flags override the file. Exit codes: 0 done (or early-stopped), 2 bad input, 3 a guard stopped the
-/// run (NaN/Inf), 130 cancelled by Ctrl-C after saving a checkpoint.
+/// (kebab-case), flags override the file. Exit codes: 0 done (or early-stopped), 2 bad option or config, 3 a guard
+/// stopped the run (NaN/Inf), 4 bad model, 6 bad data or tokenizer, 7 not enough memory/disk, 130 cancelled by Ctrl-C
+/// after saving a checkpoint (docs/exit-codes.md).
 /// </summary>
 internal sealed class TrainCommand : LoraCommand
 {
