@@ -16,6 +16,9 @@ namespace Onnx.Lora.Graph.Serialization;
 /// </remarks>
 public static class OnnxReader
 {
+    /// <summary>Deepest subgraph (If/Loop/Scan body) nesting accepted: far beyond any exporter, well within a 1 MiB stack.</summary>
+    public const int MaxGraphNesting = 128;
+
     /// <summary>
     /// Deepest protobuf message nesting accepted (protobuf's default is 100, too few for deep If/Loop bodies: each
     /// subgraph level costs three message levels, Graph → Node → Attribute).
@@ -175,7 +178,9 @@ public static class OnnxReader
 
         public Graph ReadGraph(GraphProto proto, Scope? outer)
         {
-            if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            // Real exporters nest If/Loop bodies a few levels deep; a fixed bound makes hostile nesting fail the same
+            // way on every machine, and the stack probe still guards threads with unusually small stacks.
+            if ((outer?.Depth ?? 0) >= MaxGraphNesting || !System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
             {
                 throw new OnnxSerializationException($"{displayPath}: graph '{proto.Name}' is nested too deeply to read.");
             }
@@ -594,6 +599,9 @@ public static class OnnxReader
 
     private sealed class Scope(Scope? outer)
     {
+        /// <summary>Graphs between this scope and the main graph's (0 for the main graph).</summary>
+        public int Depth { get; } = outer is null ? 0 : outer.Depth + 1;
+
         private readonly Dictionary<string, Value> _values = new(StringComparer.Ordinal);
 
         public void Define(Value value) => _values[value.Name] = value;

@@ -167,7 +167,7 @@ public sealed class OnnxBadInputTests
     public void Load_NestingTooDeepForTheStack_ThrowsBeforeOverflowing()
     {
         using var dir = new TempDir();
-        // 300 levels pass protobuf's limit (900 < 1000) but not the reader's stack guard on a 1 MiB stack.
+        // 300 levels pass protobuf's limit (900 < 1000) but not the reader's nesting bound (128), checked before the stack runs out.
         File.WriteAllBytes(dir.File("deep.onnx"), NestedIfModel(300).ToByteArray());
         OnnxSerializationException? error = null;
         RunOnSmallStack(() => error = Assert.ThrowsExactly<OnnxSerializationException>(() => OnnxReader.Load(dir.File("deep.onnx")).Dispose()));

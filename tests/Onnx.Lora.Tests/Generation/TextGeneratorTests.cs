@@ -148,7 +148,7 @@ public sealed class TextGeneratorTests
     [TestMethod]
     public void Create_MissingModel_ThrowsNamingFile()
     {
-        var e = Assert.ThrowsExactly<Onnx.Lora.Graph.LoraException>(() => TextGenerator.Create("/nonexistent/model.onnx"));
+        var e = Assert.ThrowsExactly<Onnx.Lora.Graph.OnnxSerializationException>(() => TextGenerator.Create("/nonexistent/model.onnx"));
         StringAssert.Contains(e.Message, "/nonexistent/model.onnx");
     }
 

@@ -42,6 +42,22 @@ public sealed class ResourceLimitTests
     }
 
     [TestMethod]
+    public void TrainVerb_WhenTheEstimateExceedsTheMemoryLimit_ExitsWithResourceLimitAndWritesNothing()
+    {
+        using var dir = new TempDir();
+        TrainOptions o = Options(dir);
+
+        (int exit, _, string stderr) = Onnx.Lora.Tests.Cli.CliRunner.Run("train", "--model", o.Model, "--tokenizer", o.Tokenizer, "--data", o.Data,
+            "--output-dir", o.OutputDir, "--seq-length", "512", "--batch-size", "64", "--max-steps", "3", "--memory-limit", "1GiB");
+
+        TestContext.WriteLine(stderr);
+        Assert.AreEqual(7, exit, "ResourceLimit exit code");
+        Assert.AreEqual(1, stderr.Trim().Split('\n').Length, "one error line, no stack trace");
+        StringAssert.Contains(stderr, "Training needs ~");
+        Assert.IsFalse(Directory.Exists(o.OutputDir), "nothing was written");
+    }
+
+    [TestMethod]
     public void Run_WhenTheEstimateFits_Trains()
     {
         using var dir = new TempDir();
@@ -81,7 +97,7 @@ public sealed class ResourceLimitTests
             new Dictionary<string, string> { [SystemResources.DiskLimitVariable] = "100KiB" });
 
         TestContext.WriteLine(error);
-        Assert.AreNotEqual(0, exit);
+        Assert.AreEqual(7, exit, "ResourceLimit exit code");
         StringAssert.Contains(error, "needs ~");
         StringAssert.Contains(error, "has 0 MiB free");
         Assert.IsFalse(Directory.Exists(dir.File("out")) && Directory.EnumerateFiles(dir.File("out")).Any(), "nothing is written");

@@ -28,7 +28,6 @@ internal abstract class LoraCommand : Command
     internal static int ExitCodeFor(Exception e) => e switch
     {
         OnnxSerializationException => ExitCodes.BadModel,
-        LoraException { InnerException: Microsoft.ML.OnnxRuntime.OnnxRuntimeException ort } when IsModelLoadError(ort) => ExitCodes.BadModel,
         AdapterFormatException or AdapterMismatchException => ExitCodes.BadAdapter,
         DataException => ExitCodes.BadData,
         ResourceLimitException or OutOfMemoryException => ExitCodes.ResourceLimit,

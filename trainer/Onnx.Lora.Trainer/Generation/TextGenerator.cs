@@ -58,23 +58,23 @@ public sealed class TextGenerator : IDisposable
             }
             else if (name is not ("input_ids" or "attention_mask" or "position_ids"))
             {
-                throw new LoraException($"Model '{modelPath}' has input '{name}', which generation cannot feed (it feeds input_ids, attention_mask, position_ids and past_key_values.N.key/value).");
+                throw new OnnxSerializationException($"Model '{modelPath}' has input '{name}', which generation cannot feed (it feeds input_ids, attention_mask, position_ids and past_key_values.N.key/value).");
             }
             else if (meta.ElementType != typeof(long))
             {
-                throw new LoraException($"Model '{modelPath}' input '{name}' is {meta.ElementType.Name}; generation feeds int64.");
+                throw new OnnxSerializationException($"Model '{modelPath}' input '{name}' is {meta.ElementType.Name}; generation feeds int64.");
             }
         }
 
         if (!session.InputMetadata.ContainsKey("input_ids"))
         {
-            throw new LoraException($"Model '{modelPath}' has no input 'input_ids'.");
+            throw new OnnxSerializationException($"Model '{modelPath}' has no input 'input_ids'.");
         }
 
         string logits = session.OutputMetadata.ContainsKey("logits") ? "logits" : session.OutputMetadata.Keys.First();
         if (session.OutputMetadata[logits].ElementType != typeof(float))
         {
-            throw new LoraException($"Model '{modelPath}' output '{logits}' is {session.OutputMetadata[logits].ElementType.Name}; generation reads float32 logits.");
+            throw new OnnxSerializationException($"Model '{modelPath}' output '{logits}' is {session.OutputMetadata[logits].ElementType.Name}; generation reads float32 logits.");
         }
 
         var names = new List<string> { "input_ids" };
@@ -89,7 +89,7 @@ public sealed class TextGenerator : IDisposable
         string? missing = _logitsAndPresent.FirstOrDefault(n => !session.OutputMetadata.ContainsKey(n));
         if (missing is not null)
         {
-            throw new LoraException($"Model '{modelPath}' has KV cache inputs but no output '{missing}' to feed back as past.");
+            throw new OnnxSerializationException($"Model '{modelPath}' has KV cache inputs but no output '{missing}' to feed back as past.");
         }
 
         // An empty past (past_sequence_length 0) for prefill and for every recompute step.
@@ -123,7 +123,7 @@ public sealed class TextGenerator : IDisposable
         adapterPaths ??= [];
         if (!File.Exists(modelPath))
         {
-            throw new LoraException($"Model '{modelPath}' does not exist.");
+            throw new OnnxSerializationException($"Model '{modelPath}' does not exist.");
         }
 
         ValidateAdapters(modelPath, adapterPaths);
@@ -146,7 +146,7 @@ public sealed class TextGenerator : IDisposable
             }
             catch (OnnxRuntimeException e)
             {
-                throw new LoraException($"Model '{modelPath}' cannot be loaded by ONNX Runtime: {e.Message}", e);
+                throw new OnnxSerializationException($"Model '{modelPath}' cannot be loaded by ONNX Runtime: {e.Message}", e);
             }
 
             return new TextGenerator(session, runOptions, adapters, modelPath);
