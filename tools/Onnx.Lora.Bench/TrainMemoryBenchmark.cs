@@ -9,7 +9,9 @@ namespace Onnx.Lora.Bench;
 /// Steady memory of a long training run: stories260K (all-linear LoRA r=8, seq 64, batch 8, packing + truncate, no periodic
 /// checkpoints) trains for 1,100 steps in a fresh child process, which samples its RSS, anonymous RSS, managed heap and
 /// total managed allocations every 100 steps. Growth is measured from step 100 (after warm-up: arena, JIT, first
-/// allocations) to step 1,100, i.e. per 1,000 steps.
+/// allocations) to step 1,100, i.e. per 1,000 steps. Live RSS includes the garbage the GC has not collected yet (its
+/// gen0 budget fills and empties in a saw-tooth), so each sample is also taken again after a full compacting GC: what
+/// the run really retains.
 /// </summary>
 internal static class TrainMemoryBenchmark
 {
@@ -23,6 +25,8 @@ internal static class TrainMemoryBenchmark
         double window = steps - 100;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"steps 100 → {steps}: RSS {f[0]:F1} → {f[1]:F1} MB ({(f[1] - f[0]) * 1000 / window:+0.0;-0.0} MB per 1,000 steps), anonymous RSS {f[2]:F1} → {f[3]:F1} MB ({(f[3] - f[2]) * 1000 / window:+0.0;-0.0} MB per 1,000 steps), managed heap {f[4]:F2} → {f[5]:F2} MB; managed allocations {f[6]:F0} bytes per step"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"after a full GC at each sample: anonymous RSS {f[7]:F1} → {f[8]:F1} MB ({(f[8] - f[7]) * 1000 / window:+0.00;-0.00} MB per 1,000 steps), managed heap {f[9]:F3} → {f[10]:F3} MB ({(f[10] - f[9]) * 1000 / window:+0.000;-0.000} MB per 1,000 steps)"));
         return 0;
     }
 
@@ -50,11 +54,11 @@ internal static class TrainMemoryBenchmark
         new TrainingRunner(options, sampler).Run();
         Sample at100 = sampler.Samples[100], last = sampler.Samples[steps];
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{at100.RssMb} {last.RssMb} {at100.AnonMb} {last.AnonMb} {at100.HeapMb} {last.HeapMb} {(double)(last.Allocated - at100.Allocated) / (steps - 100)}"));
+            $"{at100.RssMb} {last.RssMb} {at100.AnonMb} {last.AnonMb} {at100.HeapMb} {last.HeapMb} {(double)(last.Allocated - at100.Allocated) / (steps - 100)} {at100.RetainedAnonMb} {last.RetainedAnonMb} {at100.RetainedHeapMb} {last.RetainedHeapMb}"));
         return 0;
     }
 
-    private readonly record struct Sample(double RssMb, double AnonMb, double HeapMb, long Allocated);
+    private readonly record struct Sample(double RssMb, double AnonMb, double HeapMb, long Allocated, double RetainedAnonMb, double RetainedHeapMb);
 
     private sealed class Sampler : ITrainingObserver
     {
@@ -64,9 +68,15 @@ internal static class TrainMemoryBenchmark
         {
             if (report.Step % 100 == 0)
             {
-                var s = new Sample(StatusKb("VmRSS:") / 1024.0, StatusKb("RssAnon:") / 1024.0, GC.GetTotalMemory(false) / 1e6, GC.GetTotalAllocatedBytes(precise: true));
+                double rss = StatusKb("VmRSS:") / 1024.0, anon = StatusKb("RssAnon:") / 1024.0, heap = GC.GetGCMemoryInfo().HeapSizeBytes / 1e6;
+                long allocated = GC.GetTotalAllocatedBytes(precise: true);
+                GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+                GC.WaitForPendingFinalizers();
+                GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+                var s = new Sample(rss, anon, heap, allocated, StatusKb("RssAnon:") / 1024.0, GC.GetGCMemoryInfo().HeapSizeBytes / 1e6);
                 Samples[report.Step] = s;
-                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  step {report.Step,5}: RSS {s.RssMb,7:F1} MB  anon {s.AnonMb,7:F1} MB  managed heap {s.HeapMb,6:F2} MB  allocated {s.Allocated / 1e6,8:F2} MB"));
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  step {report.Step,5}: RSS {s.RssMb,7:F1} MB  anon {s.AnonMb,7:F1} MB  managed heap {s.HeapMb,6:F2} MB  allocated {s.Allocated / 1e6,8:F2} MB  | after full GC: anon {s.RetainedAnonMb,7:F1} MB  heap {s.RetainedHeapMb,7:F3} MB"));
             }
         }
 

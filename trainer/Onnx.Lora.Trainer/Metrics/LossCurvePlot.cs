@@ -6,20 +6,21 @@ namespace Onnx.Lora.Trainer.Metrics;
 /// <summary>Draws train and eval loss against the step as a PNG (ScottPlot), written atomically.</summary>
 public static class LossCurvePlot
 {
-    /// <summary>Writes the loss curve of <paramref name="records"/> to <paramref name="path"/>.</summary>
+    /// <summary>Writes the train and eval loss curves to <paramref name="path"/>.</summary>
     /// <param name="path">The PNG file.</param>
-    /// <param name="records">Metrics; non-finite losses are left out of the curve.</param>
+    /// <param name="train">Train losses.</param>
+    /// <param name="eval">Eval losses.</param>
     /// <param name="title">Plot title.</param>
     /// <param name="width">Width in pixels.</param>
     /// <param name="height">Height in pixels.</param>
-    public static void Write(string path, IEnumerable<MetricRecord> records, string title = "Loss", int width = 900, int height = 540)
+    public static void Write(string path, LossSeries train, LossSeries eval, string title = "Loss", int width = 900, int height = 540)
     {
         ArgumentNullException.ThrowIfNull(path);
-        ArgumentNullException.ThrowIfNull(records);
-        List<MetricRecord> finite = records.Where(r => double.IsFinite(r.Loss)).ToList();
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(eval);
         using var plot = new Plot();
-        AddSeries(plot, finite.Where(r => r.Kind == "train").ToList(), "train loss", Colors.SteelBlue, markers: false);
-        AddSeries(plot, finite.Where(r => r.Kind == "eval").ToList(), "eval loss", Colors.OrangeRed, markers: true);
+        AddSeries(plot, train, "train loss", Colors.SteelBlue, markers: false);
+        AddSeries(plot, eval, "eval loss", Colors.OrangeRed, markers: true);
         plot.Title(title);
         plot.XLabel("step");
         plot.YLabel("loss (nats / token)");
@@ -28,18 +29,17 @@ public static class LossCurvePlot
         AtomicFile.WriteAllBytes(path, png);
     }
 
-    private static void AddSeries(Plot plot, List<MetricRecord> points, string label, Color color, bool markers)
+    private static void AddSeries(Plot plot, LossSeries series, string label, Color color, bool markers)
     {
-        if (points.Count == 0)
+        (double[] xs, double[] ys) = series.Points();
+        if (xs.Length == 0)
         {
             return;
         }
 
-        double[] xs = points.Select(p => (double)p.Step).ToArray();
-        double[] ys = points.Select(p => p.Loss).ToArray();
         var scatter = plot.Add.Scatter(xs, ys, color);
         scatter.LegendText = label;
         scatter.LineWidth = 2;
-        scatter.MarkerSize = markers || points.Count == 1 ? 7 : 0;
+        scatter.MarkerSize = markers || xs.Length == 1 ? 7 : 0;
     }
 }

@@ -47,22 +47,23 @@ public sealed record MetricRecord
 public sealed class MetricsLog : IDisposable
 {
     private readonly FileStream _stream;
-    private readonly List<MetricRecord> _records;
     private readonly Utf8JsonWriter _writer; // One writer for the whole run (Reset per line): no per-step allocation.
 
-    private MetricsLog(string path, FileStream stream, List<MetricRecord> records)
+    private MetricsLog(string path, FileStream stream)
     {
         Path = path;
         _stream = stream;
-        _records = records;
         _writer = new Utf8JsonWriter(stream);
     }
 
     /// <summary>The file.</summary>
     public string Path { get; }
 
-    /// <summary>Every record of the run so far (kept lines included), for the loss curve and summary.</summary>
-    public IReadOnlyList<MetricRecord> Records => _records;
+    /// <summary>Train losses of the run so far (kept lines included), in bounded memory: for the loss curve and summary.</summary>
+    public LossSeries TrainLoss { get; } = new();
+
+    /// <summary>Eval losses of the run so far (kept lines included).</summary>
+    public LossSeries EvalLoss { get; } = new();
 
     /// <summary>Opens (creates) <paramref name="path"/>; with <paramref name="resumeStep"/>, keeps only lines with step ≤ it.</summary>
     /// <exception cref="IOException">The file cannot be opened.</exception>
@@ -100,7 +101,13 @@ public sealed class MetricsLog : IDisposable
         }
 
         var stream = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read);
-        return new MetricsLog(path, stream, kept);
+        var log = new MetricsLog(path, stream);
+        foreach (MetricRecord r in kept)
+        {
+            log.Track(r);
+        }
+
+        return log;
     }
 
     /// <summary>Appends one record and flushes it to the OS.</summary>
@@ -131,7 +138,7 @@ public sealed class MetricsLog : IDisposable
 
         _stream.WriteByte((byte)'\n');
         _stream.Flush();
-        _records.Add(record);
+        Track(record);
     }
 
     /// <inheritdoc/>
@@ -140,6 +147,8 @@ public sealed class MetricsLog : IDisposable
         _writer.Dispose();
         _stream.Dispose();
     }
+
+    private void Track(MetricRecord record) => (record.Kind == "eval" ? EvalLoss : TrainLoss).Add(record.Step, record.Loss);
 
     private static void WriteOptional(Utf8JsonWriter w, string name, double? value)
     {

@@ -201,24 +201,22 @@ public sealed class TrainingRunner
         }
 
         string? plot = null;
-        if (metrics.Records.Count > 0)
+        if (metrics.TrainLoss.Count + metrics.EvalLoss.Count > 0)
         {
             plot = Path.Combine(outputDir, LossPlotFile);
-            LossCurvePlot.Write(plot, metrics.Records, $"LoRA training — {model.Name}");
+            LossCurvePlot.Write(plot, metrics.TrainLoss, metrics.EvalLoss, $"LoRA training — {model.Name}");
         }
 
-        List<MetricRecord> train = metrics.Records.Where(r => r.Kind == "train" && double.IsFinite(r.Loss)).ToList();
-        List<MetricRecord> eval = metrics.Records.Where(r => r.Kind == "eval").ToList();
         var summary = new TrainingSummary
         {
             Outcome = outcome,
             Steps = loop.Step,
             TotalSteps = totalSteps,
-            FirstTrainLoss = train.Count > 0 ? train[0].Loss : null,
-            LastTrainLoss = train.Count > 0 ? train[^1].Loss : null,
-            FirstEvalLoss = eval.Count > 0 ? eval[0].Loss : null,
-            LastEvalLoss = eval.Count > 0 ? eval[^1].Loss : null,
-            BestEvalLoss = eval.Count > 0 ? eval.Min(e => e.Loss) : null,
+            FirstTrainLoss = metrics.TrainLoss.First,
+            LastTrainLoss = metrics.TrainLoss.Last,
+            FirstEvalLoss = metrics.EvalLoss.First,
+            LastEvalLoss = metrics.EvalLoss.Last,
+            BestEvalLoss = metrics.EvalLoss.Min,
             TokensSeen = loop.TokensSeen,
             Seconds = clock.Elapsed.TotalSeconds,
             SkippedSteps = loop.Skipped,

@@ -62,7 +62,8 @@ public sealed class MetricsTests
         File.AppendAllText(path, "{\"kind\":\"train\",\"st"); // a line cut by SIGKILL
         using (MetricsLog resumed = MetricsLog.Open(path, resumeStep: 3))
         {
-            CollectionAssert.AreEqual(new[] { 1, 2, 3 }, resumed.Records.Select(r => r.Step).ToArray());
+            CollectionAssert.AreEqual(new double[] { 1, 2, 3 }, resumed.TrainLoss.Points().Steps, "kept lines are tracked");
+            Assert.AreEqual(3.0, resumed.TrainLoss.Last);
             resumed.Write(new MetricRecord { Kind = "train", Step = 4, Loss = 40 });
         }
 
@@ -77,7 +78,14 @@ public sealed class MetricsTests
     {
         using var temp = new TempDir();
         string path = temp.File("loss.png");
-        LossCurvePlot.Write(path, Curve(), "stories260K LoRA", 800, 450);
+        var train = new LossSeries();
+        var eval = new LossSeries();
+        foreach (MetricRecord r in Curve())
+        {
+            (r.Kind == "eval" ? eval : train).Add(r.Step, r.Loss);
+        }
+
+        LossCurvePlot.Write(path, train, eval, "stories260K LoRA", 800, 450);
         byte[] png = File.ReadAllBytes(path);
         CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A }, png[..8]);
         Assert.AreEqual(800, BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(16)), "IHDR width");
@@ -88,5 +96,51 @@ public sealed class MetricsTests
         {
             File.Copy(path, keep, overwrite: true);
         }
+    }
+
+    [TestMethod]
+    public void Add_FewerPointsThanCapacity_KeepsEveryFiniteOne()
+    {
+        var series = new LossSeries();
+        series.Add(1, 3.0);
+        series.Add(2, double.NaN);
+        series.Add(3, 1.0);
+        series.Add(4, 2.0);
+
+        (double[] steps, double[] losses) = series.Points();
+        CollectionAssert.AreEqual(new double[] { 1, 3, 4 }, steps);
+        CollectionAssert.AreEqual(new double[] { 3, 1, 2 }, losses);
+        Assert.AreEqual(3, series.Count);
+        Assert.AreEqual(3.0, series.First);
+        Assert.AreEqual(2.0, series.Last);
+        Assert.AreEqual(1.0, series.Min);
+    }
+
+    [TestMethod]
+    public void Add_AMillionSteps_StaysWithinCapacityWithExactStatsAndBucketMeans()
+    {
+        var series = new LossSeries();
+        const int n = 1_000_000;
+        for (int step = 1; step <= n; step++)
+        {
+            series.Add(step, 1.0 + (step * 1e-6));
+        }
+
+        (double[] steps, double[] losses) = series.Points();
+        Assert.IsLessThanOrEqualTo(LossSeries.Capacity + 1, steps.Length);
+        Assert.IsGreaterThan(LossSeries.Capacity / 2, steps.Length);
+        Assert.AreEqual(n, series.Count);
+        Assert.AreEqual(1.000001, series.First!.Value, 1e-15);
+        Assert.AreEqual(2.0, series.Last!.Value, 1e-15);
+        Assert.AreEqual(1.000001, series.Min!.Value, 1e-15);
+        // The loss is linear in the step, so every averaged point must still lie on the line loss = 1 + step·1e-6.
+        for (int i = 0; i < steps.Length; i++)
+        {
+            Assert.AreEqual(1.0 + (steps[i] * 1e-6), losses[i], 1e-9, $"point {i}");
+        }
+
+        Assert.IsTrue(steps.Zip(steps.Skip(1)).All(p => p.First < p.Second), "steps increase");
+        Assert.IsLessThan(1024, steps[0], "the curve starts near the first step");
+        Assert.IsGreaterThan(n - 1024, steps[^1], "and ends near the last");
     }
 }
