@@ -42,7 +42,7 @@ step "4/8 train $steps steps on $(wc -l < "$data_dir/tiny-stories.jsonl") storie
 "$cli" train --model "$out/stories260K.lora.onnx" --tokenizer "$tokenizer" \
   --data "$data_dir/tiny-stories.jsonl" --eval-data "$data_dir/tiny-stories-eval.jsonl" --output-dir "$out/run" \
   --max-steps "$steps" --batch-size 8 --seq-length 256 --packing --learning-rate 2e-3 --lr-scheduler cosine --warmup-steps 20 \
-  --eval-steps 100 --save-steps 100 --save-total-limit 2 --seed 1
+  --eval-steps 25 --save-steps 100 --save-total-limit 2 --seed 1
 
 step "5/8 merge W' = W + scale·B·A into the base weights"
 "$cli" merge "$out/run/lora-trained.onnx" -o "$out/merged.onnx"
