@@ -72,6 +72,18 @@ public sealed partial class GenerateCommandTests
         StringAssert.Contains(stderr, "Top-p");
     }
 
+    [TestMethod]
+    public void Generate_GpuProviderOnCpuRuntime_NamesTheGpuPackage()
+    {
+        // The test process runs the CPU package, so CUDA is absent here by construction (CI has no GPU either).
+        (int code, string stdout, string stderr) = CliRunner.Run("generate", StoriesModels.KvCache, "--tokenizer", StoriesModels.TokenizerPath, "--execution-provider", "cuda");
+
+        Assert.AreEqual(2, code);
+        Assert.AreEqual("", stdout);
+        Assert.HasCount(1, stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries), stderr);
+        StringAssert.Contains(stderr, "Microsoft.ML.OnnxRuntime.Gpu");
+    }
+
     [GeneratedRegex(@"^\d+ tokens, prefill \d+ tokens \d+\.\d ms, decode \d+\.\d tokens/s \(kv cache\)$")]
     private static partial Regex StatsLine();
 }

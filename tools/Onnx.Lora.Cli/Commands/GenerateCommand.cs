@@ -1,6 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
+using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Data;
 using Onnx.Lora.Trainer.Generation;
 
@@ -23,6 +25,9 @@ internal sealed class GenerateCommand : LoraCommand
     private static readonly Option<int> s_topK = new("--top-k") { Description = "Sample among the K most likely tokens (0 = all).", DefaultValueFactory = _ => 0 };
     private static readonly Option<float> s_topP = new("--top-p") { Description = "Sample within the smallest set of tokens whose probability reaches P (1 = all).", DefaultValueFactory = _ => 1f };
     private static readonly Option<int> s_seed = new("--seed") { Description = "Seed of the sampler (same seed, same text).", DefaultValueFactory = _ => 0 };
+    private static readonly Option<string> s_provider = new("--execution-provider") { Description = "cpu (default), cuda or tensorrt (the GPU ones need the Microsoft.ML.OnnxRuntime.Gpu package).", DefaultValueFactory = _ => "cpu" };
+    private static readonly Option<int> s_deviceId = new("--device-id") { Description = "GPU ordinal for cuda / tensorrt.", DefaultValueFactory = _ => 0 };
+    private static readonly Option<int> s_threads = new("--threads") { Description = "ONNX Runtime intra-op threads (0 = its default: one per core).", DefaultValueFactory = _ => 0 };
     private static readonly Option<bool> s_noKvCache = new("--no-kv-cache") { Description = "Re-run the whole sequence for every token instead of feeding the KV cache back." };
 
     public GenerateCommand() : base("generate", "Generate text from a causal LM with its KV cache, greedy or sampled, optionally with LoRA adapters through ONNX Runtime.")
@@ -37,6 +42,9 @@ internal sealed class GenerateCommand : LoraCommand
         Options.Add(s_topP);
         Options.Add(s_seed);
         Options.Add(s_noKvCache);
+        Options.Add(s_provider);
+        Options.Add(s_deviceId);
+        Options.Add(s_threads);
     }
 
     protected override async Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
@@ -65,7 +73,9 @@ internal sealed class GenerateCommand : LoraCommand
 
         string[] prompts = parse.GetValue(s_prompts) is { Length: > 0 } given ? given : [""];
         TextTokenizer tokenizer = TextTokenizer.Load(parse.GetValue(s_tokenizer)!);
-        using TextGenerator generator = TextGenerator.Create(parse.GetValue(s_model)!, parse.GetValue(s_adapters) ?? []);
+        ExecutionProvider provider = ExecutionProviders.Parse(parse.GetValue(s_provider)!);
+        using SessionOptions session = ExecutionProviders.CreateSessionOptions(provider, parse.GetValue(s_threads), parse.GetValue(s_deviceId));
+        using TextGenerator generator = TextGenerator.Create(parse.GetValue(s_model)!, parse.GetValue(s_adapters) ?? [], session);
         foreach (string prompt in prompts)
         {
             cancellationToken.ThrowIfCancellationRequested();
