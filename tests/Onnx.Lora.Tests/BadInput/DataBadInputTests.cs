@@ -33,6 +33,48 @@ public sealed class DataBadInputTests
     }
 
     [TestMethod]
+    public void Jsonl_RowLongerThanTheBound_ThrowsNamingLineWithoutHoldingIt()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("data.jsonl");
+        // A 3 MB "row" with no newline after it: what a binary file or a broken export looks like.
+        File.WriteAllText(path, "{\"text\": \"fine\"}\n{\"text\": \"" + new string('a', 3_000_000));
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512, MaxRowChars = 100_000 }));
+
+        StringAssert.Contains(e.Message, "data.jsonl:2");
+        StringAssert.Contains(e.Message, "longer than 100,000 characters");
+        Assert.IsLessThan(2_000_000L, GC.GetAllocatedBytesForCurrentThread() - before, "the 3 MB row is never built as a string");
+    }
+
+    [TestMethod]
+    public void Read_MixedLineEndingsAcrossBufferBoundaries_EqualsFileReadLines()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("lines.txt");
+        var random = new Random(11);
+        string[] endings = ["\n", "\r\n", "\r"];
+        var text = new System.Text.StringBuilder();
+        while (text.Length < 300_000) // several 64 Ki-char buffers, so endings (also \r|\n pairs) straddle reads
+        {
+            text.Append(random.Next(4) == 0 ? "" : new string((char)('a' + random.Next(26)), random.Next(1, 5000)));
+            text.Append(random.Next(5) == 0 ? "é漢" : "");
+            text.Append(endings[random.Next(endings.Length)]);
+        }
+
+        text.Append("last line without a newline");
+        File.WriteAllText(path, text.ToString());
+
+        string[] expected = File.ReadLines(path).ToArray();
+        BoundedLineReader.Line[] actual = BoundedLineReader.Read(path, 10_000).ToArray();
+
+        CollectionAssert.AreEqual(expected, actual.Select(l => l.Text).ToArray());
+        CollectionAssert.AreEqual(Enumerable.Range(1, expected.Length).ToArray(), actual.Select(l => l.Number).ToArray());
+    }
+
+    [TestMethod]
     public void Jsonl_DeeplyNestedLine_ThrowsNamingLineInsteadOfRecursing()
     {
         string deep = "{\"text\": " + new string('[', 5000) + new string(']', 5000) + "}";

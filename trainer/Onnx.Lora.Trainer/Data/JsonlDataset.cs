@@ -24,6 +24,9 @@ public sealed record DatasetOptions
 
     /// <summary>At most this many row errors are listed in one exception (all rows are still checked).</summary>
     public int MaxReportedErrors { get; init; } = 20;
+
+    /// <summary>Longest row (characters) read; a longer one is a bad row, never held in memory (16 Mi by default).</summary>
+    public int MaxRowChars { get; init; } = 16 << 20;
 }
 
 /// <summary>
@@ -69,13 +72,11 @@ public static class JsonlDataset
         var errors = new List<string>();
         int errorCount = 0;
         int overlong = 0;
-        int lineNumber = 0;
         var ids = new List<int>();
         var offsets = new List<int>();
-        foreach (string line in File.ReadLines(path, Encoding.UTF8))
+        foreach ((int lineNumber, string? line) in BoundedLineReader.Read(path, options.MaxRowChars))
         {
-            lineNumber++;
-            if (string.IsNullOrWhiteSpace(line))
+            if (line is not null && string.IsNullOrWhiteSpace(line))
             {
                 continue;
             }
@@ -83,6 +84,11 @@ public static class JsonlDataset
             string where = $"{path}:{lineNumber}";
             try
             {
+                if (line is null)
+                {
+                    throw new DataException($"{where}: the row is longer than {options.MaxRowChars:N0} characters (no training example is; is this a JSONL file?)");
+                }
+
                 TokenizedExample example = ParseRow(line, where, tokenizer, options, ids, offsets, ref template);
                 if (example.InputIds.Length > options.MaxTokens)
                 {
