@@ -96,6 +96,8 @@ public static class TorchLlamaBuilder
                 _b.Output(present[layer].Value, $"present.{layer}.value", DataType.Float, "batch_size", c.KvHeads, "total_sequence_length", c.HeadDim);
             }
 
+            // The rotary tables end here; training (seq_length) and generation (context) check against it up front.
+            _b.Model.MetadataProps.Add(new(ModelMetadataKeys.MaxPositions, c.MaxPositions.ToString(CultureInfo.InvariantCulture)));
             return _b.Model;
         }
 

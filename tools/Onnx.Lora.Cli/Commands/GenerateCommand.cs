@@ -75,6 +75,8 @@ internal sealed class GenerateCommand : LoraCommand
         TextTokenizer tokenizer = TextTokenizer.Load(parse.GetValue(s_tokenizer)!);
         ExecutionProvider provider = ExecutionProviders.Parse(parse.GetValue(s_provider)!);
         using SessionOptions session = ExecutionProviders.CreateSessionOptions(provider, parse.GetValue(s_threads), parse.GetValue(s_deviceId));
+        // ORT's own log line would repeat the failure that the one-line error already reports.
+        session.LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL;
         using TextGenerator generator = TextGenerator.Create(parse.GetValue(s_model)!, parse.GetValue(s_adapters) ?? [], session);
         foreach (string prompt in prompts)
         {
@@ -99,5 +101,5 @@ internal sealed class GenerateCommand : LoraCommand
 
     private static string Stats(GenerationResult r) => string.Create(
         CultureInfo.InvariantCulture,
-        $"{r.NewTokens.Count} tokens, prefill {r.PromptTokens.Count} tokens {r.PrefillTime.TotalMilliseconds:F1} ms, decode {r.DecodeTokensPerSecond:F1} tokens/s ({(r.UsedKvCache ? "kv cache" : "recompute")})");
+        $"{r.NewTokens.Count} tokens, prefill {r.PromptTokens.Count} tokens {r.PrefillTime.TotalMilliseconds:F1} ms, decode {r.DecodeTokensPerSecond:F1} tokens/s ({(r.UsedKvCache ? "kv cache" : "recompute")}){(r.EndedAtContextLimit ? ", stopped: the model's context is full" : "")}");
 }

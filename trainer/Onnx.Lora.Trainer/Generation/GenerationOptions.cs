@@ -83,6 +83,9 @@ public sealed record GenerationResult(
     int DecodeSteps,
     TimeSpan DecodeTime)
 {
+    /// <summary>True when generation stopped because the model's context (<see cref="TextGenerator.MaxPositions"/>) was full.</summary>
+    public bool EndedAtContextLimit { get; init; }
+
     /// <summary>Decode steps per second (0 when there were none).</summary>
     public double DecodeTokensPerSecond => DecodeSteps == 0 || DecodeTime <= TimeSpan.Zero ? 0 : DecodeSteps / DecodeTime.TotalSeconds;
 }

@@ -4,6 +4,7 @@ using Onnx.Lora.Exporter;
 using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Models;
 using Onnx.Lora.Trainer.Data;
 
 namespace Onnx.Lora.Trainer.Generation;
@@ -38,6 +39,7 @@ public sealed class TextGenerator : IDisposable
     private readonly int _pastIndex;
     private readonly OrtValue[] _emptyPast;
     private readonly OrtValue[] _inputValues;
+    private readonly int? _maxPositions;
     private long[] _ids = [];
     private long[] _positions = [];
     private long[] _ones = [];
@@ -49,6 +51,7 @@ public sealed class TextGenerator : IDisposable
         _runOptions = runOptions;
         _adapters = adapters;
         _modelPath = modelPath;
+        _maxPositions = ModelMetadataKeys.ReadMaxPositions(session.ModelMetadata.CustomMetadataMap);
         var past = new List<(string Name, long KvHeads, long HeadDim)>();
         foreach ((string name, NodeMetadata meta) in session.InputMetadata)
         {
@@ -109,6 +112,9 @@ public sealed class TextGenerator : IDisposable
 
     /// <summary>True when the model has a KV cache (past_key_values inputs with matching present outputs).</summary>
     public bool HasKvCache => _emptyPast.Length > 0;
+
+    /// <summary>Longest sequence (prompt + generated) the model holds, from its <c>max_position_embeddings</c> metadata; null when unknown.</summary>
+    public int? MaxPositions => _maxPositions;
 
     /// <summary>Opens <paramref name="modelPath"/> on the CPU with <paramref name="adapterPaths"/> active in every run.</summary>
     /// <param name="modelPath">An .onnx causal LM: input_ids [, attention_mask, position_ids, past_key_values.*] → logits [, present.*].</param>
@@ -215,16 +221,31 @@ public sealed class TextGenerator : IDisposable
             throw new ArgumentException("The prompt has no tokens.", nameof(promptTokens));
         }
 
+        // A model that knows its context is checked before anything is printed, and stops cleanly when it is full
+        // (the run that fills the last position still yields one token).
+        int maxNewTokens = options.MaxNewTokens;
+        bool contextLimited = false;
+        if (_maxPositions is int context)
+        {
+            if (promptTokens.Count > context)
+            {
+                throw new LoraException($"The prompt has {promptTokens.Count} tokens; model '{_modelPath}' holds {context} positions.");
+            }
+
+            contextLimited = context - promptTokens.Count + 1 < maxNewTokens;
+            maxNewTokens = Math.Min(maxNewTokens, context - promptTokens.Count + 1);
+        }
+
         bool cached = options.UseKvCache && HasKvCache;
         var sampler = new TokenSampler(options.Sampling);
-        EnsureCapacity(promptTokens.Count + options.MaxNewTokens);
+        EnsureCapacity(promptTokens.Count + maxNewTokens);
         for (int i = 0; i < promptTokens.Count; i++)
         {
             _ids[i] = promptTokens[i];
         }
 
         int length = promptTokens.Count;
-        var generated = new List<int>(options.MaxNewTokens);
+        var generated = new List<int>(maxNewTokens);
         long prefillTicks = 0;
         long decodeTicks = 0;
         int decodeSteps = 0;
@@ -232,7 +253,7 @@ public sealed class TextGenerator : IDisposable
         IDisposableReadOnlyCollection<OrtValue>? previous = null;
         try
         {
-            for (int step = 0; step < options.MaxNewTokens; step++)
+            for (int step = 0; step < maxNewTokens; step++)
             {
                 long start = Stopwatch.GetTimestamp();
 
@@ -272,7 +293,10 @@ public sealed class TextGenerator : IDisposable
         }
 
         return new GenerationResult([.. promptTokens], generated, "", endedAtEos, cached,
-            Stopwatch.GetElapsedTime(0, prefillTicks), decodeSteps, Stopwatch.GetElapsedTime(0, decodeTicks));
+            Stopwatch.GetElapsedTime(0, prefillTicks), decodeSteps, Stopwatch.GetElapsedTime(0, decodeTicks))
+        {
+            EndedAtContextLimit = contextLimited && !endedAtEos && generated.Count == maxNewTokens,
+        };
     }
 
     /// <inheritdoc />

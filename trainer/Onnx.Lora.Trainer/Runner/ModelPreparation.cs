@@ -1,4 +1,5 @@
 using Onnx.Lora.Graph;
+using Onnx.Lora.Models;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Conversion;
 using Onnx.Lora.Rewriter;
@@ -50,7 +51,7 @@ public static class ModelPreparation
         }
 
         using Model model = OnnxReader.Load(source);
-        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), null);
+        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model));
     }
 
     /// <summary>Prepares the model of <paramref name="options"/> into <paramref name="artifactsDir"/>.</summary>
@@ -79,6 +80,7 @@ public static class ModelPreparation
         }
 
         using Model model = OnnxReader.Load(modelPath);
+        maxPositions ??= ModelMetadataKeys.ReadMaxPositions(model);
         LoraManifest? manifest = LoraManifest.Read(model);
         string loraPath = modelPath;
         if (manifest is null)
