@@ -30,6 +30,64 @@ public static class AtomicFile
     /// <summary>Writes text (UTF-8) to <paramref name="path"/> atomically.</summary>
     public static void WriteAllText(string path, string text) =>
         WriteAllBytes(path, System.Text.Encoding.UTF8.GetBytes(text));
+
+    /// <summary>
+    /// A hidden staging folder name in the same scheme as temporary files (<c>.PREFIX.PID-GUID.tmp</c>), so
+    /// <see cref="RemoveStaleTemporaryFolders"/> can tell a killed writer's leftovers from a live writer's.
+    /// </summary>
+    public static string TemporaryFolderName(string prefix)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(prefix);
+        return string.Create(CultureInfo.InvariantCulture, $".{prefix}.{Environment.ProcessId}-{Guid.NewGuid():N}.tmp");
+    }
+
+    /// <summary>Deletes the staging folders named by <see cref="TemporaryFolderName"/> in <paramref name="dir"/> whose process no longer runs.</summary>
+    public static void RemoveStaleTemporaryFolders(string dir, string prefix)
+    {
+        ArgumentNullException.ThrowIfNull(dir);
+        ArgumentException.ThrowIfNullOrEmpty(prefix);
+        if (!Directory.Exists(dir))
+        {
+            return;
+        }
+
+        foreach (string stale in Directory.EnumerateDirectories(dir, $".{prefix}.*.tmp"))
+        {
+            if (IsStale(Path.GetFileName(stale)[(prefix.Length + 2)..^4]))
+            {
+                try
+                {
+                    Directory.Delete(stale, recursive: true);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // Best effort: the next run tries again.
+                }
+            }
+        }
+    }
+
+    // "PID-GUID" of a writer that no longer runs.
+    internal static bool IsStale(string pidAndGuid)
+    {
+        int dash = pidAndGuid.IndexOf('-', StringComparison.Ordinal);
+        return dash > 0 && pidAndGuid.Length - dash - 1 == 32
+            && int.TryParse(pidAndGuid.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out int pid)
+            && pid != Environment.ProcessId && !IsRunning(pid);
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var process = Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+        {
+            return false;
+        }
+    }
 }
 
 /// <summary>
@@ -107,27 +165,10 @@ public sealed class AtomicFileBatch : IDisposable
         foreach (string stale in Directory.EnumerateFiles(dir, $".{fileName}.*.tmp"))
         {
             // ".NAME.PID-GUID.tmp": only temporaries of a process that no longer runs are stale.
-            string tail = Path.GetFileName(stale)[(fileName.Length + 2)..^4];
-            int dash = tail.IndexOf('-', StringComparison.Ordinal);
-            if (dash > 0 && tail.Length - dash - 1 == 32
-                && int.TryParse(tail.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out int pid)
-                && pid != Environment.ProcessId && !IsRunning(pid))
+            if (AtomicFile.IsStale(Path.GetFileName(stale)[(fileName.Length + 2)..^4]))
             {
                 TryDelete(stale);
             }
-        }
-    }
-
-    private static bool IsRunning(int pid)
-    {
-        try
-        {
-            using var process = Process.GetProcessById(pid);
-            return !process.HasExited;
-        }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
-        {
-            return false;
         }
     }
 

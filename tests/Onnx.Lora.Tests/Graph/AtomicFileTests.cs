@@ -47,4 +47,26 @@ public sealed class AtomicFileTests
         Assert.IsTrue(File.Exists(live), "a live writer's temporary is kept");
         Assert.IsTrue(File.Exists(foreign), "only temporaries of the file being written are touched");
     }
+
+    [TestMethod]
+    public void RemoveStaleTemporaryFolders_LeftoversOfDeadAndLiveWriters_DeletesOnlyTheDeadOnes()
+    {
+        using var dir = new TempDir();
+        string guid = Guid.NewGuid().ToString("N");
+        string dead = dir.File($".artifacts.{int.MaxValue}-{guid}.tmp"); // no process has that id (pid_max ≤ 2^22)
+        string live = dir.File(AtomicFile.TemporaryFolderName("artifacts")); // this process: still building
+        string other = dir.File($".checkpoint-5.{int.MaxValue}-{guid}.tmp"); // another kind of staging folder
+        foreach (string d in (string[])[dead, live, other])
+        {
+            Directory.CreateDirectory(d);
+            File.WriteAllText(Path.Combine(d, "training.onnx"), "partial");
+        }
+
+        AtomicFile.RemoveStaleTemporaryFolders(dir.Path, "artifacts");
+
+        Assert.IsFalse(Directory.Exists(dead), "a dead writer's staging folder is removed");
+        Assert.IsTrue(Directory.Exists(live), "a live writer's staging folder is kept");
+        Assert.IsTrue(Directory.Exists(other), "only the named kind is touched");
+        StringAssert.StartsWith(Path.GetFileName(live), $".artifacts.{Environment.ProcessId}-");
+    }
 }

@@ -119,7 +119,8 @@ public sealed class TrainingArtifacts
 
         // Everything is built in a hidden folder and moved into place only once both models are written, so a
         // failed build (an op without a gradient rule, a full disk) leaves the output folder as it was.
-        string staging = Path.Combine(outputFolder, $".artifacts.{Guid.NewGuid():N}.tmp");
+        AtomicFile.RemoveStaleTemporaryFolders(outputFolder, "artifacts");
+        string staging = Path.Combine(outputFolder, AtomicFile.TemporaryFolderName("artifacts"));
         Directory.CreateDirectory(staging);
         try
         {
