@@ -93,6 +93,22 @@ public sealed class ContextLimitTests
         StringAssert.Contains(e.Message, "512 positions");
     }
 
+    [TestMethod]
+    public void GenerateVerb_ModelLargerThanTheMemoryLimit_ExitsWithResourceLimitBeforeLoading()
+    {
+        // stories260K holds 2.1 MiB of weights; a 1 MiB budget cannot hold them. A child process, so the limit
+        // (an environment variable) touches no other test.
+        (int exit, string error) = Onnx.Lora.Tests.Support.CliProcess.RunCapturingErrors(
+            ["generate", StoriesModels.KvCache, "--tokenizer", StoriesModels.TokenizerPath, "--prompt", "Once"],
+            new Dictionary<string, string> { [Onnx.Lora.Graph.Resources.SystemResources.MemoryLimitVariable] = "1MiB" });
+
+        TestContext.WriteLine(error);
+        Assert.AreEqual(7, exit, "ResourceLimit exit code");
+        StringAssert.Contains(error, "needs ~");
+        StringAssert.Contains(error, "is available (ONNX_LORA_MEMORY_LIMIT)");
+        Assert.HasCount(1, error.Split('\n', StringSplitOptions.RemoveEmptyEntries), error);
+    }
+
     private static string SmallModel(TempDir dir, bool withMetadata)
     {
         using Model model = TorchLlamaBuilder.Build(new LlamaConfig { KvCache = true, MaxPositions = Context, Vocab = 32 });

@@ -3,6 +3,7 @@ using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Exporter;
 using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models;
 using Onnx.Lora.Trainer.Data;
@@ -132,7 +133,12 @@ public sealed class TextGenerator : IDisposable
             throw new OnnxSerializationException($"Model '{modelPath}' does not exist.");
         }
 
-        ValidateAdapters(modelPath, adapterPaths);
+        using (Model model = OnnxReader.Load(modelPath))
+        {
+            EnsureMemory(model, modelPath);
+            ValidateAdapters(model, adapterPaths);
+        }
+
         var adapters = new List<OrtLoraAdapter>();
         var runOptions = new RunOptions();
         InferenceSession? session = null;
@@ -388,7 +394,7 @@ public sealed class TextGenerator : IDisposable
         return (name, dims[1], dims[3]);
     }
 
-    private static void ValidateAdapters(string modelPath, IReadOnlyList<string> adapterPaths)
+    private static void ValidateAdapters(Model model, IReadOnlyList<string> adapterPaths)
     {
         if (adapterPaths.Count == 0)
         {
@@ -397,10 +403,24 @@ public sealed class TextGenerator : IDisposable
 
         var files = adapterPaths.Select(p => (p, OnnxAdapterFormat.Read(p))).ToList();
         AdapterValidation.CheckNoSharedNames(files);
-        using Model model = OnnxReader.Load(modelPath);
         foreach ((string path, AdapterFile file) in files)
         {
             AdapterValidation.ValidateAgainstModel(file, model, path);
+        }
+    }
+
+    // ONNX Runtime copies every weight into its own buffers (external data included) and adds a working set for the
+    // activations and the cache; refusing up front turns an out-of-memory kill into a message with the numbers.
+    private static void EnsureMemory(Model model, string modelPath)
+    {
+        const long runtimeOverhead = 64L << 20;
+        long weights = model.Graph.Initializers.Values.Sum(v => v.Initializer!.ByteLength);
+        long needed = weights + (weights / 4) + runtimeOverhead;
+        MemoryBudget budget = SystemResources.AvailableMemory();
+        if (needed > budget.Bytes)
+        {
+            throw new ResourceLimitException(
+                $"Generating with model '{modelPath}' needs ~{SystemResources.FormatGiB(needed)} (weights {SystemResources.FormatGiB(weights)}) but {SystemResources.FormatGiB(budget.Bytes)} is available ({budget.Source}).");
         }
     }
 
