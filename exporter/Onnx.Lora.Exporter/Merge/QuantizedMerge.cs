@@ -8,6 +8,7 @@
 //   FloatCopy:  the MatMulNBits node is REPLACED by MatMul(x, W') (+ Add(bias)): exact, but the graph changes (an
 //               fp32/fp16 weight 4–8× larger than the int4 one, and a different kernel) — only when asked.
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Quantization;
 using Onnx.Lora.Rewriter;
 
@@ -28,6 +29,9 @@ public sealed record MergeOptions
 {
     /// <summary>What to do with MatMulNBits bases.</summary>
     public QuantizedMergeMode Quantized { get; init; } = QuantizedMergeMode.Requantize;
+
+    /// <summary>Told as the merged model is written (merged weights are computed while they stream out).</summary>
+    public IProgress<SaveProgress>? Progress { get; init; }
 }
 
 /// <summary>The re-quantization error of one module, measured from the stored bytes against the float merged weight.</summary>

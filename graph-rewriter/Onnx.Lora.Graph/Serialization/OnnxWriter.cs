@@ -27,6 +27,7 @@ public static class OnnxWriter
         ExternalDataMode mode = ResolveMode(model, folder, options.ExternalData);
         // Fail before writing anything rather than with a full disk halfway through a multi-GiB data file.
         SystemResources.EnsureDiskSpace(folder, OutputBytes(model, mode), $"model '{path}'");
+        var progress = options.Progress is null ? null : new ProgressCounter(options.Progress, TensorBytes(model, mode));
 
         try
         {
@@ -37,12 +38,12 @@ public static class OnnxWriter
                 string dataName = options.DataFileName ?? Path.GetFileName(fullPath) + ".data";
                 ModelProto? built = null;
                 batch.Add(Path.Combine(folder, dataName), stream =>
-                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder)));
+                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress }));
                 proto = built!;
             }
             else
             {
-                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder));
+                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder) { Progress = progress });
             }
 
             batch.Add(fullPath, stream =>
@@ -51,6 +52,7 @@ public static class OnnxWriter
                 proto.WriteTo(output);
             });
             batch.Commit();
+            progress?.Finish();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or GraphValidationException)
         {
@@ -73,6 +75,24 @@ public static class OnnxWriter
         }
 
         return bytes;
+    }
+
+    // What the progress counts: every tensor the save writes (string tensors and kept references excluded).
+    private static long TensorBytes(Model model, ExternalDataMode mode) =>
+        model.Graph.Initializers.Values.Select(v => v.Initializer!).Where(t => t is not StringTensor && !(mode == ExternalDataMode.Keep && t is ExternalTensor)).Sum(t => t.ByteLength);
+
+    /// <summary>Adds up written bytes and tells the caller's progress.</summary>
+    private sealed class ProgressCounter(IProgress<SaveProgress> progress, long total)
+    {
+        private long _written;
+
+        public void Add(long bytes)
+        {
+            _written = Math.Min(total, _written + bytes);
+            progress.Report(new SaveProgress(_written, total));
+        }
+
+        public void Finish() => progress.Report(new SaveProgress(total, total));
     }
 
     /// <summary>The model serialized into one byte array, every tensor inline.</summary>
@@ -307,6 +327,8 @@ public static class OnnxWriter
 
         public long InlineBytes { get; private set; }
 
+        public ProgressCounter? Progress { get; init; }
+
         public TensorProto Write(Tensor tensor)
         {
             var proto = new TensorProto { Name = tensor.Name, DataType = (int)tensor.DataType, DocString = tensor.DocString ?? string.Empty };
@@ -335,6 +357,7 @@ public static class OnnxWriter
 
                 tensor.WriteTo(data);
                 AddExternal(proto, dataLocation!, offset, tensor.ByteLength);
+                Progress?.Add(tensor.ByteLength);
             }
             else
             {
@@ -346,6 +369,7 @@ public static class OnnxWriter
 
                 // No copy: protobuf writes straight from the tensor's memory (mapped or managed).
                 proto.RawData = UnsafeByteOperations.UnsafeWrap(tensor.GetBytes());
+                Progress?.Add(tensor.ByteLength);
             }
 
             proto.MetadataProps.Add(Entries(tensor.MetadataProps));

@@ -30,4 +30,12 @@ public sealed record SaveOptions
 
     /// <summary>Tensors smaller than this stay inline in <see cref="ExternalDataMode.SingleFile"/> mode.</summary>
     public long SizeThreshold { get; init; } = 1024;
+
+    /// <summary>Told, synchronously on the saving thread, after each tensor is written (for a progress bar on long saves).</summary>
+    public IProgress<SaveProgress>? Progress { get; init; }
 }
+
+/// <summary>How far a save has got.</summary>
+/// <param name="BytesWritten">Tensor bytes written so far.</param>
+/// <param name="TotalBytes">Tensor bytes the save writes in all (kept external references excluded).</param>
+public readonly record struct SaveProgress(long BytesWritten, long TotalBytes);

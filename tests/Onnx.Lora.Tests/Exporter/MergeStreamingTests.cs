@@ -97,6 +97,32 @@ public sealed class MergeStreamingTests
         }
     }
 
+    [TestMethod]
+    public void Merge_WithProgress_ReportsEveryTensorUpToTheMergedModelsBytes()
+    {
+        using var dir = new TempDir();
+        LoraWeights weights = LoraTestModels.RandomWeights(4, 8);
+        Model lora = LoraTestModels.WithLora(LoraTestModels.Base(), weights, LoraPlacement.Initializers);
+        string loraPath = dir.File("lora.onnx");
+        OnnxWriter.Save(lora, loraPath, new SaveOptions { ExternalData = ExternalDataMode.SingleFile, SizeThreshold = 16 });
+        var reports = new List<SaveProgress>();
+
+        LoraMerger.Merge(loraPath, dir.File("merged.onnx"), options: new MergeOptions { Progress = new Recorder(reports) });
+
+        using Model merged = OnnxReader.Load(dir.File("merged.onnx"));
+        long total = merged.Graph.Initializers.Values.Sum(v => v.Initializer!.ByteLength);
+        Assert.IsGreaterThan(merged.Graph.Initializers.Count, reports.Count, "one report per tensor, then the final one");
+        Assert.IsTrue(reports.All(r => r.TotalBytes == total), "the total is the merged model's tensor bytes");
+        Assert.IsTrue(reports.Zip(reports.Skip(1)).All(p => p.First.BytesWritten <= p.Second.BytesWritten), "monotonic");
+        Assert.AreEqual(new SaveProgress(total, total), reports[^1]);
+    }
+
+    // Synchronous, unlike Progress<T> (which posts to a context): reports are seen in order, on the saving thread.
+    private sealed class Recorder(List<SaveProgress> reports) : IProgress<SaveProgress>
+    {
+        public void Report(SaveProgress value) => reports.Add(value);
+    }
+
     // Independent of TensorConvert: round-to-nearest-even on the upper 16 bits of the float's bit pattern.
     private static ushort Bf16RoundNearestEven(float value)
     {

@@ -44,15 +44,15 @@ internal sealed class MergeCommand : LoraCommand
             hasManifest = LoraManifest.Read(probe) is not null;
         }
 
-        MergeReport report;
-        if (hasManifest)
+        if (!hasManifest && adapter is null)
         {
-            report = LoraMerger.Merge(model, target, adapter, options);
+            throw new UsageException($"Model '{model}' has no LoRA adapters; give the adapter to merge with --adapter.");
         }
-        else
-        {
-            report = BaseModelMerge.Merge(model, adapter ?? throw new UsageException($"Model '{model}' has no LoRA adapters; give the adapter to merge with --adapter."), target, options);
-        }
+
+        MergeReport report = ConsoleProgress.WithBytesBar(output, $"merging → {Path.GetFileName(target)}", progress =>
+            hasManifest
+                ? LoraMerger.Merge(model, target, adapter, options with { Progress = progress })
+                : BaseModelMerge.Merge(model, adapter!, target, options with { Progress = progress }));
 
         output.WriteLine($"merged {report.MergedModules} modules, removed {report.RemovedNodes} LoRA nodes → {target}");
         foreach (QuantizationError q in report.Quantization)

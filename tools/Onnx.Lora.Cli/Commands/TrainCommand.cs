@@ -48,7 +48,7 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
-        bool live = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive;
+        bool live = ConsoleProgress.IsLive(output);
         TrainingSummary summary;
         try
         {
