@@ -4,7 +4,7 @@ using Onnx.Lora.Bench.Fuzz;
 namespace Onnx.Lora.Bench;
 
 /// <summary>
-/// <c>fuzz --target onnx|safetensors|onnx_adapter|all --iterations N --seed S [--crashes DIR] [--timeout-ms T]</c>:
+/// <c>fuzz --target onnx|safetensors|onnx_adapter|jsonl|adapter_config|tokenizer_json|all --iterations N --seed S [--crashes DIR] [--timeout-ms T]</c>:
 /// a seeded mutation campaign per reader; prints executions, exec/s and crashes, writes each crashing input to DIR.
 /// Exit code 0 when no input crashed, 1 otherwise.
 /// </summary>

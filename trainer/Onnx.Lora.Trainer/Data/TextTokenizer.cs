@@ -47,6 +47,7 @@ public sealed class TextTokenizer
         _byteFallbackIds = byteFallbackIds;
         _idToToken = idToToken;
         VocabSize = idToToken.Count == 0 ? 0 : idToToken.Keys.Max() + 1;
+        MaxTokenChars = Math.Max(1, idToToken.Values.Select(t => t.Length).DefaultIfEmpty(1).Max());
     }
 
     /// <summary>The file the tokenizer was loaded from.</summary>
@@ -54,6 +55,12 @@ public sealed class TextTokenizer
 
     /// <summary>Number of ids (max id + 1, added tokens included); must not exceed the model's embedding rows.</summary>
     public int VocabSize { get; }
+
+    /// <summary>
+    /// Length in chars of the longest vocabulary entry (added tokens included): a bound on the text one token covers,
+    /// used to refuse texts that cannot fit a sequence length before tokenizing them.
+    /// </summary>
+    public int MaxTokenChars { get; }
 
     /// <summary>Beginning-of-sequence id, if the tokenizer has one.</summary>
     public int? BosId { get; private set; }
