@@ -87,9 +87,45 @@ public sealed class DataBadInputTests
     [DataRow("{\"messages\": \"hi\"}", "'messages' must be an array")]
     [DataRow("{\"messages\": [7]}", "messages[0]")]
     [DataRow("{\"unknown\": \"x\"}", "no known fields")]
+    [DataRow("{\"text\": \"a\\ud800b\"}", "field 'text' is not valid text")]
+    [DataRow("{\"messages\": [{\"role\": \"user\", \"content\": \"\\udc00\"}]}", "messages[0]: field 'content' is not valid text")]
+    [DataRow("{\"\\ud800\": \"x\"}", "a field name or value is not valid text")]
     public void Jsonl_WrongShapes_ThrowNamingLineAndField(string line, string expected)
     {
         LoadDataFails([line], "data.jsonl:1", expected);
+    }
+
+    [TestMethod]
+    public void Jsonl_RowTooLongForSeqLength_ThrowsBeforeTokenizing()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("data.jsonl");
+        // 1 Mi chars of text: tokenizing it first would allocate ~180 MB (measured by the jsonl fuzz target) to refuse it.
+        File.WriteAllText(path, "{\"text\": \"fine\"}\n{\"text\": \"" + string.Concat(Enumerable.Repeat("Lily ran. ", 1 << 17)) + "\"}\n");
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        StringAssert.Contains(e.Message, "data.jsonl:2: the example has 1,310,720 characters, more than the sequence length 64 can hold");
+        StringAssert.Contains(e.Message, "1 example(s) are longer than seq_length 64");
+        Assert.IsLessThan(32L << 20, allocated, "reading a 1.3 M-char row costs a few copies of it, not a tokenization");
+    }
+
+    [TestMethod]
+    public void Jsonl_LongestRowTheBoundAllows_StillTokenizedAndJudgedByTokens()
+    {
+        // Just under the char bound the row is tokenized as before, and refused by its token count (not its chars).
+        using var dir = new TempDir();
+        string path = dir.File("data.jsonl");
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        int chars = 4 * 64 * tokenizer.MaxTokenChars;
+        File.WriteAllText(path, "{\"text\": \"" + new string('a', chars) + "\"}\n");
+
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
+
+        StringAssert.Contains(e.Message, "tokens, more than the sequence length 64");
     }
 
     [TestMethod]

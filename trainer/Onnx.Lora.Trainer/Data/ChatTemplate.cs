@@ -741,7 +741,8 @@ public sealed class ChatTemplate
                 case "num":
                     return text.Contains('.', StringComparison.Ordinal)
                         ? new Literal(p, double.Parse(text, CultureInfo.InvariantCulture))
-                        : new Literal(p, long.Parse(text, CultureInfo.InvariantCulture));
+                        : new Literal(p, long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out long integer) ? integer
+                            : throw _owner.Error(p, $"integer literal {text} does not fit 64 bits"));
                 case "name":
                     return text switch
                     {
@@ -1069,7 +1070,7 @@ public sealed class ChatTemplate
                     "+" => li + ri,
                     "-" => li - ri,
                     "*" => li * ri,
-                    "%" => ri == 0 ? throw Fail(b.Position, "modulo by zero") : ((li % ri) + ri) % ri,
+                    "%" => ri == 0 ? throw Fail(b.Position, "modulo by zero") : ri == -1 ? 0 : ((li % ri) + ri) % ri, // long.MinValue % -1 overflows
                     _ => ri == 0 ? throw Fail(b.Position, "division by zero") : (long)Math.Floor((double)li / ri),
                 };
             }
@@ -1136,8 +1137,19 @@ public sealed class ChatTemplate
                     case "namespace":
                         return kwargs.ToDictionary(k => k.Name, k => k.Value, StringComparer.Ordinal);
                     case "range":
+                        if (args.Count is < 1 or > 2 || args.Any(a => a is not long))
+                        {
+                            throw Fail(position, "range() takes one or two integers");
+                        }
+
                         long from = args.Count > 1 ? (long)args[0]! : 0, to = (long)args[^1]!;
-                        return Enumerable.Range((int)from, (int)Math.Max(0, to - from)).Select(i => (object?)(long)i).ToList();
+                        // A template from the internet must not build a list of billions of items (a hang, then OutOfMemory).
+                        if (to > from && (to - from > MaxRangeItems || to - from < 0))
+                        {
+                            throw Fail(position, $"range({from}, {to}) has more than {MaxRangeItems:N0} items");
+                        }
+
+                        return to <= from ? new List<object?>() : Enumerable.Range(0, (int)(to - from)).Select(i => (object?)(from + i)).ToList();
                 }
             }
 
@@ -1272,6 +1284,9 @@ public sealed class ChatTemplate
             Dictionary<string, object?> => "a dict",
             _ => "a function",
         };
+
+        /// <summary>Most items range() may produce: chat templates loop over messages, never over millions of numbers.</summary>
+        private const long MaxRangeItems = 100_000;
 
         private static DataException Fail(int position, string message) =>
             new($"Chat template (offset {position}): {message}.");

@@ -148,7 +148,22 @@ public static class JsonlDataset
 
         using (doc)
         {
-            JsonElement row = doc.RootElement;
+            try
+            {
+                return ParseObject(doc.RootElement, where, tokenizer, options, ids, offsets, ref template);
+            }
+            catch (InvalidOperationException e)
+            {
+                // JsonDocument accepts an unpaired surrogate escape ("\ud800") in a name or value and fails only when
+                // it is read (also by TryGetProperty, which compares names).
+                throw new DataException($"{where}: a field name or value is not valid text ({e.Message})");
+            }
+        }
+    }
+
+    private static TokenizedExample ParseObject(JsonElement row, string where, TextTokenizer tokenizer, DatasetOptions options, List<int> ids, List<int> offsets, ref ChatTemplate? template)
+    {
+        {
             if (row.ValueKind != JsonValueKind.Object)
             {
                 throw new DataException($"{where}: expected a JSON object, found {Kind(row)}");
@@ -184,7 +199,7 @@ public static class JsonlDataset
                 return FromPromptCompletion("", text, where, tokenizer, options with { CompletionOnlyLoss = false }, ids, offsets);
             }
 
-            string keys = string.Join(", ", row.EnumerateObject().Select(p => $"'{Name(p)}'"));
+            string keys = string.Join(", ", row.EnumerateObject().Select(p => $"'{p.Name}'"));
             throw new DataException($"{where}: no known fields (found {(keys.Length == 0 ? "none" : keys)}); expected \"text\", \"prompt\"+\"completion\", \"messages\", or \"instruction\"+\"output\"");
         }
     }
@@ -360,19 +375,6 @@ public static class JsonlDataset
         }
 
         return s;
-    }
-
-    // A property name with an unpaired surrogate escape cannot become a string.
-    private static string Name(JsonProperty p)
-    {
-        try
-        {
-            return p.Name;
-        }
-        catch (InvalidOperationException)
-        {
-            return "(a name that is not valid text)";
-        }
     }
 
     private static string Kind(JsonElement e) => e.ValueKind switch
