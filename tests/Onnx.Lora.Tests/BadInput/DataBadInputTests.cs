@@ -183,6 +183,88 @@ public sealed class DataBadInputTests
         LoadTokenizerFails(j => j["added_tokens"] = new JsonArray(new JsonObject { ["content"] = "<x>" }), "added_tokens[0]");
 
     [TestMethod]
+    public void Tokenizer_PrependWithoutString_ThrowsNamingField() =>
+        LoadTokenizerFails(j => j["normalizer"] = new JsonObject { ["type"] = "Prepend", ["prepend"] = null }, "normalizer Prepend needs \"prepend\" as a string");
+
+    [TestMethod]
+    [DataRow("{\"String\": \"\"}")]
+    [DataRow("{\"Regex\": \"a*\"}")]
+    public void Tokenizer_SplitPatternMatchingEmpty_ThrowsInsteadOfLooping(string pattern) =>
+        LoadTokenizerFails(j => j["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = JsonNode.Parse(pattern), ["behavior"] = "Isolated" }, "matches the empty string");
+
+    [TestMethod]
+    public void Tokenizer_IdNearIntMax_ThrowsInsteadOfOverflowingVocabSize() =>
+        LoadTokenizerFails(j => j["model"]!["vocab"]!["zzz_hostile"] = int.MaxValue, "model.vocab['zzz_hostile'] is 2147483647", "[0, 16777216)");
+
+    [TestMethod]
+    public void Tokenizer_PathologicalSplitRegex_EncodeThrowsWithinTheBound()
+    {
+        using var dir = new TempDir();
+        var json = JsonNode.Parse(File.ReadAllText(Fixtures.Path("ortgenai-tiny-gqa", "tokenizer.json")))!.AsObject();
+        json["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = "(a+)+$" }, ["behavior"] = "Isolated" };
+        string path = dir.File("tokenizer.json");
+        File.WriteAllText(path, json.ToJsonString());
+        TextTokenizer tokenizer = TextTokenizer.Load(path);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+
+        // 40 a's then '!': (a+)+$ backtracks through 2^40 splits before failing.
+        var e = Assert.ThrowsExactly<DataException>(() => tokenizer.Encode(new string('a', 40) + "!"));
+
+        StringAssert.Contains(e.Message, "(a+)+$");
+        StringAssert.Contains(e.Message, "took over 500 ms");
+        Assert.IsLessThan(3, clock.Elapsed.TotalSeconds);
+    }
+
+    [TestMethod]
+    [DataRow("{{ 99999999999999999999 }}", "integer literal 99999999999999999999 does not fit 64 bits")]
+    [DataRow("{{ range(100000000)|length }}", "range(0, 100000000) has more than 100,000 items")]
+    [DataRow("{{ range('a') }}", "range() takes one or two integers")]
+    public void ChatTemplate_HostileArithmetic_ThrowsDataException(string template, string expected)
+    {
+        var e = Assert.ThrowsExactly<DataException>(() => ChatTemplate.Parse(template).Render([new ChatMessage("user", "hi")], "<s>", "</s>"));
+        StringAssert.Contains(e.Message, expected);
+    }
+
+    [TestMethod]
+    public void ChatTemplate_DeepNestingOnASmallStack_ThrowsDataExceptionNotStackOverflow()
+    {
+        // 256 KiB of stack (a thread-pool thread has more, the main thread far more): 20,000 nested blocks or
+        // parentheses need several MB, so without the guard this would kill the test process.
+        string blocks = string.Concat(Enumerable.Repeat("{% if 1 %}", 20_000)) + string.Concat(Enumerable.Repeat("{% endif %}", 20_000));
+        string parens = "{{ " + new string('(', 20_000) + "1" + new string(')', 20_000) + " }}";
+        var messages = new List<DataException>();
+        var thread = new Thread(() =>
+        {
+            foreach (string template in new[] { blocks, parens })
+            {
+                try
+                {
+                    ChatTemplate.Parse(template).Render([new ChatMessage("user", "hi")], "", "");
+                }
+                catch (DataException e)
+                {
+                    messages.Add(e);
+                }
+            }
+        }, 256 << 10);
+        thread.Start();
+        thread.Join();
+
+        Assert.HasCount(2, messages);
+        // Whichever recursion runs out first (a block, or the "if 1" expression inside it) names the offset.
+        StringAssert.Contains(messages[0].Message, "nested too deeply");
+        StringAssert.Contains(messages[1].Message, "expression is nested too deeply");
+    }
+
+    [TestMethod]
+    public void ChatTemplate_MinValueModuloMinusOne_IsZeroAsInPython()
+    {
+        // Python: -9223372036854775808 % -1 == 0; C#'s long remainder throws OverflowException for this pair.
+        RenderedChat r = ChatTemplate.Parse("{{ (-9223372036854775807 - 1) % -1 }}").Render([new ChatMessage("user", "hi")], "", "");
+        Assert.AreEqual("0", r.Text);
+    }
+
+    [TestMethod]
     public void Tokenizer_NotJson_ThrowsNamingFile()
     {
         using var dir = new TempDir();

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 
@@ -291,6 +292,12 @@ public sealed class ChatTemplate
 
         private List<TemplateNode> ParseBlock(out string? endTag, out int endAt, params string[] terminators)
         {
+            // Thousands of nested {% if %} blocks would overflow the stack, which no catch can handle.
+            if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw Error(_cursor < _parts.Count ? _parts[_cursor].Position : _src.Length, "blocks are nested too deeply");
+            }
+
             var nodes = new List<TemplateNode>();
             while (_cursor < _parts.Count)
             {
@@ -506,6 +513,15 @@ public sealed class ChatTemplate
             }
         }
 
+        // Deep parentheses or long "- - - x" / "not not x" chains recurse once per level.
+        private void EnsureStack()
+        {
+            if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw _owner.Error(Pos, "expression is nested too deeply");
+            }
+        }
+
         private bool Peek(string text, int ahead = 0) =>
             _i + ahead < _tokens.Count && _tokens[_i + ahead].Kind is "op" or "name" && _tokens[_i + ahead].Text == text;
 
@@ -533,6 +549,7 @@ public sealed class ChatTemplate
 
         private Expr ParseConditional()
         {
+            EnsureStack();
             Expr value = ParseOr();
             if (Accept("if"))
             {
@@ -568,6 +585,7 @@ public sealed class ChatTemplate
 
         private Expr ParseNot()
         {
+            EnsureStack();
             int p = Pos;
             return Accept("not") ? new Unary(p, "not", ParseNot()) : ParseComparison();
         }
@@ -641,6 +659,7 @@ public sealed class ChatTemplate
 
         private Expr ParseUnary()
         {
+            EnsureStack();
             int p = Pos;
             return Accept("-") ? new Unary(p, "-", ParseUnary()) : ParsePostfix(ParsePrimary());
         }
@@ -819,6 +838,11 @@ public sealed class ChatTemplate
 
         public void Run(List<TemplateNode> nodes)
         {
+            if (nodes.Count > 0 && !RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw Fail(nodes[0].Position, "blocks are nested too deeply to render");
+            }
+
             foreach (TemplateNode node in nodes)
             {
                 Execute(node);
@@ -963,6 +987,11 @@ public sealed class ChatTemplate
 
         private object? Eval(Expr e)
         {
+            if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw Fail(e.Position, "expression is nested too deeply to evaluate");
+            }
+
             switch (e)
             {
                 case Literal l:

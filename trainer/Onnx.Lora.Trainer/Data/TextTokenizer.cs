@@ -612,6 +612,12 @@ public sealed class TextTokenizer
                 Regex splitRegex = pat.TryGetProperty("Regex", out _)
                     ? new Regex(RequiredString(path, pat, "Regex", "pre-tokenizer Split pattern"), RegexOptions.CultureInvariant, s_regexTimeout)
                     : new Regex(Regex.Escape(RequiredString(path, pat, "String", "pre-tokenizer Split pattern")), RegexOptions.CultureInvariant, s_regexTimeout);
+                if (splitRegex.IsMatch(string.Empty))
+                {
+                    // An empty match splits nowhere and never advances: the pre-tokenizer would loop forever.
+                    throw new DataException($"Tokenizer '{path}': pre-tokenizer Split pattern '{splitRegex}' matches the empty string.");
+                }
+
                 return new RegexPreTokenizer(splitRegex, null);
             default:
                 throw new DataException($"Tokenizer '{path}': pre-tokenizer '{type}' is not supported (supported: ByteLevel, Metaspace, Split (Isolated), Sequence).");
