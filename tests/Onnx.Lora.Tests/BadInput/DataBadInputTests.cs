@@ -193,6 +193,16 @@ public sealed class DataBadInputTests
         LoadTokenizerFails(j => j["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = JsonNode.Parse(pattern), ["behavior"] = "Isolated" }, "matches the empty string");
 
     [TestMethod]
+    public void Tokenizer_EmptyAddedToken_ThrowsInsteadOfLoopingInEncode() =>
+        LoadTokenizerFails(j => j["added_tokens"]!.AsArray().Add(new JsonObject { ["id"] = 0, ["content"] = "" }), "has empty \"content\"");
+
+    [TestMethod]
+    public void Tokenizer_HugeReplaceContent_ThrowsInsteadOfMultiplyingText() =>
+        LoadTokenizerFails(
+            j => j["normalizer"] = new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = new string('x', 1 << 20) },
+            "normalizer Replace \"content\" is 1,048,576 chars long");
+
+    [TestMethod]
     public void Tokenizer_IdNearIntMax_ThrowsInsteadOfOverflowingVocabSize() =>
         LoadTokenizerFails(j => j["model"]!["vocab"]!["zzz_hostile"] = int.MaxValue, "model.vocab['zzz_hostile'] is 2147483647", "[0, 16777216)");
 

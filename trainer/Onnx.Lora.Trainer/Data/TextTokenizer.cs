@@ -380,7 +380,9 @@ public sealed class TextTokenizer
                         throw new DataException($"Tokenizer '{path}': added_tokens[{index}] needs \"content\" (string) and \"id\" (an integer in [0, {MaxTokenId})).");
                     }
 
-                    added[content.GetString()!] = addedId;
+                    string text = content.GetString()!;
+                    // An empty token would be found at every position of every text: Encode would never advance.
+                    added[text.Length > 0 ? text : throw new DataException($"Tokenizer '{path}': added_tokens[{index}] has empty \"content\".")] = addedId;
                     index++;
                 }
             }
@@ -627,10 +629,18 @@ public sealed class TextTokenizer
     // A Split regex comes from the tokenizer file: a pathological one ("(a+)+$") must fail, not hang, on some text.
     private static readonly TimeSpan s_regexTimeout = TimeSpan.FromMilliseconds(500);
 
-    private static string RequiredString(string path, JsonElement obj, string name, string what) =>
-        obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.String
+    // Real values are one char ("▁", " ") or a regex of a few hundred: a longer one multiplies every text it touches
+    // (a 1 Mi-char Replace content turned a 100-char text into gigabytes).
+    private const int MaxPatternChars = 4096;
+
+    private static string RequiredString(string path, JsonElement obj, string name, string what)
+    {
+        string value = obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.String
             ? v.GetString()!
             : throw new DataException($"Tokenizer '{path}': {what} needs \"{name}\" as a string.");
+        return value.Length <= MaxPatternChars ? value
+            : throw new DataException($"Tokenizer '{path}': {what} \"{name}\" is {value.Length:N0} chars long; at most {MaxPatternChars:N0} are supported.");
+    }
 
     private static readonly RegexPreTokenizer s_wholeText = new(new Regex(@"[\s\S]+", RegexOptions.CultureInvariant), null);
 
