@@ -4,7 +4,8 @@ using Onnx.Lora.Bench.Fuzz;
 namespace Onnx.Lora.Bench;
 
 /// <summary>
-/// <c>fuzz --target onnx|safetensors|onnx_adapter|all --iterations N --seed S [--crashes DIR] [--timeout-ms T]</c>:
+/// <c>fuzz --target onnx|safetensors|onnx_adapter|jsonl|adapter_config|tokenizer_json|all --iterations N --seed S [--crashes DIR] [--timeout-ms T]</c>
+/// (or <c>fuzz --target T --replay FILE</c> to run one saved input again):
 /// a seeded mutation campaign per reader; prints executions, exec/s and crashes, writes each crashing input to DIR.
 /// Exit code 0 when no input crashed, 1 otherwise.
 /// </summary>
@@ -13,6 +14,7 @@ internal static class FuzzCommand
     public static int Run(string[] args)
     {
         string target = "all", crashDir = Path.Combine("out", "fuzz-crashes");
+        string? replay = null;
         long iterations = 10_000;
         int seed = 20260510, timeoutMs = 5000;
         for (int i = 0; i + 1 < args.Length; i += 2)
@@ -24,10 +26,16 @@ internal static class FuzzCommand
                 case "--seed": seed = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
                 case "--crashes": crashDir = args[i + 1]; break;
                 case "--timeout-ms": timeoutMs = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--replay": replay = args[i + 1]; break;
                 default:
                     Console.Error.WriteLine($"fuzz: unknown option '{args[i]}'");
                     return 2;
             }
+        }
+
+        if (replay is not null)
+        {
+            return Replay(target, replay, TimeSpan.FromMilliseconds(timeoutMs));
         }
 
         IReadOnlyList<string> targets = target == "all" ? FuzzTarget.Names : [target];
@@ -66,5 +74,35 @@ internal static class FuzzCommand
         }
 
         return total == 0 ? 0 : 1;
+    }
+
+    // One saved input (a .bin from --crashes) run again against today's reader: exit 0 when it loads or is rejected.
+    private static int Replay(string target, string file, TimeSpan timeout)
+    {
+        using FuzzTarget t = FuzzTarget.Create(target);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        try
+        {
+            var run = Task.Run(() => t.Execute(File.ReadAllBytes(file)));
+            if (!run.Wait(timeout))
+            {
+                Console.WriteLine($"{file}: hang (no result after {timeout.TotalSeconds:0.#} s)");
+                return 1;
+            }
+
+            Console.WriteLine($"{file}: accepted in {clock.ElapsedMilliseconds} ms, {GC.GetTotalAllocatedBytes(precise: true) - before:N0} bytes allocated");
+        }
+        catch (AggregateException e) when (e.InnerException is Onnx.Lora.Graph.LoraException rejected)
+        {
+            Console.WriteLine($"{file}: rejected in {clock.ElapsedMilliseconds} ms, {GC.GetTotalAllocatedBytes(precise: true) - before:N0} bytes allocated: {rejected.GetType().Name}: {rejected.Message.Split('\n')[0]}");
+        }
+        catch (AggregateException e)
+        {
+            Console.WriteLine($"{file}: CRASH {e.InnerException}");
+            return 1;
+        }
+
+        return 0;
     }
 }

@@ -13,7 +13,7 @@ using Onnx.Lora.Bench;
 //   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
 //   generate [CHECKPOINT] [runs]                         decode tokens/s with the KV cache vs recompute (side by side), ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
-//   fuzz [--target onnx|safetensors|onnx_adapter|all] [--iterations N] [--seed S] [--crashes DIR] [--timeout-ms T]
+//   fuzz [--target onnx|safetensors|onnx_adapter|jsonl|adapter_config|tokenizer_json|all] [--iterations N] [--seed S] [--crashes DIR] [--timeout-ms T]
 //                                                       seeded mutation fuzzing of the readers; exit 1 on any crash
 return args.FirstOrDefault() switch
 {

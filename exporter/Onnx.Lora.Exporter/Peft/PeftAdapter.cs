@@ -103,6 +103,8 @@ public static class PeftAdapter
 
     private const string KeyPrefix = "base_model.model.";
 
+    private const long MaxConfigBytes = 1 << 20;
+
     /// <summary>Writes <paramref name="weights"/> as a PEFT adapter folder (both files atomically; the scale is stored in the config, not in B).</summary>
     /// <exception cref="AdapterFormatException">Modules disagree on alpha/scale in a way the config cannot express.</exception>
     public static void Export(LoraWeights weights, string folder, string? baseModelNameOrPath = null, bool useRsLora = false, double dropout = 0)
@@ -183,6 +185,13 @@ public static class PeftAdapter
             if (!File.Exists(path))
             {
                 throw new AdapterFormatException($"PEFT config '{path}' does not exist (a PEFT adapter needs adapter_config.json beside its safetensors file).");
+            }
+
+            long size = new FileInfo(path).Length;
+            if (size > MaxConfigBytes)
+            {
+                // Real configs are a few KB (tens with a per-module rank_pattern); a huge one would cost ~20× its size to parse.
+                throw new AdapterFormatException($"PEFT config '{path}' is {size:N0} bytes; an adapter_config.json is a few KB (the limit is {MaxConfigBytes:N0}).");
             }
 
             JsonNode root = JsonNode.Parse(File.ReadAllText(path)) ?? throw new AdapterFormatException($"PEFT config '{path}' is empty.");

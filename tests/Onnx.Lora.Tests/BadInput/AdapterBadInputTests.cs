@@ -195,11 +195,13 @@ public sealed class AdapterBadInputTests
     [DataRow("""{"r": 2}""", "'lora_alpha'")]
     [DataRow("""[2, 4]""", "expected an object")]
     [DataRow("""{"r": 2, "lora_alpha": """, "Cannot read")]
+    [DataRow("""{"r": 2, "lora_alpha": 4, "base_model_name_or_path": "XXXXXXXXXXXXXXXX"}""", "bytes; an adapter_config.json is a few KB", "limit is 1,048,576")]
     public void PeftConfig_Hostile_ThrowsNamingFileAndField(string json, string expected, string? expected2 = null)
     {
         using var dir = new TempDir();
         FuzzSeeds.BuildSafetensors(dir.Path);
-        File.WriteAllText(dir.File(PeftAdapter.ConfigFile), json);
+        // The X run stands for a 2 MB value (what the adapter_config fuzz target found costing 75 MB to parse).
+        File.WriteAllText(dir.File(PeftAdapter.ConfigFile), json.Replace("XXXXXXXXXXXXXXXX", new string('X', 2 << 20), StringComparison.Ordinal));
         var e = Assert.ThrowsExactly<AdapterFormatException>(() => PeftAdapter.Import(dir.Path));
         StringAssert.Contains(e.Message, PeftAdapter.ConfigFile);
         StringAssert.Contains(e.Message, expected);

@@ -87,9 +87,45 @@ public sealed class DataBadInputTests
     [DataRow("{\"messages\": \"hi\"}", "'messages' must be an array")]
     [DataRow("{\"messages\": [7]}", "messages[0]")]
     [DataRow("{\"unknown\": \"x\"}", "no known fields")]
+    [DataRow("{\"text\": \"a\\ud800b\"}", "field 'text' is not valid text")]
+    [DataRow("{\"messages\": [{\"role\": \"user\", \"content\": \"\\udc00\"}]}", "messages[0]: field 'content' is not valid text")]
+    [DataRow("{\"\\ud800\": \"x\"}", "a field name or value is not valid text")]
     public void Jsonl_WrongShapes_ThrowNamingLineAndField(string line, string expected)
     {
         LoadDataFails([line], "data.jsonl:1", expected);
+    }
+
+    [TestMethod]
+    public void Jsonl_RowTooLongForSeqLength_ThrowsBeforeTokenizing()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("data.jsonl");
+        // 1 Mi chars of text: tokenizing it first would allocate ~180 MB (measured by the jsonl fuzz target) to refuse it.
+        File.WriteAllText(path, "{\"text\": \"fine\"}\n{\"text\": \"" + string.Concat(Enumerable.Repeat("Lily ran. ", 1 << 17)) + "\"}\n");
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        StringAssert.Contains(e.Message, "data.jsonl:2: the example has 1,310,720 characters, more than the sequence length 64 can hold");
+        StringAssert.Contains(e.Message, "1 example(s) are longer than seq_length 64");
+        Assert.IsLessThan(32L << 20, allocated, "reading a 1.3 M-char row costs a few copies of it, not a tokenization");
+    }
+
+    [TestMethod]
+    public void Jsonl_LongestRowTheBoundAllows_StillTokenizedAndJudgedByTokens()
+    {
+        // Just under the char bound the row is tokenized as before, and refused by its token count (not its chars).
+        using var dir = new TempDir();
+        string path = dir.File("data.jsonl");
+        TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
+        int chars = 4 * 64 * tokenizer.MaxTokenChars;
+        File.WriteAllText(path, "{\"text\": \"" + new string('a', chars) + "\"}\n");
+
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
+
+        StringAssert.Contains(e.Message, "tokens, more than the sequence length 64");
     }
 
     [TestMethod]
@@ -145,6 +181,98 @@ public sealed class DataBadInputTests
     [TestMethod]
     public void Tokenizer_AddedTokenWithoutId_ThrowsNamingIndex() =>
         LoadTokenizerFails(j => j["added_tokens"] = new JsonArray(new JsonObject { ["content"] = "<x>" }), "added_tokens[0]");
+
+    [TestMethod]
+    public void Tokenizer_PrependWithoutString_ThrowsNamingField() =>
+        LoadTokenizerFails(j => j["normalizer"] = new JsonObject { ["type"] = "Prepend", ["prepend"] = null }, "normalizer Prepend needs \"prepend\" as a string");
+
+    [TestMethod]
+    [DataRow("{\"String\": \"\"}")]
+    [DataRow("{\"Regex\": \"a*\"}")]
+    public void Tokenizer_SplitPatternMatchingEmpty_ThrowsInsteadOfLooping(string pattern) =>
+        LoadTokenizerFails(j => j["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = JsonNode.Parse(pattern), ["behavior"] = "Isolated" }, "matches the empty string");
+
+    [TestMethod]
+    public void Tokenizer_EmptyAddedToken_ThrowsInsteadOfLoopingInEncode() =>
+        LoadTokenizerFails(j => j["added_tokens"]!.AsArray().Add(new JsonObject { ["id"] = 0, ["content"] = "" }), "has empty \"content\"");
+
+    [TestMethod]
+    public void Tokenizer_HugeReplaceContent_ThrowsInsteadOfMultiplyingText() =>
+        LoadTokenizerFails(
+            j => j["normalizer"] = new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = new string('x', 1 << 20) },
+            "normalizer Replace \"content\" is 1,048,576 chars long");
+
+    [TestMethod]
+    public void Tokenizer_IdNearIntMax_ThrowsInsteadOfOverflowingVocabSize() =>
+        LoadTokenizerFails(j => j["model"]!["vocab"]!["zzz_hostile"] = int.MaxValue, "model.vocab['zzz_hostile'] is 2147483647", "[0, 16777216)");
+
+    [TestMethod]
+    public void Tokenizer_PathologicalSplitRegex_EncodeThrowsWithinTheBound()
+    {
+        using var dir = new TempDir();
+        var json = JsonNode.Parse(File.ReadAllText(Fixtures.Path("ortgenai-tiny-gqa", "tokenizer.json")))!.AsObject();
+        json["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = "(a+)+$" }, ["behavior"] = "Isolated" };
+        string path = dir.File("tokenizer.json");
+        File.WriteAllText(path, json.ToJsonString());
+        TextTokenizer tokenizer = TextTokenizer.Load(path);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+
+        // 40 a's then '!': (a+)+$ backtracks through 2^40 splits before failing.
+        var e = Assert.ThrowsExactly<DataException>(() => tokenizer.Encode(new string('a', 40) + "!"));
+
+        StringAssert.Contains(e.Message, "(a+)+$");
+        StringAssert.Contains(e.Message, "took over 500 ms");
+        Assert.IsLessThan(3, clock.Elapsed.TotalSeconds);
+    }
+
+    [TestMethod]
+    [DataRow("{{ 99999999999999999999 }}", "integer literal 99999999999999999999 does not fit 64 bits")]
+    [DataRow("{{ range(100000000)|length }}", "range(0, 100000000) has more than 100,000 items")]
+    [DataRow("{{ range('a') }}", "range() takes one or two integers")]
+    public void ChatTemplate_HostileArithmetic_ThrowsDataException(string template, string expected)
+    {
+        var e = Assert.ThrowsExactly<DataException>(() => ChatTemplate.Parse(template).Render([new ChatMessage("user", "hi")], "<s>", "</s>"));
+        StringAssert.Contains(e.Message, expected);
+    }
+
+    [TestMethod]
+    public void ChatTemplate_DeepNestingOnASmallStack_ThrowsDataExceptionNotStackOverflow()
+    {
+        // 256 KiB of stack (a thread-pool thread has more, the main thread far more): 20,000 nested blocks or
+        // parentheses need several MB, so without the guard this would kill the test process.
+        string blocks = string.Concat(Enumerable.Repeat("{% if 1 %}", 20_000)) + string.Concat(Enumerable.Repeat("{% endif %}", 20_000));
+        string parens = "{{ " + new string('(', 20_000) + "1" + new string(')', 20_000) + " }}";
+        var messages = new List<DataException>();
+        var thread = new Thread(() =>
+        {
+            foreach (string template in new[] { blocks, parens })
+            {
+                try
+                {
+                    ChatTemplate.Parse(template).Render([new ChatMessage("user", "hi")], "", "");
+                }
+                catch (DataException e)
+                {
+                    messages.Add(e);
+                }
+            }
+        }, 256 << 10);
+        thread.Start();
+        thread.Join();
+
+        Assert.HasCount(2, messages);
+        // Whichever recursion runs out first (a block, or the "if 1" expression inside it) names the offset.
+        StringAssert.Contains(messages[0].Message, "nested too deeply");
+        StringAssert.Contains(messages[1].Message, "expression is nested too deeply");
+    }
+
+    [TestMethod]
+    public void ChatTemplate_MinValueModuloMinusOne_IsZeroAsInPython()
+    {
+        // Python: -9223372036854775808 % -1 == 0; C#'s long remainder throws OverflowException for this pair.
+        RenderedChat r = ChatTemplate.Parse("{{ (-9223372036854775807 - 1) % -1 }}").Render([new ChatMessage("user", "hi")], "", "");
+        Assert.AreEqual("0", r.Text);
+    }
 
     [TestMethod]
     public void Tokenizer_NotJson_ThrowsNamingFile()

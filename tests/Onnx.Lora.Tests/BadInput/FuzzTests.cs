@@ -4,7 +4,8 @@ using Onnx.Lora.Graph;
 namespace Onnx.Lora.Tests.BadInput;
 
 /// <summary>
-/// CI-sized fuzzing of the three binary readers: every mutated input must load or throw a LoraException subtype
+/// CI-sized fuzzing of the binary readers (ONNX, safetensors, .onnx_adapter) and the text readers (JSONL data, PEFT
+/// adapter_config.json, tokenizer.json + tokenizer_config.json): every mutated input must load or throw a LoraException subtype
 /// (no raw exception, no hang, no allocation far beyond the input). The long campaign is
 /// <c>onnx-lora-bench fuzz --target all --iterations 300000</c> (BENCHMARKS.md).
 /// </summary>
@@ -19,6 +20,9 @@ public sealed class FuzzTests
     [DataRow("onnx")]
     [DataRow("safetensors")]
     [DataRow("onnx_adapter")]
+    [DataRow("jsonl")]
+    [DataRow("adapter_config")]
+    [DataRow("tokenizer_json")]
     public void Fuzz_MutatedSeeds_EveryInputLoadsOrThrowsLoraException(string target)
     {
         using FuzzTarget t = FuzzTarget.Create(target);

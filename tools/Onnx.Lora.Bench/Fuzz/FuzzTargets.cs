@@ -23,7 +23,7 @@ public abstract class FuzzTarget : IDisposable
         Directory.CreateDirectory(Folder);
     }
 
-    /// <summary>The target's name (onnx, safetensors, onnx_adapter).</summary>
+    /// <summary>The target's name (onnx, safetensors, onnx_adapter, jsonl, adapter_config, tokenizer_json).</summary>
     public string Name { get; }
 
     /// <summary>A scratch folder holding the files the seed refers to (external data, adapter_config.json).</summary>
@@ -33,7 +33,7 @@ public abstract class FuzzTarget : IDisposable
     public abstract byte[] Seed { get; }
 
     /// <summary>The names of every target <see cref="Create"/> knows.</summary>
-    public static IReadOnlyList<string> Names { get; } = ["onnx", "safetensors", "onnx_adapter"];
+    public static IReadOnlyList<string> Names { get; } = ["onnx", "safetensors", "onnx_adapter", "jsonl", "adapter_config", "tokenizer_json"];
 
     /// <summary>Creates the target called <paramref name="name"/>.</summary>
     public static FuzzTarget Create(string name) => name switch
@@ -41,6 +41,9 @@ public abstract class FuzzTarget : IDisposable
         "onnx" => new OnnxFuzzTarget(),
         "safetensors" => new SafetensorsFuzzTarget(),
         "onnx_adapter" => new OnnxAdapterFuzzTarget(),
+        "jsonl" => new JsonlFuzzTarget(),
+        "adapter_config" => new AdapterConfigFuzzTarget(),
+        "tokenizer_json" => new TokenizerJsonFuzzTarget(),
         _ => throw new ArgumentException($"Unknown fuzz target '{name}'; known: {string.Join(", ", Names)}.", nameof(name)),
     };
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 
@@ -291,6 +292,12 @@ public sealed class ChatTemplate
 
         private List<TemplateNode> ParseBlock(out string? endTag, out int endAt, params string[] terminators)
         {
+            // Thousands of nested {% if %} blocks would overflow the stack, which no catch can handle.
+            if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw Error(_cursor < _parts.Count ? _parts[_cursor].Position : _src.Length, "blocks are nested too deeply");
+            }
+
             var nodes = new List<TemplateNode>();
             while (_cursor < _parts.Count)
             {
@@ -506,6 +513,15 @@ public sealed class ChatTemplate
             }
         }
 
+        // Deep parentheses or long "- - - x" / "not not x" chains recurse once per level.
+        private void EnsureStack()
+        {
+            if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw _owner.Error(Pos, "expression is nested too deeply");
+            }
+        }
+
         private bool Peek(string text, int ahead = 0) =>
             _i + ahead < _tokens.Count && _tokens[_i + ahead].Kind is "op" or "name" && _tokens[_i + ahead].Text == text;
 
@@ -533,6 +549,7 @@ public sealed class ChatTemplate
 
         private Expr ParseConditional()
         {
+            EnsureStack();
             Expr value = ParseOr();
             if (Accept("if"))
             {
@@ -568,6 +585,7 @@ public sealed class ChatTemplate
 
         private Expr ParseNot()
         {
+            EnsureStack();
             int p = Pos;
             return Accept("not") ? new Unary(p, "not", ParseNot()) : ParseComparison();
         }
@@ -641,6 +659,7 @@ public sealed class ChatTemplate
 
         private Expr ParseUnary()
         {
+            EnsureStack();
             int p = Pos;
             return Accept("-") ? new Unary(p, "-", ParseUnary()) : ParsePostfix(ParsePrimary());
         }
@@ -741,7 +760,8 @@ public sealed class ChatTemplate
                 case "num":
                     return text.Contains('.', StringComparison.Ordinal)
                         ? new Literal(p, double.Parse(text, CultureInfo.InvariantCulture))
-                        : new Literal(p, long.Parse(text, CultureInfo.InvariantCulture));
+                        : new Literal(p, long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out long integer) ? integer
+                            : throw _owner.Error(p, $"integer literal {text} does not fit 64 bits"));
                 case "name":
                     return text switch
                     {
@@ -818,6 +838,11 @@ public sealed class ChatTemplate
 
         public void Run(List<TemplateNode> nodes)
         {
+            if (nodes.Count > 0 && !RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw Fail(nodes[0].Position, "blocks are nested too deeply to render");
+            }
+
             foreach (TemplateNode node in nodes)
             {
                 Execute(node);
@@ -962,6 +987,11 @@ public sealed class ChatTemplate
 
         private object? Eval(Expr e)
         {
+            if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            {
+                throw Fail(e.Position, "expression is nested too deeply to evaluate");
+            }
+
             switch (e)
             {
                 case Literal l:
@@ -1069,7 +1099,7 @@ public sealed class ChatTemplate
                     "+" => li + ri,
                     "-" => li - ri,
                     "*" => li * ri,
-                    "%" => ri == 0 ? throw Fail(b.Position, "modulo by zero") : ((li % ri) + ri) % ri,
+                    "%" => ri == 0 ? throw Fail(b.Position, "modulo by zero") : ri == -1 ? 0 : ((li % ri) + ri) % ri, // long.MinValue % -1 overflows
                     _ => ri == 0 ? throw Fail(b.Position, "division by zero") : (long)Math.Floor((double)li / ri),
                 };
             }
@@ -1136,8 +1166,19 @@ public sealed class ChatTemplate
                     case "namespace":
                         return kwargs.ToDictionary(k => k.Name, k => k.Value, StringComparer.Ordinal);
                     case "range":
+                        if (args.Count is < 1 or > 2 || args.Any(a => a is not long))
+                        {
+                            throw Fail(position, "range() takes one or two integers");
+                        }
+
                         long from = args.Count > 1 ? (long)args[0]! : 0, to = (long)args[^1]!;
-                        return Enumerable.Range((int)from, (int)Math.Max(0, to - from)).Select(i => (object?)(long)i).ToList();
+                        // A template from the internet must not build a list of billions of items (a hang, then OutOfMemory).
+                        if (to > from && (to - from > MaxRangeItems || to - from < 0))
+                        {
+                            throw Fail(position, $"range({from}, {to}) has more than {MaxRangeItems:N0} items");
+                        }
+
+                        return to <= from ? new List<object?>() : Enumerable.Range(0, (int)(to - from)).Select(i => (object?)(from + i)).ToList();
                 }
             }
 
@@ -1272,6 +1313,9 @@ public sealed class ChatTemplate
             Dictionary<string, object?> => "a dict",
             _ => "a function",
         };
+
+        /// <summary>Most items range() may produce: chat templates loop over messages, never over millions of numbers.</summary>
+        private const long MaxRangeItems = 100_000;
 
         private static DataException Fail(int position, string message) =>
             new($"Chat template (offset {position}): {message}.");

@@ -110,6 +110,7 @@ public static class JsonlDataset
             }
             catch (DataException e)
             {
+                overlong += e is TooManyCharsException ? 1 : 0;
                 errorCount++;
                 if (errors.Count < options.MaxReportedErrors)
                 {
@@ -147,7 +148,22 @@ public static class JsonlDataset
 
         using (doc)
         {
-            JsonElement row = doc.RootElement;
+            try
+            {
+                return ParseObject(doc.RootElement, where, tokenizer, options, ids, offsets, ref template);
+            }
+            catch (InvalidOperationException e)
+            {
+                // JsonDocument accepts an unpaired surrogate escape ("\ud800") in a name or value and fails only when
+                // it is read (also by TryGetProperty, which compares names).
+                throw new DataException($"{where}: a field name or value is not valid text ({e.Message})");
+            }
+        }
+    }
+
+    private static TokenizedExample ParseObject(JsonElement row, string where, TextTokenizer tokenizer, DatasetOptions options, List<int> ids, List<int> offsets, ref ChatTemplate? template)
+    {
+        {
             if (row.ValueKind != JsonValueKind.Object)
             {
                 throw new DataException($"{where}: expected a JSON object, found {Kind(row)}");
@@ -201,6 +217,7 @@ public static class JsonlDataset
         }
 
         string text = prompt + completion;
+        CheckLength(text, where, tokenizer, options);
         tokenizer.Encode(text, ids, offsets);
         int[] ends = TokenEnds(offsets, text.Length);
         for (int i = 0; i < ids.Count; i++)
@@ -263,6 +280,7 @@ public static class JsonlDataset
 
         ids.Clear();
         offsets.Clear();
+        CheckLength(rendered.Text, where, tokenizer, options);
         tokenizer.Encode(rendered.Text, ids, offsets);
         var labels = new List<int>(ids.Count);
         int[] ends = TokenEnds(offsets, rendered.Text.Length);
@@ -275,6 +293,25 @@ public static class JsonlDataset
 
         return Finish([.. ids], labels, where, options);
     }
+
+    /// <summary>
+    /// Refuses, before tokenizing, a text too long to fit <see cref="DatasetOptions.MaxTokens"/> whatever the tokenization:
+    /// tokenizing costs ~150 bytes per char, so a 1 Mi-char row would allocate 150 MB only to be refused afterwards. A
+    /// token covers at most <see cref="TextTokenizer.MaxTokenChars"/> chars of its vocabulary entry; the factor 4 leaves
+    /// room for normalizers that compose characters (NFC / NFKC: a base letter and its combining marks become one).
+    /// With truncation the whole text is tokenized (only the first MaxTokens ids are kept).
+    /// </summary>
+    private static void CheckLength(string text, string where, TextTokenizer tokenizer, DatasetOptions options)
+    {
+        long limit = 4L * options.MaxTokens * tokenizer.MaxTokenChars;
+        if (!options.Truncate && text.Length > limit)
+        {
+            throw new TooManyCharsException($"{where}: the example has {text.Length:N0} characters, more than the sequence length {options.MaxTokens} can hold (at most {limit:N0} for this tokenizer) (raise seq_length up to the model's limit, or set truncate)");
+        }
+    }
+
+    /// <summary>A row refused by <see cref="CheckLength"/>: counted with the over-long rows in the summary.</summary>
+    private sealed class TooManyCharsException(string message) : DataException(message);
 
     /// <summary>
     /// End of each token's chars: the next token's (strictly greater) start. A token's chars include the space a
@@ -321,7 +358,17 @@ public static class JsonlDataset
             throw new DataException($"{where}: field '{name}' must be a string, found {Kind(v)}");
         }
 
-        string s = v.GetString()!;
+        string s;
+        try
+        {
+            s = v.GetString()!;
+        }
+        catch (InvalidOperationException e)
+        {
+            // JsonDocument accepts an unpaired surrogate escape ("\ud800") and only fails when the string is read.
+            throw new DataException($"{where}: field '{name}' is not valid text ({e.Message})");
+        }
+
         if (!allowEmpty && s.Trim().Length == 0)
         {
             throw new DataException($"{where}: field '{name}' is empty");

@@ -24,6 +24,9 @@ namespace Onnx.Lora.Trainer.Data;
 /// </remarks>
 public sealed class TextTokenizer
 {
+    /// <summary>Ids at or above this are refused: no real vocabulary is near it, and VocabSize (max id + 1) must not overflow.</summary>
+    private const int MaxTokenId = 1 << 24;
+
     private readonly Tokenizer _inner;
     private readonly bool _sentencePiece;
     private readonly List<Func<string, (string Text, int[] Map)>> _normalizers;
@@ -47,6 +50,7 @@ public sealed class TextTokenizer
         _byteFallbackIds = byteFallbackIds;
         _idToToken = idToToken;
         VocabSize = idToToken.Count == 0 ? 0 : idToToken.Keys.Max() + 1;
+        MaxTokenChars = Math.Max(1, idToToken.Values.Select(t => t.Length).DefaultIfEmpty(1).Max());
     }
 
     /// <summary>The file the tokenizer was loaded from.</summary>
@@ -54,6 +58,12 @@ public sealed class TextTokenizer
 
     /// <summary>Number of ids (max id + 1, added tokens included); must not exceed the model's embedding rows.</summary>
     public int VocabSize { get; }
+
+    /// <summary>
+    /// Length in chars of the longest vocabulary entry (added tokens included): a bound on the text one token covers,
+    /// used to refuse texts that cannot fit a sequence length before tokenizing them.
+    /// </summary>
+    public int MaxTokenChars { get; }
 
     /// <summary>Beginning-of-sequence id, if the tokenizer has one.</summary>
     public int? BosId { get; private set; }
@@ -214,7 +224,15 @@ public sealed class TextTokenizer
             map = composed;
         }
 
-        IReadOnlyList<EncodedToken> encoded = _inner.EncodeToTokens(current, out _, considerPreTokenization: true, considerNormalization: false);
+        IReadOnlyList<EncodedToken> encoded;
+        try
+        {
+            encoded = _inner.EncodeToTokens(current, out _, considerPreTokenization: true, considerNormalization: false);
+        }
+        catch (RegexMatchTimeoutException e)
+        {
+            throw new DataException($"Tokenizer '{Source}': the pre-tokenizer regex '{e.Pattern}' took over {e.MatchTimeout.TotalMilliseconds} ms on a {current.Length}-char text (a pathological pattern).", e);
+        }
         int covered = 0;
         foreach (EncodedToken t in encoded)
         {
@@ -327,9 +345,9 @@ public sealed class TextTokenizer
 
             foreach (JsonProperty p in vocabJson.EnumerateObject())
             {
-                vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id >= 0
+                vocab[p.Name] = p.Value.ValueKind == JsonValueKind.Number && p.Value.TryGetInt32(out int id) && id is >= 0 and < MaxTokenId
                     ? id
-                    : throw new DataException($"Tokenizer '{path}': model.vocab['{p.Name}'] is {p.Value}; expected a non-negative integer id.");
+                    : throw new DataException($"Tokenizer '{path}': model.vocab['{p.Name}'] is {p.Value}; expected an integer id in [0, {MaxTokenId}).");
             }
 
             var merges = new List<string>();
@@ -357,12 +375,14 @@ public sealed class TextTokenizer
                 {
                     if (a.ValueKind != JsonValueKind.Object
                         || !a.TryGetProperty("content", out JsonElement content) || content.ValueKind != JsonValueKind.String
-                        || !a.TryGetProperty("id", out JsonElement idJson) || idJson.ValueKind != JsonValueKind.Number || !idJson.TryGetInt32(out int addedId) || addedId < 0)
+                        || !a.TryGetProperty("id", out JsonElement idJson) || idJson.ValueKind != JsonValueKind.Number || !idJson.TryGetInt32(out int addedId) || addedId is < 0 or >= MaxTokenId)
                     {
-                        throw new DataException($"Tokenizer '{path}': added_tokens[{index}] needs \"content\" (string) and \"id\" (non-negative integer).");
+                        throw new DataException($"Tokenizer '{path}': added_tokens[{index}] needs \"content\" (string) and \"id\" (an integer in [0, {MaxTokenId})).");
                     }
 
-                    added[content.GetString()!] = addedId;
+                    string text = content.GetString()!;
+                    // An empty token would be found at every position of every text: Encode would never advance.
+                    added[text.Length > 0 ? text : throw new DataException($"Tokenizer '{path}': added_tokens[{index}] has empty \"content\".")] = addedId;
                     index++;
                 }
             }
@@ -468,7 +488,7 @@ public sealed class TextTokenizer
 
                 break;
             case "Prepend":
-                string prefix = n.GetProperty("prepend").GetString()!;
+                string prefix = RequiredString(path, n, "prepend", "normalizer Prepend");
                 result.Add(s => s.Length == 0 ? (s, [0]) : (prefix + s, [.. Enumerable.Repeat(0, prefix.Length), .. Enumerable.Range(0, s.Length + 1)]));
                 break;
             case "Replace":
@@ -477,8 +497,8 @@ public sealed class TextTokenizer
                     throw new DataException($"Tokenizer '{path}': normalizer Replace with a Regex pattern is not supported (only String patterns).");
                 }
 
-                string from = pattern.GetString()!;
-                string to = n.GetProperty("content").GetString()!;
+                string from = RequiredString(path, n.GetProperty("pattern"), "String", "normalizer Replace pattern");
+                string to = RequiredString(path, n, "content", "normalizer Replace");
                 result.Add(s => Replace(s, from, to));
                 break;
             case "NFC" or "NFKC" or "NFD" or "NFKD":
@@ -568,7 +588,7 @@ public sealed class TextTokenizer
                 bool useRegex = !p.TryGetProperty("use_regex", out JsonElement ur) || ur.ValueKind != JsonValueKind.False;
                 return useRegex ? new RegexPreTokenizer(s_gpt2Split, null) : s_wholeText;
             case "Metaspace":
-                string replacement = p.TryGetProperty("replacement", out JsonElement r) ? r.GetString()! : "\u2581";
+                string replacement = p.TryGetProperty("replacement", out _) ? RequiredString(path, p, "replacement", "pre-tokenizer Metaspace") : "\u2581";
                 string scheme = p.TryGetProperty("prepend_scheme", out JsonElement ps) ? ps.GetString() ?? "always"
                     : p.TryGetProperty("add_prefix_space", out JsonElement ap) && ap.ValueKind == JsonValueKind.False ? "never" : "always";
                 normalizers.Add(s => Replace(s, " ", replacement));
@@ -591,13 +611,35 @@ public sealed class TextTokenizer
                 }
 
                 JsonElement pat = p.GetProperty("pattern");
-                Regex splitRegex = pat.TryGetProperty("Regex", out JsonElement rx)
-                    ? new Regex(rx.GetString()!, RegexOptions.CultureInvariant)
-                    : new Regex(Regex.Escape(pat.GetProperty("String").GetString()!), RegexOptions.CultureInvariant);
+                Regex splitRegex = pat.TryGetProperty("Regex", out _)
+                    ? new Regex(RequiredString(path, pat, "Regex", "pre-tokenizer Split pattern"), RegexOptions.CultureInvariant, s_regexTimeout)
+                    : new Regex(Regex.Escape(RequiredString(path, pat, "String", "pre-tokenizer Split pattern")), RegexOptions.CultureInvariant, s_regexTimeout);
+                if (splitRegex.IsMatch(string.Empty))
+                {
+                    // An empty match splits nowhere and never advances: the pre-tokenizer would loop forever.
+                    throw new DataException($"Tokenizer '{path}': pre-tokenizer Split pattern '{splitRegex}' matches the empty string.");
+                }
+
                 return new RegexPreTokenizer(splitRegex, null);
             default:
                 throw new DataException($"Tokenizer '{path}': pre-tokenizer '{type}' is not supported (supported: ByteLevel, Metaspace, Split (Isolated), Sequence).");
         }
+    }
+
+    // A Split regex comes from the tokenizer file: a pathological one ("(a+)+$") must fail, not hang, on some text.
+    private static readonly TimeSpan s_regexTimeout = TimeSpan.FromMilliseconds(500);
+
+    // Real values are one char ("▁", " ") or a regex of a few hundred: a longer one multiplies every text it touches
+    // (a 1 Mi-char Replace content turned a 100-char text into gigabytes).
+    private const int MaxPatternChars = 4096;
+
+    private static string RequiredString(string path, JsonElement obj, string name, string what)
+    {
+        string value = obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out JsonElement v) && v.ValueKind == JsonValueKind.String
+            ? v.GetString()!
+            : throw new DataException($"Tokenizer '{path}': {what} needs \"{name}\" as a string.");
+        return value.Length <= MaxPatternChars ? value
+            : throw new DataException($"Tokenizer '{path}': {what} \"{name}\" is {value.Length:N0} chars long; at most {MaxPatternChars:N0} are supported.");
     }
 
     private static readonly RegexPreTokenizer s_wholeText = new(new Regex(@"[\s\S]+", RegexOptions.CultureInvariant), null);
