@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Exporter;
 using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Exporter.Peft;
@@ -70,6 +71,9 @@ public static class CheckpointStore
         string name = FolderPrefix + checkpoint.State.GlobalStep.ToString(CultureInfo.InvariantCulture);
         string final = Path.Combine(outputDir, name);
         string temp = Path.Combine(outputDir, $"{TempPrefix}{checkpoint.State.GlobalStep}.{Guid.NewGuid():N}.tmp");
+        // Refuse before writing rather than fail with a full disk halfway (the run then stops with exit 7, older
+        // checkpoints intact).
+        SystemResources.EnsureDiskSpace(outputDir, DiskBytes(checkpoint), $"checkpoint '{final}'");
         try
         {
             Directory.CreateDirectory(temp);
@@ -123,6 +127,13 @@ public static class CheckpointStore
 
         return final;
     }
+
+    /// <summary>
+    /// Disk a checkpoint takes at most: adapter, raw parameters and two AdamW moments (one float per parameter each),
+    /// plus headers and JSON files (bounded by 1 MiB).
+    /// </summary>
+    internal static long DiskBytes(TrainingCheckpoint checkpoint) =>
+        (4 * checkpoint.Parameters.Sum(p => (long)p.Data.Length * sizeof(float))) + (1 << 20);
 
     /// <summary>Checkpoint folders in <paramref name="outputDir"/>, oldest (lowest step) first.</summary>
     public static IReadOnlyList<string> List(string outputDir)

@@ -116,6 +116,20 @@ public sealed class CheckpointStoreTests
     }
 
     [TestMethod]
+    public void DiskBytes_ASavedCheckpoint_BoundsWhatWasWrittenWithin1MiB()
+    {
+        using var temp = new TempDir();
+        TrainingCheckpoint checkpoint = Checkpoint(7, 3);
+
+        string folder = CheckpointStore.Save(temp.Path, checkpoint, Manifest(), keepLast: 0);
+
+        long written = Directory.EnumerateFiles(folder).Sum(f => new FileInfo(f).Length);
+        long estimate = CheckpointStore.DiskBytes(checkpoint);
+        Assert.IsGreaterThanOrEqualTo(written, estimate, "the disk check never lets a checkpoint through that cannot fit");
+        Assert.IsLessThanOrEqualTo(written + (1 << 20), estimate, "and asks for at most 1 MiB more than it takes");
+    }
+
+    [TestMethod]
     public void Save_PeftAdapter_HasTorchLayoutKeysAndConfig()
     {
         using var temp = new TempDir();
