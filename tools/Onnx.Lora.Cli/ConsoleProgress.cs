@@ -16,13 +16,14 @@ internal static class ConsoleProgress
     /// </summary>
     public static T WithBytesBar<T>(TextWriter output, string description, Func<IProgress<SaveProgress>?, T> work)
     {
-        if (!IsLive(output))
-        {
-            return work(null);
-        }
+        return IsLive(output) ? WithBytesBar(AnsiConsole.Console, description, work) : work(null);
+    }
 
+    /// <summary>Runs <paramref name="work"/> under a bar of bytes written on <paramref name="console"/>.</summary>
+    internal static T WithBytesBar<T>(IAnsiConsole console, string description, Func<IProgress<SaveProgress>?, T> work)
+    {
         T result = default!;
-        AnsiConsole.Progress()
+        console.Progress()
             .AutoClear(false)
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = 30 }, new PercentageColumn(),
                 new TransferSpeedColumn(), new RemainingTimeColumn())

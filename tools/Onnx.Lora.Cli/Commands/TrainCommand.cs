@@ -64,10 +64,11 @@ internal sealed class TrainCommand : LoraCommand
         return Task.FromResult(summary.Outcome == RunOutcome.Cancelled ? ExitCodes.Cancelled : ExitCodes.Success);
     }
 
-    private static TrainingSummary RunLive(TrainOptions options, CancellationToken cancellationToken)
+    /// <summary>Runs training under the live display on <paramref name="console"/> (the terminal by default).</summary>
+    internal static TrainingSummary RunLive(TrainOptions options, CancellationToken cancellationToken, IAnsiConsole? console = null)
     {
         TrainingSummary? summary = null;
-        AnsiConsole.Progress()
+        (console ?? AnsiConsole.Console).Progress()
             .AutoClear(false)
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = 24 }, new RemainingTimeColumn())
             .Start(ctx =>
