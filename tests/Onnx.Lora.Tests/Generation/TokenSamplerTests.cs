@@ -61,6 +61,55 @@ public sealed class TokenSamplerTests
     }
 
     [TestMethod]
+    public void Next_TopKOfALargeVocabulary_PicksOnlyTheKMostLikelyAtTheirRenormalizedRates()
+    {
+        // 50,000 ids: the selection pass (not a full sort) must still find exactly the 8 best.
+        float[] logits = RandomLogits(50_000, seed: 4);
+        for (int i = 0; i < 8; i++)
+        {
+            logits[(i * 6151) + 17] = 6f + (i * 0.25f); // a clear top 8 spread over the vocabulary
+        }
+
+        int[] top = Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).Take(8).ToArray();
+        double[] weights = top.Select(i => Math.Exp(logits[i])).ToArray();
+        var sampler = new TokenSampler(new SamplingOptions { Temperature = 1f, TopK = 8, Seed = 21 });
+        var counts = new Dictionary<int, int>();
+
+        for (int d = 0; d < Draws; d++)
+        {
+            int t = sampler.Next(logits);
+            counts[t] = counts.GetValueOrDefault(t) + 1;
+        }
+
+        CollectionAssert.IsSubsetOf(counts.Keys.ToArray(), top, "only the 8 best ids are ever drawn");
+        for (int i = 0; i < top.Length; i++)
+        {
+            Assert.AreEqual(weights[i] / weights.Sum(), counts.GetValueOrDefault(top[i]) / (double)Draws, 0.03, $"rate of id {top[i]}");
+        }
+    }
+
+    [TestMethod]
+    public void Next_TemperatureOnly_DrawsAtSoftmaxRates()
+    {
+        float[] logits = RandomLogits(16, seed: 5);
+        const float temperature = 0.7f;
+        double[] expected = logits.Select(l => Math.Exp(l / temperature)).ToArray();
+        double z = expected.Sum();
+        var sampler = new TokenSampler(new SamplingOptions { Temperature = temperature, Seed = 8 });
+        var counts = new int[logits.Length];
+
+        for (int d = 0; d < Draws; d++)
+        {
+            counts[sampler.Next(logits)]++;
+        }
+
+        for (int i = 0; i < logits.Length; i++)
+        {
+            Assert.AreEqual(expected[i] / z, counts[i] / (double)Draws, 0.03, $"rate of id {i}");
+        }
+    }
+
+    [TestMethod]
     public void Next_TopK1_IsArgMax()
     {
         var sampler = new TokenSampler(new SamplingOptions { Temperature = 1f, TopK = 1, Seed = 1 });

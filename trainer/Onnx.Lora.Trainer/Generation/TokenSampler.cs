@@ -51,17 +51,29 @@ public sealed class TokenSampler
         TensorPrimitives.Divide(logits, _options.Temperature, keys);
         TensorPrimitives.SoftMax(keys, p);
 
-        // Most likely first: sorting keys = -p ascending carries the ids along.
+        int k = _options.TopK > 0 ? Math.Min(_options.TopK, vocab) : vocab;
+        if (k == vocab && _options.TopP >= 1f)
+        {
+            // Plain temperature sampling needs no order: walk the distribution in id order.
+            return Draw(p);
+        }
+
+        // Most likely first: sorting keys = -p ascending carries the ids along. With top-k only the k best are
+        // sorted, after a selection pass (a 128k vocabulary with k = 50 sorts 50 entries, not 128k).
         TensorPrimitives.Negate(p, keys);
         for (int i = 0; i < vocab; i++)
         {
             _order[i] = i;
         }
 
-        Array.Sort(_keys, _order, 0, vocab);
+        if (k < vocab)
+        {
+            SelectSmallest(_keys, _order, vocab, k);
+        }
+
+        Array.Sort(_keys, _order, 0, k);
 
         // Top-k, then the nucleus of the top-k distribution (renormalized): the fewest tokens whose mass reaches top-p.
-        int k = _options.TopK > 0 ? Math.Min(_options.TopK, vocab) : vocab;
         double topKMass = 0;
         for (int i = 0; i < k; i++)
         {
@@ -91,5 +103,75 @@ public sealed class TokenSampler
         }
 
         return _order[n - 1];
+    }
+
+    private int Draw(ReadOnlySpan<float> p)
+    {
+        double r = _random.NextDouble() * TensorPrimitives.Sum(p);
+        for (int i = 0; i < p.Length; i++)
+        {
+            r -= p[i];
+            if (r < 0)
+            {
+                return i;
+            }
+        }
+
+        // Rounding left r ≥ 0 after the last entry: the last token with any mass.
+        for (int i = p.Length - 1; i > 0; i--)
+        {
+            if (p[i] > 0)
+            {
+                return i;
+            }
+        }
+
+        return 0;
+    }
+
+    // Moves the k smallest keys (with their ids) into [0, k), in no particular order: Hoare-style quickselect with a
+    // middle pivot (deterministic, no RNG draws, so sampling stays a function of the seed), O(n) on average.
+    private static void SelectSmallest(float[] keys, int[] ids, int n, int k)
+    {
+        int lo = 0, hi = n - 1;
+        while (lo < hi)
+        {
+            float pivot = keys[lo + ((hi - lo) / 2)];
+            int i = lo, j = hi;
+            while (i <= j)
+            {
+                while (keys[i] < pivot)
+                {
+                    i++;
+                }
+
+                while (keys[j] > pivot)
+                {
+                    j--;
+                }
+
+                if (i <= j)
+                {
+                    (keys[i], keys[j]) = (keys[j], keys[i]);
+                    (ids[i], ids[j]) = (ids[j], ids[i]);
+                    i++;
+                    j--;
+                }
+            }
+
+            // [lo, j] ≤ pivot ≤ [i, hi]; keep narrowing the side that holds position k - 1.
+            if (k - 1 <= j)
+            {
+                hi = j;
+            }
+            else if (k - 1 >= i)
+            {
+                lo = i;
+            }
+            else
+            {
+                return;
+            }
+        }
     }
 }
