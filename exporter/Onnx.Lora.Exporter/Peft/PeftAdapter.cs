@@ -200,13 +200,18 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"PEFT config '{path}' is a JSON {root.GetValueKind()}; expected an object.");
             }
 
-            string? type = root["peft_type"]?.GetValue<string>();
+            string? type = root["peft_type"] switch
+            {
+                null => null,
+                JsonValue v when v.TryGetValue(out string? t) => t,
+                JsonNode other => throw new AdapterFormatException($"PEFT config '{path}': 'peft_type' is {Abbreviate(other.ToJsonString())}; expected a string."),
+            };
             if (type is not null && type != "LORA")
             {
                 throw new AdapterFormatException($"PEFT config '{path}' has peft_type '{type}'; only LORA is supported.");
             }
 
-            if (root["fan_in_fan_out"]?.GetValue<bool>() == true)
+            if (Field<bool>(root, "fan_in_fan_out", path) == true)
             {
                 throw new AdapterFormatException($"PEFT config '{path}' has fan_in_fan_out true (Conv1D weights); not supported.");
             }
@@ -253,8 +258,11 @@ public static class PeftAdapter
 
         return node is JsonValue v && v.TryGetValue(out T value)
             ? value
-            : throw new AdapterFormatException($"PEFT config '{path}': '{name}' is {node.ToJsonString()}; expected a {typeof(T).Name.ToLowerInvariant()}.");
+            : throw new AdapterFormatException($"PEFT config '{path}': '{name}' is {Abbreviate(node.ToJsonString())}; expected a {typeof(T).Name.ToLowerInvariant()}.");
     }
+
+    // A hostile value can be megabytes long; the message needs only its start.
+    private static string Abbreviate(string json) => json.Length <= 80 ? json : json[..77] + "...";
 
     private static Dictionary<string, T> PatternMap<T>(JsonNode root, string name, string path) where T : struct
     {

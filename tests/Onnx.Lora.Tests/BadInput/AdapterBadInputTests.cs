@@ -192,6 +192,8 @@ public sealed class AdapterBadInputTests
     [DataRow("""{"r": 2, "lora_alpha": 4, "rank_pattern": {"q_proj": null}}""", "rank_pattern['q_proj']")]
     [DataRow("""{"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", 7]}""", "target_modules[1]")]
     [DataRow("""{"r": 2, "lora_alpha": 4, "peft_type": "IA3"}""", "peft_type 'IA3'")]
+    [DataRow("""{"r": 2, "lora_alpha": 4, "peft_type": 7}""", "'peft_type' is 7; expected a string")]
+    [DataRow("""{"r": 2, "lora_alpha": 4, "fan_in_fan_out": "yes"}""", "'fan_in_fan_out' is \"yes\"; expected a boolean")]
     [DataRow("""{"r": 2}""", "'lora_alpha'")]
     [DataRow("""[2, 4]""", "expected an object")]
     [DataRow("""{"r": 2, "lora_alpha": """, "Cannot read")]
