@@ -36,9 +36,14 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// <summary>The whole estimate.</summary>
     public long Total => Weights + Activations + Adapter + Data + Runtime;
 
-    /// <summary>"~1.2 GiB (weights 0.4, activations 0.6, ...)".</summary>
-    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"~{SystemResources.FormatGiB(Total)} (weights {G(Weights)}, activations {G(Activations)}, adapter+optimizer {G(Adapter)}, data {G(Data)}, runtime {G(Runtime)} GiB)");
+    /// <summary>"~1.2 GiB (weights 0.40, activations 0.60, ... GiB)"; parts in MiB when the whole is under 1 GiB.</summary>
+    public override string ToString()
+    {
+        bool gib = Total >= 1L << 30;
+        string G(long bytes) => gib ? (bytes / (1024.0 * 1024 * 1024)).ToString("F2", CultureInfo.InvariantCulture) : (bytes / (1024.0 * 1024)).ToString("F0", CultureInfo.InvariantCulture);
+        return string.Create(CultureInfo.InvariantCulture,
+            $"~{SystemResources.FormatGiB(Total)} (weights {G(Weights)}, activations {G(Activations)}, adapter+optimizer {G(Adapter)}, data {G(Data)}, runtime {G(Runtime)} {(gib ? "GiB" : "MiB")})");
+    }
 
     /// <summary>
     /// Estimates the peak memory of training <paramref name="shape"/> with <paramref name="options"/>:
@@ -99,6 +104,4 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         long? heads = g.Nodes.Select(n => n.Attributes.TryGetValue("num_heads", out Attr? a) && a.Value is long v ? v : (long?)null).FirstOrDefault(h => h is > 0);
         return new ModelShape(weightBytes, hidden, intermediate, layers, (int)(heads ?? Math.Max(1, hidden / 64)), vocab, linear.Sum(t => t.Dims[0] + t.Dims[1]));
     }
-
-    private static string G(long bytes) => (bytes / (1024.0 * 1024 * 1024)).ToString("F2", CultureInfo.InvariantCulture);
 }
