@@ -4,25 +4,13 @@ using Onnx.Lora.Graph;
 namespace Onnx.Lora.Models.Builders;
 
 /// <summary>Sizes and options of a BERT-style encoder with a sequence-classification head.</summary>
-public sealed record BertConfig
+public sealed record BertConfig : TransformerConfig
 {
-    /// <summary>Encoder layers.</summary>
-    public int Layers { get; init; } = 2;
+    /// <inheritdoc />
+    public override int Intermediate { get; init; } = 128;
 
-    /// <summary>Hidden size.</summary>
-    public int Hidden { get; init; } = 64;
-
-    /// <summary>Attention heads.</summary>
-    public int Heads { get; init; } = 4;
-
-    /// <summary>Intermediate (MLP) size.</summary>
-    public int Intermediate { get; init; } = 128;
-
-    /// <summary>Vocabulary size.</summary>
-    public int Vocab { get; init; } = 256;
-
-    /// <summary>Rows of the learned position embedding.</summary>
-    public int MaxPositions { get; init; } = 128;
+    /// <inheritdoc />
+    public override float LayerNormEps { get; init; } = 1e-12f;
 
     /// <summary>Token type (segment) vocabulary.</summary>
     public int TypeVocab { get; init; } = 2;
@@ -30,38 +18,15 @@ public sealed record BertConfig
     /// <summary>Number of classifier labels.</summary>
     public int NumLabels { get; init; } = 3;
 
-    /// <summary>LayerNorm epsilon.</summary>
-    public float LayerNormEps { get; init; } = 1e-12f;
-
     /// <summary>How linear weight initializers are named.</summary>
     public InitializerNaming Naming { get; init; } = InitializerNaming.Anonymous;
 
-    /// <summary>Default-domain opset (≥ 17; 20 or later uses the standard Gelu op).</summary>
-    public long Opset { get; init; } = 17;
-
-    /// <summary>Seed of the random weights.</summary>
-    public int Seed { get; init; } = 20261125;
-
-    /// <summary>Head size.</summary>
-    public int HeadDim => Hidden / Heads;
-
-    /// <summary>Checks the sizes.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">A size is not positive, heads do not divide hidden, or opset &lt; 17.</exception>
-    public void Validate()
+    /// <inheritdoc />
+    public override void Validate()
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Layers);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Hidden);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Heads);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Intermediate);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Vocab);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxPositions);
+        base.Validate();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(TypeVocab);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(NumLabels);
-        ArgumentOutOfRangeException.ThrowIfLessThan(Opset, 17L);
-        if (Hidden % Heads != 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(Heads), $"Hidden {Hidden} must split into {Heads} heads.");
-        }
     }
 }
 

@@ -13,57 +13,16 @@ public enum LinearStyle
 }
 
 /// <summary>Sizes and options of a GPT-2 style decoder.</summary>
-public sealed record Gpt2Config
+public sealed record Gpt2Config : TransformerConfig
 {
-    /// <summary>Number of blocks.</summary>
-    public int Layers { get; init; } = 2;
+    /// <inheritdoc />
+    public override int Intermediate { get; init; } = 256; // GPT-2 uses 4 × hidden
 
-    /// <summary>Hidden size.</summary>
-    public int Hidden { get; init; } = 64;
-
-    /// <summary>Attention heads.</summary>
-    public int Heads { get; init; } = 4;
-
-    /// <summary>MLP size (GPT-2 uses 4 × hidden).</summary>
-    public int Intermediate { get; init; } = 256;
-
-    /// <summary>Vocabulary size.</summary>
-    public int Vocab { get; init; } = 256;
-
-    /// <summary>Rows of the learned position embedding and of the causal mask.</summary>
-    public int MaxPositions { get; init; } = 128;
-
-    /// <summary>LayerNorm epsilon.</summary>
-    public float LayerNormEps { get; init; } = 1e-5f;
+    /// <inheritdoc />
+    public override float LayerNormEps { get; init; } = 1e-5f;
 
     /// <summary>How c_attn, c_proj and c_fc are exported.</summary>
     public LinearStyle Linear { get; init; } = LinearStyle.MatMulAdd;
-
-    /// <summary>Default-domain opset: 20 or later uses the standard Gelu op; earlier ones decompose it with Erf.</summary>
-    public long Opset { get; init; } = 17;
-
-    /// <summary>Seed of the random weights.</summary>
-    public int Seed { get; init; } = 20261125;
-
-    /// <summary>Head size.</summary>
-    public int HeadDim => Hidden / Heads;
-
-    /// <summary>Checks the sizes.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">A size is not positive, or heads do not divide hidden, or opset &lt; 17.</exception>
-    public void Validate()
-    {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Layers);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Hidden);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Heads);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Intermediate);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Vocab);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxPositions);
-        ArgumentOutOfRangeException.ThrowIfLessThan(Opset, 17L); // LayerNormalization
-        if (Hidden % Heads != 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(Heads), $"Hidden {Hidden} must split into {Heads} heads.");
-        }
-    }
 }
 
 /// <summary>
