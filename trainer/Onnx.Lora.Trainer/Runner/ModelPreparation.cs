@@ -22,7 +22,8 @@ public sealed record PreparedModel(string Name, string LoraModelPath, LoraManife
 /// <param name="Name">The model's file name.</param>
 /// <param name="VocabSize">Rows of the token embedding.</param>
 /// <param name="MaxPositions">Longest sequence the model supports, when known.</param>
-public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions);
+/// <param name="Shape">The sizes the training memory estimate needs, read in the same pass.</param>
+public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions, ModelShape Shape);
 
 /// <summary>
 /// Turns <c>model</c> into training artifacts: a llama2.c <c>.bin</c> is converted first; a model without a LoRA
@@ -47,11 +48,11 @@ public static class ModelPreparation
         if (source.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
         {
             Llama2cHeader header = Llama2cCheckpoint.Open(source).Header;
-            return new ModelLimits(Path.GetFileName(source), header.Vocab, header.SeqLen);
+            return new ModelLimits(Path.GetFileName(source), header.Vocab, header.SeqLen, TrainingMemoryEstimate.ShapeOf(header));
         }
 
         using Model model = OnnxReader.Load(source);
-        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model));
+        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model));
     }
 
     /// <summary>Prepares the model of <paramref name="options"/> into <paramref name="artifactsDir"/>.</summary>

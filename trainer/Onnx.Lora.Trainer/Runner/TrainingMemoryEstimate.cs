@@ -79,19 +79,18 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         }
     }
 
-    /// <summary>Reads the shape of a llama2.c <c>.bin</c> (its header) or an ONNX decoder (initializer dims; weights stay on disk).</summary>
-    /// <exception cref="LoraException">The model cannot be read.</exception>
-    public static ModelShape ReadShape(string modelPath)
+    /// <summary>The shape of a llama2.c checkpoint, from its header.</summary>
+    public static ModelShape ShapeOf(Llama2cHeader h)
     {
-        ArgumentNullException.ThrowIfNull(modelPath);
-        if (modelPath.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
-        {
-            Llama2cHeader h = Llama2cCheckpoint.Open(modelPath).Header;
-            long perLayer = (2L * (h.Dim + h.Dim)) + (2L * (h.Dim + h.KvDim)) + (3L * (h.Dim + h.HiddenDim));
-            return new ModelShape(h.FloatCount * sizeof(float), h.Dim, h.HiddenDim, h.Layers, h.Heads, h.Vocab, perLayer * h.Layers);
-        }
+        ArgumentNullException.ThrowIfNull(h);
+        long perLayer = (2L * (h.Dim + h.Dim)) + (2L * (h.Dim + h.KvDim)) + (3L * (h.Dim + h.HiddenDim));
+        return new ModelShape(h.FloatCount * sizeof(float), h.Dim, h.HiddenDim, h.Layers, h.Heads, h.Vocab, perLayer * h.Layers);
+    }
 
-        using Model model = OnnxReader.Load(modelPath);
+    /// <summary>The shape of an ONNX decoder, from its initializer dims (weights stay on disk).</summary>
+    public static ModelShape ShapeOf(Model model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
         Onnx.Lora.Graph.Graph g = model.Graph;
         long weightBytes = g.Initializers.Values.Sum(v => v.Initializer!.ByteLength);
         Tensor? table = g.Nodes.Where(n => n.Is("Gather") && n.Inputs[0]?.Initializer is { Dims.Count: 2 }).Select(n => n.Inputs[0]!.Initializer!).MaxBy(t => t.ByteLength);

@@ -121,10 +121,11 @@ public sealed class TrainingRunner
             }
         }
 
-        CheckMemory(o);
+        // One cheap read of the model serves the memory check and the data checks.
+        ModelLimits limits = ModelPreparation.ReadLimits(o);
+        CheckMemory(o, limits.Shape);
 
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
-        ModelLimits limits = ModelPreparation.ReadLimits(o);
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
         PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
         VocabularyGuard.Check(data.Tokenizer, limits.VocabSize);
@@ -232,21 +233,11 @@ public sealed class TrainingRunner
     }
 
     /// <summary>Estimates the run's peak memory and stops before anything is allocated when it cannot fit.</summary>
-    private void CheckMemory(TrainOptions o)
+    private void CheckMemory(TrainOptions o, ModelShape shape)
     {
         if (o.MemoryLimit?.Equals("none", StringComparison.OrdinalIgnoreCase) == true)
         {
             return;
-        }
-
-        ModelShape shape;
-        try
-        {
-            shape = TrainingMemoryEstimate.ReadShape(o.Model);
-        }
-        catch (Exception e) when (e is LoraException or IOException)
-        {
-            return; // A missing or broken model is reported by the preparation below, with its own message.
         }
 
         long dataBytes = (File.Exists(o.Data) ? new FileInfo(o.Data).Length : 0) + (o.EvalData is { } eval && File.Exists(eval) ? new FileInfo(eval).Length : 0);
