@@ -31,8 +31,8 @@ public static class KvCacheRemoval
         var kept = new List<string>();
         foreach (Value input in graph.Inputs.Where(i => IsPastInput(i.Name)).ToArray())
         {
-            // The fused attention ops take "no past" as an omitted input: disconnect those uses. Other readers (a
-            // torch-style Concat, Shape ops computing the past length for a mask) keep the input, fed empty.
+            // The fused attention ops take "no past" as an omitted input: disconnect those uses. Readers left after
+            // the Concat bypass below (Shape ops computing the past length for a mask) keep the input, fed empty.
             foreach (Usage use in input.Uses.Where(u => u.Node.Domain == "com.microsoft" && s_fusedAttention.Contains(u.Node.OpType)).ToArray())
             {
                 use.Node.ReplaceInput(use.InputIndex, null);
