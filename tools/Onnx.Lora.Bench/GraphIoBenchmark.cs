@@ -45,8 +45,8 @@ internal static class GraphIoBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench"));
-        int runs = int.Parse(Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
+        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench"));
+        int runs = int.Parse(BenchArgs.Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
         string model = EnsureModel(dir, random: args.Contains("--random"));
 
         long dataBytes = new FileInfo(model + ".data").Length;
@@ -101,12 +101,6 @@ internal static class GraphIoBenchmark
     {
         double[] sorted = results.Select(pick).Order().ToArray();
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 
     private readonly record struct Measurement(double OpenS, double SaveS, double TotalS, double PeakRssMb);

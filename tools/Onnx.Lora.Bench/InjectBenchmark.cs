@@ -18,8 +18,8 @@ internal static class InjectBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench"));
-        int runs = int.Parse(Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
+        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench"));
+        int runs = int.Parse(BenchArgs.Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
         string model = GraphIoBenchmark.EnsureModel(dir, random: false);
         Console.WriteLine($"model: {model} + data {new FileInfo(model + ".data").Length:N0} bytes; inject all-linear r=16");
         Console.WriteLine("run  load_s  inject_s  save_s  total_s  peak_rss_mb  modules  lora_params");
@@ -62,11 +62,5 @@ internal static class InjectBenchmark
     {
         double[] sorted = values.Order().ToArray();
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

@@ -22,13 +22,13 @@ internal static class KillResumeCampaign
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench", "kill-resume"));
-        int trials = int.Parse(Option(args, "--trials") ?? "10", CultureInfo.InvariantCulture);
-        int seed = int.Parse(Option(args, "--seed") ?? "20240611", CultureInfo.InvariantCulture);
-        int steps = int.Parse(Option(args, "--steps") ?? "300", CultureInfo.InvariantCulture);
-        int saveSteps = int.Parse(Option(args, "--save-steps") ?? "5", CultureInfo.InvariantCulture);
-        string cli = Option(args, "--cli") ?? FindCli();
-        string repo = RepoRoot();
+        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench", "kill-resume"));
+        int trials = int.Parse(BenchArgs.Option(args, "--trials") ?? "10", CultureInfo.InvariantCulture);
+        int seed = int.Parse(BenchArgs.Option(args, "--seed") ?? "20240611", CultureInfo.InvariantCulture);
+        int steps = int.Parse(BenchArgs.Option(args, "--steps") ?? "300", CultureInfo.InvariantCulture);
+        int saveSteps = int.Parse(BenchArgs.Option(args, "--save-steps") ?? "5", CultureInfo.InvariantCulture);
+        string cli = BenchArgs.Option(args, "--cli") ?? FindCli();
+        string repo = BenchArgs.RepoRoot();
         if (Directory.Exists(dir))
         {
             Directory.Delete(dir, recursive: true);
@@ -237,28 +237,9 @@ internal static class KillResumeCampaign
 
     private static byte[] Adapter(string run) => File.ReadAllBytes(Path.Combine(run, "adapter", "adapter_model.safetensors"));
 
-    private static string RepoRoot()
-    {
-        for (string? d = AppContext.BaseDirectory; d is not null; d = Path.GetDirectoryName(d))
-        {
-            if (File.Exists(Path.Combine(d, "Onnx.Lora.sln")))
-            {
-                return d;
-            }
-        }
-
-        throw new InvalidOperationException($"cannot find Onnx.Lora.sln above {AppContext.BaseDirectory}");
-    }
-
     private static string FindCli()
     {
-        string path = Path.Combine(RepoRoot(), "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
+        string path = Path.Combine(BenchArgs.RepoRoot(), "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
         return File.Exists(path) ? path : throw new InvalidOperationException($"'{path}' is missing: build the CLI (dotnet build tools/Onnx.Lora.Cli -c Release) or pass --cli");
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

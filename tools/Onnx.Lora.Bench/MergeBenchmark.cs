@@ -35,9 +35,9 @@ internal static class MergeBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench"));
-        int rounds = int.Parse(Option(args, "--rounds") ?? "30", CultureInfo.InvariantCulture);
-        int runs = int.Parse(Option(args, "--runs") ?? "3", CultureInfo.InvariantCulture);
+        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench"));
+        int rounds = int.Parse(BenchArgs.Option(args, "--rounds") ?? "30", CultureInfo.InvariantCulture);
+        int runs = int.Parse(BenchArgs.Option(args, "--runs") ?? "3", CultureInfo.InvariantCulture);
         Directory.CreateDirectory(dir);
         if (!args.Contains("--skip-latency"))
         {
@@ -265,11 +265,5 @@ internal static class MergeBenchmark
     {
         double[] sorted = values.Order().ToArray();
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

@@ -19,8 +19,8 @@ internal static class TrainMemoryBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(Option(args, "--dir") ?? Path.Combine("out", "bench", "train-memory"));
-        int steps = int.Parse(Option(args, "--steps") ?? "1100", CultureInfo.InvariantCulture);
+        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench", "train-memory"));
+        int steps = int.Parse(BenchArgs.Option(args, "--steps") ?? "1100", CultureInfo.InvariantCulture);
         double[] f = ChildProcess.Numbers(ChildVerb, dir, steps.ToString(CultureInfo.InvariantCulture));
         double window = steps - 100;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -44,7 +44,7 @@ internal static class TrainMemoryBenchmark
         var random = new Random(1);
         string[] words = "Tom saw red birds in the big tree They sang all day Lily had a small dog named Max and they ran to the park".Split(' ');
         File.WriteAllLines(data, Enumerable.Range(0, 400).Select(_ => JsonSerializer.Serialize(new { text = string.Join(' ', Enumerable.Range(0, 40).Select(_ => words[random.Next(words.Length)])) })));
-        string model = Path.Combine(RepoRoot(), "models", "default", "stories260K");
+        string model = Path.Combine(BenchArgs.RepoRoot(), "models", "default", "stories260K");
         var options = new TrainOptions
         {
             Model = Path.Combine(model, "stories260K.bin"), Tokenizer = Path.Combine(model, "tok512.model"), Data = data, OutputDir = Path.Combine(dir, "run"),
@@ -100,24 +100,5 @@ internal static class TrainMemoryBenchmark
         }
 
         return 0;
-    }
-
-    private static string RepoRoot()
-    {
-        for (string? d = AppContext.BaseDirectory; d is not null; d = Path.GetDirectoryName(d))
-        {
-            if (File.Exists(Path.Combine(d, "Onnx.Lora.sln")))
-            {
-                return d;
-            }
-        }
-
-        throw new InvalidOperationException($"cannot find Onnx.Lora.sln above {AppContext.BaseDirectory}");
-    }
-
-    private static string? Option(string[] args, string name)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

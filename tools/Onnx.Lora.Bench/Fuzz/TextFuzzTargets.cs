@@ -44,7 +44,7 @@ public sealed class JsonlFuzzTarget : FuzzTarget
     public JsonlFuzzTarget() : base("jsonl")
     {
         _path = Path.Combine(Folder, "data.jsonl");
-        _tokenizer = TextTokenizer.Load(Path.Combine(FuzzPaths.RepoRoot(), "models", "default", "stories260K", "tok512.model"));
+        _tokenizer = TextTokenizer.Load(Path.Combine(BenchArgs.RepoRoot(), "models", "default", "stories260K", "tok512.model"));
         _options = new DatasetOptions { MaxTokens = 256, ModelVocabSize = 512, ChatTemplateOverride = TextFuzzSeeds.ChatTemplate, MaxReportedErrors = 5 };
     }
 
@@ -267,22 +267,5 @@ public sealed class TokenizerJsonFuzzTarget : FuzzTarget
         }
 
         return [.. tokenizer, 0, .. config];
-    }
-}
-
-/// <summary>Finds the repository (models/default) from wherever the tool or the tests run.</summary>
-internal static class FuzzPaths
-{
-    public static string RepoRoot()
-    {
-        for (string? d = AppContext.BaseDirectory; d is not null; d = Path.GetDirectoryName(d))
-        {
-            if (File.Exists(Path.Combine(d, "Onnx.Lora.sln")))
-            {
-                return d;
-            }
-        }
-
-        throw new InvalidOperationException($"cannot find Onnx.Lora.sln above {AppContext.BaseDirectory}");
     }
 }
