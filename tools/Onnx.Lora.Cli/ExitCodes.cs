@@ -24,6 +24,9 @@ internal static class ExitCodes
     /// <summary>The job would need more memory or disk than available; the message has the estimate.</summary>
     public const int ResourceLimit = 7;
 
+    /// <summary>The execution provider asked for cannot start: the CPU build lacks it, or CUDA / cuDNN / TensorRT libraries are missing.</summary>
+    public const int ProviderUnavailable = 8;
+
     /// <summary>An internal error; a bug.</summary>
     public const int InternalError = 70;
 

@@ -4,6 +4,7 @@ using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Checkpoints;
+using Onnx.Lora.Trainer.Gpu;
 using Onnx.Lora.Trainer.Optim;
 
 namespace Onnx.Lora.Trainer;
@@ -19,6 +20,9 @@ public sealed record TrainingSessionOptions
 
     /// <summary>Intra-op threads (0 = ORT's default).</summary>
     public int IntraOpThreads { get; init; }
+
+    /// <summary>CUDA / TensorRT settings (null = defaults: fp32 without TF32, deterministic kernels).</summary>
+    public GpuProviderOptions? Gpu { get; init; }
 
     /// <summary>
     /// Whether ORT's thread pools busy-wait between ops (ORT's default is to spin). Off by default: a training step
@@ -76,6 +80,10 @@ public sealed class LoraTrainingSession : IDisposable
     private readonly List<string> _feedNames = [];
     private readonly List<OrtValue> _feedValues = [];
 
+    // GPU providers only (null on the CPU, whose path is unchanged): parameters bound once per change, see DeviceBoundRun.
+    private readonly DeviceBoundRun? _deviceTraining;
+    private DeviceBoundRun? _deviceEval;
+
     private LoraTrainingSession(TrainingArtifacts artifacts, TrainingSessionOptions options)
     {
         _artifacts = artifacts;
@@ -107,6 +115,7 @@ public sealed class LoraTrainingSession : IDisposable
         using SessionOptions sessionOptions = CreateSessionOptions();
         _training = new InferenceSession(artifacts.TrainingModelPath, sessionOptions);
         _trainingFeeder = new BatchFeeder(_training, artifacts);
+        _deviceTraining = CreateDeviceRun(_training, _trainingOutputNames, _trainingOutputs);
 
         var buffers = trainable.Select((t, i) => new ParameterBuffer(t.Name, _values[i], _gradients[i],
             options.LearningRateScales is { } scales && scales.TryGetValue(t.Name, out float f) ? f : 1f)).ToArray();
@@ -213,6 +222,7 @@ public sealed class LoraTrainingSession : IDisposable
         }
 
         _optimizer.Step(LearningRate);
+        MarkParametersChanged();
         return new TrainStepResult(meanLoss, (float)tokenSum, norm, clipped);
     }
 
@@ -239,11 +249,19 @@ public sealed class LoraTrainingSession : IDisposable
                 using SessionOptions sessionOptions = CreateSessionOptions();
                 _eval = new InferenceSession(_artifacts.EvalModelPath, sessionOptions);
                 _evalFeeder = new BatchFeeder(_eval, _artifacts);
+                _deviceEval = CreateDeviceRun(_eval, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
             }
 
             _evalFeeder!.Feed(batch, names, values);
-            AddParameters(names, values);
-            _eval.Run(_runOptions, names, values, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
+            if (_deviceEval is { } device)
+            {
+                device.Run(_runOptions, names, values);
+            }
+            else
+            {
+                AddParameters(names, values);
+                _eval.Run(_runOptions, names, values, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
+            }
             return new EvalResult(_loss[0], _tokens[0]);
         }
         finally
@@ -270,6 +288,7 @@ public sealed class LoraTrainingSession : IDisposable
         }
 
         values.CopyTo(target);
+        MarkParametersChanged();
     }
 
     /// <summary>Copies the optimizer's moments (named like the parameters) for a checkpoint.</summary>
@@ -316,13 +335,25 @@ public sealed class LoraTrainingSession : IDisposable
         _lossOrt.Dispose();
         _tokensOrt.Dispose();
         _optimizer.Dispose();
+        _deviceTraining?.Dispose();
+        _deviceEval?.Dispose();
         _runOptions.Dispose();
         _training.Dispose();
         _eval?.Dispose();
     }
 
     private SessionOptions CreateSessionOptions() =>
-        ExecutionProviders.CreateSessionOptions(_options.Provider, _options.IntraOpThreads, _options.DeviceId, _options.AllowSpinning);
+        ExecutionProviders.CreateSessionOptions(_options.Provider, _options.IntraOpThreads, _options.DeviceId, _options.AllowSpinning, _options.Gpu);
+
+    private DeviceBoundRun? CreateDeviceRun(InferenceSession session, IReadOnlyList<string> outputNames, IReadOnlyList<OrtValue> outputs) =>
+        _options.Provider == ExecutionProvider.Cpu ? null
+            : new DeviceBoundRun(session, _artifacts.Trainable.Select(t => t.Name).ToArray(), _valueOrt, outputNames, outputs);
+
+    private void MarkParametersChanged()
+    {
+        _deviceTraining?.MarkParametersChanged();
+        _deviceEval?.MarkParametersChanged();
+    }
 
     private void RunTraining(TrainingBatch batch)
     {
@@ -332,6 +363,12 @@ public sealed class LoraTrainingSession : IDisposable
         try
         {
             _trainingFeeder.Feed(batch, names, values);
+            if (_deviceTraining is { } device)
+            {
+                device.Run(_runOptions, names, values);
+                return;
+            }
+
             AddParameters(names, values);
             _training.Run(_runOptions, names, values, _trainingOutputNames, _trainingOutputs);
         }

@@ -78,10 +78,11 @@ public sealed partial class GenerateCommandTests
         // The test process runs the CPU package, so CUDA is absent here by construction (CI has no GPU either).
         (int code, string stdout, string stderr) = CliRunner.Run("generate", StoriesModels.KvCache, "--tokenizer", StoriesModels.TokenizerPath, "--execution-provider", "cuda");
 
-        Assert.AreEqual(2, code);
+        Assert.AreEqual(8, code);
         Assert.AreEqual("", stdout);
         Assert.HasCount(1, stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries), stderr);
         StringAssert.Contains(stderr, "Microsoft.ML.OnnxRuntime.Gpu");
+        StringAssert.Contains(stderr, "tools/onnx-lora --gpu");
     }
 
     [GeneratedRegex(@"^\d+ tokens, prefill \d+ tokens \d+\.\d ms, decode \d+\.\d tokens/s \(kv cache\)$")]

@@ -247,7 +247,7 @@ public sealed class LoraTrainingSessionTests
     public void Create_WithGpuProviderOnCpuRuntime_ThrowsNamingGpuPackage(string provider)
     {
         var options = new TrainingSessionOptions { Provider = ExecutionProviders.Parse(provider) };
-        var e = Assert.ThrowsExactly<LoraException>(() => LoraTrainingSession.Create(Artifacts, options));
+        var e = Assert.ThrowsExactly<Onnx.Lora.Trainer.Gpu.ExecutionProviderException>(() => LoraTrainingSession.Create(Artifacts, options));
         StringAssert.Contains(e.Message, "Microsoft.ML.OnnxRuntime.Gpu");
     }
 

@@ -32,6 +32,7 @@ internal abstract class LoraCommand : Command
         DataException => ExitCodes.BadData,
         ResourceLimitException or OutOfMemoryException => ExitCodes.ResourceLimit,
         TrainingGuardException => ExitCodes.GuardTripped,
+        Trainer.Gpu.ExecutionProviderException => ExitCodes.ProviderUnavailable,
         _ => ExitCodes.InvalidInput,
     };
 

@@ -122,7 +122,9 @@ internal sealed class TrainCommand : LoraCommand
         "nan_policy" => "stop (default) or skip a step whose loss/gradient is NaN/Inf.",
         "lora_targets" => "Comma-separated module names/suffixes/regexes, or all-linear.",
         "lora_plus_ratio" => "LoRA+: B's learning rate = ratio × lr.",
-        "execution_provider" => "cpu (default), cuda or tensorrt.",
+        "execution_provider" => "cpu (default), cuda or tensorrt (cuda/tensorrt need the Gpu flavour: tools/onnx-lora --gpu).",
+        "cuda_tf32" => "true lets fp32 MatMuls use TF32 tensor cores on cuda/tensorrt (default false: fp32 parity with the CPU).",
+        "tensorrt_cache" => "Folder for TensorRT engine and timing caches (tensorrt only; without it engines are rebuilt at every start).",
         _ => $"Training option '{key}' (overrides --config).",
     };
 

@@ -104,6 +104,12 @@ public sealed record TrainOptions
     /// <summary><c>device_id</c>: GPU ordinal for cuda/tensorrt.</summary>
     public int DeviceId { get; init; }
 
+    /// <summary><c>cuda_tf32</c>: let fp32 MatMuls run on TF32 tensor cores on cuda/tensorrt (off: fp32 parity with the CPU).</summary>
+    public bool CudaTf32 { get; init; }
+
+    /// <summary><c>tensorrt_cache</c>: folder for TensorRT engine and timing caches (null = rebuild engines at every start).</summary>
+    public string? TensorRtCache { get; init; }
+
     /// <summary><c>intra_op_threads</c>: ORT intra-op threads (0 = ORT's default).</summary>
     public int IntraOpThreads { get; init; }
 

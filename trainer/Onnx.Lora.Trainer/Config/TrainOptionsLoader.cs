@@ -46,6 +46,8 @@ public static class TrainOptionsLoader
         ["save_total_limit"] = (o, v) => o with { SaveTotalLimit = v.Int() },
         ["execution_provider"] = (o, v) => o with { ExecutionProvider = v.String().ToLowerInvariant() },
         ["device_id"] = (o, v) => o with { DeviceId = v.Int() },
+        ["cuda_tf32"] = (o, v) => o with { CudaTf32 = v.Bool() },
+        ["tensorrt_cache"] = (o, v) => o with { TensorRtCache = v.String() },
         ["intra_op_threads"] = (o, v) => o with { IntraOpThreads = v.Int() },
         ["packing"] = (o, v) => o with { Packing = v.Bool() },
         ["completion_only_loss"] = (o, v) => o with { CompletionOnlyLoss = v.Bool() },

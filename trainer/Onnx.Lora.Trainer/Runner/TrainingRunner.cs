@@ -92,7 +92,8 @@ public sealed class TrainingRunner
         o.Validate();
         ExecutionProvider provider = ExecutionProviders.Parse(o.ExecutionProvider);
         // Fail fast on a missing provider, before any conversion or data work.
-        ExecutionProviders.CreateSessionOptions(provider, o.IntraOpThreads, o.DeviceId).Dispose();
+        var gpu = new Gpu.GpuProviderOptions { UseTf32 = o.CudaTf32, TensorRtCacheFolder = o.TensorRtCache };
+        ExecutionProviders.CreateSessionOptions(provider, o.IntraOpThreads, o.DeviceId, gpu: gpu).Dispose();
 
         string outputDir = Path.GetFullPath(o.OutputDir);
         string checkpointsDir = Path.Combine(outputDir, CheckpointsFolder);
@@ -140,6 +141,7 @@ public sealed class TrainingRunner
             Provider = provider,
             DeviceId = o.DeviceId,
             IntraOpThreads = o.IntraOpThreads,
+            Gpu = gpu,
             MaxGradientNorm = (float)o.MaxGradNorm,
             LearningRate = (float)o.LearningRate,
             AdamW = new AdamWOptions { Beta1 = (float)o.AdamBeta1, Beta2 = (float)o.AdamBeta2, Epsilon = (float)o.AdamEpsilon, WeightDecay = (float)o.WeightDecay },
