@@ -28,7 +28,7 @@ public sealed record FixedBatchRunOptions
     /// <summary>Timed optimizer steps after the gradient run (0 = none).</summary>
     public int Steps { get; init; }
 
-    /// <summary>Untimed optimizer steps before the timed ones (kernel selection, arena growth, TensorRT engines).</summary>
+    /// <summary>Untimed optimizer steps before the timed ones (kernel selection, arena growth, TensorRT engines); none when <see cref="Steps"/> is 0.</summary>
     public int WarmupSteps { get; init; } = 2;
 }
 
@@ -81,7 +81,8 @@ public static class FixedBatchRun
 
         TrainingBatch second = Batch(options, options.Seed + 2);
         var times = new List<double>(options.Steps);
-        for (int step = 0; step < options.WarmupSteps + options.Steps; step++)
+        int total = options.Steps == 0 ? 0 : options.WarmupSteps + options.Steps;
+        for (int step = 0; step < total; step++)
         {
             long start = Stopwatch.GetTimestamp();
             session.Step(step % 2 == 0 ? batch : second);
