@@ -21,9 +21,13 @@ work="${WORK:-/tmp/onnx-lora-h200}"
 shape="${SHAPE:-qwen0.5b}" batch="${BATCH:-4}" seq="${SEQ:-512}" rank="${RANK:-16}" alpha="${ALPHA:-32}"
 steps="${STEPS:-20}" warmup="${WARMUP:-3}" dtypes="${DTYPES:-fp32 bf16}"
 if [ "$mode" = dry ]; then shape=stories260K batch="${BATCH:-2}" seq="${SEQ:-64}" steps="${STEPS:-3}" warmup="${WARMUP:-1}" dtypes=fp32; fi
-mkdir -p "$out" "$work"
+# $OUT comes back from the GPU machine only up to 8 files: runs write under $res; $OUT gets log.txt, h200.md, runs.json.
+res="$work/results"
+rm -rf "$res"
+mkdir -p "$out" "$work" "$res"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$out/log.txt" >&2; }
-fail() { log "FAILED: $*"; exit 1; }
+dump() { python3 -c 'import json,os,sys; d=sys.argv[1]; json.dump({f: open(os.path.join(d, f), errors="replace").read()[-20000:] for f in sorted(os.listdir(d))}, open(sys.argv[2], "w"), indent=1)' "$res" "$out/runs.json"; }
+fail() { log "FAILED: $*"; dump; exit 1; }
 log "mode $mode, shape $shape, batch $batch x $seq, LoRA r=$rank alpha=$alpha all-linear, $steps timed steps after $warmup"
 
 # 1. The bundle: parts carried by earlier calls (receive.sh) or by this one, joined and checked against the manifest.
@@ -53,9 +57,9 @@ if [ "$mode" = dry ]; then ep=cpu; else nvidia-smi --query-gpu=name,driver_versi
 
 # Peak GPU memory of a process: nvidia-smi's per-process figure (what the CUDA context, the framework's pool and
 # everything else of that process hold), sampled every 0.2 s; the same measure for ours and for PEFT.
-run_sampled() {  # NAME COMMAND... → $out/NAME.json (stdout), $out/NAME.mem (peak MiB)
+run_sampled() {  # NAME COMMAND... → $res/NAME.json (stdout), $res/NAME.err, $res/NAME.mem (peak MiB)
   local name=$1; shift
-  "$@" > "$out/$name.json" 2> "$out/$name.err" &
+  "$@" > "$res/$name.json" 2> "$res/$name.err" &
   local pid=$! peak=0
   while kill -0 "$pid" 2>/dev/null; do
     if [ "$mode" = gpu ]; then
@@ -66,8 +70,8 @@ run_sampled() {  # NAME COMMAND... → $out/NAME.json (stdout), $out/NAME.mem (p
     sleep 0.2
   done
   wait "$pid"; local rc=$?
-  echo "$peak" > "$out/$name.mem"
-  [ "$rc" = 0 ] || log "$name exited $rc: $(tail -n 3 "$out/$name.err" | tr '\n' ' ')"
+  echo "$peak" > "$res/$name.mem"
+  [ "$rc" = 0 ] || log "$name exited $rc: $(tail -n 3 "$res/$name.err" | tr '\n' ' ')"
   return "$rc"
 }
 
@@ -78,46 +82,51 @@ for dtype in $dtypes; do
     "$cli" convert-llama2c "$root/models/default/stories260K/stories260K.bin" -o "$work/$dtype/model.onnx" --no-kv-cache > /dev/null || fail "convert"
     echo '{"vocab_size": 512}' > "$work/$dtype/shape.json"
   else
-    python3 "$root/tools/gpu/peft_peer.py" export --shape "$shape" --dtype "$dtype" --out "$work/$dtype" > "$out/export-$dtype.json" 2>> "$out/log.txt" || fail "export $dtype"
+    python3 "$root/tools/gpu/peft_peer.py" export --shape "$shape" --dtype "$dtype" --out "$work/$dtype" > "$res/export-$dtype.json" 2>> "$out/log.txt" || fail "export $dtype"
   fi
-  "$cli" inject "$work/$dtype/model.onnx" -o "$work/$dtype/lora.onnx" --targets all-linear -r "$rank" --alpha "$alpha" > "$out/inject-$dtype.txt" || fail "inject $dtype"
-  log "model $dtype: $(cat "$work/$dtype/shape.json"); $(tail -n 1 "$out/inject-$dtype.txt")"
+  "$cli" inject "$work/$dtype/model.onnx" -o "$work/$dtype/lora.onnx" --targets all-linear -r "$rank" --alpha "$alpha" > "$res/inject-$dtype.txt" || fail "inject $dtype"
+  log "model $dtype: $(cat "$work/$dtype/shape.json"); $(grep -m1 'trainable params' "$res/inject-$dtype.txt" || tail -n 1 "$res/inject-$dtype.txt")"
 done
 vocab=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$work/fp32/shape.json")
 
 # 4. Parity, fp32: CPU EP vs CUDA EP (dry run: CPU default threads vs CPU 1 thread), one fixed batch, B ≠ 0.
 fixed=(--vocab-size "$vocab" --batch-size 2 --seq-length "$([ "$mode" = dry ] && echo 32 || echo 128)" --seed 7 --artifacts "$work/fp32/artifacts")
-"$cli" gradients "$work/fp32/lora.onnx" "${fixed[@]}" --execution-provider cpu -o "$work/grads-cpu.safetensors" > "$out/parity-cpu.json" || fail "CPU gradients"
+"$cli" gradients "$work/fp32/lora.onnx" "${fixed[@]}" --execution-provider cpu -o "$work/grads-cpu.safetensors" > "$res/parity-cpu.json" || fail "CPU gradients"
 other=(--execution-provider "$ep"); [ "$mode" = dry ] && other=(--execution-provider cpu --threads 1)
-"$cli" gradients "$work/fp32/lora.onnx" "${fixed[@]}" "${other[@]}" -o "$work/grads-$ep.safetensors" > "$out/parity-$ep.json" || fail "$ep gradients"
-python3 "$root/tools/gpu/compare_gradients.py" "$work/grads-cpu.safetensors" "$work/grads-$ep.safetensors" --rtol 1e-4 --json "$out/parity.json" > /dev/null
+"$cli" gradients "$work/fp32/lora.onnx" "${fixed[@]}" "${other[@]}" -o "$work/grads-$ep.safetensors" > "$res/parity-$ep.json" || fail "$ep gradients"
+python3 "$root/tools/gpu/compare_gradients.py" "$work/grads-cpu.safetensors" "$work/grads-$ep.safetensors" --rtol 1e-4 --json "$res/parity.json" > /dev/null
 parity_rc=$?
-log "parity cpu vs $ep: $(cat "$out/parity.json")"
+log "parity cpu vs $ep: $(cat "$res/parity.json")"
 
 # 5. Speed and memory: ours vs PyTorch + PEFT, same shape, batch, LoRA config and step (fwd, bwd, clip 1.0, AdamW).
 for dtype in $dtypes; do
   run_sampled "ours-$dtype" "$cli" gradients "$work/$dtype/lora.onnx" --vocab-size "$vocab" --batch-size "$batch" --seq-length "$seq" \
     --steps "$steps" --warmup "$warmup" --lora-b-std 0 --execution-provider "$ep" --artifacts "$work/$dtype/artifacts"
   if [ "$mode" = dry ]; then
-    echo '{"skipped": "no torch on the dry-run machine"}' > "$out/peft-$dtype.json"; echo 0 > "$out/peft-$dtype.mem"
+    echo '{"skipped": "no torch on the dry-run machine"}' > "$res/peft-$dtype.json"; echo 0 > "$res/peft-$dtype.mem"
   else
     run_sampled "peft-$dtype" python3 "$root/tools/gpu/peft_peer.py" train --shape "$shape" --dtype "$dtype" --batch-size "$batch" \
       --seq-length "$seq" --rank "$rank" --alpha "$alpha" --steps "$steps" --warmup "$warmup"
   fi
-  log "ours $dtype: $(cat "$out/ours-$dtype.json") peak $(cat "$out/ours-$dtype.mem") MiB; peft $dtype: $(cat "$out/peft-$dtype.json") peak $(cat "$out/peft-$dtype.mem") MiB"
+  log "ours $dtype: $(cat "$res/ours-$dtype.json") peak $(cat "$res/ours-$dtype.mem") MiB; peft $dtype: $(cat "$res/peft-$dtype.json") peak $(cat "$res/peft-$dtype.mem") MiB"
 done
 
 # 6. The table.
-python3 - "$out" "$mode" "$shape" "$batch" "$seq" "$rank" "$alpha" "$steps" "$dtypes" <<'PY' | tee "$out/h200.md"
+python3 - "$res" "$mode" "$shape" "$batch" "$seq" "$rank" "$alpha" "$steps" "$dtypes" <<'PY' | tee "$out/h200.md"
 import json, os, sys
 out, mode, shape, batch, seq, rank, alpha, steps, dtypes = sys.argv[1:]
 def load(name):
     try:
         with open(os.path.join(out, name)) as f:
-            text = f.read().strip().splitlines()
-        return json.loads(text[-1]) if text else {}
-    except (OSError, ValueError):
+            text = f.read().strip()
+    except OSError:
         return {}
+    for candidate in (text, text.splitlines()[-1] if text else ""):  # one JSON document, or JSON as the last line
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            pass
+    return {}
 def mem(name):
     try:
         return int(open(os.path.join(out, name)).read().strip() or 0)
@@ -140,5 +149,6 @@ for d in dtypes.split():
     memr = f"{om / qm:.2f}x" if om and qm else "-"
     print(f"| {d} | {ot or o.get('error', '-')} | {qt or q.get('skipped', '-')} | {speed} | {om or '-'} | {qm or '-'} | {memr} | {q.get('max_memory_allocated_mib', '-')} |")
 PY
-log "table written to $out/h200.md"
+dump
+log "table written to $out/h200.md (every run's output in $out/runs.json)"
 exit "$parity_rc"

@@ -24,6 +24,9 @@ public sealed record TrainingSessionOptions
     /// <summary>CUDA / TensorRT settings (null = defaults: fp32 without TF32, deterministic kernels).</summary>
     public GpuProviderOptions? Gpu { get; init; }
 
+    /// <summary>Test hook: run the GPU providers' IOBinding path (<see cref="DeviceBoundRun"/>) on the CPU provider too.</summary>
+    internal bool BindOnCpu { get; init; }
+
     /// <summary>
     /// Whether ORT's thread pools busy-wait between ops (ORT's default is to spin). Off by default: a training step
     /// runs hundreds of small ops, and on a machine shared with other work spinning threads starve each other.
@@ -346,7 +349,7 @@ public sealed class LoraTrainingSession : IDisposable
         ExecutionProviders.CreateSessionOptions(_options.Provider, _options.IntraOpThreads, _options.DeviceId, _options.AllowSpinning, _options.Gpu);
 
     private DeviceBoundRun? CreateDeviceRun(InferenceSession session, IReadOnlyList<string> outputNames, IReadOnlyList<OrtValue> outputs) =>
-        _options.Provider == ExecutionProvider.Cpu ? null
+        _options.Provider == ExecutionProvider.Cpu && !_options.BindOnCpu ? null
             : new DeviceBoundRun(session, _artifacts.Trainable.Select(t => t.Name).ToArray(), _valueOrt, outputNames, outputs);
 
     private void MarkParametersChanged()
