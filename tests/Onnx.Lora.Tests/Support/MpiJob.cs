@@ -40,6 +40,9 @@ internal static class MpiJob
         string mpirun = RequireMpirun();
         string cli = Path.Combine(AppContext.BaseDirectory, "onnx-lora.dll");
         var start = new ProcessStartInfo(mpirun) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        // Containers often forbid the cross-process memory reads (CMA) of Open MPI's shared-memory transport; copying
+        // through the shared segment instead works everywhere.
+        start.Environment["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none";
         // Root in CI containers; more ranks than cores on a 2-core box; one thread per rank, no spinning on a shared box.
         foreach (string a in (string[])["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"])
         {
