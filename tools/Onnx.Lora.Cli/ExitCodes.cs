@@ -24,6 +24,12 @@ internal static class ExitCodes
     /// <summary>The job would need more memory or disk than available; the message has the estimate.</summary>
     public const int ResourceLimit = 7;
 
+    /// <summary>
+    /// A rank of an <c>mpirun</c> job went silent (frozen process, lost machine or network): the heartbeat of another
+    /// rank ended the job (Trainer.Distributed.MpiHeartbeat.ExitCode).
+    /// </summary>
+    public const int RankLost = 8;
+
     /// <summary>An internal error; a bug.</summary>
     public const int InternalError = 70;
 

@@ -94,6 +94,53 @@ public sealed class MpiTrainingTests
     }
 
     [TestMethod]
+    public void Train_RankFrozen_HeartbeatEndsTheJobWithinTenSeconds()
+    {
+        // SIGSTOP is what a lost machine looks like to the others: no exit, no error, just silence (mpirun sees nothing).
+        MpiJob.RequireMpirun();
+        using var dir = new TempDir();
+        string[] flags = [.. Flags(dir, steps: 400), "--batch-size", "4", "--save-steps", "5"];
+        string run = dir.File("run");
+        Process job = MpiJob.Start(2, ["train", .. flags, "--output-dir", run], dir.File("mpi.log"), new Dictionary<string, string> { ["ONNX_LORA_HEARTBEAT_TIMEOUT"] = "4" });
+        var clock = Stopwatch.StartNew();
+        while (!job.HasExited && clock.Elapsed < s_timeout && CheckpointStore.FindLatest(Path.Combine(run, "checkpoints")) is null)
+        {
+            Thread.Sleep(10);
+        }
+
+        Assert.IsFalse(job.HasExited, $"the job ended before rank 1 could be frozen: {MpiJob.ReadShared(dir.File("mpi.log"))}");
+        int rank1 = MpiJob.RankProcesses(job)[1];
+        using (Process stop = Process.Start("kill", ["-STOP", $"{rank1}"]))
+        {
+            stop.WaitForExit();
+        }
+
+        var sinceStop = Stopwatch.StartNew();
+        bool ended = job.WaitForExit(TimeSpan.FromSeconds(10));
+        double seconds = sinceStop.Elapsed.TotalSeconds;
+        if (!ended)
+        {
+            job.Kill(entireProcessTree: true);
+        }
+
+        try
+        {
+            using Process frozen = Process.GetProcessById(rank1);
+            frozen.Kill(); // mpirun normally has; never leave a stopped process behind.
+        }
+        catch (ArgumentException)
+        {
+        }
+
+        (int code, string log) = MpiJob.Wait(job, dir.File("mpi.log"), s_timeout);
+        TestContext.WriteLine($"job ended {seconds:F2} s after rank 1 was frozen, exit {code}");
+        Assert.IsTrue(ended, $"the job was still running 10 s after rank 1 froze: {log}");
+        Assert.AreEqual(8, code, log); // ExitCodes.RankLost
+        StringAssert.Contains(log, "rank 0 of 2: rank 1 has not been heard from for 4 s");
+        Assert.IsNotNull(CheckpointStore.Load(CheckpointStore.FindLatest(Path.Combine(run, "checkpoints"))!), "the last checkpoint is intact");
+    }
+
+    [TestMethod]
     public void Train_ResumedByOneProcessWithTheSameGlobalBatch_ContinuesTheTwoRankRun()
     {
         MpiJob.RequireMpirun();

@@ -31,11 +31,11 @@ internal static class MpiJob
     }
 
     /// <summary>Starts one program on <paramref name="ranks"/> ranks; output goes to <paramref name="log"/>.</summary>
-    public static Process Start(int ranks, IEnumerable<string> arguments, string log) =>
-        StartMpmd([(ranks, arguments)], log);
+    public static Process Start(int ranks, IEnumerable<string> arguments, string log, IReadOnlyDictionary<string, string>? environment = null) =>
+        StartMpmd([(ranks, arguments)], log, environment);
 
     /// <summary>Starts several programs in one job (MPMD, <c>A : B</c>): each entry gives its rank count and arguments.</summary>
-    public static Process StartMpmd(IReadOnlyList<(int Ranks, IEnumerable<string> Arguments)> programs, string log)
+    public static Process StartMpmd(IReadOnlyList<(int Ranks, IEnumerable<string> Arguments)> programs, string log, IReadOnlyDictionary<string, string>? environment = null)
     {
         string mpirun = RequireMpirun();
         string cli = Path.Combine(AppContext.BaseDirectory, "onnx-lora.dll");
@@ -43,6 +43,10 @@ internal static class MpiJob
         // Containers often forbid the cross-process memory reads (CMA) of Open MPI's shared-memory transport; copying
         // through the shared segment instead works everywhere.
         start.Environment["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none";
+        foreach ((string name, string value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[name] = value; // Local ranks inherit mpirun's environment.
+        }
         // Root in CI containers; more ranks than cores on a 2-core box; one thread per rank, no spinning on a shared box.
         foreach (string a in (string[])["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"])
         {

@@ -50,7 +50,7 @@ internal sealed class TrainCommand : LoraCommand
 
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
         // Under mpirun each process is one rank of a data-parallel run; otherwise libmpi is never loaded.
-        using DistributedRun distributed = DistributedRun.FromEnvironment();
+        using DistributedRun distributed = DistributedRun.FromEnvironment(parse.InvocationConfiguration.Error);
         bool live = !distributed.IsDistributed && ConsoleProgress.IsLive(output);
         ITrainingObserver observer = distributed.IsRoot ? new PlainProgress(output, distributed.Ranks) : DistributedTraining.Quiet;
         TrainingSummary summary;

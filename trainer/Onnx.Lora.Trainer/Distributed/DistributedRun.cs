@@ -42,9 +42,10 @@ public sealed class DistributedRun : IDisposable
     /// An MPI run when this process was started by an MPI launcher (<see cref="MpiCommunicator.LaunchedSize"/>), else
     /// <see cref="Single"/>; libmpi is only loaded in the first case.
     /// </summary>
+    /// <param name="error">Where a lost rank is reported before the job is aborted (see <see cref="MpiCommunicator.Create"/>).</param>
     /// <exception cref="ConfigException">Started by a launcher but libmpi cannot be loaded.</exception>
-    public static DistributedRun FromEnvironment() =>
-        MpiCommunicator.LaunchedSize() is int size && size > 1 ? new DistributedRun(MpiCommunicator.Create()) : Single;
+    public static DistributedRun FromEnvironment(TextWriter? error = null) =>
+        MpiCommunicator.LaunchedSize() is int size && size > 1 ? new DistributedRun(MpiCommunicator.Create(error)) : Single;
 
     /// <summary>This process's rank.</summary>
     public int Rank => _communicator.Rank;

@@ -19,7 +19,7 @@ public sealed unsafe class MpiCommunicator : ICommunicator
     /// <summary>The Open MPI library loaded unless <c>ONNX_LORA_MPI_LIBRARY</c> names another.</summary>
     public const string DefaultLibrary = "libmpi.so.40";
 
-    private const int ThreadSerialized = 2; // MPI_THREAD_SERIALIZED in Open MPI's mpi.h.
+    private const int ThreadMultiple = 3; // MPI_THREAD_MULTIPLE in Open MPI's mpi.h (the heartbeat has its own thread).
     private static readonly nint s_inPlace = 1; // MPI_IN_PLACE in Open MPI's mpi.h.
 
     private readonly nint _world;
@@ -32,9 +32,10 @@ public sealed unsafe class MpiCommunicator : ICommunicator
     private readonly delegate* unmanaged<nint, int> _barrier;
     private readonly delegate* unmanaged<nint, int, int> _abort;
     private readonly delegate* unmanaged<int> _finalize;
+    private readonly MpiHeartbeat? _heartbeat;
     private bool _finalized;
 
-    private MpiCommunicator(nint library, int localRank)
+    private MpiCommunicator(nint library, int localRank, TimeSpan heartbeatTimeout, TextWriter? error)
     {
         nint Export(string name) => NativeLibrary.TryGetExport(library, name, out nint address) ? address
             : throw new ConfigException($"The MPI library has no symbol '{name}': only Open MPI (libmpi.so.40) is supported.");
@@ -54,7 +55,7 @@ public sealed unsafe class MpiCommunicator : ICommunicator
         var commSize = (delegate* unmanaged<nint, int*, int>)Export("MPI_Comm_size");
 
         int provided;
-        Check(initThread(null, null, ThreadSerialized, &provided), "MPI_Init_thread");
+        Check(initThread(null, null, ThreadMultiple, &provided), "MPI_Init_thread");
         int rank;
         int size;
         Check(commRank(_world, &rank), "MPI_Comm_rank");
@@ -62,6 +63,15 @@ public sealed unsafe class MpiCommunicator : ICommunicator
         Rank = rank;
         Size = size;
         LocalRank = localRank;
+        if (size > 1 && heartbeatTimeout > TimeSpan.Zero && provided >= ThreadMultiple)
+        {
+            _heartbeat = new MpiHeartbeat(Export, _world, rank, size, heartbeatTimeout, (message, code) =>
+            {
+                error?.WriteLine($"onnx-lora train: error: rank {Rank} of {Size}: {message}");
+                error?.Flush();
+                AbortFromAnyThread(code);
+            });
+        }
     }
 
     /// <inheritdoc />
@@ -84,14 +94,24 @@ public sealed unsafe class MpiCommunicator : ICommunicator
         return int.TryParse(size, out int n) && n > 0 ? n : null;
     }
 
-    /// <summary>Loads the MPI library and initializes MPI (MPI_Init_thread, serialized).</summary>
-    /// <exception cref="ConfigException">The library cannot be loaded or is not Open MPI.</exception>
-    public static MpiCommunicator Create()
+    /// <summary>
+    /// Loads the MPI library, initializes MPI (MPI_Init_thread) and starts the heartbeat: a rank silent for
+    /// <c>ONNX_LORA_HEARTBEAT_TIMEOUT</c> seconds (default 10; 0 turns it off) ends the job (<see cref="MpiHeartbeat"/>).
+    /// </summary>
+    /// <param name="error">Where the heartbeat reports a lost rank before it aborts the job.</param>
+    /// <exception cref="ConfigException">The library cannot be loaded or is not Open MPI, or the timeout is not a number.</exception>
+    public static MpiCommunicator Create(TextWriter? error = null)
     {
         string library = Environment.GetEnvironmentVariable("ONNX_LORA_MPI_LIBRARY") ?? DefaultLibrary;
+        string timeout = Environment.GetEnvironmentVariable("ONNX_LORA_HEARTBEAT_TIMEOUT") ?? "10";
+        if (!double.TryParse(timeout, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double seconds) || seconds < 0 || !double.IsFinite(seconds))
+        {
+            throw new ConfigException($"ONNX_LORA_HEARTBEAT_TIMEOUT is '{timeout}'; expected seconds ≥ 0 (0 turns the heartbeat off).");
+        }
+
         nint handle = OpenGlobal(library);
         string? local = Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_RANK") ?? Environment.GetEnvironmentVariable("MPI_LOCALRANKID");
-        return new MpiCommunicator(handle, int.TryParse(local, out int localRank) ? localRank : 0);
+        return new MpiCommunicator(handle, int.TryParse(local, out int localRank) ? localRank : 0, TimeSpan.FromSeconds(seconds), error);
     }
 
     /// <inheritdoc />
@@ -148,8 +168,22 @@ public sealed unsafe class MpiCommunicator : ICommunicator
         if (!_finalized)
         {
             _finalized = true;
+            _heartbeat?.Dispose();
             _finalize();
         }
+    }
+
+    private void AbortFromAnyThread(int exitCode)
+    {
+        // MPI_Abort may wait on a machine that is gone; the process ends a few seconds later regardless, and mpirun
+        // then ends the ranks that remain.
+        var fallback = new Thread(() =>
+        {
+            Thread.Sleep(3000);
+            Environment.FailFast($"MPI_Abort did not end the process; exiting (code {exitCode}).");
+        }) { IsBackground = true };
+        fallback.Start();
+        _abort(_world, exitCode);
     }
 
     // MPI counts are C ints; buffers past 2^30 elements go in pieces (LoRA gradients are far smaller).
