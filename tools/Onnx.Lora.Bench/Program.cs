@@ -10,6 +10,8 @@ using Onnx.Lora.Bench;
 //                                                       SIGKILL `train` at seeded random moments, resume, compare with an uninterrupted run
 //   train-memory [--dir out/bench/train-memory] [--steps 1100]
 //                                                       RSS / managed heap / allocations per step of a 1,100-step stories260K run (child)
+//   data-parallel [--size 3.95m|135m | --model M] [--steps 8] [--warmup 2] [--batch 4] [--seq 64] [--rounds 3]
+//                                                       train tokens/s: mpirun -np 2 x 1 thread vs 1 rank x 1 and x 2 threads (same global batch)
 //   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
 //   generate [CHECKPOINT] [runs]                         decode tokens/s with the KV cache vs recompute (side by side), ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
@@ -27,6 +29,7 @@ return args.FirstOrDefault() switch
     "generate" => GenerateBenchmark.Run(args[1..]),
     "kill-resume" => KillResumeCampaign.Run(args[1..]),
     "train-memory" => TrainMemoryBenchmark.Run(args[1..]),
+    "data-parallel" => DataParallelBenchmark.Run(args[1..]),
     TrainMemoryBenchmark.ChildVerb => TrainMemoryBenchmark.RunChild(args[1..]),
     "dump" when args.Length == 2 => ModelDump.Run(args[1]),
     "fuzz" => FuzzCommand.Run(args[1..]),

@@ -27,6 +27,12 @@ internal static class ExitCodes
     /// <summary>The execution provider asked for cannot start: the CPU build lacks it, or CUDA / cuDNN / TensorRT libraries are missing.</summary>
     public const int ProviderUnavailable = 8;
 
+    /// <summary>
+    /// A rank of an <c>mpirun</c> job went silent (frozen process, lost machine or network): the heartbeat of another
+    /// rank ended the job (Trainer.Distributed.MpiHeartbeat.ExitCode).
+    /// </summary>
+    public const int RankLost = 9;
+
     /// <summary>An internal error; a bug.</summary>
     public const int InternalError = 70;
 

@@ -50,6 +50,12 @@ public sealed record TrainingSessionOptions
     /// <c>lora_B</c> tensor. Needs the vectorized optimizer.
     /// </summary>
     public IReadOnlyDictionary<string, float>? LearningRateScales { get; init; }
+
+    /// <summary>
+    /// Data parallelism: the ranks whose token-weighted gradient sums are added before each optimizer step
+    /// (<see cref="LoraTrainingSession.Step(IReadOnlyList{TrainingBatch}, Span{double})"/>); null for one process.
+    /// </summary>
+    public Distributed.ICommunicator? Communicator { get; init; }
 }
 
 /// <summary>
@@ -58,7 +64,7 @@ public sealed record TrainingSessionOptions
 /// with <see cref="OrtValue.CreateTensorValueFromMemory{T}(T[], long[])"/>: ORT reads the parameters and writes the
 /// gradients in place, so a step allocates nothing parameter-sized.
 /// </summary>
-public sealed class LoraTrainingSession : IDisposable
+public sealed partial class LoraTrainingSession : IDisposable
 {
     private readonly TrainingArtifacts _artifacts;
     private readonly TrainingSessionOptions _options;
@@ -204,8 +210,13 @@ public sealed class LoraTrainingSession : IDisposable
             }
         }
 
+        return ClipAndApply(tokenSum > 0 ? (float)(lossSum / tokenSum) : 0f, tokenSum);
+    }
+
+    // The mean gradient is in _gradients: norm, non-finite guard, global-norm clipping, AdamW.
+    private TrainStepResult ClipAndApply(float meanLoss, double tokenSum)
+    {
         float norm = GradientNorm();
-        float meanLoss = tokenSum > 0 ? (float)(lossSum / tokenSum) : 0f;
         if (!float.IsFinite(meanLoss) || !float.IsFinite(norm))
         {
             // NOTE: nothing is applied, so parameters and moments stay as they were; the caller stops or skips.

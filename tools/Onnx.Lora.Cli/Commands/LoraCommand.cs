@@ -27,6 +27,7 @@ internal abstract class LoraCommand : Command
     /// </summary>
     internal static int ExitCodeFor(Exception e) => e switch
     {
+        Trainer.Distributed.RankFailedException r => r.ExitCode, // Another rank's failure: its code, on every rank.
         OnnxSerializationException => ExitCodes.BadModel,
         AdapterFormatException or AdapterMismatchException => ExitCodes.BadAdapter,
         DataException => ExitCodes.BadData,

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using Onnx.Lora.Trainer.Config;
+using Onnx.Lora.Trainer.Distributed;
 using Onnx.Lora.Trainer.Runner;
 using Spectre.Console;
 
@@ -48,11 +49,15 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
-        bool live = ConsoleProgress.IsLive(output);
+        // Under mpirun each process is one rank of a data-parallel run; otherwise libmpi is never loaded.
+        using DistributedRun distributed = DistributedRun.FromEnvironment(parse.InvocationConfiguration.Error);
+        bool live = !distributed.IsDistributed && ConsoleProgress.IsLive(output);
+        ITrainingObserver observer = distributed.IsRoot ? new PlainProgress(output, distributed.Ranks) : DistributedTraining.Quiet;
         TrainingSummary summary;
         try
         {
-            summary = live ? RunLive(options, cancellationToken) : new TrainingRunner(options, new PlainProgress(output)).Run(cancellationToken);
+            summary = live ? RunLive(options, cancellationToken)
+                : DistributedTraining.Run(distributed, parse.InvocationConfiguration.Error, () => new TrainingRunner(options, observer) { Distributed = distributed }.Run(cancellationToken));
         }
         catch (TrainingGuardException e)
         {
@@ -60,7 +65,11 @@ internal sealed class TrainCommand : LoraCommand
             return Task.FromResult(ExitCodes.GuardTripped);
         }
 
-        WriteSummary(output, summary);
+        if (distributed.IsRoot)
+        {
+            WriteSummary(output, summary);
+        }
+
         return Task.FromResult(summary.Outcome == RunOutcome.Cancelled ? ExitCodes.Cancelled : ExitCodes.Success);
     }
 
@@ -129,7 +138,7 @@ internal sealed class TrainCommand : LoraCommand
     };
 
     /// <summary>Plain lines for logs/CI: a line every ~5% of the run or 10 s, plus evaluations, checkpoints and phases.</summary>
-    private sealed class PlainProgress(TextWriter output) : ITrainingObserver
+    private sealed class PlainProgress(TextWriter output, int ranks = 1) : ITrainingObserver
     {
         private int _every = 1;
         private DateTime _last = DateTime.MinValue;
@@ -152,7 +161,7 @@ internal sealed class TrainCommand : LoraCommand
 
             _last = DateTime.UtcNow;
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {r.Step}/{r.TotalSteps}  loss {r.Loss:F4}  lr {r.LearningRate:G3}  grad {r.GradientNorm:F3}  {r.TokensPerSecond:F0} tok/s  eta {r.Eta:hh\\:mm\\:ss}{(r.Skipped ? "  SKIPPED (non-finite)" : "")}"));
+                $"step {r.Step}/{r.TotalSteps}  loss {r.Loss:F4}  lr {r.LearningRate:G3}  grad {r.GradientNorm:F3}  {r.TokensPerSecond:F0} tok/s{(ranks > 1 ? $" ({ranks} ranks)" : "")}  eta {r.Eta:hh\\:mm\\:ss}{(r.Skipped ? "  SKIPPED (non-finite)" : "")}"));
         }
 
         public void OnEvaluation(EvaluationReport r) =>

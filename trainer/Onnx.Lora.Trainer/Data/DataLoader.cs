@@ -74,6 +74,8 @@ public sealed class DataLoader
     private readonly Batch _batch;
     private readonly int[] _order;
     private int _orderEpoch = -1;
+    private int _shardRank;
+    private int _shardCount = 1;
 
     /// <summary>Creates a loader.</summary>
     /// <param name="rows">Rows (see <see cref="SequencePacker"/>); each at most <paramref name="seqLength"/> tokens.</param>
@@ -121,8 +123,24 @@ public sealed class DataLoader
     /// <summary>Rows per epoch.</summary>
     public int RowCount => _rows.Count;
 
-    /// <summary>Batches per epoch (the last may be partial).</summary>
-    public int BatchesPerEpoch => (_rows.Count + _batch.BatchSize - 1) / _batch.BatchSize;
+    /// <summary>Batches per epoch (the last may be partial); with a shard, global batches of all ranks.</summary>
+    public int BatchesPerEpoch => (_rows.Count + GlobalBatchSize - 1) / GlobalBatchSize;
+
+    private int GlobalBatchSize => _batch.BatchSize * _shardCount;
+
+    /// <summary>
+    /// Serves rank <paramref name="rank"/>'s share of global batches of batch size × <paramref name="ranks"/> rows: rows
+    /// [rank·batch, (rank+1)·batch) of each, so the ranks together read exactly what one loader with the global batch
+    /// size reads. <see cref="Position"/> stays global (the same on every rank), so checkpoints do not depend on the rank.
+    /// </summary>
+    public void UseShard(int rank, int ranks)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(ranks);
+        ArgumentOutOfRangeException.ThrowIfNegative(rank);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(rank, ranks);
+        _shardRank = rank;
+        _shardCount = ranks;
+    }
 
     /// <summary>The next row to serve.</summary>
     public DataPosition Position { get; private set; }
@@ -159,11 +177,14 @@ public sealed class DataLoader
         }
 
         EnsureOrder(Position.Epoch);
-        int take = Math.Min(_batch.BatchSize, _rows.Count - Position.Index);
+        // With a shard, this rank's rows of the global batch; at an epoch's end a rank may get fewer or none.
+        int globalTake = Math.Min(GlobalBatchSize, _rows.Count - Position.Index);
+        int first = Position.Index + Math.Min(globalTake, _shardRank * _batch.BatchSize);
+        int take = Math.Clamp(globalTake - (_shardRank * _batch.BatchSize), 0, _batch.BatchSize);
         int longest = 1;
         for (int r = 0; r < take; r++)
         {
-            longest = Math.Max(longest, _rows[_order[Position.Index + r]].InputIds.Length);
+            longest = Math.Max(longest, _rows[_order[first + r]].InputIds.Length);
         }
 
         int columns = _fixedLength ? SeqLength : Math.Min(SeqLength, (longest + PadToMultipleOf - 1) / PadToMultipleOf * PadToMultipleOf);
@@ -176,7 +197,7 @@ public sealed class DataLoader
         int targets = 0;
         for (int r = 0; r < take; r++)
         {
-            TrainingRow row = _rows[_order[Position.Index + r]];
+            TrainingRow row = _rows[_order[first + r]];
             int offset = r * columns;
             for (int c = 0; c < row.InputIds.Length; c++)
             {
@@ -194,7 +215,7 @@ public sealed class DataLoader
         }
 
         _batch.TargetTokens = targets;
-        Position = new DataPosition(Position.Epoch, Position.Index + take);
+        Position = new DataPosition(Position.Epoch, Position.Index + globalTake);
         return _batch;
     }
 

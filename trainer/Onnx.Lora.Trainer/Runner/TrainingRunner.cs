@@ -11,6 +11,7 @@ using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Trainer.Distributed;
 using Onnx.Lora.Trainer.Metrics;
 using Onnx.Lora.Trainer.Optim;
 using Onnx.Lora.Trainer.Schedules;
@@ -78,6 +79,9 @@ public sealed class TrainingRunner
         _observer = observer ?? NullObserver.Instance;
     }
 
+    /// <summary>The ranks of a data-parallel run (<c>mpirun -np N</c>); one process by default.</summary>
+    public DistributedRun Distributed { get; init; } = DistributedRun.Single;
+
     /// <summary>Test hook: called after each file of a checkpoint is written (throw to simulate a kill mid-save).</summary>
     internal Action<string>? AfterCheckpointFileWritten { get; init; }
 
@@ -115,7 +119,7 @@ public sealed class TrainingRunner
         {
             _observer.OnMessage($"resuming from {resumeFrom}");
             checkpoint = CheckpointStore.Load(resumeFrom);
-            string fingerprint = o.ResumeFingerprint();
+            string fingerprint = Distributed.GlobalView(o).ResumeFingerprint();
             if (checkpoint.State.OptionsFingerprint is { } saved && saved != fingerprint)
             {
                 throw new CheckpointException($"Checkpoint '{resumeFrom}' was made with different data/model/shape/LoRA/schedule options (fingerprint {saved}, now {fingerprint}); a resume must use the same ones.");
@@ -130,22 +134,27 @@ public sealed class TrainingRunner
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
         PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
         VocabularyGuard.Check(data.Tokenizer, limits.VocabSize);
-        PreparedModel model = ModelPreparation.Prepare(o, Path.Combine(outputDir, ArtifactsFolder), _observer);
+        Distributed.Shard(data);
+        Distributed.Agree(); // A rank that cannot read its data stops every rank here, before the model is prepared.
+        string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
+        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, artifactsDir, _observer), m => m.LoraModelPath,
+            loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
 
-        int totalSteps = o.TotalOptimizerSteps(data.Train.RowCount);
+        int totalSteps = Distributed.GlobalView(o).TotalOptimizerSteps(data.Train.RowCount);
         LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
         var scales = o.LoraPlusRatio == 1 ? null
             : model.Manifest.Modules.ToDictionary(m => m.LoraB, _ => (float)o.LoraPlusRatio, StringComparer.Ordinal);
         var sessionOptions = new TrainingSessionOptions
         {
             Provider = provider,
-            DeviceId = o.DeviceId,
+            DeviceId = o.DeviceId + (provider == ExecutionProvider.Cpu ? 0 : Distributed.LocalRank),
             IntraOpThreads = o.IntraOpThreads,
             Gpu = gpu,
             MaxGradientNorm = (float)o.MaxGradNorm,
             LearningRate = (float)o.LearningRate,
             AdamW = new AdamWOptions { Beta1 = (float)o.AdamBeta1, Beta2 = (float)o.AdamBeta2, Epsilon = (float)o.AdamEpsilon, WeightDecay = (float)o.WeightDecay },
             LearningRateScales = scales,
+            Communicator = Distributed.StepCommunicator,
         };
 
         _observer.OnMessage("opening ONNX Runtime sessions");
@@ -168,10 +177,11 @@ public sealed class TrainingRunner
             loop.LastCheckpoint = resumeFrom;
         }
 
-        using MetricsLog metrics = MetricsLog.Open(Path.Combine(outputDir, MetricsFile), checkpoint?.State.GlobalStep);
+        using MetricsLog? metrics = Distributed.IsRoot ? MetricsLog.Open(Path.Combine(outputDir, MetricsFile), checkpoint?.State.GlobalStep) : null;
         long trainable = session.Parameters.Sum(p => p.ElementCount);
         _observer.OnStart(new TrainingPlan(totalSteps, loop.Step, data.Train.RowCount, data.Eval?.RowCount ?? 0, trainable, model.Manifest.Modules.Count, outputDir));
 
+        Distributed.BeginTraining();
         var context = new RunContext(o, session, data, model, schedule, metrics, checkpointsDir, totalSteps, loop);
         if (checkpoint is null && data.Eval is not null)
         {
@@ -193,7 +203,7 @@ public sealed class TrainingRunner
         string? adapterDir = null;
         string? trainedModel = null;
         long adapterBytes = 0;
-        if (outcome != RunOutcome.Cancelled && loop.Step > 0)
+        if (outcome != RunOutcome.Cancelled && loop.Step > 0 && Distributed.IsRoot)
         {
             adapterDir = Path.Combine(outputDir, AdapterFolder);
             Directory.CreateDirectory(adapterDir);
@@ -204,7 +214,7 @@ public sealed class TrainingRunner
         }
 
         string? plot = null;
-        if (metrics.TrainLoss.Count + metrics.EvalLoss.Count > 0)
+        if (metrics is not null && metrics.TrainLoss.Count + metrics.EvalLoss.Count > 0)
         {
             plot = Path.Combine(outputDir, LossPlotFile);
             LossCurvePlot.Write(plot, metrics.TrainLoss, metrics.EvalLoss, $"LoRA training — {model.Name}");
@@ -215,11 +225,11 @@ public sealed class TrainingRunner
             Outcome = outcome,
             Steps = loop.Step,
             TotalSteps = totalSteps,
-            FirstTrainLoss = metrics.TrainLoss.First,
-            LastTrainLoss = metrics.TrainLoss.Last,
-            FirstEvalLoss = metrics.EvalLoss.First,
-            LastEvalLoss = metrics.EvalLoss.Last,
-            BestEvalLoss = metrics.EvalLoss.Min,
+            FirstTrainLoss = metrics?.TrainLoss.First,
+            LastTrainLoss = metrics?.TrainLoss.Last,
+            FirstEvalLoss = metrics?.EvalLoss.First,
+            LastEvalLoss = metrics?.EvalLoss.Last,
+            BestEvalLoss = metrics?.EvalLoss.Min,
             TokensSeen = loop.TokensSeen,
             Seconds = clock.Elapsed.TotalSeconds,
             SkippedSteps = loop.Skipped,
@@ -227,10 +237,14 @@ public sealed class TrainingRunner
             AdapterBytes = adapterBytes,
             LastCheckpoint = loop.LastCheckpoint,
             LoraModel = trainedModel ?? model.LoraModelPath,
-            MetricsFile = metrics.Path,
+            MetricsFile = metrics?.Path ?? Path.Combine(outputDir, MetricsFile),
             LossPlot = plot,
         };
-        AtomicFile.WriteAllText(Path.Combine(outputDir, SummaryFile), JsonSerializer.Serialize(summary, s_json));
+        if (Distributed.IsRoot)
+        {
+            AtomicFile.WriteAllText(Path.Combine(outputDir, SummaryFile), JsonSerializer.Serialize(summary, s_json));
+        }
+
         return summary;
     }
 
@@ -260,9 +274,11 @@ public sealed class TrainingRunner
         var sinceStart = Stopwatch.StartNew();
         var stepClock = new Stopwatch();
         int firstStep = loop.Step;
+        bool stopAgreed = false;
         while (loop.Step < c.TotalSteps)
         {
-            if (cancellationToken.IsCancellationRequested)
+            // Across ranks, a stop is only taken when all ranks know of it (agreed in the previous step's all-reduce).
+            if (Distributed.IsDistributed ? stopAgreed : cancellationToken.IsCancellationRequested)
             {
                 return RunOutcome.Cancelled;
             }
@@ -284,7 +300,9 @@ public sealed class TrainingRunner
             double lr = c.Schedule.PeakLearningRate * c.Schedule.Factor(loop.Step);
             c.Session.LearningRate = (float)lr;
             stepClock.Restart();
-            TrainStepResult r = c.Session.Step(batches);
+            Span<double> stepSums = [inputTokens, targetTokens, cancellationToken.IsCancellationRequested ? 1 : 0];
+            TrainStepResult r = c.Session.Step(batches, stepSums); // Sums are global across ranks afterwards.
+            (inputTokens, targetTokens, stopAgreed) = ((long)stepSums[0], (int)stepSums[1], stepSums[2] > 0);
             double seconds = stepClock.Elapsed.TotalSeconds;
             int stepNumber = loop.Step + 1;
             if (r.NonFinite)
@@ -309,7 +327,7 @@ public sealed class TrainingRunner
             loop.LastLearningRate = lr;
             double tokensPerSecond = seconds > 0 ? inputTokens / seconds : 0;
             double epoch = c.Data.Train.Position.Epoch + ((double)c.Data.Train.Position.Index / c.Data.Train.RowCount);
-            c.Metrics.Write(new MetricRecord
+            c.Metrics?.Write(new MetricRecord
             {
                 Kind = "train",
                 Step = stepNumber,
@@ -352,11 +370,19 @@ public sealed class TrainingRunner
         for (int i = 0; i < eval.BatchesPerEpoch; i++)
         {
             Batch b = eval.Next();
+            if (b.RealRows == 0)
+            {
+                continue; // This rank's share of the last global batch is empty.
+            }
+
             EvalResult r = c.Session.Evaluate(ToTrainingBatch(b));
             lossSum += (double)r.Loss * r.Tokens;
             tokenSum += r.Tokens;
         }
 
+        Span<double> sums = [lossSum, tokenSum];
+        Distributed.SumAcrossRanks(sums);
+        (lossSum, tokenSum) = (sums[0], sums[1]);
         double loss = tokenSum > 0 ? lossSum / tokenSum : double.NaN;
         LoopState loop = c.Loop;
         bool improved = loop.BestEvalLoss is not double best || loss < best;
@@ -371,12 +397,17 @@ public sealed class TrainingRunner
         }
 
         loop.LastEvaluatedStep = step;
-        c.Metrics.Write(new MetricRecord { Kind = "eval", Step = step, Loss = loss, TokensSeen = loop.TokensSeen });
+        c.Metrics?.Write(new MetricRecord { Kind = "eval", Step = step, Loss = loss, TokensSeen = loop.TokensSeen });
         _observer.OnEvaluation(new EvaluationReport(step, loss, Math.Exp(loss), improved));
     }
 
     private void Save(RunContext c)
     {
+        if (!Distributed.IsRoot)
+        {
+            return; // Every rank holds the same parameters and state; rank 0 writes them.
+        }
+
         LoopState loop = c.Loop;
         var state = new TrainerState
         {
@@ -392,7 +423,7 @@ public sealed class TrainingRunner
             TokensSeen = loop.TokensSeen,
             BestEvalLoss = loop.BestEvalLoss,
             EvaluationsWithoutImprovement = loop.EvaluationsWithoutImprovement,
-            OptionsFingerprint = c.Options.ResumeFingerprint(),
+            OptionsFingerprint = Distributed.GlobalView(c.Options).ResumeFingerprint(),
         };
         List<NamedTensor> parameters = CurrentParameters(c.Session);
         var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state);
@@ -442,7 +473,7 @@ public sealed class TrainingRunner
     };
 
     private sealed record RunContext(TrainOptions Options, LoraTrainingSession Session, PreparedData Data, PreparedModel Model,
-        LearningRateSchedule Schedule, MetricsLog Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop);
+        LearningRateSchedule Schedule, MetricsLog? Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop);
 
     private sealed class LoopState
     {
