@@ -128,6 +128,11 @@ public sealed class TrainingRunner
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
         PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
+        if (data.OverlongNote(o.SeqLength) is { } overlong)
+        {
+            _observer.OnMessage(overlong);
+        }
+
         VocabularyGuard.Check(data.Tokenizer, limits.VocabSize);
         PreparedModel model = ModelPreparation.Prepare(o, Path.Combine(outputDir, ArtifactsFolder), _observer);
 
@@ -227,6 +232,9 @@ public sealed class TrainingRunner
             LoraModel = trainedModel ?? model.LoraModelPath,
             MetricsFile = metrics.Path,
             LossPlot = plot,
+            OverlongTrainExamples = data.TrainOverlong,
+            OverlongEvalExamples = data.EvalOverlong,
+            OverlongHandling = data.TrainOverlong + data.EvalOverlong == 0 ? null : data.OverlongSplit ? "split" : "truncated",
         };
         AtomicFile.WriteAllText(Path.Combine(outputDir, SummaryFile), JsonSerializer.Serialize(summary, s_json));
         return summary;
