@@ -18,5 +18,6 @@ internal static class CommandRegistry
         yield return new ConvertLlama2cCommand();
         yield return new TrainCommand();
         yield return new GenerateCommand();
+        yield return new EvalCommand();
     }
 }

@@ -52,8 +52,7 @@ public static class DataPipeline
         List<TokenizedExample> train = JsonlDataset.Load(options.Data, tokenizer, datasetOptions, out int trainOverlong);
         int evalOverlong = 0;
         List<TokenizedExample>? eval = options.EvalData is null ? null : JsonlDataset.Load(options.EvalData, tokenizer, datasetOptions, out evalOverlong);
-        List<TrainingRow> Rows(List<TokenizedExample> examples) =>
-            options.Packing ? SequencePacker.Pack(examples, options.SeqLength) : SequencePacker.Unpacked(examples);
+        List<TrainingRow> Rows(List<TokenizedExample> examples) => ToRows(examples, options);
 
         var trainLoader = new DataLoader(Rows(train), options.BatchSize, options.SeqLength, tokenizer.PadId, options.Seed, shuffle: true);
         DataLoader? evalLoader = eval is null ? null : new DataLoader(Rows(eval), options.BatchSize, options.SeqLength, tokenizer.PadId, options.Seed, shuffle: false);
@@ -64,4 +63,28 @@ public static class DataPipeline
             OverlongSplit = options.Packing,
         };
     }
+
+    /// <summary>
+    /// The rows of one JSONL file exactly as training builds them from <paramref name="options"/> (seq_length,
+    /// packing, truncate, completion_only_loss): what <c>eval</c> scores, so its loss is the trainer's eval loss.
+    /// </summary>
+    /// <exception cref="DataException">Tokenizer, data or limits do not fit; the message says where and why.</exception>
+    public static (List<TrainingRow> Rows, int Examples, int Overlong) LoadRows(string path, TextTokenizer tokenizer, TrainOptions options, int modelVocabSize)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        ArgumentNullException.ThrowIfNull(options);
+        var datasetOptions = new DatasetOptions
+        {
+            CompletionOnlyLoss = options.CompletionOnlyLoss,
+            MaxTokens = options.SeqLength,
+            Truncate = options.Truncate,
+            KeepOverlong = options.Packing,
+            ModelVocabSize = modelVocabSize,
+        };
+        List<TokenizedExample> examples = JsonlDataset.Load(path, tokenizer, datasetOptions, out int overlong);
+        return (ToRows(examples, options), examples.Count, overlong);
+    }
+
+    private static List<TrainingRow> ToRows(List<TokenizedExample> examples, TrainOptions options) =>
+        options.Packing ? SequencePacker.Pack(examples, options.SeqLength) : SequencePacker.Unpacked(examples);
 }

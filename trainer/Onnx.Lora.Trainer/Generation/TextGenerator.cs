@@ -25,6 +25,9 @@ namespace Onnx.Lora.Trainer.Generation;
 /// </remarks>
 public sealed class TextGenerator : IDisposable
 {
+    /// <summary>Receives the logits of one position of a scored sequence (valid only during the call).</summary>
+    public delegate void PositionLogitsHandler(int position, ReadOnlySpan<float> logits);
+
     private readonly InferenceSession _session;
     private readonly RunOptions _runOptions;
     private readonly List<OrtLoraAdapter> _adapters;
@@ -69,6 +72,9 @@ public sealed class TextGenerator : IDisposable
         // The cache before any token (past length 0; a fixed-size state as zeros), for prefill and every recompute step.
         _emptyPast = [.. caches.Select(c => ZeroTensor(c))];
     }
+
+    /// <summary>Size of the logits' last axis when the model declares it (the vocabulary), else null.</summary>
+    public int? VocabSize => _session.OutputMetadata[_signature.Logits].Dimensions is [.., > 0 and var v] ? v : null;
 
     /// <summary>True when the model has a KV cache (past_key_values inputs with matching present outputs).</summary>
     public bool HasKvCache => _emptyPast.Length > 0;
@@ -349,13 +355,38 @@ public sealed class TextGenerator : IDisposable
         }
     }
 
-    /// <summary>The logits of the last fed position as float32, whatever the model's logits type (reused buffer).</summary>
-    private ReadOnlySpan<float> LastLogits(OrtValue logits)
+    /// <summary>
+    /// Runs <paramref name="tokens"/> once from an empty cache and hands every position's logits (float32, valid only
+    /// during the call) to <paramref name="onPosition"/>: what scoring a sequence (eval loss) needs.
+    /// </summary>
+    /// <exception cref="LoraException">ORT fails on the model.</exception>
+    public void Score(IReadOnlyList<int> tokens, PositionLogitsHandler onPosition)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        ArgumentNullException.ThrowIfNull(onPosition);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        EnsureCapacity(tokens.Count);
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            SetId(i, tokens[i]);
+        }
+
+        using IDisposableReadOnlyCollection<OrtValue> outputs = Run(0, tokens.Count, tokens.Count, withPresent: false, past: null);
+        for (int p = 0; p < tokens.Count; p++)
+        {
+            onPosition(p, LogitsAt(outputs[0], p, tokens.Count));
+        }
+    }
+
+    private ReadOnlySpan<float> LastLogits(OrtValue logits) => LogitsAt(logits, 0, 1);
+
+    /// <summary>The logits of position <paramref name="position"/> of the last <paramref name="positions"/> as float32, whatever the model's logits type (reused buffer).</summary>
+    private ReadOnlySpan<float> LogitsAt(OrtValue logits, int position, int positions)
     {
         OrtTensorTypeAndShapeInfo info = logits.GetTensorTypeAndShape();
         long[] shape = info.Shape;
         int vocab = (int)shape[^1];
-        int offset = checked((int)(info.ElementCount - vocab));
+        int offset = checked((int)(info.ElementCount - ((long)(positions - position) * vocab)));
         if (_logitsRow.Length != vocab)
         {
             _logitsRow = new float[vocab];

@@ -210,7 +210,7 @@ public sealed class TrainingRunner
         if (metrics.TrainLoss.Count + metrics.EvalLoss.Count > 0)
         {
             plot = Path.Combine(outputDir, LossPlotFile);
-            LossCurvePlot.Write(plot, metrics.TrainLoss, metrics.EvalLoss, $"LoRA training — {model.Name}");
+            LossCurvePlot.Write(plot, metrics.TrainLoss, metrics.EvalLoss, $"LoRA training — {model.Name}", learningRate: metrics.LearningRate);
         }
 
         var summary = new TrainingSummary

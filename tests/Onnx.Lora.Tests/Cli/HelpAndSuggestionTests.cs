@@ -1,0 +1,43 @@
+namespace Onnx.Lora.Tests.Cli;
+
+[TestClass]
+public sealed class HelpAndSuggestionTests
+{
+    [TestMethod]
+    public void Help_AloneAndWithAVerb_PrintsUsage()
+    {
+        (int code, string output, _) = CliRunner.Run("help");
+        Assert.AreEqual(0, code);
+        StringAssert.Contains(output, "train");
+        StringAssert.Contains(output, "eval");
+
+        (code, output, _) = CliRunner.Run("help", "train");
+        Assert.AreEqual(0, code);
+        StringAssert.Contains(output, "--learning-rate");
+    }
+
+    [TestMethod]
+    public void Run_MistypedFlag_SuggestsTheClosestOption()
+    {
+        (int code, _, string error) = CliRunner.Run("train", "--lerning-rate", "1e-3");
+        Assert.AreEqual(2, code);
+        StringAssert.Contains(error, "Did you mean '--learning-rate'");
+        StringAssert.Contains(error, "onnx-lora train --help");
+    }
+
+    [TestMethod]
+    public void Run_MistypedVerb_SuggestsTheClosestVerb()
+    {
+        (int code, _, string error) = CliRunner.Run("trian", "--model", "m.onnx");
+        Assert.AreEqual(2, code);
+        StringAssert.Contains(error, "Did you mean 'train'");
+    }
+
+    [TestMethod]
+    public void Run_UnrelatedWord_SuggestsNothing()
+    {
+        (int code, _, string error) = CliRunner.Run("frobnicate");
+        Assert.AreEqual(2, code);
+        Assert.IsFalse(error.Contains("Did you mean", StringComparison.Ordinal), error);
+    }
+}
