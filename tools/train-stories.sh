@@ -5,7 +5,7 @@
 # Re-run with --resume to continue from the last checkpoint after an interruption (Ctrl-C saves one).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/out/train-stories"
+out="${TRAIN_STORIES_OUT:-$root/out/train-stories}"   # the default folder (tests point it elsewhere)
 # The first argument is the output folder only when it is not a flag (`--resume` alone used to become the folder).
 if [[ $# -gt 0 && "$1" != -* ]]; then
   out="$1"

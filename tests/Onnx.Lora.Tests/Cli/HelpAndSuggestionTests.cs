@@ -41,3 +41,29 @@ public sealed class HelpAndSuggestionTests
         Assert.IsFalse(error.Contains("Did you mean", StringComparison.Ordinal), error);
     }
 }
+
+[TestClass]
+public sealed class TrainFlagTests
+{
+    private static List<KeyValuePair<string, string>> Overrides(params string[] args)
+    {
+        System.CommandLine.RootCommand root = Onnx.Lora.Cli.CliApp.CreateRoot();
+        System.CommandLine.ParseResult parse = root.Parse(["train", .. args]);
+        var train = (Onnx.Lora.Cli.Commands.TrainCommand)parse.CommandResult.Command;
+        return train.ReadOverrides(parse);
+    }
+
+    [TestMethod]
+    public void ReadOverrides_SwitchesNotGiven_DoNotOverrideTheConfigFile()
+    {
+        List<KeyValuePair<string, string>> o = Overrides("--config", "c.yaml", "--seed", "3");
+        CollectionAssert.AreEqual(new[] { KeyValuePair.Create("seed", "3") }, o);
+    }
+
+    [TestMethod]
+    public void ReadOverrides_SwitchAloneOrWithValue_IsTrueOrThatValue()
+    {
+        List<KeyValuePair<string, string>> o = Overrides("--packing", "--truncate", "false", "--resume");
+        CollectionAssert.AreEquivalent(new[] { KeyValuePair.Create("packing", "true"), KeyValuePair.Create("truncate", "false"), KeyValuePair.Create("resume", "latest") }, o);
+    }
+}

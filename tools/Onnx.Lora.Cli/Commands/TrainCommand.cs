@@ -64,22 +64,7 @@ internal sealed class TrainCommand : LoraCommand
             return Task.FromResult(ExitCodes.Success);
         }
 
-        var overrides = new List<KeyValuePair<string, string>>();
-        foreach ((string key, Option option) in _keyOptions)
-        {
-            if (parse.GetResult(option) is not { } result)
-            {
-                continue;
-            }
-
-            string value = option switch
-            {
-                Option<bool> flag => parse.GetValue(flag) ? "true" : "false",
-                _ => result.Tokens.Count > 0 ? result.Tokens[0].Value : "latest",
-            };
-            overrides.Add(KeyValuePair.Create(key, value));
-        }
-
+        List<KeyValuePair<string, string>> overrides = ReadOverrides(parse);
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
         bool live = ConsoleProgress.IsLive(output);
         TrainingSummary summary;
@@ -95,6 +80,29 @@ internal sealed class TrainCommand : LoraCommand
 
         WriteSummary(output, summary);
         return Task.FromResult(summary.Outcome == RunOutcome.Cancelled ? ExitCodes.Cancelled : ExitCodes.Success);
+    }
+
+    /// <summary>The keys given on the command line, as text, in flag order; switches not given are absent (never "false").</summary>
+    internal List<KeyValuePair<string, string>> ReadOverrides(ParseResult parse)
+    {
+        var overrides = new List<KeyValuePair<string, string>>();
+        foreach ((string key, Option option) in _keyOptions)
+        {
+            // NOTE: a bool option has an implicit result (false) even when absent; taking it would reset the config file's switches.
+            if (parse.GetResult(option) is not { Implicit: false } result)
+            {
+                continue;
+            }
+
+            string value = option switch
+            {
+                Option<bool> flag => parse.GetValue(flag) ? "true" : "false",
+                _ => result.Tokens.Count > 0 ? result.Tokens[0].Value : "latest",
+            };
+            overrides.Add(KeyValuePair.Create(key, value));
+        }
+
+        return overrides;
     }
 
     /// <summary>Runs training under the live display on <paramref name="console"/> (the terminal by default).</summary>

@@ -29,7 +29,7 @@ public sealed record DatasetOptions
     /// At most this many row errors are listed in one exception (all rows are still checked and counted): the CLI prints
     /// the message as one stderr line, which must stay readable (20 long rows made a 3 KB line).
     /// </summary>
-    public int MaxReportedErrors { get; init; } = 5;
+    public int MaxReportedErrors { get; init; } = 3;
 
     /// <summary>Longest row (characters) read; a longer one is a bad row, never held in memory (16 Mi by default).</summary>
     public int MaxRowChars { get; init; } = 16 << 20;
