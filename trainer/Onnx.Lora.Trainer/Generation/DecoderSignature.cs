@@ -33,7 +33,20 @@ internal enum DecoderInputKind
 /// <param name="Rank">Declared rank (a scalar total_sequence_length has 0).</param>
 /// <param name="InitialShape">For a cache: the shape of its value before any token (batch 1, past length 0, fixed dims kept).</param>
 /// <param name="PresentName">For a cache: the output that holds its next value.</param>
-internal sealed record DecoderInput(string Name, DecoderInputKind Kind, TensorElementType ElementType, int Rank, long[] InitialShape, string? PresentName);
+internal sealed record DecoderInput(string Name, DecoderInputKind Kind, TensorElementType ElementType, int Rank, long[] InitialShape, string? PresentName)
+{
+    /// <summary>A cache's value before any token: empty along the past length, zeros for a fixed-size state.</summary>
+    public OrtValue CreateInitialValue()
+    {
+        OrtValue value = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ElementType, InitialShape);
+        if (InitialShape.All(d => d > 0))
+        {
+            value.GetTensorMutableRawData().Clear();
+        }
+
+        return value;
+    }
+}
 
 /// <summary>
 /// Reads what a causal LM declares (ids int32 or int64, fp32/fp16/bf16 caches and logits, GQA's seqlens_k and

@@ -70,7 +70,7 @@ public sealed class TextGenerator : IDisposable
         _logitsAndPresent = [_signature.Logits, .. caches.Select(c => c.PresentName!)];
 
         // The cache before any token (past length 0; a fixed-size state as zeros), for prefill and every recompute step.
-        _emptyPast = [.. caches.Select(c => ZeroTensor(c))];
+        _emptyPast = [.. caches.Select(c => c.CreateInitialValue())];
     }
 
     /// <summary>Size of the logits' last axis when the model declares it (the vocabulary), else null.</summary>
@@ -415,17 +415,6 @@ public sealed class TextGenerator : IDisposable
         }
     }
 
-    private static OrtValue ZeroTensor(DecoderInput cache)
-    {
-        OrtValue value = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, cache.ElementType, cache.InitialShape);
-        if (cache.InitialShape.All(d => d > 0))
-        {
-            value.GetTensorMutableRawData().Clear();
-        }
-
-        return value;
-    }
-
     private void SetId(int index, int id)
     {
         _ids[index] = id;
@@ -503,41 +492,6 @@ public sealed class TextGenerator : IDisposable
         catch (OnnxRuntimeException e)
         {
             throw new AdapterFormatException($"Adapter '{path}' was rejected by ONNX Runtime: {e.Message}", e);
-        }
-    }
-
-    /// <summary>
-    /// Turns a growing id list into text pieces: decodes the whole list and hands out what is new, holding back while the
-    /// text ends in an incomplete byte sequence (U+FFFD) — decoding tokens one by one would drop SentencePiece's leading
-    /// spaces and split multi-byte characters.
-    /// </summary>
-    private sealed class StreamingDecoder(TextTokenizer tokenizer, List<int> ids)
-    {
-        private readonly string _prompt = tokenizer.Decode(ids);
-        private string _shown = tokenizer.Decode(ids);
-
-        public string Continuation => _shown.StartsWith(_prompt, StringComparison.Ordinal) ? _shown[_prompt.Length..] : _shown;
-
-        public string Add(int token)
-        {
-            ids.Add(token);
-            string text = tokenizer.Decode(ids);
-            return text.EndsWith('\uFFFD') ? "" : Advance(text);
-        }
-
-        public string Flush() => Advance(tokenizer.Decode(ids));
-
-        private string Advance(string text)
-        {
-            if (!text.StartsWith(_shown, StringComparison.Ordinal))
-            {
-                // Decoding revised earlier text (rare, e.g. a byte sequence resolved differently): nothing safe to add.
-                return "";
-            }
-
-            string piece = text[_shown.Length..];
-            _shown = text;
-            return piece;
         }
     }
 }
