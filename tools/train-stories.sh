@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # A complete training run on the embedded TinyStories model, driven by a YAML config (flags override it):
 #   ./tools/train-stories.sh [OUT_DIR] [extra onnx-lora train flags...]
+#   ./tools/train-stories.sh --resume [extra flags...]      (OUT_DIR may be omitted: flags are never taken for it)
 # Re-run with --resume to continue from the last checkpoint after an interruption (Ctrl-C saves one).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${1:-$root/out/train-stories}"
-shift || true
+out="${TRAIN_STORIES_OUT:-$root/out/train-stories}"   # the default folder (tests point it elsewhere)
+# The first argument is the output folder only when it is not a flag (`--resume` alone used to become the folder).
+if [[ $# -gt 0 && "$1" != -* ]]; then
+  out="$1"
+  shift
+fi
 mkdir -p "$out"
 config="$out/train.yaml"
 cat > "$config" <<YAML

@@ -21,6 +21,13 @@ internal static class CliApp
     /// <summary>Parses and runs <paramref name="args"/>, writing to <paramref name="output"/> and <paramref name="error"/>; returns the exit code.</summary>
     public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(args);
+        if (args is ["help", .. var rest])
+        {
+            // `onnx-lora help` and `onnx-lora help VERB`, as git and dotnet accept them.
+            args = [.. rest.Take(1), "--help"];
+        }
+
         ParseResult parse = CreateRoot().Parse(args);
         if (parse.Errors.Count > 0 && !args.Any(a => a is "-h" or "--help" or "-?"))
         {
@@ -30,7 +37,13 @@ internal static class CliApp
                 error.WriteLine($"onnx-lora: {e.Message}");
             }
 
-            error.WriteLine("Run 'onnx-lora --help' for usage.");
+            if (Suggestions.For(parse) is { } hint)
+            {
+                error.WriteLine($"onnx-lora: {hint}");
+            }
+
+            string verb = parse.CommandResult.Command == parse.RootCommandResult.Command ? "" : parse.CommandResult.Command.Name + " ";
+            error.WriteLine($"Run 'onnx-lora {verb}--help' for usage.");
             return Task.FromResult(ExitCodes.InvalidInput);
         }
 

@@ -19,5 +19,6 @@ internal static class CommandRegistry
         yield return new TrainCommand();
         yield return new GenerateCommand();
         yield return new GradientsCommand();
+        yield return new EvalCommand();
     }
 }

@@ -42,6 +42,8 @@ public sealed class LoraPlusTests
             WarmupSteps = 0,
             LoraRank = 2,
             LoraAlpha = 4,
+            // q/v only, as when this was the default: all-linear adds modules whose first gradients are near Adam's ε.
+            LoraTargets = ["q_proj", "v_proj"],
             SaveSteps = 1,
             IntraOpThreads = 1,
             Seed = 5,

@@ -16,7 +16,7 @@ namespace Onnx.Lora.Cli.Commands;
 /// </summary>
 internal sealed class GenerateCommand : LoraCommand
 {
-    private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM: input_ids [+ attention_mask, position_ids, past_key_values.*] → logits [+ present.*]." };
+    private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM: input_ids [+ attention_mask, position_ids, seqlens_k, total_sequence_length, past*] → logits [+ present*]; int32 or int64 ids, fp32/fp16/bf16 caches and logits, as the model declares them." };
     private static readonly Option<string> s_tokenizer = new("--tokenizer", "-t") { Description = "SentencePiece .model or tokenizer.json.", Required = true };
     private static readonly Option<string[]> s_adapters = new("--adapter") { Description = ".onnx_adapter file activated through ONNX Runtime's LoRA adapter API (repeatable; the model needs adapter slots, e.g. base-with-slots.onnx).", AllowMultipleArgumentsPerToken = false };
     private static readonly Option<string[]> s_prompts = new("--prompt", "-p") { Description = "Text to continue after BOS (repeatable: each prompt is generated in turn).", AllowMultipleArgumentsPerToken = false };

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Distributed;
 using Onnx.Lora.Trainer.Runner;
@@ -15,39 +16,56 @@ namespace Onnx.Lora.Cli.Commands;
 /// </summary>
 internal sealed class TrainCommand : LoraCommand
 {
-    // Keys that read like switches: given without a value they mean "true" (resume: "latest").
-    private static readonly HashSet<string> s_switches = ["packing", "completion_only_loss", "truncate", "use_rslora", "use_dora", "resume"];
-
-    private static readonly Option<string?> s_config = new("--config", "-c") { Description = "JSON or YAML file of training options (snake_case keys; flags override it)." };
-    private readonly List<(string Key, Option<string?> Option)> _keyOptions = [];
+    private static readonly Option<string?> s_config = new("--config", "-c") { HelpName = "FILE", Description = "JSON or YAML file of training options (snake_case keys, listed in docs/config.md); flags override it." };
+    private static readonly Option<bool> s_printConfigDoc = new("--print-config-doc") { Description = "Print the page of every config key (docs/config.md) and exit." };
+    private readonly List<(string Key, Option Option)> _keyOptions = [];
 
     public TrainCommand() : base("train", "Train LoRA adapters: base model (LoRA injected on the fly), injected model or llama2.c .bin; JSONL data; checkpoints, resume, metrics.")
     {
         Options.Add(s_config);
-        foreach (string key in TrainOptionsLoader.Keys.Order(StringComparer.Ordinal))
+        Options.Add(s_printConfigDoc);
+        foreach (TrainOptionDoc doc in TrainOptionDocs.All)
         {
-            var option = new Option<string?>("--" + key.Replace('_', '-'))
-            {
-                Description = Describe(key),
-                Arity = s_switches.Contains(key) ? ArgumentArity.ZeroOrOne : ArgumentArity.ExactlyOne,
-            };
-            _keyOptions.Add((key, option));
+            Option option = CreateOption(doc);
+            _keyOptions.Add((doc.Key, option));
             Options.Add(option);
         }
     }
 
-    protected override Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
+    /// <summary>One flag per key: switches are bool flags (<c>--packing</c>, <c>--packing false</c>), the rest take a value; help shows the default.</summary>
+    private static Option CreateOption(TrainOptionDoc doc)
     {
-        var overrides = new List<KeyValuePair<string, string>>();
-        foreach ((string key, Option<string?> option) in _keyOptions)
+        string description = doc.Default.Length == 0 ? doc.Description : $"{doc.Description} [default: {doc.Default}]";
+        if (doc.Kind == OptionValueKind.Switch)
         {
-            if (parse.GetResult(option) is { } result)
-            {
-                string? value = result.Tokens.Count > 0 ? result.Tokens[0].Value : null;
-                overrides.Add(KeyValuePair.Create(key, value ?? (key == "resume" ? "latest" : "true")));
-            }
+            return new Option<bool>(doc.Flag) { Description = description };
         }
 
+        return new Option<string?>(doc.Flag)
+        {
+            Description = description,
+            HelpName = doc.Key == "resume" ? "CHECKPOINT" : doc.Kind switch
+            {
+                OptionValueKind.Integer => "N",
+                OptionValueKind.Number => "NUMBER",
+                OptionValueKind.List => "A,B,...",
+                OptionValueKind.Choice => "NAME",
+                _ => doc.Key is "model" or "data" or "eval_data" or "tokenizer" or "output_dir" ? "PATH" : "TEXT",
+            },
+            // resume alone means "latest".
+            Arity = doc.Key == "resume" ? ArgumentArity.ZeroOrOne : ArgumentArity.ExactlyOne,
+        };
+    }
+
+    protected override Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
+    {
+        if (parse.GetValue(s_printConfigDoc))
+        {
+            output.Write(TrainOptionDocs.Markdown());
+            return Task.FromResult(ExitCodes.Success);
+        }
+
+        List<KeyValuePair<string, string>> overrides = ReadOverrides(parse);
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
         // Under mpirun each process is one rank of a data-parallel run; otherwise libmpi is never loaded.
         using DistributedRun distributed = DistributedRun.FromEnvironment(parse.InvocationConfiguration.Error);
@@ -71,6 +89,29 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         return Task.FromResult(summary.Outcome == RunOutcome.Cancelled ? ExitCodes.Cancelled : ExitCodes.Success);
+    }
+
+    /// <summary>The keys given on the command line, as text, in flag order; switches not given are absent (never "false").</summary>
+    internal List<KeyValuePair<string, string>> ReadOverrides(ParseResult parse)
+    {
+        var overrides = new List<KeyValuePair<string, string>>();
+        foreach ((string key, Option option) in _keyOptions)
+        {
+            // NOTE: a bool option has an implicit result (false) even when absent; taking it would reset the config file's switches.
+            if (parse.GetResult(option) is not { Implicit: false } result)
+            {
+                continue;
+            }
+
+            string value = option switch
+            {
+                Option<bool> flag => parse.GetValue(flag) ? "true" : "false",
+                _ => result.Tokens.Count > 0 ? result.Tokens[0].Value : "latest",
+            };
+            overrides.Add(KeyValuePair.Create(key, value));
+        }
+
+        return overrides;
     }
 
     /// <summary>Runs training under the live display on <paramref name="console"/> (the terminal by default).</summary>
@@ -98,6 +139,11 @@ internal sealed class TrainCommand : LoraCommand
             w.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  eval loss  {F(s.FirstEvalLoss)} → {F(s.LastEvalLoss)} (best {F(s.BestEvalLoss)}, perplexity {Math.Exp(s.LastEvalLoss!.Value):F2})"));
         }
 
+        if (s.OverlongHandling is not null)
+        {
+            w.WriteLine($"  over-long examples {s.OverlongTrainExamples} train, {s.OverlongEvalExamples} eval ({s.OverlongHandling})");
+        }
+
         if (s.SkippedSteps > 0)
         {
             w.WriteLine($"  skipped {s.SkippedSteps} steps with non-finite loss/gradient");
@@ -118,24 +164,9 @@ internal sealed class TrainCommand : LoraCommand
         w.WriteLine($"  lora model {s.LoraModel}");
     }
 
-    private static string Describe(string key) => key switch
-    {
-        "model" => "Base .onnx (LoRA injected from the lora_* options), an injected .onnx, or a llama2.c .bin.",
-        "data" => "Training JSONL: {text} | {prompt,completion} | {messages} | alpaca {instruction,input,output}.",
-        "eval_data" => "Held-out JSONL for eval loss / perplexity.",
-        "tokenizer" => "SentencePiece .model, tokenizer.json, or a folder holding one.",
-        "output_dir" => "Run folder: artifacts/, checkpoints/, adapter/, metrics.jsonl, loss.png, summary.json.",
-        "resume" => "Continue from a checkpoint folder, or the latest one in output_dir when given without a value.",
-        "lr_scheduler" => "constant, linear or cosine.",
-        "memory_limit" => "Memory the run may use (e.g. 6GiB; default: what the machine/cgroup has, or ONNX_LORA_MEMORY_LIMIT); none skips the check.",
-        "nan_policy" => "stop (default) or skip a step whose loss/gradient is NaN/Inf.",
-        "lora_targets" => "Comma-separated module names/suffixes/regexes, or all-linear.",
-        "lora_plus_ratio" => "LoRA+: B's learning rate = ratio × lr.",
-        "execution_provider" => "cpu (default), cuda or tensorrt (cuda/tensorrt need the Gpu flavour: tools/onnx-lora --gpu).",
-        "cuda_tf32" => "true lets fp32 MatMuls use TF32 tensor cores on cuda/tensorrt (default false: fp32 parity with the CPU).",
-        "tensorrt_cache" => "Folder for TensorRT engine and timing caches (tensorrt only; without it engines are rebuilt at every start).",
-        _ => $"Training option '{key}' (overrides --config).",
-    };
+    // Resuming a run that already reached max_steps used to print "steps 301..300".
+    private static string FinishedLine(TrainingPlan plan) => string.Create(CultureInfo.InvariantCulture,
+        $"the run in {plan.OutputDir} is already finished (step {plan.StartStep} of {plan.TotalSteps}); nothing to train (raise max_steps to continue it)");
 
     /// <summary>Plain lines for logs/CI: a line every ~5% of the run or 10 s, plus evaluations, checkpoints and phases.</summary>
     private sealed class PlainProgress(TextWriter output, int ranks = 1) : ITrainingObserver
@@ -148,6 +179,12 @@ internal sealed class TrainCommand : LoraCommand
         public void OnStart(TrainingPlan plan)
         {
             _every = Math.Max(1, plan.TotalSteps / 20);
+            if (plan.StartStep >= plan.TotalSteps)
+            {
+                output.WriteLine(FinishedLine(plan));
+                return;
+            }
+
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"training {plan.AdaptedModules} modules, {plan.TrainableParameters:N0} trainable parameters, {plan.TrainRows} rows/epoch, steps {plan.StartStep + 1}..{plan.TotalSteps} → {plan.OutputDir}"));
         }
@@ -161,7 +198,7 @@ internal sealed class TrainCommand : LoraCommand
 
             _last = DateTime.UtcNow;
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {r.Step}/{r.TotalSteps}  loss {r.Loss:F4}  lr {r.LearningRate:G3}  grad {r.GradientNorm:F3}  {r.TokensPerSecond:F0} tok/s{(ranks > 1 ? $" ({ranks} ranks)" : "")}  eta {r.Eta:hh\\:mm\\:ss}{(r.Skipped ? "  SKIPPED (non-finite)" : "")}"));
+                $"step {r.Step}/{r.TotalSteps}  loss {r.Loss:F4}  lr {NumberText.Plain(r.LearningRate, 3)}  grad {r.GradientNorm:F3}  {r.TokensPerSecond:F0} tok/s{(ranks > 1 ? $" ({ranks} ranks)" : "")}  eta {r.Eta:hh\\:mm\\:ss}{(r.Skipped ? "  SKIPPED (non-finite)" : "")}"));
         }
 
         public void OnEvaluation(EvaluationReport r) =>
@@ -182,6 +219,11 @@ internal sealed class TrainCommand : LoraCommand
 
         public void OnStart(TrainingPlan plan)
         {
+            if (plan.StartStep >= plan.TotalSteps)
+            {
+                context.AddTask(Markup.Escape(FinishedLine(plan)), maxValue: 1).Increment(1);
+            }
+
             _task = context.AddTask("training", maxValue: plan.TotalSteps);
             _task.Value = plan.StartStep;
         }
@@ -195,7 +237,7 @@ internal sealed class TrainCommand : LoraCommand
 
             _task.Value = r.Step;
             _task.Description = Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                $"step {r.Step}/{r.TotalSteps} loss {r.Loss:F4} lr {r.LearningRate:G2} {r.TokensPerSecond:F0} tok/s{_eval}"));
+                $"step {r.Step}/{r.TotalSteps} loss {r.Loss:F4} lr {NumberText.Plain(r.LearningRate, 2)} {r.TokensPerSecond:F0} tok/s{_eval}"));
         }
 
         public void OnEvaluation(EvaluationReport r) => _eval = string.Create(CultureInfo.InvariantCulture, $" eval {r.Loss:F3}");

@@ -1,4 +1,5 @@
 using Onnx.Lora.Graph.Resources;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Schedules;
 
 namespace Onnx.Lora.Trainer.Config;
@@ -20,6 +21,9 @@ public enum NonFinitePolicy
 /// </summary>
 public sealed record TrainOptions
 {
+    // The LoRA defaults are inject's (the rewriter's LoraOptions), so `train` on a base model and `inject` agree.
+    private static readonly LoraOptions s_loraDefaults = new();
+
     /// <summary><c>model</c>: base ONNX model (LoRA injected on the fly) or an already injected one. Required.</summary>
     public string Model { get; init; } = "";
 
@@ -119,20 +123,41 @@ public sealed record TrainOptions
     /// <summary><c>completion_only_loss</c>: mask prompt / non-assistant tokens (default on; affects prompt-completion, alpaca and messages).</summary>
     public bool CompletionOnlyLoss { get; init; } = true;
 
-    /// <summary><c>truncate</c>: cut examples longer than <see cref="SeqLength"/> instead of failing on them.</summary>
-    public bool Truncate { get; init; }
+    /// <summary>
+    /// <c>truncate</c>: without packing, cut examples longer than <see cref="SeqLength"/> (TRL's default); false refuses
+    /// them. With packing, long examples are split across rows instead.
+    /// </summary>
+    public bool Truncate { get; init; } = true;
 
     /// <summary><c>nan_policy</c>: stop or skip on a non-finite loss or gradient.</summary>
     public NonFinitePolicy NanPolicy { get; init; } = NonFinitePolicy.Stop;
 
     /// <summary><c>lora_rank</c>.</summary>
-    public int LoraRank { get; init; } = 8;
+    public int LoraRank { get; init; } = s_loraDefaults.Rank;
 
     /// <summary><c>lora_alpha</c>.</summary>
-    public double LoraAlpha { get; init; } = 16;
+    public double LoraAlpha { get; init; } = s_loraDefaults.Alpha;
 
-    /// <summary><c>lora_targets</c>: module names, <c>.suffix</c>es or regexes (comma-separated on the command line).</summary>
-    public IReadOnlyList<string> LoraTargets { get; init; } = ["q_proj", "v_proj"];
+    /// <summary><c>lora_targets</c>: module names, <c>.suffix</c>es or regexes (comma-separated on the command line), or all-linear.</summary>
+    public IReadOnlyList<string> LoraTargets { get; init; } = s_loraDefaults.Targets;
+
+    /// <summary><c>lora_target_regex</c>: a regex the whole module name must match; replaces <see cref="LoraTargets"/>.</summary>
+    public string? LoraTargetRegex { get; init; }
+
+    /// <summary><c>lora_exclude</c>: module names / suffixes never adapted (PEFT's exclude_modules).</summary>
+    public IReadOnlyList<string> LoraExclude { get; init; } = [];
+
+    /// <summary><c>lora_layers</c>: decoder layers to adapt, e.g. <c>0-3,7</c> (PEFT's layers_to_transform); null for all.</summary>
+    public string? LoraLayers { get; init; }
+
+    /// <summary><c>lora_rank_pattern</c>: <c>REGEX=R</c> rank overrides (PEFT's rank_pattern).</summary>
+    public IReadOnlyList<string> LoraRankPattern { get; init; } = [];
+
+    /// <summary><c>lora_alpha_pattern</c>: <c>REGEX=A</c> alpha overrides (PEFT's alpha_pattern).</summary>
+    public IReadOnlyList<string> LoraAlphaPattern { get; init; } = [];
+
+    /// <summary><c>lora_init</c>: initialization of A (kaimingUniform, gaussian or pissa).</summary>
+    public LoraInit LoraInit { get; init; } = s_loraDefaults.Init;
 
     /// <summary><c>lora_dropout</c>: in [0, 1).</summary>
     public double LoraDropout { get; init; }
@@ -202,7 +227,15 @@ public sealed record TrainOptions
         Require(LoraRank >= 1, "lora_rank", $"is {LoraRank}; expected ≥ 1");
         Require(double.IsFinite(LoraAlpha) && LoraAlpha > 0, "lora_alpha", $"is {LoraAlpha}; expected > 0");
         Require(LoraDropout is >= 0 and < 1, "lora_dropout", $"is {LoraDropout}; expected in [0, 1)");
-        Require(LoraTargets.Count > 0 && LoraTargets.All(t => !string.IsNullOrWhiteSpace(t)), "lora_targets", "needs at least one non-empty target");
+        Require(LoraTargetRegex is not null || (LoraTargets.Count > 0 && LoraTargets.All(t => !string.IsNullOrWhiteSpace(t))), "lora_targets", "needs at least one non-empty target");
+        try
+        {
+            Runner.ModelPreparation.ToLoraOptions(this).Validate();
+        }
+        catch (LoraOptionsException e)
+        {
+            errors.Add($"lora: {e.Message}");
+        }
 
         if (errors.Count > 0)
         {
@@ -236,6 +269,7 @@ public sealed record TrainOptions
         string text = string.Join("|",
             Path.GetFileName(Model), Path.GetFileName(Data), Path.GetFileName(Tokenizer), SeqLength, BatchSize, GradientAccumulationSteps,
             Seed, Packing, CompletionOnlyLoss, Truncate, LoraRank, LoraAlpha, string.Join(",", LoraTargets), LoraDropout, UseRsLora, UseDora,
+            LoraTargetRegex, string.Join(",", LoraExclude), LoraLayers, string.Join(",", LoraRankPattern), string.Join(",", LoraAlphaPattern), LoraInit,
             Schedule, LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), LoraPlusRatio.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
         return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16];
     }

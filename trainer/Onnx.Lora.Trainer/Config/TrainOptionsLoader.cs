@@ -60,6 +60,12 @@ public static class TrainOptionsLoader
         ["use_rslora"] = (o, v) => o with { UseRsLora = v.Bool() },
         ["use_dora"] = (o, v) => o with { UseDora = v.Bool() },
         ["memory_limit"] = (o, v) => o with { MemoryLimit = v.NullableString() },
+        ["lora_target_regex"] = (o, v) => o with { LoraTargetRegex = v.NullableString() },
+        ["lora_exclude"] = (o, v) => o with { LoraExclude = v.IsNull ? [] : v.List() },
+        ["lora_layers"] = (o, v) => o with { LoraLayers = v.IsNull ? null : string.Join(",", v.List()) },
+        ["lora_rank_pattern"] = (o, v) => o with { LoraRankPattern = v.IsNull ? [] : v.List() },
+        ["lora_alpha_pattern"] = (o, v) => o with { LoraAlphaPattern = v.IsNull ? [] : v.List() },
+        ["lora_init"] = (o, v) => o with { LoraInit = v.Enum<Rewriter.LoraInit>() },
     };
 
     /// <summary>Every key a file or flag may set, snake_case.</summary>

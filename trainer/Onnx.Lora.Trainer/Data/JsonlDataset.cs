@@ -4,7 +4,7 @@ using System.Text.Json;
 
 namespace Onnx.Lora.Trainer.Data;
 
-/// <summary>How <see cref="JsonlDataset.Load"/> turns rows into examples.</summary>
+/// <summary>How <see cref="JsonlDataset.Load(string, TextTokenizer, DatasetOptions)"/> turns rows into examples.</summary>
 public sealed record DatasetOptions
 {
     /// <summary>Mask prompt / non-assistant tokens (labels −100) for prompt-completion, alpaca and messages rows.</summary>
@@ -16,14 +16,20 @@ public sealed record DatasetOptions
     /// <summary>Cut over-long examples to <see cref="MaxTokens"/> instead of failing.</summary>
     public bool Truncate { get; init; }
 
+    /// <summary>Keep over-long examples whole (packing splits them across rows); wins over <see cref="Truncate"/>.</summary>
+    public bool KeepOverlong { get; init; }
+
     /// <summary>Rows of the model's embedding: every token id must be below it.</summary>
     public required int ModelVocabSize { get; init; }
 
     /// <summary>Chat template to use instead of the tokenizer's (null: the tokenizer's, else <see cref="ChatTemplate.DefaultTemplate"/>).</summary>
     public string? ChatTemplateOverride { get; init; }
 
-    /// <summary>At most this many row errors are listed in one exception (all rows are still checked).</summary>
-    public int MaxReportedErrors { get; init; } = 20;
+    /// <summary>
+    /// At most this many row errors are listed in one exception (all rows are still checked and counted): the CLI prints
+    /// the message as one stderr line, which must stay readable (20 long rows made a 3 KB line).
+    /// </summary>
+    public int MaxReportedErrors { get; init; } = 3;
 
     /// <summary>Longest row (characters) read; a longer one is a bad row, never held in memory (16 Mi by default).</summary>
     public int MaxRowChars { get; init; } = 16 << 20;
@@ -43,6 +49,9 @@ public sealed record DatasetOptions
 /// </remarks>
 public static class JsonlDataset
 {
+    // One row's error (a JSON parser message can quote much of the row) is cut to this many chars.
+    private const int MaxErrorChars = 240;
+
     private static readonly CompositeFormat s_alpacaWithInput = CompositeFormat.Parse(
         "Below is an instruction that describes a task, paired with an input that provides further context. " +
         "Write a response that appropriately completes the request.\n\n### Instruction:\n{0}\n\n### Input:\n{1}\n\n### Response:\n");
@@ -56,8 +65,17 @@ public static class JsonlDataset
     /// <param name="tokenizer">The run's tokenizer.</param>
     /// <param name="options">Masking, length and vocabulary limits.</param>
     /// <exception cref="DataException">The file is missing or empty, the tokenizer does not fit the model, or rows are bad: the message lists each as file:line with the reason.</exception>
-    public static List<TokenizedExample> Load(string path, TextTokenizer tokenizer, DatasetOptions options)
+    public static List<TokenizedExample> Load(string path, TextTokenizer tokenizer, DatasetOptions options) => Load(path, tokenizer, options, out _);
+
+    /// <summary>Loads, tokenizes and validates every row of <paramref name="path"/>, and counts the examples longer than <see cref="DatasetOptions.MaxTokens"/>.</summary>
+    /// <param name="path">The JSONL file.</param>
+    /// <param name="tokenizer">The run's tokenizer.</param>
+    /// <param name="options">Masking, length and vocabulary limits.</param>
+    /// <param name="overlongExamples">Examples longer than MaxTokens that were truncated or kept whole (refused ones are errors).</param>
+    /// <exception cref="DataException">The file is missing or empty, the tokenizer does not fit the model, or rows are bad: the message lists each as file:line with the reason.</exception>
+    public static List<TokenizedExample> Load(string path, TextTokenizer tokenizer, DatasetOptions options, out int overlongExamples)
     {
+        overlongExamples = 0;
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(tokenizer);
         ArgumentNullException.ThrowIfNull(options);
@@ -92,13 +110,17 @@ public static class JsonlDataset
                 TokenizedExample example = ParseRow(line, where, tokenizer, options, ids, offsets, ref template);
                 if (example.InputIds.Length > options.MaxTokens)
                 {
-                    if (!options.Truncate)
+                    if (!options.Truncate && !options.KeepOverlong)
                     {
                         overlong++;
-                        throw new DataException($"{where}: the example has {example.InputIds.Length} tokens, more than the sequence length {options.MaxTokens} (raise seq_length up to the model's limit, or set truncate)");
+                        throw new DataException($"{where}: the example has {example.InputIds.Length} tokens, more than the sequence length {options.MaxTokens} (raise seq_length up to the model's limit, set truncate, or use packing)");
                     }
 
-                    example = example with { InputIds = example.InputIds[..options.MaxTokens], Labels = example.Labels[..options.MaxTokens] };
+                    overlongExamples++;
+                    if (!options.KeepOverlong)
+                    {
+                        example = example with { InputIds = example.InputIds[..options.MaxTokens], Labels = example.Labels[..options.MaxTokens] };
+                    }
                 }
 
                 if (example.TrainableTokens == 0)
@@ -114,7 +136,8 @@ public static class JsonlDataset
                 errorCount++;
                 if (errors.Count < options.MaxReportedErrors)
                 {
-                    errors.Add(e.Message.StartsWith(where, StringComparison.Ordinal) ? e.Message : $"{where}: {e.Message}");
+                    string message = e.Message.StartsWith(where, StringComparison.Ordinal) ? e.Message : $"{where}: {e.Message}";
+                    errors.Add(message.Length <= MaxErrorChars ? message : message[..(MaxErrorChars - 1)] + "…");
                 }
             }
         }
@@ -304,7 +327,7 @@ public static class JsonlDataset
     private static void CheckLength(string text, string where, TextTokenizer tokenizer, DatasetOptions options)
     {
         long limit = 4L * options.MaxTokens * tokenizer.MaxTokenChars;
-        if (!options.Truncate && text.Length > limit)
+        if (!options.Truncate && !options.KeepOverlong && text.Length > limit)
         {
             throw new TooManyCharsException($"{where}: the example has {text.Length:N0} characters, more than the sequence length {options.MaxTokens} can hold (at most {limit:N0} for this tokenizer) (raise seq_length up to the model's limit, or set truncate)");
         }

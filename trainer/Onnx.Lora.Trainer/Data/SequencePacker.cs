@@ -9,8 +9,10 @@ public sealed record TrainingRow(int[] InputIds, int[] Labels, int ExampleCount)
 /// <summary>Turns examples into rows, one per example or packed.</summary>
 /// <remarks>
 /// Packing is greedy in dataset order: examples are appended to the current row while they fit; one that does
-/// not fit starts a new row (an example is never split across rows, so no example loses its start or end). The
-/// rest of the last row of each run is padding. What packing implies: within a row the attention mask is all
+/// not fit starts a new row (an example that fits a row is never split, so it keeps its start and end). An example
+/// longer than seq_length is split as TRL's packing splits the concatenated stream: full seq_length chunks become
+/// rows of their own and its tail is packed like a short example; a chunk's first token is then predicted from no
+/// context, so only that one position per chunk loses its loss. The rest of the last row of each run is padding. What packing implies: within a row the attention mask is all
 /// ones, so with the plain causal mask later examples can attend to earlier ones in the same row. What we
 /// prevent: the first token of every packed example after the first gets label −100, so the model is never
 /// trained to predict one example's first token from the previous example's last tokens.
@@ -24,8 +26,7 @@ public static class SequencePacker
         return examples.Select(e => new TrainingRow(e.InputIds, e.Labels, 1)).ToList();
     }
 
-    /// <summary>Packs examples into rows of at most <paramref name="seqLength"/> tokens.</summary>
-    /// <exception cref="ArgumentException">An example is longer than <paramref name="seqLength"/> (the loader refuses those first).</exception>
+    /// <summary>Packs examples into rows of at most <paramref name="seqLength"/> tokens, splitting longer ones.</summary>
     public static List<TrainingRow> Pack(IReadOnlyList<TokenizedExample> examples, int seqLength)
     {
         ArgumentNullException.ThrowIfNull(examples);
@@ -36,12 +37,27 @@ public static class SequencePacker
         int count = 0;
         foreach (TokenizedExample e in examples)
         {
-            if (e.InputIds.Length > seqLength)
+            ReadOnlySpan<int> exampleIds = e.InputIds;
+            ReadOnlySpan<int> exampleLabels = e.Labels;
+            while (exampleIds.Length > seqLength)
             {
-                throw new ArgumentException($"{e.Source}: example of {e.InputIds.Length} tokens does not fit seq_length {seqLength}.", nameof(examples));
+                // Position 0's label is never a target (the loss shifts): a chunk needs one from position 1 on.
+                if (exampleLabels[1..seqLength].IndexOfAnyExcept(TokenizedExample.IgnoreIndex) >= 0)
+                {
+                    rows.Add(new TrainingRow(exampleIds[..seqLength].ToArray(), exampleLabels[..seqLength].ToArray(), 1));
+                }
+
+                exampleIds = exampleIds[seqLength..];
+                exampleLabels = exampleLabels[seqLength..];
             }
 
-            if (ids.Count + e.InputIds.Length > seqLength)
+            if (exampleLabels.IndexOfAnyExcept(TokenizedExample.IgnoreIndex) < 0)
+            {
+                // A tail with no target (the completion ended in an earlier chunk) would only cost compute.
+                continue;
+            }
+
+            if (ids.Count + exampleIds.Length > seqLength)
             {
                 rows.Add(new TrainingRow([.. ids], [.. labels], count));
                 ids.Clear();
@@ -50,8 +66,8 @@ public static class SequencePacker
             }
 
             int start = ids.Count;
-            ids.AddRange(e.InputIds);
-            labels.AddRange(e.Labels);
+            ids.AddRange(exampleIds);
+            labels.AddRange(exampleLabels);
             if (start > 0)
             {
                 labels[start] = TokenizedExample.IgnoreIndex;

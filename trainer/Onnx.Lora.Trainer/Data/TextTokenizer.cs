@@ -36,6 +36,9 @@ public sealed class TextTokenizer
     private readonly int[]? _byteFallbackIds;
     private readonly Dictionary<int, string> _idToToken;
 
+    // tokenizer.json's own decoder section; without it Llama vocabularies decode to raw '▁' and '<0x0A>' pieces.
+    private TokenDecoder? _decoder;
+
     private TextTokenizer(
         string source, Tokenizer inner, bool sentencePiece, List<Func<string, (string, int[])>> normalizers,
         Dictionary<string, int> addedTokens, int? unknownId, int[]? byteFallbackIds, Dictionary<int, string> idToToken)
@@ -171,6 +174,11 @@ public sealed class TextTokenizer
     {
         ArgumentNullException.ThrowIfNull(ids);
         int[] filtered = ids.Where(i => !_addedTokenIds.ContainsValue(i)).ToArray();
+        if (_decoder is not null)
+        {
+            return _decoder.Decode(filtered.Select(i => _idToToken.TryGetValue(i, out string? t) ? t : ""));
+        }
+
         return _inner.Decode(filtered) ?? "";
     }
 
@@ -448,7 +456,10 @@ public sealed class TextTokenizer
             }
 
             int? unkId = unk is not null && vocab.TryGetValue(unk, out int ui) ? ui : null;
-            var tokenizer = new TextTokenizer(path, bpe, sentencePiece: false, normalizers, added, unkId, fallback, idToToken);
+            var tokenizer = new TextTokenizer(path, bpe, sentencePiece: false, normalizers, added, unkId, fallback, idToToken)
+            {
+                _decoder = root.TryGetProperty("decoder", out JsonElement decoder) ? TokenDecoder.Read(path, decoder) : null,
+            };
             tokenizer.ReadPostProcessor(root);
             return tokenizer;
         }

@@ -25,25 +25,30 @@ namespace Onnx.Lora.Trainer.Generation;
 /// </remarks>
 public sealed class TextGenerator : IDisposable
 {
-    private const string PastPrefix = "past_key_values.";
-    private const string PresentPrefix = "present.";
+    /// <summary>Receives the logits of one position of a scored sequence (valid only during the call).</summary>
+    public delegate void PositionLogitsHandler(int position, ReadOnlySpan<float> logits);
 
     private readonly InferenceSession _session;
     private readonly RunOptions _runOptions;
     private readonly List<OrtLoraAdapter> _adapters;
     private readonly string _modelPath;
+    private readonly DecoderSignature _signature;
     private readonly string[] _inputNames;
     private readonly string[] _logitsOnly;
     private readonly string[] _logitsAndPresent;
-    private readonly int _maskIndex;
-    private readonly int _positionsIndex;
     private readonly int _pastIndex;
     private readonly OrtValue[] _emptyPast;
     private readonly OrtValue[] _inputValues;
     private readonly int? _maxPositions;
+    private readonly bool _int32Ids;
+    private readonly int[] _lengths = new int[2];
     private long[] _ids = [];
     private long[] _positions = [];
     private long[] _ones = [];
+    private int[] _ids32 = [];
+    private int[] _positions32 = [];
+    private int[] _ones32 = [];
+    private float[] _logitsRow = [];
     private bool _disposed;
 
     private TextGenerator(InferenceSession session, RunOptions runOptions, List<OrtLoraAdapter> adapters, string modelPath)
@@ -53,63 +58,23 @@ public sealed class TextGenerator : IDisposable
         _adapters = adapters;
         _modelPath = modelPath;
         _maxPositions = ModelMetadataKeys.ReadMaxPositions(session.ModelMetadata.CustomMetadataMap);
-        var past = new List<(string Name, long KvHeads, long HeadDim)>();
-        foreach ((string name, NodeMetadata meta) in session.InputMetadata)
-        {
-            if (name.StartsWith(PastPrefix, StringComparison.Ordinal))
-            {
-                past.Add(PastInput(name, meta));
-            }
-            else if (name is not ("input_ids" or "attention_mask" or "position_ids"))
-            {
-                throw new OnnxSerializationException($"Model '{modelPath}' has input '{name}', which generation cannot feed (it feeds input_ids, attention_mask, position_ids and past_key_values.N.key/value).");
-            }
-            else if (meta.ElementType != typeof(long))
-            {
-                throw new OnnxSerializationException($"Model '{modelPath}' input '{name}' is {meta.ElementType.Name}; generation feeds int64.");
-            }
-        }
+        _signature = DecoderSignature.Read(session, modelPath);
+        _int32Ids = _signature.Inputs.Any(i => i.Kind != DecoderInputKind.Cache && i.ElementType == Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Int32);
 
-        if (!session.InputMetadata.ContainsKey("input_ids"))
-        {
-            throw new OnnxSerializationException($"Model '{modelPath}' has no input 'input_ids'.");
-        }
-
-        string logits = session.OutputMetadata.ContainsKey("logits") ? "logits" : session.OutputMetadata.Keys.First();
-        if (session.OutputMetadata[logits].ElementType != typeof(float))
-        {
-            throw new OnnxSerializationException($"Model '{modelPath}' output '{logits}' is {session.OutputMetadata[logits].ElementType.Name}; generation reads float32 logits.");
-        }
-
-        var names = new List<string> { "input_ids" };
-        _maskIndex = AddIfDeclared(names, "attention_mask");
-        _positionsIndex = AddIfDeclared(names, "position_ids");
-        _pastIndex = names.Count;
-        names.AddRange(past.Select(p => p.Name));
-        _inputNames = [.. names];
+        // Non-cache inputs first (in the session's order), then the caches, so a cache's slot is _pastIndex + its index.
+        DecoderInput[] caches = [.. _signature.Caches];
+        _inputNames = [.. _signature.Inputs.Where(i => i.Kind != DecoderInputKind.Cache).Select(i => i.Name), .. caches.Select(c => c.Name)];
+        _pastIndex = _inputNames.Length - caches.Length;
         _inputValues = new OrtValue[_inputNames.Length];
-        _logitsOnly = [logits];
-        _logitsAndPresent = [logits, .. past.Select(p => PresentPrefix + p.Name[PastPrefix.Length..])];
-        string? missing = _logitsAndPresent.FirstOrDefault(n => !session.OutputMetadata.ContainsKey(n));
-        if (missing is not null)
-        {
-            throw new OnnxSerializationException($"Model '{modelPath}' has KV cache inputs but no output '{missing}' to feed back as past.");
-        }
+        _logitsOnly = [_signature.Logits];
+        _logitsAndPresent = [_signature.Logits, .. caches.Select(c => c.PresentName!)];
 
-        // An empty past (past_sequence_length 0) for prefill and for every recompute step.
-        _emptyPast = [.. past.Select(p => OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), [1, p.KvHeads, 0, p.HeadDim]))];
-
-        int AddIfDeclared(List<string> list, string name)
-        {
-            if (!session.InputMetadata.ContainsKey(name))
-            {
-                return -1;
-            }
-
-            list.Add(name);
-            return list.Count - 1;
-        }
+        // The cache before any token (past length 0; a fixed-size state as zeros), for prefill and every recompute step.
+        _emptyPast = [.. caches.Select(c => c.CreateInitialValue())];
     }
+
+    /// <summary>Size of the logits' last axis when the model declares it (the vocabulary), else null.</summary>
+    public int? VocabSize => _session.OutputMetadata[_signature.Logits].Dimensions is [.., > 0 and var v] ? v : null;
 
     /// <summary>True when the model has a KV cache (past_key_values inputs with matching present outputs).</summary>
     public bool HasKvCache => _emptyPast.Length > 0;
@@ -247,7 +212,7 @@ public sealed class TextGenerator : IDisposable
         EnsureCapacity(promptTokens.Count + maxNewTokens);
         for (int i = 0; i < promptTokens.Count; i++)
         {
-            _ids[i] = promptTokens[i];
+            SetId(i, promptTokens[i]);
         }
 
         int length = promptTokens.Count;
@@ -268,8 +233,7 @@ public sealed class TextGenerator : IDisposable
                 IDisposableReadOnlyCollection<OrtValue> outputs = Run(length - fed, fed, length, cached, cached ? previous : null);
                 previous?.Dispose();
                 previous = outputs;
-                ReadOnlySpan<float> all = outputs[0].GetTensorDataAsSpan<float>();
-                ReadOnlySpan<float> logits = all[(all.Length / fed * (fed - 1))..];
+                ReadOnlySpan<float> logits = LastLogits(outputs[0]);
                 int next = sampler.Next(logits);
                 long elapsed = Stopwatch.GetTimestamp() - start;
                 if (step == 0)
@@ -290,7 +254,7 @@ public sealed class TextGenerator : IDisposable
                 }
 
                 generated.Add(next);
-                _ids[length++] = next;
+                SetId(length++, next);
             }
         }
         finally
@@ -331,28 +295,25 @@ public sealed class TextGenerator : IDisposable
     /// </summary>
     private IDisposableReadOnlyCollection<OrtValue> Run(int offset, int count, int total, bool withPresent, IDisposableReadOnlyCollection<OrtValue>? past)
     {
-        OrtMemoryInfo cpu = OrtMemoryInfo.DefaultInstance;
-        using OrtValue ids = OrtValue.CreateTensorValueFromMemory(cpu, _ids.AsMemory(offset, count), [1, count]);
-        using OrtValue? mask = _maskIndex < 0 ? null : OrtValue.CreateTensorValueFromMemory(cpu, _ones.AsMemory(0, total), [1, total]);
-        using OrtValue? positions = _positionsIndex < 0 ? null : OrtValue.CreateTensorValueFromMemory(cpu, _positions.AsMemory(offset, count), [1, count]);
-        _inputValues[0] = ids;
-        if (mask is not null)
-        {
-            _inputValues[_maskIndex] = mask;
-        }
-
-        if (positions is not null)
-        {
-            _inputValues[_positionsIndex] = positions;
-        }
-
-        for (int i = 0; i < _emptyPast.Length; i++)
-        {
-            _inputValues[_pastIndex + i] = past is null ? _emptyPast[i] : past[1 + i];
-        }
-
+        var owned = new List<OrtValue>(4);
         try
         {
+            int slot = 0;
+            foreach (DecoderInput input in _signature.Inputs)
+            {
+                if (input.Kind != DecoderInputKind.Cache)
+                {
+                    OrtValue value = Feed(input, offset, count, total);
+                    owned.Add(value);
+                    _inputValues[slot++] = value;
+                }
+            }
+
+            for (int i = 0; i < _emptyPast.Length; i++)
+            {
+                _inputValues[_pastIndex + i] = past is null ? _emptyPast[i] : past[1 + i];
+            }
+
             return _session.Run(_runOptions, _inputNames, _inputValues, withPresent ? _logitsAndPresent : _logitsOnly);
         }
         catch (OnnxRuntimeException e)
@@ -363,6 +324,103 @@ public sealed class TextGenerator : IDisposable
         finally
         {
             Array.Clear(_inputValues);
+            owned.ForEach(v => v.Dispose());
+        }
+    }
+
+    /// <summary>The value of a non-cache input for tokens [offset, offset + count) of a sequence of <paramref name="total"/> tokens, in its declared type.</summary>
+    private OrtValue Feed(DecoderInput input, int offset, int count, int total)
+    {
+        OrtMemoryInfo cpu = OrtMemoryInfo.DefaultInstance;
+        bool int32 = input.ElementType == Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Int32;
+        switch (input.Kind)
+        {
+            case DecoderInputKind.InputIds:
+                return int32 ? OrtValue.CreateTensorValueFromMemory(cpu, _ids32.AsMemory(offset, count), [1, count])
+                    : OrtValue.CreateTensorValueFromMemory(cpu, _ids.AsMemory(offset, count), [1, count]);
+            case DecoderInputKind.AttentionMask:
+                return int32 ? OrtValue.CreateTensorValueFromMemory(cpu, _ones32.AsMemory(0, total), [1, total])
+                    : OrtValue.CreateTensorValueFromMemory(cpu, _ones.AsMemory(0, total), [1, total]);
+            case DecoderInputKind.PositionIds:
+                return int32 ? OrtValue.CreateTensorValueFromMemory(cpu, _positions32.AsMemory(offset, count), [1, count])
+                    : OrtValue.CreateTensorValueFromMemory(cpu, _positions.AsMemory(offset, count), [1, count]);
+            case DecoderInputKind.SeqLensK:
+                _lengths[0] = total - 1;
+                return OrtValue.CreateTensorValueFromMemory(cpu, _lengths.AsMemory(0, 1), [1]);
+            case DecoderInputKind.TotalSequenceLength:
+                _lengths[1] = total;
+                return OrtValue.CreateTensorValueFromMemory(cpu, _lengths.AsMemory(1, 1), input.Rank == 0 ? [] : [1]);
+            default:
+                throw new InvalidOperationException($"Input '{input.Name}' is a cache; caches are fed from the previous run.");
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> once from an empty cache and hands every position's logits (float32, valid only
+    /// during the call) to <paramref name="onPosition"/>: what scoring a sequence (eval loss) needs.
+    /// </summary>
+    /// <exception cref="LoraException">ORT fails on the model.</exception>
+    public void Score(IReadOnlyList<int> tokens, PositionLogitsHandler onPosition)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        ArgumentNullException.ThrowIfNull(onPosition);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        EnsureCapacity(tokens.Count);
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            SetId(i, tokens[i]);
+        }
+
+        using IDisposableReadOnlyCollection<OrtValue> outputs = Run(0, tokens.Count, tokens.Count, withPresent: false, past: null);
+        for (int p = 0; p < tokens.Count; p++)
+        {
+            onPosition(p, LogitsAt(outputs[0], p, tokens.Count));
+        }
+    }
+
+    private ReadOnlySpan<float> LastLogits(OrtValue logits) => LogitsAt(logits, 0, 1);
+
+    /// <summary>The logits of position <paramref name="position"/> of the last <paramref name="positions"/> as float32, whatever the model's logits type (reused buffer).</summary>
+    private ReadOnlySpan<float> LogitsAt(OrtValue logits, int position, int positions)
+    {
+        OrtTensorTypeAndShapeInfo info = logits.GetTensorTypeAndShape();
+        long[] shape = info.Shape;
+        int vocab = (int)shape[^1];
+        int offset = checked((int)(info.ElementCount - ((long)(positions - position) * vocab)));
+        if (_logitsRow.Length != vocab)
+        {
+            _logitsRow = new float[vocab];
+        }
+
+        switch (_signature.LogitsType)
+        {
+            case Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Float16:
+                ReadOnlySpan<Float16> half = logits.GetTensorDataAsSpan<Float16>().Slice(offset, vocab);
+                for (int i = 0; i < vocab; i++)
+                {
+                    _logitsRow[i] = half[i].ToFloat();
+                }
+
+                return _logitsRow;
+            case Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16:
+                ReadOnlySpan<BFloat16> brain = logits.GetTensorDataAsSpan<BFloat16>().Slice(offset, vocab);
+                for (int i = 0; i < vocab; i++)
+                {
+                    _logitsRow[i] = brain[i].ToFloat();
+                }
+
+                return _logitsRow;
+            default:
+                return logits.GetTensorDataAsSpan<float>().Slice(offset, vocab);
+        }
+    }
+
+    private void SetId(int index, int id)
+    {
+        _ids[index] = id;
+        if (_int32Ids)
+        {
+            _ids32[index] = id;
         }
     }
 
@@ -381,17 +439,18 @@ public sealed class TextGenerator : IDisposable
         {
             _positions[i] = i;
         }
-    }
 
-    private (string Name, long KvHeads, long HeadDim) PastInput(string name, NodeMetadata meta)
-    {
-        int[] dims = meta.Dimensions;
-        if (meta.ElementType != typeof(float) || dims.Length != 4 || dims[1] <= 0 || dims[3] <= 0)
+        if (_int32Ids)
         {
-            throw new LoraException($"Model '{_modelPath}' cache input '{name}' is {meta.ElementType.Name} [{string.Join(",", dims)}]; generation feeds float32 [batch, kv_heads, past, head_dim] with fixed kv_heads and head_dim.");
+            _ids32 = new int[tokens];
+            _ones32 = new int[tokens];
+            Array.Fill(_ones32, 1);
+            _positions32 = new int[tokens];
+            for (int i = 0; i < tokens; i++)
+            {
+                _positions32[i] = i;
+            }
         }
-
-        return (name, dims[1], dims[3]);
     }
 
     private static void ValidateAdapters(Model model, IReadOnlyList<string> adapterPaths)
@@ -433,41 +492,6 @@ public sealed class TextGenerator : IDisposable
         catch (OnnxRuntimeException e)
         {
             throw new AdapterFormatException($"Adapter '{path}' was rejected by ONNX Runtime: {e.Message}", e);
-        }
-    }
-
-    /// <summary>
-    /// Turns a growing id list into text pieces: decodes the whole list and hands out what is new, holding back while the
-    /// text ends in an incomplete byte sequence (U+FFFD) — decoding tokens one by one would drop SentencePiece's leading
-    /// spaces and split multi-byte characters.
-    /// </summary>
-    private sealed class StreamingDecoder(TextTokenizer tokenizer, List<int> ids)
-    {
-        private readonly string _prompt = tokenizer.Decode(ids);
-        private string _shown = tokenizer.Decode(ids);
-
-        public string Continuation => _shown.StartsWith(_prompt, StringComparison.Ordinal) ? _shown[_prompt.Length..] : _shown;
-
-        public string Add(int token)
-        {
-            ids.Add(token);
-            string text = tokenizer.Decode(ids);
-            return text.EndsWith('\uFFFD') ? "" : Advance(text);
-        }
-
-        public string Flush() => Advance(tokenizer.Decode(ids));
-
-        private string Advance(string text)
-        {
-            if (!text.StartsWith(_shown, StringComparison.Ordinal))
-            {
-                // Decoding revised earlier text (rare, e.g. a byte sequence resolved differently): nothing safe to add.
-                return "";
-            }
-
-            string piece = text[_shown.Length..];
-            _shown = text;
-            return piece;
         }
     }
 }

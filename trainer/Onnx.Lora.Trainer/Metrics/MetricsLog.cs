@@ -65,6 +65,9 @@ public sealed class MetricsLog : IDisposable
     /// <summary>Eval losses of the run so far (kept lines included).</summary>
     public LossSeries EvalLoss { get; } = new();
 
+    /// <summary>Learning rate per train step (kept lines included), for the second axis of the loss curve.</summary>
+    public LossSeries LearningRate { get; } = new();
+
     /// <summary>Opens (creates) <paramref name="path"/>; with <paramref name="resumeStep"/>, keeps only lines with step ≤ it.</summary>
     /// <exception cref="IOException">The file cannot be opened.</exception>
     public static MetricsLog Open(string path, int? resumeStep = null)
@@ -148,7 +151,14 @@ public sealed class MetricsLog : IDisposable
         _stream.Dispose();
     }
 
-    private void Track(MetricRecord record) => (record.Kind == "eval" ? EvalLoss : TrainLoss).Add(record.Step, record.Loss);
+    private void Track(MetricRecord record)
+    {
+        (record.Kind == "eval" ? EvalLoss : TrainLoss).Add(record.Step, record.Loss);
+        if (record.Kind != "eval" && record.LearningRate is double lr)
+        {
+            LearningRate.Add(record.Step, lr);
+        }
+    }
 
     private static void WriteOptional(Utf8JsonWriter w, string name, double? value)
     {

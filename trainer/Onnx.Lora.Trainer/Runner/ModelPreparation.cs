@@ -90,7 +90,7 @@ public static class ModelPreparation
             lora.Validate();
             manifest = LoraInjector.Inject(model, lora);
             loraPath = Path.Combine(artifactsDir, TrainingRunner.LoraModelFile);
-            observer.OnMessage($"injected LoRA r={options.LoraRank} alpha={options.LoraAlpha} into {manifest.Modules.Count} modules ({string.Join(",", options.LoraTargets)}) → {loraPath}");
+            observer.OnMessage($"injected LoRA r={options.LoraRank} alpha={options.LoraAlpha} into {manifest.Modules.Count} modules ({options.LoraTargetRegex ?? string.Join(",", options.LoraTargets)}) → {loraPath}");
             OnnxWriter.Save(model, loraPath);
         }
         else
@@ -114,12 +114,18 @@ public static class ModelPreparation
     // Only worth a warning when the user asked for something the injected model will not get.
     private static bool SetsLoraOptions(TrainOptions options)
     {
-        var defaults = new TrainOptions();
-        return options.LoraRank != defaults.LoraRank || options.LoraAlpha != defaults.LoraAlpha || !options.LoraTargets.SequenceEqual(defaults.LoraTargets) ||
-            options.UseRsLora != defaults.UseRsLora || options.UseDora != defaults.UseDora;
+        var d = new TrainOptions();
+        return options.LoraRank != d.LoraRank || options.LoraAlpha != d.LoraAlpha || !options.LoraTargets.SequenceEqual(d.LoraTargets)
+            || options.LoraTargetRegex != d.LoraTargetRegex || !options.LoraExclude.SequenceEqual(d.LoraExclude) || options.LoraLayers != d.LoraLayers
+            || !options.LoraRankPattern.SequenceEqual(d.LoraRankPattern) || !options.LoraAlphaPattern.SequenceEqual(d.LoraAlphaPattern)
+            || options.LoraInit != d.LoraInit || options.UseRsLora != d.UseRsLora || options.UseDora != d.UseDora;
     }
 
-    /// <summary>The LoRA options that <paramref name="options"/> describe.</summary>
+    /// <summary>
+    /// The LoRA options that <paramref name="options"/> describe: the one place the <c>lora_*</c> keys map onto the
+    /// rewriter's options, the same object <c>inject</c> builds from its flags (so both select and scale alike).
+    /// </summary>
+    /// <exception cref="LoraOptionsException">A layer list or pattern is malformed.</exception>
     public static LoraOptions ToLoraOptions(TrainOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -130,7 +136,13 @@ public static class ModelPreparation
             Dropout = options.LoraDropout,
             UseRsLora = options.UseRsLora,
             UseDora = options.UseDora,
-            Targets = options.LoraTargets,
+            Init = options.LoraInit,
+            Targets = options.LoraTargetRegex is null ? options.LoraTargets : [],
+            TargetRegex = options.LoraTargetRegex,
+            Exclude = options.LoraExclude,
+            Layers = options.LoraLayers is null ? null : LoraOptions.ParseLayers(options.LoraLayers),
+            RankPattern = options.LoraRankPattern.Select(PatternOverride.Parse).ToArray(),
+            AlphaPattern = options.LoraAlphaPattern.Select(PatternOverride.Parse).ToArray(),
             Seed = options.Seed,
             TrainingGraph = options.LoraDropout > 0,
         };

@@ -118,6 +118,15 @@ public sealed record TrainingSummary
 
     /// <summary>loss.png, when written.</summary>
     public string? LossPlot { get; init; }
+
+    /// <summary>Training examples longer than seq_length (see <see cref="OverlongHandling"/>).</summary>
+    public int OverlongTrainExamples { get; init; }
+
+    /// <summary>Eval examples longer than seq_length.</summary>
+    public int OverlongEvalExamples { get; init; }
+
+    /// <summary>What happened to over-long examples: "truncated", "split" (packing), or null when there were none.</summary>
+    public string? OverlongHandling { get; init; }
 }
 
 /// <summary>A guard stopped training (NaN/Inf loss or gradient under <c>nan_policy: stop</c>); the message names the step.</summary>

@@ -133,6 +133,11 @@ public sealed class TrainingRunner
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
         PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
+        if (data.OverlongNote(o.SeqLength) is { } overlong)
+        {
+            _observer.OnMessage(overlong);
+        }
+
         VocabularyGuard.Check(data.Tokenizer, limits.VocabSize);
         Distributed.Shard(data);
         Distributed.Agree(); // A rank that cannot read its data stops every rank here, before the model is prepared.
@@ -217,7 +222,7 @@ public sealed class TrainingRunner
         if (metrics is not null && metrics.TrainLoss.Count + metrics.EvalLoss.Count > 0)
         {
             plot = Path.Combine(outputDir, LossPlotFile);
-            LossCurvePlot.Write(plot, metrics.TrainLoss, metrics.EvalLoss, $"LoRA training — {model.Name}");
+            LossCurvePlot.Write(plot, metrics.TrainLoss, metrics.EvalLoss, $"LoRA training — {model.Name}", learningRate: metrics.LearningRate);
         }
 
         var summary = new TrainingSummary
@@ -239,6 +244,9 @@ public sealed class TrainingRunner
             LoraModel = trainedModel ?? model.LoraModelPath,
             MetricsFile = metrics?.Path ?? Path.Combine(outputDir, MetricsFile),
             LossPlot = plot,
+            OverlongTrainExamples = data.TrainOverlong,
+            OverlongEvalExamples = data.EvalOverlong,
+            OverlongHandling = data.TrainOverlong + data.EvalOverlong == 0 ? null : data.OverlongSplit ? "split" : "truncated",
         };
         if (Distributed.IsRoot)
         {

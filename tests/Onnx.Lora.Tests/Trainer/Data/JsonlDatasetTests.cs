@@ -122,7 +122,7 @@ public sealed class JsonlDatasetTests
     }
 
     [TestMethod]
-    public void Load_BadRows_ReportsEveryRowWithFileLineAndReason()
+    public void Load_BadRows_ReportsEachRowWithFileLineAndReason()
     {
         using var temp = new TempDir();
         string path = temp.File("bad.jsonl");
@@ -139,7 +139,7 @@ public sealed class JsonlDatasetTests
             """[1, 2]""",
             """{"messages": [{"role": "user"}]}""",
         ]);
-        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, s_tok512.Value, Options()));
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, s_tok512.Value, Options() with { MaxReportedErrors = 10 }));
         StringAssert.Contains(e.Message, "8 bad row(s)");
         StringAssert.Contains(e.Message, $"{path}:2: invalid JSON");
         StringAssert.Contains(e.Message, $"{path}:3: missing field 'completion'");
@@ -150,6 +150,18 @@ public sealed class JsonlDatasetTests
         StringAssert.Contains(e.Message, $"{path}:9: expected a JSON object, found an array");
         StringAssert.Contains(e.Message, $"{path}:10: messages[0]: missing field 'content'");
         Assert.IsFalse(e.Message.Contains($"{path}:1:", StringComparison.Ordinal));
+    }
+
+    [TestMethod]
+    public void Load_ManyBadRows_MessageStaysShortAndCountsTheRest()
+    {
+        using var temp = new TempDir();
+        string path = temp.File("bad.jsonl");
+        File.WriteAllLines(path, Enumerable.Repeat("""{"foo": "bar", "padding": "<filler>"}""".Replace("<filler>", new string('x', 2000), StringComparison.Ordinal), 100));
+        var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, s_tok512.Value, Options()));
+        StringAssert.Contains(e.Message, "100 bad row(s)");
+        StringAssert.Contains(e.Message, "and 97 more");
+        Assert.IsLessThan(3 * 400, e.Message.Length, "three listed rows of at most 240 chars plus the header");
     }
 
     [TestMethod]
