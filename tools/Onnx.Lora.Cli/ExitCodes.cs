@@ -24,6 +24,12 @@ internal static class ExitCodes
     /// <summary>The job would need more memory or disk than available; the message has the estimate.</summary>
     public const int ResourceLimit = 7;
 
+    /// <summary>
+    /// An output could not be written (disk full, read-only folder, the path is a directory or lies under a file); no
+    /// input is at fault. sysexits' EX_IOERR.
+    /// </summary>
+    public const int IoError = 74;
+
     /// <summary>An internal error; a bug.</summary>
     public const int InternalError = 70;
 

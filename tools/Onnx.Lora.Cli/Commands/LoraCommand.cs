@@ -13,6 +13,8 @@ namespace Onnx.Lora.Cli.Commands;
 /// </summary>
 internal abstract class LoraCommand : Command
 {
+    private readonly List<InputPath> _inputs = [];
+
     protected LoraCommand(string name, string description) : base(name, description)
     {
         SetAction(RunAsync);
@@ -27,11 +29,16 @@ internal abstract class LoraCommand : Command
     /// </summary>
     internal static int ExitCodeFor(Exception e) => e switch
     {
+        OutputWriteException => ExitCodes.IoError,
+        OutputConflictException or InputNotFoundException => ExitCodes.InvalidInput,
         OnnxSerializationException => ExitCodes.BadModel,
         AdapterFormatException or AdapterMismatchException => ExitCodes.BadAdapter,
         DataException => ExitCodes.BadData,
         ResourceLimitException or OutOfMemoryException => ExitCodes.ResourceLimit,
         TrainingGuardException => ExitCodes.GuardTripped,
+        // A raw I/O error that no reader claimed: a missing input is the user's path, anything else failed a write.
+        FileNotFoundException or DirectoryNotFoundException => ExitCodes.InvalidInput,
+        IOException or UnauthorizedAccessException => ExitCodes.IoError,
         _ => ExitCodes.InvalidInput,
     };
 
@@ -42,6 +49,7 @@ internal abstract class LoraCommand : Command
         bool verbose = parse.GetValue(GlobalOptions.Verbose);
         try
         {
+            InputPaths.EnsureExist(parse, _inputs);
             return await ExecuteAsync(parse, output, cancellationToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
@@ -93,5 +101,8 @@ internal abstract class LoraCommand : Command
         }
     }
 
-    private static string OneLine(string message) => message.ReplaceLineEndings(" ");
+    private static string OneLine(string message) => MessageText.OneLine(message);
+
+    /// <summary>Marks an argument or option as a file or folder that must exist: a missing one is a usage error (exit 2) named before any work.</summary>
+    protected void MustExist(Symbol symbol, string what) => _inputs.Add(new InputPath(symbol, what));
 }

@@ -48,6 +48,10 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
+        InputPaths.EnsureExists(options.Model, "Model");
+        InputPaths.EnsureExists(options.Data, "Data file");
+        InputPaths.EnsureExists(options.EvalData, "Eval data file");
+        InputPaths.EnsureExists(options.Tokenizer, "Tokenizer");
         bool live = ConsoleProgress.IsLive(output);
         TrainingSummary summary;
         try
