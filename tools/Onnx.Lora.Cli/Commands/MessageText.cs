@@ -22,7 +22,7 @@ internal static partial class MessageText
     {
         ArgumentNullException.ThrowIfNull(message);
         string text = Escape(message.ReplaceLineEndings(" "));
-        text = Quoted().Replace(text, m => "'" + Abbreviate(m.Groups[1].Value, MaxQuoted) + "'");
+        text = Quoted().Replace(text, m => string.Create(CultureInfo.InvariantCulture, $"'{Shorten(m.Groups[1].Value, MaxQuoted)}' ({m.Groups[1].Length:N0} chars)"));
         return Abbreviate(text, MaxLine);
     }
 
@@ -35,8 +35,14 @@ internal static partial class MessageText
             return text;
         }
 
+        return string.Create(CultureInfo.InvariantCulture, $"{Shorten(text, max)} ({text.Length:N0} chars)");
+    }
+
+    // Start and end of a text longer than `max`, around an ellipsis.
+    private static string Shorten(string text, int max)
+    {
         int tail = max / 5, head = max - tail;
-        return string.Create(CultureInfo.InvariantCulture, $"{text[..head]}…{text[^tail..]} ({text.Length:N0} chars)");
+        return text[..head] + "…" + text[^tail..];
     }
 
     private static string Escape(string text)
