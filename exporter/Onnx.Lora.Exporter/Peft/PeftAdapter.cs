@@ -222,6 +222,11 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"PEFT config '{path}' has fan_in_fan_out true (Conv1D weights); not supported.");
             }
 
+            if (root["target_modules"] is { } targetModules && targetModules is not JsonArray && !(targetModules is JsonValue tv && tv.TryGetValue(out string? _)))
+            {
+                throw new AdapterFormatException($"PEFT config '{path}': 'target_modules' is {Abbreviate(targetModules.ToJsonString())}; expected a list of module names or a regex string.");
+            }
+
             var config = new PeftConfig
             {
                 R = Field<int>(root, "r", path) ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'r'."),

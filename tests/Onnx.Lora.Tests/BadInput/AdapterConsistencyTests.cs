@@ -162,6 +162,19 @@ public sealed class AdapterConsistencyTests
     }
 
     [TestMethod]
+    [DataRow("5")]
+    [DataRow("{\"q\": 1}")]
+    [DataRow("true")]
+    public void Merge_TargetModulesOfAnotherType_ExitsBadAdapter(string targets)
+    {
+        // Anything but a list or a string was ignored, and every module merged.
+        using var dir = new TempDir();
+        (string basePath, string peft) = BaseAndPeft(dir);
+        EditConfig(peft, c => c["target_modules"] = JsonNode.Parse(targets));
+        AssertRefused(Merge(dir, basePath, peft), dir, "'target_modules' is", PeftAdapter.ConfigFile);
+    }
+
+    [TestMethod]
     [DataRow("[\"qkv_proj\", \"up_proj\"]")]
     [DataRow("\"all-linear\"")]
     [DataRow("\".*(qkv|up)_proj\"")]

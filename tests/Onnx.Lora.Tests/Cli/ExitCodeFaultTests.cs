@@ -248,6 +248,15 @@ public sealed class ExitCodeFaultTests
     }
 
     [TestMethod]
+    public void Inspect_FolderWhereAModelFileIsExpected_ExitsInvalidInput()
+    {
+        // It said "Model file 'x' does not exist" with exit 4 (a folder exists; it is just not a model file).
+        using var dir = new TempDir();
+        Directory.CreateDirectory(dir.File("folder.onnx"));
+        AssertFails(CliRunner.Run("inspect", dir.File("folder.onnx")), InvalidInput, "folder.onnx", "is a folder");
+    }
+
+    [TestMethod]
     public void Train_SeqLengthBeyondModel_ExitsInvalidInput()
     {
         // Issue 16: a too-long --seq-length exited 6 (bad data); it is an option value.

@@ -32,7 +32,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
         MustExist(s_model, "Model");
         MustExist(s_servingModel, "Serving model");
         MustExist(s_genaiConfig, "genai_config");
-        MustExist(s_tokenizer, "Tokenizer folder");
+        MustExist(s_tokenizer, "Tokenizer folder", folderAllowed: true);
         Arguments.Add(s_model);
         Options.Add(s_output);
         Options.Add(s_peft);

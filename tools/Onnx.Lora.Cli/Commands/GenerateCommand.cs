@@ -33,7 +33,7 @@ internal sealed class GenerateCommand : LoraCommand
     public GenerateCommand() : base("generate", "Generate text from a causal LM with its KV cache, greedy or sampled, optionally with LoRA adapters through ONNX Runtime.")
     {
         MustExist(s_model, "Model");
-        MustExist(s_tokenizer, "Tokenizer");
+        MustExist(s_tokenizer, "Tokenizer", folderAllowed: true);
         MustExist(s_adapters, "Adapter");
         Arguments.Add(s_model);
         Options.Add(s_tokenizer);

@@ -3,8 +3,8 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Cli.Commands;
 
-/// <summary>An argument or option naming a file or folder the verb reads, with how messages call it ("Model", "Adapter").</summary>
-internal sealed record InputPath(Symbol Symbol, string What);
+/// <summary>An argument or option naming a file (or, when <paramref name="FolderAllowed"/>, a folder) the verb reads, with how messages call it ("Model", "Adapter").</summary>
+internal sealed record InputPath(Symbol Symbol, string What, bool FolderAllowed);
 
 /// <summary>
 /// A file named on the command line that does not exist is the command line's fault (exit 2, docs/exit-codes.md),
@@ -26,19 +26,29 @@ internal static class InputPaths
 
             foreach (System.CommandLine.Parsing.Token token in result.Tokens)
             {
-                EnsureExists(token.Value, input.What);
+                EnsureExists(token.Value, input.What, input.FolderAllowed);
             }
         }
     }
 
-    /// <summary>Refuses <paramref name="path"/> (when given) if it is neither a file nor a folder.</summary>
-    /// <exception cref="InputNotFoundException">The path does not exist.</exception>
-    public static void EnsureExists(string? path, string what)
+    /// <summary>Refuses <paramref name="path"/> (when given) if it does not exist, or is a folder where a file is expected.</summary>
+    /// <exception cref="InputNotFoundException">The path does not exist, or is a folder.</exception>
+    public static void EnsureExists(string? path, string what, bool folderAllowed = true)
     {
+        if (string.IsNullOrEmpty(path) || File.Exists(path))
+        {
+            return;
+        }
+
         // NOTE: a dangling symbolic link does not exist either (File.Exists follows links).
-        if (!string.IsNullOrEmpty(path) && !File.Exists(path) && !Directory.Exists(path))
+        if (!Directory.Exists(path))
         {
             throw new InputNotFoundException($"{what} '{path}' does not exist.");
+        }
+
+        if (!folderAllowed)
+        {
+            throw new InputNotFoundException($"{what} '{path}' is a folder; expected a file.");
         }
     }
 }

@@ -104,5 +104,5 @@ internal abstract class LoraCommand : Command
     private static string OneLine(string message) => MessageText.OneLine(message);
 
     /// <summary>Marks an argument or option as a file or folder that must exist: a missing one is a usage error (exit 2) named before any work.</summary>
-    protected void MustExist(Symbol symbol, string what) => _inputs.Add(new InputPath(symbol, what));
+    protected void MustExist(Symbol symbol, string what, bool folderAllowed = false) => _inputs.Add(new InputPath(symbol, what, folderAllowed));
 }

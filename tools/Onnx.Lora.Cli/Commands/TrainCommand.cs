@@ -48,9 +48,9 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         TrainOptions options = TrainOptionsLoader.Load(parse.GetValue(s_config), overrides);
-        InputPaths.EnsureExists(options.Model, "Model");
-        InputPaths.EnsureExists(options.Data, "Data file");
-        InputPaths.EnsureExists(options.EvalData, "Eval data file");
+        InputPaths.EnsureExists(options.Model, "Model", folderAllowed: false);
+        InputPaths.EnsureExists(options.Data, "Data file", folderAllowed: false);
+        InputPaths.EnsureExists(options.EvalData, "Eval data file", folderAllowed: false);
         InputPaths.EnsureExists(options.Tokenizer, "Tokenizer");
         bool live = ConsoleProgress.IsLive(output);
         TrainingSummary summary;
