@@ -179,6 +179,15 @@ public sealed class ExitCodeFaultTests
     }
 
     [TestMethod]
+    public void ExitCodeFor_CheckpointSaveFailures_AreIoErrorsButMissingCheckpointsAreNot()
+    {
+        Assert.AreEqual(IoError, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.CheckpointException("x", new IOException("No space left on device"))));
+        Assert.AreEqual(IoError, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.CheckpointException("x", new UnauthorizedAccessException("denied"))));
+        Assert.AreEqual(InvalidInput, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.CheckpointException("x", new FileNotFoundException("gone"))));
+        Assert.AreEqual(InvalidInput, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.CheckpointException("x")));
+    }
+
+    [TestMethod]
     public void Merge_OutputIsTheInput_ExitsInvalidInput()
     {
         // Issue 15: `merge X -o X` exited 5 (an adapter error).

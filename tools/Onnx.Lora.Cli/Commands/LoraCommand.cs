@@ -30,6 +30,8 @@ internal abstract class LoraCommand : Command
     internal static int ExitCodeFor(Exception e) => e switch
     {
         OutputWriteException => ExitCodes.IoError,
+        // A checkpoint that could not be saved (disk full, folder gone read-only mid-run) is a failed write too.
+        CheckpointException { InnerException: UnauthorizedAccessException or (IOException and not FileNotFoundException and not DirectoryNotFoundException) } => ExitCodes.IoError,
         OutputConflictException or InputNotFoundException => ExitCodes.InvalidInput,
         OnnxSerializationException => ExitCodes.BadModel,
         AdapterFormatException or AdapterMismatchException => ExitCodes.BadAdapter,
