@@ -416,7 +416,7 @@ public static class VocabularyGuard
     {
         if (modelMaxPositions is int max && seqLength > max)
         {
-            throw new ConfigException($"seq_length (--seq-length) {seqLength} is longer than model '{modelName}' supports ({max} positions).");
+            throw new ConfigException($"seq_length {seqLength} (--seq-length) is longer than model '{modelName}' supports ({max} positions).");
         }
     }
 }
