@@ -19,6 +19,7 @@ public static partial class AdapterLoader
         ArgumentNullException.ThrowIfNull(path);
         if (Directory.Exists(path))
         {
+            // An empty safetensors file is refused by the importer itself.
             return PeftAdapter.Import(path);
         }
 
@@ -27,9 +28,11 @@ public static partial class AdapterLoader
             throw new AdapterFormatException($"Adapter '{path}' does not exist (expected a PEFT folder, a .safetensors file or an .onnx_adapter file).");
         }
 
-        return path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)
+        LoraWeights weights = path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)
             ? PeftAdapter.ImportFile(path)
             : FromNamedAdapter(OnnxAdapterFormat.Read(path), path);
+        return weights.Modules.Count > 0 ? weights
+            : throw new AdapterFormatException($"Adapter '{path}' holds no tensors: a LoRA adapter needs lora_A and lora_B weights.");
     }
 
     /// <summary>Groups the tensors of an adapter file into modules by name (scale 1: B is already scaled).</summary>
@@ -83,9 +86,9 @@ public static partial class AdapterLoader
 
     private static float[] Floats(AdapterParameter p, string source)
     {
-        if (!p.DataType.IsFloatingPoint())
+        if (!LoraTensorTypes.IsAccepted(p.DataType))
         {
-            throw new AdapterFormatException($"Parameter '{p.Name}' of adapter '{source}' is {p.DataType.ShortName()}; LoRA weights must be float32, float16, bfloat16 or float64.");
+            throw new AdapterFormatException($"Parameter '{p.Name}' of adapter '{source}' is {p.DataType.ShortName()}; LoRA weights must be {LoraTensorTypes.Accepted}.");
         }
 
         return p.ToFloat32();

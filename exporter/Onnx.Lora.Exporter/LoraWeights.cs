@@ -108,7 +108,16 @@ public sealed class LoraWeights
                 throw new AdapterMismatchException($"Adapter '{source}': '{a.Name}' is [{string.Join(",", a.Dims)}] and '{b.Name}' [{string.Join(",", b.Dims)}]; module '{info.Module}' needs [in={info.InFeatures}, r] and [r, out={info.OutFeatures}].");
             }
 
-            float[]? magnitude = info.Magnitude is { } mag ? adapter.Find(mag)?.ToFloat32() : null;
+            AdapterParameter? magnitudeParameter = info.Magnitude is { } mag ? adapter.Find(mag) : null;
+            foreach (AdapterParameter? p in (AdapterParameter?[])[a, b, magnitudeParameter])
+            {
+                if (p is not null)
+                {
+                    LoraTensorTypes.Require(p.DataType, p.Name, source);
+                }
+            }
+
+            float[]? magnitude = magnitudeParameter?.ToFloat32();
             used.Add(a.Name);
             used.Add(b.Name);
             if (info.Magnitude is not null)

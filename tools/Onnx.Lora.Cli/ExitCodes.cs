@@ -33,6 +33,12 @@ internal static class ExitCodes
     /// </summary>
     public const int RankLost = 9;
 
+    /// <summary>
+    /// An output could not be written (disk full, read-only folder, the path is a directory or lies under a file); no
+    /// input is at fault. sysexits' EX_IOERR.
+    /// </summary>
+    public const int IoError = 74;
+
     /// <summary>An internal error; a bug.</summary>
     public const int InternalError = 70;
 

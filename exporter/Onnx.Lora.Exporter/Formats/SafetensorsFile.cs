@@ -271,7 +271,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
             dims.Add(v);
         }
 
+        // NOTE: TryGetInt64 throws (not returns false) on a non-number element, e.g. offsets written as strings.
         if (offEl.GetArrayLength() != 2
+            || offEl[0].ValueKind != JsonValueKind.Number || offEl[1].ValueKind != JsonValueKind.Number
             || !offEl[0].TryGetInt64(out long begin) || !offEl[1].TryGetInt64(out long end) || begin < 0 || end < begin)
         {
             throw new AdapterFormatException($"{where} has invalid data_offsets {offEl}: expected [begin, end] with 0 ≤ begin ≤ end.");

@@ -19,6 +19,7 @@ public static class BaseModelMerge
     /// </summary>
     /// <exception cref="AdapterMismatchException">An adapter module matches no linear layer of the base (the message lists the closest names), or shapes differ.</exception>
     /// <exception cref="AdapterFormatException">The adapter file is malformed.</exception>
+    /// <exception cref="OutputConflictException">The output is the base model.</exception>
     public static MergeReport Merge(string basePath, string adapterPath, string outputPath, MergeOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(basePath);
@@ -26,7 +27,7 @@ public static class BaseModelMerge
         ArgumentNullException.ThrowIfNull(outputPath);
         if (Path.GetFullPath(basePath) == Path.GetFullPath(outputPath))
         {
-            throw new AdapterMismatchException($"Refusing to merge into '{basePath}' itself: the base is never modified in place.");
+            throw new OutputConflictException($"Refusing to merge into '{basePath}' itself: the base is never modified in place.");
         }
 
         LoraWeights weights = AdapterLoader.Load(adapterPath);

@@ -33,14 +33,15 @@ public static class LoraMerger
     /// tensor by tensor while writing; the output is written atomically and the input is never modified.
     /// </summary>
     /// <exception cref="AdapterMismatchException">The model has no manifest, or the adapter does not fit it.</exception>
-    /// <exception cref="OnnxSerializationException">The output cannot be written.</exception>
+    /// <exception cref="OutputConflictException">The output is the input.</exception>
+    /// <exception cref="OutputWriteException">The output cannot be written.</exception>
     public static MergeReport Merge(string loraModelPath, string outputPath, string? adapterPath = null, MergeOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(loraModelPath);
         ArgumentNullException.ThrowIfNull(outputPath);
         if (Path.GetFullPath(loraModelPath) == Path.GetFullPath(outputPath))
         {
-            throw new AdapterMismatchException($"Refusing to merge '{loraModelPath}' into itself: the input is never modified in place.");
+            throw new OutputConflictException($"Refusing to merge '{loraModelPath}' into itself: the input is never modified in place.");
         }
 
         using Model model = OnnxReader.Load(loraModelPath);
@@ -130,7 +131,8 @@ public static class LoraMerger
         return true;
     }
 
-    private static void MergeValues(Span<float> values, LoraModuleInfo info, LoraModuleWeights w)
+    /// <summary>Adds the module's delta to <paramref name="values"/>; false when the result is not finite.</summary>
+    private static bool MergeValues(Span<float> values, LoraModuleInfo info, LoraModuleWeights w)
     {
         LoraMath.AddDelta(values, info.Layout, w.InFeatures, w.OutFeatures, w.A, w.B, w.Rank, w.Scale);
         if (w.Magnitude is { } m)
@@ -139,10 +141,23 @@ public static class LoraMerger
         }
 
         // A vectorized sum is finite when every value is (an overflowing sum of finite values falls back to the scan).
-        if (!float.IsFinite(System.Numerics.Tensors.TensorPrimitives.Sum<float>(values)) && !AllFinite(values))
+        return float.IsFinite(System.Numerics.Tensors.TensorPrimitives.Sum<float>(values)) || AllFinite(values);
+    }
+
+    /// <summary>
+    /// Who is at fault for a non-finite merge: the adapter when it holds NaN/Inf, else the base weight when it does
+    /// (read again by the caller: only on this failure path), else the sum overflowed float32.
+    /// </summary>
+    internal static LoraException NonFinite(LoraModuleInfo info, LoraModuleWeights w, bool baseIsFinite, string source)
+    {
+        if (!float.IsFinite(w.Scale) || !AllFinite(w.A) || !AllFinite(w.B) || (w.Magnitude is { } m && !AllFinite(m)))
         {
-            throw new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' gives non-finite values; the adapter is broken (NaN/Inf).");
+            return new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' gives non-finite values; the adapter is broken (NaN/Inf).");
         }
+
+        return baseIsFinite
+            ? new AdapterMismatchException($"Merging module '{info.Module}' into '{info.BaseWeight}' overflows float32: the adapter's delta is too large for this weight.")
+            : new OnnxSerializationException($"Base weight '{info.BaseWeight}' of model '{source}' holds NaN/Inf values; the model is broken, not the adapter (module '{info.Module}').");
     }
 
     private static void CheckFeatures(LoraModuleInfo info, LoraModuleWeights w)
@@ -180,8 +195,13 @@ public static class LoraMerger
             original.CopyTo(destination);
             if (type == DataType.Float)
             {
-                // fp32: merged in place in the output bytes.
-                MergeValues(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination), info, w);
+                // fp32: merged in place in the output bytes (the base is read again only if the result is not finite).
+                if (!MergeValues(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination), info, w))
+                {
+                    original.CopyTo(destination);
+                    throw NonFinite(info, w, AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(destination)), source);
+                }
+
                 return;
             }
 
@@ -192,7 +212,13 @@ public static class LoraMerger
             {
                 Span<float> values = work.AsSpan(0, count);
                 TensorConvert.ToFloat32(destination, type, values);
-                MergeValues(values, info, w);
+                if (!MergeValues(values, info, w))
+                {
+                    // `destination` still holds the base bytes: the merged values are written back only on success.
+                    TensorConvert.ToFloat32(destination, type, values);
+                    throw NonFinite(info, w, AllFinite(values), source);
+                }
+
                 TensorConvert.FromFloat32(values, type, destination);
             }
             finally

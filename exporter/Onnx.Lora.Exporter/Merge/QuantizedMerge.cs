@@ -49,7 +49,7 @@ internal static class QuantizedMerge
         QuantizedBase q = QuantizedBase.Read(graph, info, source);
         var once = new ComputeOnce<(byte[] Packed, byte[] Scales, byte[]? ZeroPoints)>(partCount: q.ZeroPoints is null ? 2 : 3, () =>
         {
-            float[] merged = q.MergedFloat(w, info);
+            float[] merged = q.MergedFloat(w, info, source);
             MatMulNBitsWeights r = q.ZeroPoints is null
                 ? MatMulNBitsCodec.QuantizeSymmetric(merged, q.K, q.N, q.BlockSize)
                 : MatMulNBitsCodec.Quantize(merged, q.K, q.N, q.BlockSize);
@@ -99,7 +99,7 @@ internal static class QuantizedMerge
         }
 
         Value weight = graph.AddInitializer(new DeferredTensor(weightName, type, [q.K, q.N], () =>
-            TensorConvert.FromFloat32(q.MergedFloat(w, info), type)));
+            TensorConvert.FromFloat32(q.MergedFloat(w, info, source), type)));
         var b = new GraphBuilder(model) { InsertionPoint = node };
         Value y = b.MatMul(node.Inputs[0]!, weight, name: node.Name + "/float");
         Node matMul = y.Producer!;
@@ -170,7 +170,7 @@ internal static class QuantizedMerge
         }
 
         /// <summary>dequant(W) + s·A·B as float32 [K, N], checked finite.</summary>
-        public float[] MergedFloat(LoraModuleWeights w, LoraModuleInfo info)
+        public float[] MergedFloat(LoraModuleWeights w, LoraModuleInfo info, string source)
         {
             if (w.Magnitude is not null)
             {
@@ -184,7 +184,9 @@ internal static class QuantizedMerge
             {
                 if (!float.IsFinite(v))
                 {
-                    throw new AdapterMismatchException($"Merging module '{info.Module}' into '{Packed.Name}' gives non-finite values; the adapter is broken (NaN/Inf).");
+                    // Failure path only: dequantize again to tell a broken base (NaN/Inf scales) from a broken adapter.
+                    MatMulNBitsCodec.Dequantize(Packed.GetBytes().Span, Scales.ToFloat32(), ZeroPoints is null ? [] : ZeroPoints.GetBytes().Span, K, N, BlockSize, merged);
+                    throw LoraMerger.NonFinite(info, w, merged.All(float.IsFinite), source);
                 }
             }
 

@@ -32,6 +32,12 @@ public sealed record PeftConfig
     /// <summary>The target module names (leaf names, e.g. q_proj).</summary>
     public IReadOnlyList<string> TargetModules { get; init; } = [];
 
+    /// <summary>True when target_modules is a list (even an empty one); false when absent or a string.</summary>
+    public bool TargetModulesGiven { get; init; }
+
+    /// <summary>target_modules given as one string: a regex matched against the whole module name, or "all-linear".</summary>
+    public string? TargetModulesPattern { get; init; }
+
     /// <summary>lora_dropout.</summary>
     public double LoraDropout { get; init; }
 
@@ -216,6 +222,11 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"PEFT config '{path}' has fan_in_fan_out true (Conv1D weights); not supported.");
             }
 
+            if (root["target_modules"] is { } targetModules && targetModules is not JsonArray && !(targetModules is JsonValue tv && tv.TryGetValue(out string? _)))
+            {
+                throw new AdapterFormatException($"PEFT config '{path}': 'target_modules' is {Abbreviate(targetModules.ToJsonString())}; expected a list of module names or a regex string.");
+            }
+
             var config = new PeftConfig
             {
                 R = Field<int>(root, "r", path) ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'r'."),
@@ -225,6 +236,8 @@ public static class PeftAdapter
                 RankPattern = PatternMap<int>(root, "rank_pattern", path),
                 AlphaPattern = PatternMap<double>(root, "alpha_pattern", path),
                 TargetModules = root["target_modules"] is JsonArray arr ? arr.Select((n, i) => n is JsonValue v && v.TryGetValue(out string? t) ? t : throw new AdapterFormatException($"PEFT config '{path}': target_modules[{i}] is not a string.")).ToList() : [],
+                TargetModulesGiven = root["target_modules"] is JsonArray,
+                TargetModulesPattern = root["target_modules"] is JsonValue tm && tm.TryGetValue(out string? pattern) ? pattern : null,
                 LoraDropout = Field<double>(root, "lora_dropout", path) ?? 0,
                 BaseModelNameOrPath = root["base_model_name_or_path"] is JsonValue b && b.TryGetValue(out string? baseModel) ? baseModel : null,
                 TaskType = root["task_type"] is JsonValue tt && tt.TryGetValue(out string? task) ? task : "CAUSAL_LM",
@@ -319,6 +332,11 @@ public static class PeftAdapter
         ArgumentNullException.ThrowIfNull(path);
         PeftConfig config = ReadConfig(Path.GetDirectoryName(Path.GetFullPath(path))!);
         using SafetensorsFile file = SafetensorsFile.Open(path);
+        if (file.Tensors.Count == 0)
+        {
+            throw new AdapterFormatException($"Safetensors file '{path}' holds no tensors: a LoRA adapter needs lora_A and lora_B weights.");
+        }
+
         var byModule = new SortedDictionary<string, Dictionary<string, SafetensorsEntry>>(StringComparer.Ordinal);
         foreach (SafetensorsEntry e in file.Tensors)
         {
@@ -337,6 +355,7 @@ public static class PeftAdapter
             kinds[m.Groups["kind"].Value.StartsWith("lora_magnitude", StringComparison.Ordinal) ? "m" : m.Groups["kind"].Value[..6]] = e;
         }
 
+        PeftTargetModules.EnsureSelected(config, byModule.Keys, Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, ConfigFile), path);
         var result = new List<LoraModuleWeights>();
         foreach ((string module, Dictionary<string, SafetensorsEntry> kinds) in byModule)
         {
@@ -360,6 +379,20 @@ public static class PeftAdapter
             if (a.Dims.Concat(b.Dims).Any(d => d is <= 0 or > int.MaxValue))
             {
                 throw new AdapterFormatException($"Module '{module}' in '{path}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; every dimension must be between 1 and {int.MaxValue}.");
+            }
+
+            foreach (SafetensorsEntry tensor in kinds.Values)
+            {
+                LoraTensorTypes.Require(tensor.DataType, tensor.Name, path);
+            }
+
+            if (config.UseDora != kinds.ContainsKey("m"))
+            {
+                // PEFT would build DoRA layers without their magnitudes (a load error), or drop magnitudes that use_dora
+                // false does not use: either way what a merge computes is not what PEFT computes.
+                throw new AdapterFormatException(config.UseDora
+                    ? $"Module '{module}' in '{path}' has no lora_magnitude_vector, but adapter_config.json says use_dora: true (DoRA needs one per module)."
+                    : $"Module '{module}' in '{path}' has a lora_magnitude_vector, but adapter_config.json says use_dora: false (PEFT would ignore it).");
             }
 
             if (kinds.TryGetValue("m", out SafetensorsEntry? mag) && (mag.Dims.Count != 1 || mag.Dims[0] != b.Dims[0]))

@@ -186,6 +186,17 @@ public sealed class Graph
     /// <exception cref="GraphValidationException">The graph has a cycle.</exception>
     public void SortTopologically()
     {
+        List<Node> order = TopologicalOrder();
+        _nodes.Clear();
+        _nodes.AddRange(order);
+    }
+
+    /// <summary>Refuses a graph with a cycle (no valid ONNX graph has one) without reordering its nodes.</summary>
+    /// <exception cref="GraphValidationException">The graph has a cycle; the message names a node on it.</exception>
+    public void EnsureAcyclic() => _ = TopologicalOrder();
+
+    private List<Node> TopologicalOrder()
+    {
         var state = new Dictionary<Node, bool>(ReferenceEqualityComparer.Instance); // false: on the stack, true: emitted
         var order = new List<Node>(_nodes.Count);
         var stack = new Stack<(Node Node, IEnumerator<Node> Dependencies)>();
@@ -225,8 +236,7 @@ public sealed class Graph
             }
         }
 
-        _nodes.Clear();
-        _nodes.AddRange(order);
+        return order;
     }
 
     private IEnumerable<Node> Dependencies(Node node)

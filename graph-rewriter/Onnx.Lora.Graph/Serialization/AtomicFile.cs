@@ -112,13 +112,18 @@ public sealed class AtomicFileBatch : IDisposable
         ArgumentNullException.ThrowIfNull(write);
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full) ?? ".";
-        Directory.CreateDirectory(dir);
-        RemoveStaleTemporaries(dir, Path.GetFileName(full));
         string temp = Path.Combine(dir, string.Create(CultureInfo.InvariantCulture, $".{Path.GetFileName(full)}.{Environment.ProcessId}-{Guid.NewGuid():N}.tmp"));
-        _pending.Add((temp, full));
-        using var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
-        write(stream);
-        stream.Flush(flushToDisk: true);
+        // A failed write (disk full, read-only folder...) names the file the user asked for, never the temporary.
+        OutputPaths.EnsureWritableShape(full);
+        OutputPaths.Guard(full, temp, () =>
+        {
+            Directory.CreateDirectory(dir);
+            RemoveStaleTemporaries(dir, Path.GetFileName(full));
+            _pending.Add((temp, full));
+            using var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+            write(stream);
+            stream.Flush(flushToDisk: true);
+        });
     }
 
     /// <summary>Renames every temporary file into place (the last one added last, its old version removed first).</summary>
@@ -128,12 +133,12 @@ public sealed class AtomicFileBatch : IDisposable
         {
             // NOTE: without this, a kill between the renames would leave the new data file under the old model's
             // name pairing (offsets of one model applied to another's bytes), which loads without any error.
-            File.Delete(_pending[^1].Final);
+            OutputPaths.Guard(_pending[^1].Final, null, () => File.Delete(_pending[^1].Final));
         }
 
         foreach ((string temp, string final) in _pending)
         {
-            File.Move(temp, final, overwrite: true);
+            OutputPaths.Guard(final, temp, () => File.Move(temp, final, overwrite: true));
         }
 
         _committed = true;

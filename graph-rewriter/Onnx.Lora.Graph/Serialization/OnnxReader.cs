@@ -89,6 +89,8 @@ public static class OnnxReader
         try
         {
             Graph graph = context.ReadGraph(proto.Graph, outer: null);
+            // A cycle would surface later as a bare "Graph 'g' has a cycle" from whichever pass sorts first.
+            graph.EnsureAcyclic();
             context.CheckExternalRanges();
             return Assemble(proto, graph, context, baseDirectory);
         }

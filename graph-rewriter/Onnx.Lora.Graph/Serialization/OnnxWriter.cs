@@ -56,6 +56,7 @@ public static class OnnxWriter
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or GraphValidationException)
         {
+            // Write failures arrive as OutputWriteException (AtomicFileBatch); what is left is the model's own fault.
             throw new OnnxSerializationException($"Cannot save model to '{path}': {e.Message}", e);
         }
     }

@@ -31,6 +31,15 @@ internal sealed record WeightTrace(Value Initializer, bool Transposed, bool Quan
                     return MatchResult<WeightTrace>.Fail($"weight '{current.Name}' has rank {tensor.Dims.Count}; a linear layer needs a 2-D weight");
                 }
 
+                // An integer or string MatMul (index arithmetic, a hand-made model) is no linear layer: LoRA's delta
+                // is float, and neither the initializer nor the merge could hold it. Quantized weights are integers
+                // by design; what the layer computes in is the dequantized (scale) type.
+                DataType computed = consumed ?? tensor.DataType;
+                if ((!quantized && !tensor.DataType.IsFloatingPoint()) || !computed.IsFloatingPoint())
+                {
+                    return MatchResult<WeightTrace>.Fail($"weight '{current.Name}' is {tensor.DataType.ShortName()} (computed as {computed.ShortName()}); LoRA adapts float weights only");
+                }
+
                 return MatchResult<WeightTrace>.Ok(new WeightTrace(current, transposed, quantized, consumed ?? tensor.DataType));
             }
 

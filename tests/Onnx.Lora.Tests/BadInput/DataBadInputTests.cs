@@ -136,7 +136,9 @@ public sealed class DataBadInputTests
         File.WriteAllBytes(path, [.. "{\"text\": \""u8, 0xC3, 0x28, 0xFF, .. "\"}\n"u8, 0x00, 0x01, 0x02, (byte)'\n']);
         TextTokenizer tokenizer = TextTokenizer.Load(s_tokenizer);
         var e = Assert.ThrowsExactly<DataException>(() => JsonlDataset.Load(path, tokenizer, new DatasetOptions { MaxTokens = 64, ModelVocabSize = 512 }));
-        StringAssert.Contains(e.Message, "bin.jsonl:2");
+        // Line 1 holds the invalid bytes (C3 28 FF, after 10 bytes of JSON): refused there, never decoded to U+FFFD.
+        StringAssert.Contains(e.Message, "bin.jsonl:1: byte 11");
+        StringAssert.Contains(e.Message, "not valid UTF-8");
     }
 
     private static DataException LoadTokenizerFails(Action<JsonObject> edit, params string[] expected)

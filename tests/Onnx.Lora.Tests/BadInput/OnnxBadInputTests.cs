@@ -302,6 +302,46 @@ public sealed class OnnxBadInputTests
         }
     }
 
+    [TestMethod]
+    public void Load_GraphWithCycle_ThrowsNamingFileAndNode()
+    {
+        (TempDir dir, ModelProto proto) = ValidModel();
+        using (dir)
+        {
+            // c1 reads c2's output and c2 reads c1's: no order can run them.
+            proto.Graph.Node.Add(new NodeProto { Name = "c1", OpType = "Relu", Input = { "c2_out" }, Output = { "c1_out" } });
+            proto.Graph.Node.Add(new NodeProto { Name = "c2", OpType = "Relu", Input = { "c1_out" }, Output = { "c2_out" } });
+            OnnxSerializationException e = LoadFails(dir, proto, "model.onnx", "cycle");
+            StringAssert.Matches(e.Message, new System.Text.RegularExpressions.Regex("'c[12]'"));
+
+            // Through the CLI: the model's exit code and one line naming the file (issue 15: "a graph cycle names no file").
+            (int code, _, string error) = Onnx.Lora.Tests.Cli.CliRunner.Run("inject", dir.File("model.onnx"), "-o", dir.File("out.onnx"));
+            Assert.AreEqual(4, code, error);
+            StringAssert.Contains(error, "model.onnx");
+            Assert.IsFalse(File.Exists(dir.File("out.onnx")));
+        }
+    }
+
+    [TestMethod]
+    public void Inspect_HundredThousandCharLocation_PrintsOneShortLine()
+    {
+        (TempDir dir, ModelProto proto) = ValidModel();
+        using (dir)
+        {
+            string location = new string('a', 100_000) + ".data";
+            SetExternal(Initializer(proto, "w"), "location", location);
+            File.WriteAllBytes(dir.File("model.onnx"), proto.ToByteArray());
+
+            (int code, _, string error) = Onnx.Lora.Tests.Cli.CliRunner.Run("inspect", dir.File("model.onnx"));
+
+            Assert.AreEqual(4, code, error[..Math.Min(error.Length, 500)]);
+            Assert.AreEqual(1, error.TrimEnd().Split('\n').Length);
+            Assert.IsLessThan(2_100, error.Length, "the 100,000-char location is abbreviated (it was a 200 KB line)");
+            StringAssert.Contains(error, "model.onnx");
+            StringAssert.Contains(error, " chars)");
+        }
+    }
+
     private static ModelProto NestedIfModel(int depth)
     {
         var inner = new GraphProto { Name = "g" + depth };

@@ -6,9 +6,9 @@ namespace Onnx.Lora.Tests.Cli;
 [TestClass]
 public sealed class BadInputTests
 {
-    private static void AssertCleanFailure((int ExitCode, string Out, string Err) result, string fileName, string outDir)
+    private static void AssertCleanFailure((int ExitCode, string Out, string Err) result, string fileName, string outDir, int exitCode = 4)
     {
-        Assert.AreEqual(4, result.ExitCode, result.Err);
+        Assert.AreEqual(exitCode, result.ExitCode, result.Err);
         StringAssert.Contains(result.Err, fileName);
         Assert.IsFalse(result.Err.Contains("   at ", StringComparison.Ordinal), result.Err);
         Assert.IsFalse(result.Out.Contains("   at ", StringComparison.Ordinal));
@@ -58,7 +58,8 @@ public sealed class BadInputTests
     public void Verb_MissingFile_FailsCleanly(string verb)
     {
         using var dir = new TempDir();
-        AssertCleanFailure(Run(verb, dir.File("absent.onnx"), dir), "absent.onnx", dir.Path);
+        // A path the user typed that does not exist is a command-line error (2), not a broken model (docs/exit-codes.md).
+        AssertCleanFailure(Run(verb, dir.File("absent.onnx"), dir), "absent.onnx", dir.Path, exitCode: 2);
     }
 
     [TestMethod]

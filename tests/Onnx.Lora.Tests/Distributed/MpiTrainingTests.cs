@@ -177,7 +177,7 @@ public sealed class MpiTrainingTests
         using Process job = MpiJob.StartMpmd([(1, ["train", .. flags]), (1, ["train", .. rank1])], dir.File("mpi.log"));
         (int code, string log) = MpiJob.Wait(job, dir.File("mpi.log"), s_timeout);
 
-        Assert.AreEqual(6, code, log); // ExitCodes.BadData, from rank 1's DataException, on every rank.
+        Assert.AreEqual(2, code, log); // ExitCodes.InvalidInput (a missing input path), from rank 1, on every rank.
         string line = $"onnx-lora train: error: rank 1 of 2: Data file '{missing}' does not exist.";
         Assert.AreEqual(2, log.Split('\n').Count(l => l.Trim() == line), $"both ranks print the same line; log:\n{log}");
         Assert.IsFalse(Directory.Exists(Path.Combine(dir.File("run"), "checkpoints")), "nothing was trained or saved");

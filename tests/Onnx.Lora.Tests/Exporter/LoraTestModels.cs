@@ -45,6 +45,13 @@ internal static class LoraTestModels
             dora ? Rand(l.Out, rng, 1f).Select(v => 1.5f + v).ToArray() : null)));
     }
 
+    /// <summary>
+    /// <see cref="RandomWeights"/> named as the rewriter discovers the layers of <see cref="Base"/> ("qkv_proj",
+    /// "up_proj"), for merging an adapter file into the plain base.
+    /// </summary>
+    public static LoraWeights RandomWeightsForBase(int rank, float alpha, int seed = 11, bool dora = false) =>
+        new(RandomWeights(rank, alpha, seed, dora).Modules.Select(m => m with { Module = m.Module.Split('.')[^1] }));
+
     /// <summary>The base plus LoRA branches as the rewriter writes them (training placement, or serving slots).</summary>
     public static Model WithLora(Model model, LoraWeights weights, LoraPlacement placement)
     {

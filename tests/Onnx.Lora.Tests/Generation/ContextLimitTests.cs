@@ -87,7 +87,8 @@ public sealed class ContextLimitTests
             OutputDir = dir.File("run"), SeqLength = 1024, BatchSize = 1, MaxSteps = 1,
         };
 
-        var e = Assert.ThrowsExactly<Onnx.Lora.Trainer.DataException>(() => new TrainingRunner(options).Run(TestContext.CancellationToken));
+        // An option value beyond the model, not bad data: exit 2 (issue 16).
+        var e = Assert.ThrowsExactly<Onnx.Lora.Trainer.ConfigException>(() => new TrainingRunner(options).Run(TestContext.CancellationToken));
 
         StringAssert.Contains(e.Message, "seq_length 1024");
         StringAssert.Contains(e.Message, "512 positions");

@@ -1,3 +1,4 @@
+using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Tests.Support;
 
@@ -20,7 +21,10 @@ public sealed class AtomicFileTests
         batch.Add(model, s => s.Write("new model"u8));
         File.Delete(Directory.EnumerateFiles(dir.Path, ".model.onnx.*.tmp").Single(f => !f.Contains(".data.", StringComparison.Ordinal)));
 
-        Assert.ThrowsExactly<FileNotFoundException>(batch.Commit);
+        // A failed rename is a failed write: reported for the final name (the temporary is an implementation detail).
+        var e = Assert.ThrowsExactly<OutputWriteException>(batch.Commit);
+        Assert.IsInstanceOfType<FileNotFoundException>(e.InnerException);
+        Assert.IsFalse(e.Message.Contains(".tmp", StringComparison.Ordinal), e.Message);
         batch.Dispose();
 
         Assert.AreEqual("new data", File.ReadAllText(data));

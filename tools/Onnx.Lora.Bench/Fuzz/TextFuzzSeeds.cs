@@ -41,7 +41,7 @@ public static class TextFuzzSeeds
     }
 
     /// <summary>
-    /// Writes a PEFT adapter_model.safetensors with three modules of ranks 2, 4, 2 (one DoRA) into
+    /// Writes a PEFT adapter_model.safetensors with three DoRA modules of ranks 2, 4, 2 (use_dora applies to every module, as in PEFT) into
     /// <paramref name="folder"/> and returns a realistic adapter_config.json for it: r, lora_alpha, rank_pattern (a suffix
     /// and a regex key), alpha_pattern, use_rslora, use_dora, target_modules and the fields PEFT writes beside them.
     /// </summary>
@@ -49,9 +49,9 @@ public static class TextFuzzSeeds
     {
         var weights = new LoraWeights(
         [
-            new LoraModuleWeights("model.layers.0.self_attn.q_proj", 8, 8, 2, Ramp(16, 0.01f), Ramp(16, 0.02f), 1f),
+            new LoraModuleWeights("model.layers.0.self_attn.q_proj", 8, 8, 2, Ramp(16, 0.01f), Ramp(16, 0.02f), 1f, Ramp(8, 0.25f)),
             new LoraModuleWeights("model.layers.0.self_attn.v_proj", 8, 4, 4, Ramp(32, -0.01f), Ramp(16, 0.03f), 1f, Ramp(4, 0.5f)),
-            new LoraModuleWeights("model.layers.0.mlp.up_proj", 8, 12, 2, Ramp(16, 0.05f), Ramp(24, -0.02f), 1f),
+            new LoraModuleWeights("model.layers.0.mlp.up_proj", 8, 12, 2, Ramp(16, 0.05f), Ramp(24, -0.02f), 1f, Ramp(12, 0.75f)),
         ]);
         PeftAdapter.Export(weights, folder);
         modules = weights.Modules.Select(m => new Onnx.Lora.Rewriter.LoraModuleInfo

@@ -21,6 +21,7 @@ internal sealed class CombineCommand : LoraCommand
 
     public CombineCommand() : base("combine", "Combine several LoRA adapters into one (cat / linear / svd, as PEFT's add_weighted_adapter).")
     {
+        MustExist(s_adapters, "Adapter", folderAllowed: true);
         Arguments.Add(s_adapters);
         Options.Add(s_weights);
         s_type.AcceptOnlyFromAmong("cat", "linear", "svd");

@@ -12,6 +12,8 @@ internal sealed class ConvertAdapterCommand : LoraCommand
 
     public ConvertAdapterCommand() : base("convert-adapter", "Convert a legacy ORT GenAI adapter (GAIL) to the current .onnx_adapter format (TORT), validating it.")
     {
+        MustExist(s_input, "Adapter");
+        MustExist(s_config, "genai_config");
         Arguments.Add(s_input);
         Options.Add(s_output);
         Options.Add(s_config);

@@ -15,6 +15,7 @@ internal sealed class ConvertLlama2cCommand : LoraCommand
 
     public ConvertLlama2cCommand() : base("convert-llama2c", "Convert a llama2.c checkpoint (e.g. the embedded TinyStories model) to a torch.onnx-style Llama ONNX model.")
     {
+        MustExist(s_checkpoint, "llama2.c checkpoint");
         Arguments.Add(s_checkpoint);
         Options.Add(s_output);
         Options.Add(s_named);

@@ -29,6 +29,10 @@ internal sealed class ExportAdapterCommand : LoraCommand
 
     public ExportAdapterCommand() : base("export-adapter", "Export LoRA weights as an .onnx_adapter (ORT / ORT GenAI), a PEFT adapter, or a serving model with adapter slots.")
     {
+        MustExist(s_model, "Model");
+        MustExist(s_servingModel, "Serving model");
+        MustExist(s_genaiConfig, "genai_config");
+        MustExist(s_tokenizer, "Tokenizer folder", folderAllowed: true);
         Arguments.Add(s_model);
         Options.Add(s_output);
         Options.Add(s_peft);

@@ -32,6 +32,9 @@ internal sealed class GenerateCommand : LoraCommand
 
     public GenerateCommand() : base("generate", "Generate text from a causal LM with its KV cache, greedy or sampled, optionally with LoRA adapters through ONNX Runtime.")
     {
+        MustExist(s_model, "Model");
+        MustExist(s_tokenizer, "Tokenizer", folderAllowed: true);
+        MustExist(s_adapters, "Adapter");
         Arguments.Add(s_model);
         Options.Add(s_tokenizer);
         Options.Add(s_adapters);
@@ -78,6 +81,7 @@ internal sealed class GenerateCommand : LoraCommand
         // ORT's own log line would repeat the failure that the one-line error already reports.
         session.LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL;
         using TextGenerator generator = TextGenerator.Create(parse.GetValue(s_model)!, parse.GetValue(s_adapters) ?? [], session);
+        generator.CheckTokenizer(tokenizer);
         foreach (string prompt in prompts)
         {
             cancellationToken.ThrowIfCancellationRequested();

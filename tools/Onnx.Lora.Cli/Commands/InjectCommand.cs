@@ -31,6 +31,7 @@ internal sealed class InjectCommand : LoraCommand
 
     public InjectCommand() : base("inject", "Add LoRA adapters to the selected linear layers of a model.")
     {
+        MustExist(s_model, "Model");
         Arguments.Add(s_model);
         foreach (Option o in new Option[] { s_output, s_rank, s_alpha, s_dropout, s_targets, s_targetRegex, s_exclude, s_layers, s_rankPattern, s_alphaPattern, s_rsLora, s_dora, s_init, s_seed, s_slots, s_training, s_dryRun })
         {

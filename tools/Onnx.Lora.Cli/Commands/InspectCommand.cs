@@ -17,6 +17,7 @@ internal sealed class InspectCommand : LoraCommand
 
     public InspectCommand() : base("inspect", "Show a model's ops, parameter count and the linear layers LoRA can target (PEFT module names).")
     {
+        MustExist(s_model, "Model");
         Arguments.Add(s_model);
         Options.Add(s_json);
     }

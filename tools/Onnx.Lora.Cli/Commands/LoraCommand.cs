@@ -13,6 +13,8 @@ namespace Onnx.Lora.Cli.Commands;
 /// </summary>
 internal abstract class LoraCommand : Command
 {
+    private readonly List<InputPath> _inputs = [];
+
     protected LoraCommand(string name, string description) : base(name, description)
     {
         SetAction(RunAsync);
@@ -28,12 +30,19 @@ internal abstract class LoraCommand : Command
     internal static int ExitCodeFor(Exception e) => e switch
     {
         Trainer.Distributed.RankFailedException r => r.ExitCode, // Another rank's failure: its code, on every rank.
+        OutputWriteException => ExitCodes.IoError,
+        // A checkpoint that could not be saved (disk full, folder gone read-only mid-run) is a failed write too.
+        CheckpointException { InnerException: UnauthorizedAccessException or (IOException and not FileNotFoundException and not DirectoryNotFoundException) } => ExitCodes.IoError,
+        OutputConflictException or InputNotFoundException => ExitCodes.InvalidInput,
         OnnxSerializationException => ExitCodes.BadModel,
         AdapterFormatException or AdapterMismatchException => ExitCodes.BadAdapter,
         DataException => ExitCodes.BadData,
         ResourceLimitException or OutOfMemoryException => ExitCodes.ResourceLimit,
         TrainingGuardException => ExitCodes.GuardTripped,
         Trainer.Gpu.ExecutionProviderException => ExitCodes.ProviderUnavailable,
+        // A raw I/O error that no reader claimed: a missing input is the user's path, anything else failed a write.
+        FileNotFoundException or DirectoryNotFoundException => ExitCodes.InvalidInput,
+        IOException or UnauthorizedAccessException => ExitCodes.IoError,
         _ => ExitCodes.InvalidInput,
     };
 
@@ -44,6 +53,7 @@ internal abstract class LoraCommand : Command
         bool verbose = parse.GetValue(GlobalOptions.Verbose);
         try
         {
+            InputPaths.EnsureExist(parse, _inputs);
             return await ExecuteAsync(parse, output, cancellationToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
@@ -95,5 +105,8 @@ internal abstract class LoraCommand : Command
         }
     }
 
-    private static string OneLine(string message) => message.ReplaceLineEndings(" ");
+    private static string OneLine(string message) => MessageText.OneLine(message);
+
+    /// <summary>Marks an argument or option as a file or folder that must exist: a missing one is a usage error (exit 2) named before any work.</summary>
+    protected void MustExist(Symbol symbol, string what, bool folderAllowed = false) => _inputs.Add(new InputPath(symbol, what, folderAllowed));
 }

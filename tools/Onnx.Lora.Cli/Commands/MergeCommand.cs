@@ -25,6 +25,8 @@ internal sealed class MergeCommand : LoraCommand
 
     public MergeCommand() : base("merge", "Merge LoRA weights into the base initializers: the result is the base graph with updated weights.")
     {
+        MustExist(s_model, "Model");
+        MustExist(s_adapter, "Adapter", folderAllowed: true);
         Arguments.Add(s_model);
         Options.Add(s_output);
         Options.Add(s_adapter);

@@ -74,8 +74,10 @@ internal sealed class TrainCommand : LoraCommand
         TrainingSummary summary;
         try
         {
-            summary = live ? RunLive(options, cancellationToken)
-                : DistributedTraining.Run(distributed, parse.InvocationConfiguration.Error, () => new TrainingRunner(options, observer) { Distributed = distributed }.Run(cancellationToken));
+            // Under mpirun the input checks run inside the agreed set-up, so a path missing on one rank fails every rank alike.
+            summary = live ? RunLive(EnsureInputsExist(options), cancellationToken)
+                : DistributedTraining.Run(distributed, parse.InvocationConfiguration.Error,
+                    () => new TrainingRunner(EnsureInputsExist(options), observer) { Distributed = distributed }.Run(cancellationToken));
         }
         catch (TrainingGuardException e)
         {
@@ -89,6 +91,15 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         return Task.FromResult(summary.Outcome == RunOutcome.Cancelled ? ExitCodes.Cancelled : ExitCodes.Success);
+    }
+
+    private static TrainOptions EnsureInputsExist(TrainOptions options)
+    {
+        InputPaths.EnsureExists(options.Model, "Model", folderAllowed: false);
+        InputPaths.EnsureExists(options.Data, "Data file", folderAllowed: false);
+        InputPaths.EnsureExists(options.EvalData, "Eval data file", folderAllowed: false);
+        InputPaths.EnsureExists(options.Tokenizer, "Tokenizer");
+        return options;
     }
 
     /// <summary>The keys given on the command line, as text, in flag order; switches not given are absent (never "false").</summary>

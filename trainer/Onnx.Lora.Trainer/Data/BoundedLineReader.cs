@@ -15,13 +15,13 @@ internal static class BoundedLineReader
     public static IEnumerable<Line> Read(string path, int maxChars)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChars);
-        using var reader = new StreamReader(path, Encoding.UTF8, detectEncodingFromByteOrderMarks: true, bufferSize: 1 << 16);
+        using var reader = new StreamReader(path, Utf8LineCheck.Encoding, detectEncodingFromByteOrderMarks: true, bufferSize: 1 << 16);
         var line = new StringBuilder();
         char[] buffer = new char[1 << 16];
         int number = 1;
         bool tooLong = false, sawAny = false, afterCarriageReturn = false;
         int read;
-        while ((read = reader.Read(buffer, 0, buffer.Length)) > 0)
+        while ((read = ReadChunk(reader, buffer, path)) > 0)
         {
             int start = 0;
             for (int i = 0; i < read; i++)
@@ -59,6 +59,19 @@ internal static class BoundedLineReader
         if (sawAny || line.Length > 0 || tooLong)
         {
             yield return new Line(number, tooLong ? null : line.ToString());
+        }
+    }
+
+    private static int ReadChunk(StreamReader reader, char[] buffer, string path)
+    {
+        try
+        {
+            return reader.Read(buffer, 0, buffer.Length);
+        }
+        catch (DecoderFallbackException e)
+        {
+            string where = Utf8LineCheck.FirstInvalid(path) is (int line, long column) ? $"{path}:{line}: byte {column}" : path;
+            throw new DataException($"{where}: the text is not valid UTF-8 (a JSONL file is UTF-8; re-encode it, e.g. iconv -f latin1 -t utf-8).", e);
         }
     }
 

@@ -434,12 +434,12 @@ public static class VocabularyGuard
     }
 
     /// <summary>Refuses a sequence length beyond what the model supports.</summary>
-    /// <exception cref="DataException">seq_length exceeds the model's maximum positions.</exception>
+    /// <exception cref="ConfigException">seq_length exceeds the model's maximum positions: an option value, not the data, is wrong.</exception>
     public static void CheckSequenceLength(int seqLength, int? modelMaxPositions, string modelName)
     {
         if (modelMaxPositions is int max && seqLength > max)
         {
-            throw new DataException($"seq_length {seqLength} is longer than model '{modelName}' supports ({max} positions).");
+            throw new ConfigException($"seq_length {seqLength} (--seq-length) is longer than model '{modelName}' supports ({max} positions).");
         }
     }
 }

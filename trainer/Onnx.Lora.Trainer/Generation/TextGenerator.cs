@@ -79,6 +79,20 @@ public sealed class TextGenerator : IDisposable
     /// <summary>True when the model has a KV cache (past_key_values inputs with matching present outputs).</summary>
     public bool HasKvCache => _emptyPast.Length > 0;
 
+    /// <summary>The model's vocabulary (logits' last axis, else its embedding rows); null when the graph does not tell.</summary>
+    public int? VocabularySize { get; private init; }
+
+    /// <summary>Refuses a tokenizer with more ids than the model has rows: ORT would fail mid-generation with a raw Gather index error.</summary>
+    /// <exception cref="DataException">The tokenizer is larger than the model's vocabulary; the message gives both sizes.</exception>
+    public void CheckTokenizer(TextTokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        if (VocabularySize is int rows && tokenizer.VocabSize > rows)
+        {
+            throw new DataException($"Tokenizer '{tokenizer.Source}' has {tokenizer.VocabSize:N0} tokens but model '{_modelPath}' has a vocabulary of {rows:N0}: this tokenizer does not belong to this model.");
+        }
+    }
+
     /// <summary>Longest sequence (prompt + generated) the model holds, from its <c>max_position_embeddings</c> metadata; null when unknown.</summary>
     public int? MaxPositions => _maxPositions;
 
@@ -98,10 +112,12 @@ public sealed class TextGenerator : IDisposable
             throw new OnnxSerializationException($"Model '{modelPath}' does not exist.");
         }
 
+        int? vocabulary;
         using (Model model = OnnxReader.Load(modelPath))
         {
             EnsureMemory(model, modelPath);
             ValidateAdapters(model, adapterPaths);
+            vocabulary = Runner.ModelPreparation.TryVocabSize(model);
         }
 
         var adapters = new List<OrtLoraAdapter>();
@@ -126,7 +142,7 @@ public sealed class TextGenerator : IDisposable
                 throw new OnnxSerializationException($"Model '{modelPath}' cannot be loaded by ONNX Runtime: {e.Message}", e);
             }
 
-            return new TextGenerator(session, runOptions, adapters, modelPath);
+            return new TextGenerator(session, runOptions, adapters, modelPath) { VocabularySize = vocabulary };
         }
         catch
         {
@@ -147,6 +163,7 @@ public sealed class TextGenerator : IDisposable
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         ArgumentNullException.ThrowIfNull(prompt);
+        CheckTokenizer(tokenizer);
         var ids = new List<int>();
         if (tokenizer.BosId is int bos)
         {
@@ -465,6 +482,8 @@ public sealed class TextGenerator : IDisposable
         foreach ((string path, AdapterFile file) in files)
         {
             AdapterValidation.ValidateAgainstModel(file, model, path);
+            // ORT would run a NaN adapter and produce no text at all; merge refuses the same file.
+            AdapterValueCheck.EnsureFinite(file, path);
         }
     }
 

@@ -149,16 +149,19 @@ public static class ModelPreparation
     }
 
     // The logits' last axis is the vocabulary; when it is symbolic, the embedding Gather's table has one row per token.
-    private static int VocabSize(Model model, string source)
+    private static int VocabSize(Model model, string source) => TryVocabSize(model)
+        ?? throw new LoraException($"Model '{source}': cannot tell the vocabulary size (no static logits axis and no embedding Gather).");
+
+    /// <summary>The model's vocabulary (logits' last axis, else the embedding Gather's rows), or null when neither tells.</summary>
+    internal static int? TryVocabSize(Model model)
     {
         Value? logits = model.Graph.Outputs.FirstOrDefault(o => o.Name == "logits") ?? model.Graph.Outputs.FirstOrDefault();
-        if (logits?.Shape is { } shape && shape.Count > 0 && shape[^1].Value is long v and > 0)
+        if (logits?.Shape is { } shape && shape.Count > 0 && shape[^1].Value is long v and > 0 and <= int.MaxValue)
         {
             return (int)v;
         }
 
         Node? gather = model.Graph.Nodes.FirstOrDefault(n => n.Is("Gather") && n.Inputs[0]?.Initializer is { Dims.Count: 2 });
-        return gather is not null ? (int)gather.Inputs[0]!.Initializer!.Dims[0]
-            : throw new LoraException($"Model '{source}': cannot tell the vocabulary size (no static logits axis and no embedding Gather).");
+        return gather?.Inputs[0]!.Initializer!.Dims[0] is long rows and > 0 and <= int.MaxValue ? (int)rows : null;
     }
 }

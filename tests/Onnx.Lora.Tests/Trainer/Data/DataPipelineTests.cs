@@ -79,7 +79,8 @@ public sealed class DataPipelineTests
     {
         using var temp = new TempDir();
         WriteData(temp);
-        var e = Assert.ThrowsExactly<DataException>(() => DataPipeline.Prepare(
+        // An option value beyond the model, not bad data: exit 2 (issue 16).
+        var e = Assert.ThrowsExactly<ConfigException>(() => DataPipeline.Prepare(
             Options(temp, Fixtures.Path("stories260K", "tok512.model"), false) with { SeqLength = 1024 }, 512, 512, "stories260K"));
         StringAssert.Contains(e.Message, "seq_length 1024");
     }

@@ -202,7 +202,7 @@ public sealed class JsonlDatasetTests
     [TestMethod]
     public void CheckSequenceLength_BeyondModelPositions_Throws()
     {
-        var e = Assert.ThrowsExactly<DataException>(() => VocabularyGuard.CheckSequenceLength(1024, 512, "stories260K"));
+        var e = Assert.ThrowsExactly<ConfigException>(() => VocabularyGuard.CheckSequenceLength(1024, 512, "stories260K"));
         StringAssert.Contains(e.Message, "512 positions");
         VocabularyGuard.CheckSequenceLength(512, 512, "stories260K");
     }
