@@ -97,6 +97,15 @@ public sealed record LoraModuleInfo
 
     /// <summary>The rank the user asked for; differs from <see cref="Rank"/> (0) for adapter slots. Optional.</summary>
     public int? RequestedRank { get; init; }
+
+    /// <summary>
+    /// "Constant" when the base stored W as a Constant node that injection lifted to an initializer (merge puts it back);
+    /// null for an initializer. Optional.
+    /// </summary>
+    public string? BaseWeightStorage { get; init; }
+
+    /// <summary>True when a Reshape views the stored W (of another rank) as the 2-D weight; null otherwise. Optional.</summary>
+    public bool? BaseWeightReshaped { get; init; }
 }
 
 /// <summary>

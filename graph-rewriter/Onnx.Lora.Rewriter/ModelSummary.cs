@@ -9,7 +9,7 @@ public sealed record ModelSummary
     /// <summary>Node count per op (domain-qualified for non-ONNX domains), subgraphs included, most frequent first.</summary>
     public required IReadOnlyList<KeyValuePair<string, int>> OpHistogram { get; init; }
 
-    /// <summary>Number of parameters: elements of floating-point initializers, plus K·N logical weights per MatMulNBits / quantized weight.</summary>
+    /// <summary>Number of parameters: elements of floating-point initializers and Constant-node tensors, plus K·N logical weights per MatMulNBits / quantized weight.</summary>
     public required long ParameterCount { get; init; }
 
     /// <summary>Bytes of all initializers as stored.</summary>
@@ -33,9 +33,11 @@ public sealed record ModelSummary
         IReadOnlyList<LinearTarget> targets = TargetDiscovery.Find(model);
         var quantized = targets.Where(t => t.Quantized).ToDictionary(t => t.Weight.Name, t => t.WeightParameters, StringComparer.Ordinal);
         long count = 0, bytes = 0, external = 0;
-        foreach (Value v in model.Graph.Initializers.Values)
+        // Weights stored as Constant nodes (paddle2onnx, older tf2onnx) are parameters as much as initializers are.
+        IEnumerable<Value> constants = model.Graph.Nodes.SelectMany(n => n.Outputs).Where(ConstantWeights.IsConstantNodeOutput);
+        foreach (Value v in model.Graph.Initializers.Values.Concat(constants))
         {
-            Tensor t = v.Initializer!;
+            Tensor t = ConstantWeights.TensorOf(v)!;
             bytes += t.ByteLength;
             external += t.IsExternal ? t.ByteLength : 0;
             if (quantized.TryGetValue(v.Name, out long logical))

@@ -72,11 +72,19 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             throw new PassException($"Dropout in a training graph needs opset ≥ 12 (training_mode input); the model imports opset {model.DefaultOpset}.");
         }
 
+        // Constant-node weights become initializers first, so that training, merge and export find every adapted W
+        // where they look for it; the manifest remembers them and merge stores them as Constant nodes again.
+        HashSet<string> lifted = LiftConstantWeights(model.Graph, selected);
+        if (lifted.Count > 0)
+        {
+            selected = Plan(model);
+        }
+
         var builder = new GraphBuilder(model);
         var modules = new List<LoraModuleInfo>(selected.Count);
         foreach (SelectedTarget s in selected)
         {
-            modules.Add(new BranchBuilder(builder, _options, s).Build());
+            modules.Add(new BranchBuilder(builder, _options, s, lifted.Contains(s.Target.Weight.Name)).Build());
         }
 
         model.Graph.SortTopologically();
@@ -91,8 +99,22 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
         return new PassResult(model, modules.Count > 0);
     }
 
+    private static HashSet<string> LiftConstantWeights(Graph graph, IReadOnlyList<SelectedTarget> selected)
+    {
+        var lifted = new HashSet<string>(StringComparer.Ordinal);
+        foreach (SelectedTarget s in selected)
+        {
+            if (s.Target.WeightIsConstantNode && ReferenceEquals(s.Target.Weight.Producer!.Graph, graph) && lifted.Add(s.Target.Weight.Name))
+            {
+                ConstantWeights.Lift(graph, s.Target.Weight);
+            }
+        }
+
+        return lifted;
+    }
+
     /// <summary>Builds one module's branch.</summary>
-    private sealed class BranchBuilder(GraphBuilder b, LoraOptions options, SelectedTarget selected)
+    private sealed class BranchBuilder(GraphBuilder b, LoraOptions options, SelectedTarget selected, bool liftedConstant)
     {
         private readonly LinearTarget _t = selected.Target;
         private readonly DataType _act = selected.Target.ActivationType;
@@ -185,6 +207,8 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                     OpKind = _t.OpKind.ToString(),
                     Bits = _t.Bits,
                     RequestedRank = selected.Rank,
+                    BaseWeightStorage = liftedConstant ? ConstantWeights.ConstantNode : null,
+                    BaseWeightReshaped = _t.WeightReshaped ? true : null,
                 };
             }
             finally
@@ -284,7 +308,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             // combines (the exporter's branch remover replaces the combination by y).
             if (_t.BiasInNode && _t.Bias is not null)
             {
-                Value bias = Graph.Initializers[_t.Bias];
+                Value bias = Graph.Initializers.TryGetValue(_t.Bias, out Value? stored) ? stored : _t.Node.Inputs[2]!;
                 return b.Add(b.Mul(ratio, b.Add(b.Sub(y, bias), scaled)), bias);
             }
 

@@ -37,8 +37,17 @@ public sealed record LinearTarget
     /// <summary>The node input carrying the weight as the node consumes it (after any Transpose / Cast / DequantizeLinear).</summary>
     public required Value WeightInput { get; init; }
 
-    /// <summary>The initializer holding the stored weight W.</summary>
+    /// <summary>The value holding the stored weight W: an initializer, or the output of a Constant node.</summary>
     public required Value Weight { get; init; }
+
+    /// <summary>The stored weight data (the initializer's tensor or the Constant node's <c>value</c>).</summary>
+    public Tensor? WeightData => ConstantWeights.TensorOf(Weight);
+
+    /// <summary>True when the base stores W as a Constant node instead of an initializer.</summary>
+    public bool WeightIsConstantNode => ConstantWeights.IsConstantNodeOutput(Weight);
+
+    /// <summary>True when a Reshape views the stored W (of another rank) as the 2-D weight, in the same element order.</summary>
+    public bool WeightReshaped { get; init; }
 
     /// <summary>How W is stored.</summary>
     public required WeightLayout Layout { get; init; }
@@ -53,7 +62,7 @@ public sealed record LinearTarget
     public required DataType ActivationType { get; init; }
 
     /// <summary>Element type W is stored in.</summary>
-    public DataType WeightType => Weight.Initializer?.DataType ?? Weight.ElementType;
+    public DataType WeightType => WeightData?.DataType ?? Weight.ElementType;
 
     /// <summary>True when W is stored quantized (MatMulNBits, or a DequantizeLinear before the MatMul).</summary>
     public bool Quantized { get; init; }
