@@ -38,7 +38,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
     public IReadOnlyList<SelectedTarget> Plan(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return TargetSelector.Select(TargetDiscovery.Find(model), _options);
+        return TargetSelector.Select(TargetDiscovery.FindAll(model), _options);
     }
 
     /// <inheritdoc />
@@ -59,6 +59,11 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             if (_options.UseDora && s.Target.OpKind is LinearOpKind.Attention)
             {
                 throw new PassException($"DoRA cannot adapt '{s.Target.Module}': its projection is fused into {s.Target.Node.OpType} '{s.Target.Node.Name}'. Exclude it or use plain LoRA.");
+            }
+
+            if (_options.UseDora && !s.Target.IsLinear)
+            {
+                throw new PassException($"DoRA cannot adapt '{s.Target.Module}' ({s.Target.OpKind}): DoRA is supported on linear layers only. Exclude it or use plain LoRA.");
             }
 
             if (_options.UseDora && s.Target.OpKind is LinearOpKind.MatMulNBits)
@@ -164,12 +169,19 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                 {
                     Value y = _t.Node.Outputs[0];
                     Usage[] uses = y.Uses.ToArray();
-                    Value x = _t.TransposeActivation ? b.Transpose(_t.Activation, [1, 0]) : _t.Activation;
-                    Value xd = options.TrainingGraph && options.Dropout > 0 ? Dropout(x) : x;
+                    // The node's input as it is NOW: an earlier branch may have rewired it (an adapted embedding feeding lm_head).
+                    Value activation = _t.Node.Inputs[_t.OpKind == LinearOpKind.Embedding ? 1 : 0]!;
+                    Value x = _t.TransposeActivation ? b.Transpose(activation, [1, 0]) : activation;
+                    bool dropped = options.TrainingGraph && options.Dropout > 0 && _t.OpKind != LinearOpKind.Embedding;
+                    Value xd = dropped ? Dropout(x) : x;
                     // The scale multiplies the rank-r intermediate, ((x·A)·s)·B, not the [.., out] result: the same
                     // math with r ≪ out elements to scale (the Mul on [batch, seq, out] was ~9% of training kernel time).
-                    Value xa = b.MatMul(xd, aAct);
-                    Value scaled = b.MatMul(scale is null ? xa : b.Mul(xa, scale), bAct);
+                    Value scaled = _t.OpKind switch
+                    {
+                        LinearOpKind.Conv => ShapedBranches.Conv(b, _t, xd, aAct, bAct, scale),
+                        LinearOpKind.Embedding => ShapedBranches.Embedding(b, xd, aAct, bAct, scale),
+                        _ => b.MatMul(scale is null ? b.MatMul(xd, aAct) : b.Mul(b.MatMul(xd, aAct), scale), bAct),
+                    };
                     Value output;
                     if (options.UseDora)
                     {
@@ -209,6 +221,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                     RequestedRank = selected.Rank,
                     BaseWeightStorage = liftedConstant ? ConstantWeights.ConstantNode : null,
                     BaseWeightReshaped = _t.WeightReshaped ? true : null,
+                    Kernel = _t.Kernel?.ToArray(),
                 };
             }
             finally
@@ -228,6 +241,12 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             if (options.Init == LoraInit.Pissa)
             {
                 return PissaInitializer.Compute(_t, r, _scaling);
+            }
+
+            if (_t.OpKind == LinearOpKind.Embedding)
+            {
+                (float[] ea, float[] eb) = ShapedBranches.EmbeddingInit(_t, r, LoraInitializer.RandomFor(options.Seed, _t.Module));
+                return (ea, eb, null);
             }
 
             var a = new float[checked((int)(_t.InFeatures * r))];

@@ -17,6 +17,12 @@ public enum LinearOpKind
 
     /// <summary>com.microsoft Attention: the fused qkv projection weight of ORT's transformers optimizer.</summary>
     Attention,
+
+    /// <summary>ONNX Conv (group = 1) with a constant weight [out, in, k…]: PEFT's Conv1d/2d/3d LoRA (not in all-linear).</summary>
+    Conv,
+
+    /// <summary>ONNX Gather (axis 0) of a constant table [rows, dim]: PEFT's Embedding LoRA (not in all-linear).</summary>
+    Embedding,
 }
 
 /// <summary>One linear layer y = x·W (+ bias) that LoRA can adapt, as found in a graph.</summary>
@@ -96,6 +102,12 @@ public sealed record LinearTarget
 
     /// <summary>True for the output head (lm_head, logits, tied embedding): excluded from all-linear.</summary>
     public bool IsOutputHead { get; init; }
+
+    /// <summary>Conv only: the kernel's spatial dims; <see cref="InFeatures"/> is in-channels × their product (the flattened receptive field).</summary>
+    public IReadOnlyList<long>? Kernel { get; init; }
+
+    /// <summary>True for linear layers (MatMul, Gemm, MatMulNBits, fused Attention): what all-linear and inspect's linear list cover.</summary>
+    public bool IsLinear => OpKind is not (LinearOpKind.Conv or LinearOpKind.Embedding);
 
     /// <summary>Number of weight parameters (in × out).</summary>
     public long WeightParameters => InFeatures * OutFeatures;
