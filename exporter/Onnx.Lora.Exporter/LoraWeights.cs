@@ -18,6 +18,22 @@ namespace Onnx.Lora.Exporter;
 /// <param name="Magnitude">DoRA magnitude [out], or null.</param>
 public sealed record LoraModuleWeights(string Module, int InFeatures, int OutFeatures, int Rank, float[] A, float[] B, float Scale, float[]? Magnitude = null)
 {
+    /// <summary>
+    /// Conv modules: the kernel's spatial dims (<see cref="InFeatures"/> = in-channels × their product); PEFT stores
+    /// lora_A [r, in-channels, k…] and lora_B [out, r, 1…]. Null for other modules.
+    /// </summary>
+    public IReadOnlyList<long>? Kernel { get; init; }
+
+    /// <summary>True for an Embedding module: PEFT keys lora_embedding_A [r, rows] / lora_embedding_B [dim, r].</summary>
+    public bool Embedding { get; init; }
+
+    /// <summary>This module with the PEFT tensor form (Conv kernel, Embedding) of <paramref name="info"/>.</summary>
+    public LoraModuleWeights ShapedAs(LoraModuleInfo info)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        return this with { Kernel = info.Kernel, Embedding = info.IsEmbedding };
+    }
+
     /// <summary>B with the scale folded in (what .onnx_adapter files and serving graphs carry).</summary>
     public float[] ScaledB()
     {
@@ -75,7 +91,7 @@ public sealed class LoraWeights
             float[] b = ReadInitializer(loraModel, info.LoraB, info.Rank, info.OutFeatures, source);
             float scale = info.ScaleTensor is { } s ? ReadInitializer(loraModel, s, -1, -1, source)[0] : (float)info.Scaling;
             float[]? magnitude = info.Magnitude is { } mag ? ReadInitializer(loraModel, mag, info.OutFeatures, -1, source) : null;
-            modules.Add(new LoraModuleWeights(info.Module, (int)info.InFeatures, (int)info.OutFeatures, info.Rank, a, b, scale, magnitude));
+            modules.Add(new LoraModuleWeights(info.Module, (int)info.InFeatures, (int)info.OutFeatures, info.Rank, a, b, scale, magnitude).ShapedAs(info));
         }
 
         return new LoraWeights(modules);
@@ -125,7 +141,7 @@ public sealed class LoraWeights
                 used.Add(info.Magnitude);
             }
 
-            modules.Add(new LoraModuleWeights(info.Module, (int)info.InFeatures, (int)info.OutFeatures, (int)a.Dims[1], a.ToFloat32(), b.ToFloat32(), 1f, magnitude));
+            modules.Add(new LoraModuleWeights(info.Module, (int)info.InFeatures, (int)info.OutFeatures, (int)a.Dims[1], a.ToFloat32(), b.ToFloat32(), 1f, magnitude).ShapedAs(info));
         }
 
         string? stray = adapter.Parameters.Select(p => p.Name).FirstOrDefault(n => !used.Contains(n));

@@ -89,7 +89,7 @@ public sealed record LoraModuleInfo
     /// <summary>Zero-based decoder layer index parsed from the module name, if it has one.</summary>
     public int? LayerIndex { get; init; }
 
-    /// <summary>Operator of the target node: MatMul, Gemm, MatMulNBits, or Attention (fused qkv weight: W' = W + s·A·B feeds the op). Optional, added by the rewriter.</summary>
+    /// <summary>Operator of the target node: MatMul, Gemm, MatMulNBits, Attention (fused qkv weight: W' = W + s·A·B feeds the op), Conv or Embedding. Optional, added by the rewriter.</summary>
     public string? OpKind { get; init; }
 
     /// <summary>MatMulNBits bits per weight (quantized bases only). Optional.</summary>
@@ -97,6 +97,25 @@ public sealed record LoraModuleInfo
 
     /// <summary>The rank the user asked for; differs from <see cref="Rank"/> (0) for adapter slots. Optional.</summary>
     public int? RequestedRank { get; init; }
+
+    /// <summary>
+    /// "Constant" when the base stored W as a Constant node that injection lifted to an initializer (merge puts it back);
+    /// null for an initializer. Optional.
+    /// </summary>
+    public string? BaseWeightStorage { get; init; }
+
+    /// <summary>True when a Reshape views the stored W (of another rank) as the 2-D weight; null otherwise. Optional.</summary>
+    public bool? BaseWeightReshaped { get; init; }
+
+    /// <summary>
+    /// Conv modules: the kernel's spatial dims; <see cref="InFeatures"/> is in-channels × their product and PEFT stores
+    /// lora_A [r, in-channels, k…], lora_B [out, r, 1…]. Null for other modules. Optional.
+    /// </summary>
+    public IReadOnlyList<long>? Kernel { get; init; }
+
+    /// <summary>True for an Embedding (Gather) module: PEFT names its tensors lora_embedding_A / lora_embedding_B.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool IsEmbedding => OpKind == "Embedding";
 }
 
 /// <summary>

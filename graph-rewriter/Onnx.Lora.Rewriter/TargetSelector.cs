@@ -43,7 +43,9 @@ public static class TargetSelector
         if (options.TargetRegex is { } regex)
         {
             var re = new Regex($"^(?:{regex})$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1));
-            chosen = candidates.Where(t => re.IsMatch(t.Module));
+            // NOTE: Conv and Embedding layers are chosen by explicit name only (as all-linear skips them): a regex written
+            // for projections must not silently adapt the embedding table too.
+            chosen = candidates.Where(t => t.IsLinear && re.IsMatch(t.Module));
             if (!chosen.Any())
             {
                 throw NothingMatches($"Target regex '{regex}'", candidates);
@@ -61,7 +63,7 @@ public static class TargetSelector
                 }
             }
 
-            chosen = candidates.Where(t => (allLinear && !t.IsOutputHead) || names.Any(n => NameMatches(n, t.Module)));
+            chosen = candidates.Where(t => (allLinear && t.IsLinear && !t.IsOutputHead) || names.Any(n => NameMatches(n, t.Module)));
         }
 
         chosen = chosen.Where(t => !options.Exclude.Any(e => NameMatches(e, t.Module)));

@@ -51,7 +51,7 @@ public static class BaseModelMerge
             throw new AdapterMismatchException($"Model '{baseSource}' already has LoRA adapters (metadata '{LoraManifest.MetadataKey}'); merge it as a LoRA model instead of as a base.");
         }
 
-        IReadOnlyList<string> modules = TargetDiscovery.Find(model).Select(t => t.Module).ToList();
+        IReadOnlyList<string> modules = TargetDiscovery.FindAll(model).Select(t => t.Module).ToList();
         LoraWeights matched = ModuleMatcher.Match(weights, modules, baseSource, adapterSource);
         var slots = new LoraOptions
         {

@@ -5,6 +5,7 @@ using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
+using Onnx.Lora.Rewriter.Targets;
 
 namespace Onnx.Lora.Exporter.Merge;
 
@@ -114,8 +115,25 @@ public static class LoraMerger
             QuantizedMerge.ReplaceWithFloatMatMul(model, info, w, source);
         }
 
+        if (!options.ConstantsAsInitializers)
+        {
+            RestoreConstantNodes(graph, manifest);
+        }
+
         model.MetadataProps.RemoveAll(p => p.Key == LoraManifest.MetadataKey);
         return new MergeReport(merged, removed) { Quantization = quantization, ReplacedNodes = floatCopies.Select(f => f.Info.TargetNode).ToList() };
+    }
+
+    // Weights that injection lifted from Constant nodes go back to Constant nodes: the merged graph is the base graph.
+    private static void RestoreConstantNodes(Onnx.Lora.Graph.Graph graph, LoraManifest manifest)
+    {
+        foreach (string name in manifest.Modules.Where(m => m.BaseWeightStorage == ConstantWeights.ConstantNode).Select(m => m.BaseWeight).Distinct(StringComparer.Ordinal))
+        {
+            if (graph.Initializers.Contains(name))
+            {
+                ConstantWeights.Lower(graph, name);
+            }
+        }
     }
 
     private static bool AllFinite(ReadOnlySpan<float> values)
@@ -176,7 +194,9 @@ public static class LoraMerger
         }
 
         long[] expected = info.Layout == WeightLayout.InOut ? [info.InFeatures, info.OutFeatures] : [info.OutFeatures, info.InFeatures];
-        if (!original.Dims.SequenceEqual(expected))
+        // A Reshape-viewed weight is stored in another rank but in the same element order as its 2-D view.
+        bool viewed = info.BaseWeightReshaped == true && original.ElementCount == info.InFeatures * info.OutFeatures;
+        if (!viewed && !original.Dims.SequenceEqual(expected))
         {
             throw new AdapterMismatchException($"Initializer '{info.BaseWeight}' has shape [{string.Join(",", original.Dims)}]; expected [{string.Join(",", expected)}] ({info.Layout}) for module '{info.Module}'.");
         }

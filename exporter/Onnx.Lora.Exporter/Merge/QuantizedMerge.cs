@@ -32,6 +32,12 @@ public sealed record MergeOptions
 
     /// <summary>Told as the merged model is written (merged weights are computed while they stream out).</summary>
     public IProgress<SaveProgress>? Progress { get; init; }
+
+    /// <summary>
+    /// Keep merged weights that the base stored as Constant nodes as initializers instead of Constant nodes again
+    /// (false: the merged model stores every weight where the base stored it).
+    /// </summary>
+    public bool ConstantsAsInitializers { get; init; }
 }
 
 /// <summary>The re-quantization error of one module, measured from the stored bytes against the float merged weight.</summary>

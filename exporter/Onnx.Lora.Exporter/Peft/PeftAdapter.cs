@@ -126,8 +126,9 @@ public static class PeftAdapter
         foreach (LoraModuleWeights m in weights.Modules)
         {
             string key = KeyPrefix + m.Module;
-            tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_A.weight", [m.Rank, m.InFeatures], Transpose(m.A, m.InFeatures, m.Rank)));
-            tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_B.weight", [m.OutFeatures, m.Rank], Transpose(m.B, m.Rank, m.OutFeatures)));
+            (string aKey, long[] aDims, string bKey, long[] bDims) = PeftTensorForm.Of(m);
+            tensors.Add(SafetensorsTensor.FromFloats(key + aKey, aDims, Transpose(m.A, m.InFeatures, m.Rank)));
+            tensors.Add(SafetensorsTensor.FromFloats(key + bKey, bDims, Transpose(m.B, m.Rank, m.OutFeatures)));
             if (m.Magnitude is { } mag)
             {
                 tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_magnitude_vector", [m.OutFeatures], mag));
@@ -340,7 +341,7 @@ public static class PeftAdapter
         var byModule = new SortedDictionary<string, Dictionary<string, SafetensorsEntry>>(StringComparer.Ordinal);
         foreach (SafetensorsEntry e in file.Tensors)
         {
-            Match m = Regex.Match(e.Name, @"^base_model\.model\.(?<module>.+)\.(?<kind>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?)$");
+            Match m = Regex.Match(e.Name, @"^base_model\.model\.(?<module>.+)\.(?<kind>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(\.weight)?)$");
             if (!m.Success)
             {
                 throw new AdapterFormatException($"Key '{e.Name}' in '{path}' is not a PEFT LoRA key ('base_model.model.<module>.lora_A.weight' / 'lora_B.weight' / 'lora_magnitude_vector').");
@@ -352,7 +353,8 @@ public static class PeftAdapter
                 byModule[module] = kinds = new Dictionary<string, SafetensorsEntry>(StringComparer.Ordinal);
             }
 
-            kinds[m.Groups["kind"].Value.StartsWith("lora_magnitude", StringComparison.Ordinal) ? "m" : m.Groups["kind"].Value[..6]] = e;
+            string kind = m.Groups["kind"].Value;
+            kinds[kind.StartsWith("lora_magnitude", StringComparison.Ordinal) ? "m" : kind.StartsWith("lora_embedding_", StringComparison.Ordinal) ? "lora_" + kind[^1] + "e" : kind[..6]] = e;
         }
 
         PeftTargetModules.EnsureSelected(config, byModule.Keys, Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, ConfigFile), path);
@@ -366,12 +368,21 @@ public static class PeftAdapter
                     ?? throw new AdapterMismatchException($"Key '{KeyPrefix}{module}.lora_A.weight' in '{path}' matches no module of the model (adapted modules: {string.Join(", ", modules.Take(5).Select(i => i.Module))}{(modules.Count > 5 ? ", ..." : string.Empty)}).");
             }
 
-            if (!kinds.TryGetValue("lora_A", out SafetensorsEntry? a) || !kinds.TryGetValue("lora_B", out SafetensorsEntry? b))
+            bool embedding = kinds.ContainsKey("lora_Ae") || kinds.ContainsKey("lora_Be");
+            if (embedding)
+            {
+                // Embedding: lora_embedding_A [r, rows] and lora_embedding_B [dim, r] have Linear's layout under other keys.
+                kinds["lora_A"] = kinds.GetValueOrDefault("lora_Ae")!;
+                kinds["lora_B"] = kinds.GetValueOrDefault("lora_Be")!;
+            }
+
+            if (!kinds.TryGetValue("lora_A", out SafetensorsEntry? a) || !kinds.TryGetValue("lora_B", out SafetensorsEntry? b) || a is null || b is null)
             {
                 throw new AdapterFormatException($"Module '{module}' in '{path}' needs both lora_A.weight and lora_B.weight.");
             }
 
-            if (a.Dims.Count != 2 || b.Dims.Count != 2 || a.Dims[0] != b.Dims[1])
+            IReadOnlyList<long>? kernel = PeftTensorForm.ConvKernel(a.Dims, b.Dims);
+            if ((kernel is null && (a.Dims.Count != 2 || b.Dims.Count != 2)) || a.Dims[0] != b.Dims[1])
             {
                 throw new AdapterFormatException($"Module '{module}' in '{path}': lora_A is [{string.Join(",", a.Dims)}] and lora_B [{string.Join(",", b.Dims)}]; expected [r, in] and [out, r].");
             }
@@ -400,7 +411,7 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"Module '{module}' in '{path}': lora_magnitude_vector is [{string.Join(",", mag.Dims)}]; expected [{b.Dims[0]}] (out features).");
             }
 
-            int rank = (int)a.Dims[0], inF = (int)a.Dims[1], outF = (int)b.Dims[0];
+            int rank = (int)a.Dims[0], inF = (int)a.Dims.Skip(1).Aggregate(1L, (p, d) => p * d), outF = (int)b.Dims[0];
             if (rank != config.RankOf(module))
             {
                 throw new AdapterFormatException($"Module '{module}' in '{path}' has rank {rank}; the config (r / rank_pattern) says {config.RankOf(module)}.");
@@ -412,7 +423,11 @@ public static class PeftAdapter
             }
 
             float[]? magnitude = kinds.TryGetValue("m", out SafetensorsEntry? me) ? file.ToFloat32(me.Name) : null;
-            result.Add(new LoraModuleWeights(module, inF, outF, rank, Transpose(file.ToFloat32(a.Name), rank, inF), Transpose(file.ToFloat32(b.Name), outF, rank), (float)config.ScaleOf(module, rank), magnitude));
+            result.Add(new LoraModuleWeights(module, inF, outF, rank, Transpose(file.ToFloat32(a.Name), rank, inF), Transpose(file.ToFloat32(b.Name), outF, rank), (float)config.ScaleOf(module, rank), magnitude)
+            {
+                Kernel = kernel,
+                Embedding = embedding,
+            });
         }
 
         return new LoraWeights(result);

@@ -86,7 +86,7 @@ public static class ServingExport
                 throw new AdapterMismatchException($"Model '{modelPath}' has no LoRA adapters; give the adapters to ship with it.");
             }
 
-            modules = TargetDiscovery.Find(model).Select(t => t.Module).ToList();
+            modules = TargetDiscovery.FindAll(model).Select(t => t.Module).ToList();
         }
 
         foreach (ServingAdapter a in options.Adapters)

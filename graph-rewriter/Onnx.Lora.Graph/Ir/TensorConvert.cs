@@ -106,6 +106,7 @@ public static class TensorConvert
         {
             DataType.Float => 4,
             DataType.Float16 or DataType.BFloat16 => 2,
+            DataType.Double => 8,
             _ => throw new NotSupportedException($"float32 values cannot be encoded as {type}."),
         };
         if (destination.Length != (long)source.Length * width)
@@ -120,6 +121,13 @@ public static class TensorConvert
                 break;
             case DataType.Float16:
                 TensorPrimitives.ConvertToHalf(source, MemoryMarshal.Cast<byte, Half>(destination));
+                break;
+            case DataType.Double:
+                for (int i = 0; i < source.Length; i++)
+                {
+                    BinaryPrimitives.WriteDoubleLittleEndian(destination[(i * 8)..], source[i]);
+                }
+
                 break;
             default:
                 for (int i = 0; i < source.Length; i++)

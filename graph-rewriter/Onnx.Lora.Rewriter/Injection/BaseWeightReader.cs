@@ -11,7 +11,7 @@ internal static class BaseWeightReader
 {
     /// <summary>True when the weight is stored as plain floating-point data this reader understands.</summary>
     public static bool CanRead(LinearTarget target) =>
-        !target.Quantized && target.Weight.Initializer is { } t && t.DataType is DataType.Float or DataType.Float16 or DataType.BFloat16;
+        !target.Quantized && target.WeightData is { } t && t.DataType is DataType.Float or DataType.Float16 or DataType.BFloat16;
 
     /// <summary>W as float32 [in, out].</summary>
     /// <exception cref="PassException">The weight is quantized or not floating point.</exception>
@@ -22,7 +22,7 @@ internal static class BaseWeightReader
             throw new PassException($"{why} needs the weight of '{target.Module}', but '{target.Weight.Name}' is {(target.Quantized ? "quantized" : target.WeightType.ToString())}; use plain LoRA for this layer (exclude it).");
         }
 
-        float[] stored = target.Weight.Initializer!.ToFloat32();
+        float[] stored = target.WeightData!.ToFloat32();
         return target.Layout == WeightLayout.OutIn ? Transpose(stored, (int)target.OutFeatures, (int)target.InFeatures) : stored;
     }
 
@@ -30,7 +30,7 @@ internal static class BaseWeightReader
     public static Tensor ToStored(LinearTarget target, float[] inOut)
     {
         float[] stored = target.Layout == WeightLayout.OutIn ? Transpose(inOut, (int)target.InFeatures, (int)target.OutFeatures) : inOut;
-        Tensor original = target.Weight.Initializer!;
+        Tensor original = target.WeightData!;
         return new InMemoryTensor(original.Name, original.DataType, original.Dims, TensorConvert.FromFloat32(stored, original.DataType));
     }
 

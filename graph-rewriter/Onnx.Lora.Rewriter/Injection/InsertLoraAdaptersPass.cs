@@ -38,7 +38,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
     public IReadOnlyList<SelectedTarget> Plan(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return TargetSelector.Select(TargetDiscovery.Find(model), _options);
+        return TargetSelector.Select(TargetDiscovery.FindAll(model), _options);
     }
 
     /// <inheritdoc />
@@ -61,6 +61,11 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                 throw new PassException($"DoRA cannot adapt '{s.Target.Module}': its projection is fused into {s.Target.Node.OpType} '{s.Target.Node.Name}'. Exclude it or use plain LoRA.");
             }
 
+            if (_options.UseDora && !s.Target.IsLinear)
+            {
+                throw new PassException($"DoRA cannot adapt '{s.Target.Module}' ({s.Target.OpKind}): DoRA is supported on linear layers only. Exclude it or use plain LoRA.");
+            }
+
             if (_options.UseDora && s.Target.OpKind is LinearOpKind.MatMulNBits)
             {
                 throw new PassException($"DoRA cannot adapt '{s.Target.Module}': the magnitude needs the column norms of its int4 weight, which is not supported yet. Exclude it or use plain LoRA.");
@@ -72,11 +77,19 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             throw new PassException($"Dropout in a training graph needs opset ≥ 12 (training_mode input); the model imports opset {model.DefaultOpset}.");
         }
 
+        // Constant-node weights become initializers first, so that training, merge and export find every adapted W
+        // where they look for it; the manifest remembers them and merge stores them as Constant nodes again.
+        HashSet<string> lifted = LiftConstantWeights(model.Graph, selected);
+        if (lifted.Count > 0)
+        {
+            selected = Plan(model);
+        }
+
         var builder = new GraphBuilder(model);
         var modules = new List<LoraModuleInfo>(selected.Count);
         foreach (SelectedTarget s in selected)
         {
-            modules.Add(new BranchBuilder(builder, _options, s).Build());
+            modules.Add(new BranchBuilder(builder, _options, s, lifted.Contains(s.Target.Weight.Name)).Build());
         }
 
         model.Graph.SortTopologically();
@@ -91,8 +104,22 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
         return new PassResult(model, modules.Count > 0);
     }
 
+    private static HashSet<string> LiftConstantWeights(Graph graph, IReadOnlyList<SelectedTarget> selected)
+    {
+        var lifted = new HashSet<string>(StringComparer.Ordinal);
+        foreach (SelectedTarget s in selected)
+        {
+            if (s.Target.WeightIsConstantNode && ReferenceEquals(s.Target.Weight.Producer!.Graph, graph) && lifted.Add(s.Target.Weight.Name))
+            {
+                ConstantWeights.Lift(graph, s.Target.Weight);
+            }
+        }
+
+        return lifted;
+    }
+
     /// <summary>Builds one module's branch.</summary>
-    private sealed class BranchBuilder(GraphBuilder b, LoraOptions options, SelectedTarget selected)
+    private sealed class BranchBuilder(GraphBuilder b, LoraOptions options, SelectedTarget selected, bool liftedConstant)
     {
         private readonly LinearTarget _t = selected.Target;
         private readonly DataType _act = selected.Target.ActivationType;
@@ -142,12 +169,19 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                 {
                     Value y = _t.Node.Outputs[0];
                     Usage[] uses = y.Uses.ToArray();
-                    Value x = _t.TransposeActivation ? b.Transpose(_t.Activation, [1, 0]) : _t.Activation;
-                    Value xd = options.TrainingGraph && options.Dropout > 0 ? Dropout(x) : x;
+                    // The node's input as it is NOW: an earlier branch may have rewired it (an adapted embedding feeding lm_head).
+                    Value activation = _t.Node.Inputs[_t.OpKind == LinearOpKind.Embedding ? 1 : 0]!;
+                    Value x = _t.TransposeActivation ? b.Transpose(activation, [1, 0]) : activation;
+                    bool dropped = options.TrainingGraph && options.Dropout > 0 && _t.OpKind != LinearOpKind.Embedding;
+                    Value xd = dropped ? Dropout(x) : x;
                     // The scale multiplies the rank-r intermediate, ((x·A)·s)·B, not the [.., out] result: the same
                     // math with r ≪ out elements to scale (the Mul on [batch, seq, out] was ~9% of training kernel time).
-                    Value xa = b.MatMul(xd, aAct);
-                    Value scaled = b.MatMul(scale is null ? xa : b.Mul(xa, scale), bAct);
+                    Value scaled = _t.OpKind switch
+                    {
+                        LinearOpKind.Conv => ShapedBranches.Conv(b, _t, xd, aAct, bAct, scale),
+                        LinearOpKind.Embedding => ShapedBranches.Embedding(b, xd, aAct, bAct, scale),
+                        _ => b.MatMul(scale is null ? b.MatMul(xd, aAct) : b.Mul(b.MatMul(xd, aAct), scale), bAct),
+                    };
                     Value output;
                     if (options.UseDora)
                     {
@@ -185,6 +219,9 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                     OpKind = _t.OpKind.ToString(),
                     Bits = _t.Bits,
                     RequestedRank = selected.Rank,
+                    BaseWeightStorage = liftedConstant ? ConstantWeights.ConstantNode : null,
+                    BaseWeightReshaped = _t.WeightReshaped ? true : null,
+                    Kernel = _t.Kernel?.ToArray(),
                 };
             }
             finally
@@ -204,6 +241,12 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             if (options.Init == LoraInit.Pissa)
             {
                 return PissaInitializer.Compute(_t, r, _scaling);
+            }
+
+            if (_t.OpKind == LinearOpKind.Embedding)
+            {
+                (float[] ea, float[] eb) = ShapedBranches.EmbeddingInit(_t, r, LoraInitializer.RandomFor(options.Seed, _t.Module));
+                return (ea, eb, null);
             }
 
             var a = new float[checked((int)(_t.InFeatures * r))];
@@ -284,7 +327,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             // combines (the exporter's branch remover replaces the combination by y).
             if (_t.BiasInNode && _t.Bias is not null)
             {
-                Value bias = Graph.Initializers[_t.Bias];
+                Value bias = Graph.Initializers.TryGetValue(_t.Bias, out Value? stored) ? stored : _t.Node.Inputs[2]!;
                 return b.Add(b.Mul(ratio, b.Add(b.Sub(y, bias), scaled)), bias);
             }
 

@@ -29,10 +29,10 @@ public sealed class FusedAttentionMatcher : ILoraTargetMatcher
         WeightTrace w = trace.Value!;
         if (w.Transposed || w.Quantized)
         {
-            return MatchResult<LinearTarget>.Fail($"Attention '{node.Name}': weight '{w.Initializer.Name}' is transposed or quantized");
+            return MatchResult<LinearTarget>.Fail($"Attention '{node.Name}': weight '{w.Source.Name}' is transposed or quantized");
         }
 
-        IReadOnlyList<long> dims = w.Initializer.Initializer!.Dims;
+        IReadOnlyList<long> dims = w.Dims;
         Value? bias = node.Inputs.Count > 2 ? node.Inputs[2] : null;
         return MatchResult<LinearTarget>.Ok(new LinearTarget
         {
@@ -40,7 +40,8 @@ public sealed class FusedAttentionMatcher : ILoraTargetMatcher
             OpKind = LinearOpKind.Attention,
             Activation = x,
             WeightInput = node.Inputs[1]!,
-            Weight = w.Initializer,
+            Weight = w.Source,
+            WeightReshaped = w.Reshaped,
             Layout = WeightLayout.InOut,
             InFeatures = dims[0],
             OutFeatures = dims[1],

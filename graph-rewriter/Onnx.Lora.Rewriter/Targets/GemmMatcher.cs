@@ -32,7 +32,7 @@ public sealed class GemmMatcher : ILoraTargetMatcher
         WeightTrace w = trace.Value!;
         bool transB = node.GetInt("transB", 0) != 0;
         bool outIn = transB ^ w.Transposed;
-        IReadOnlyList<long> dims = w.Initializer.Initializer!.Dims;
+        IReadOnlyList<long> dims = w.Dims;
         long inFeatures = outIn ? dims[1] : dims[0];
         long outFeatures = outIn ? dims[0] : dims[1];
 
@@ -45,7 +45,7 @@ public sealed class GemmMatcher : ILoraTargetMatcher
                 return MatchResult<LinearTarget>.Fail($"Gemm '{node.Name}' has beta={node.GetFloat("beta", 1f)}; only beta=1 is supported");
             }
 
-            bias = c.Initializer is not null ? c.Name : null;
+            bias = ConstantWeights.TensorOf(c) is not null ? c.Name : null;
             biasInNode = true;
             if (bias is null)
             {
@@ -64,7 +64,8 @@ public sealed class GemmMatcher : ILoraTargetMatcher
             Activation = x,
             TransposeActivation = node.GetInt("transA", 0) != 0,
             WeightInput = node.Inputs[1]!,
-            Weight = w.Initializer,
+            Weight = w.Source,
+            WeightReshaped = w.Reshaped,
             Layout = outIn ? WeightLayout.OutIn : WeightLayout.InOut,
             InFeatures = inFeatures,
             OutFeatures = outFeatures,

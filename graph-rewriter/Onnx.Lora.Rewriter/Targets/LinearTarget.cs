@@ -17,6 +17,12 @@ public enum LinearOpKind
 
     /// <summary>com.microsoft Attention: the fused qkv projection weight of ORT's transformers optimizer.</summary>
     Attention,
+
+    /// <summary>ONNX Conv (group = 1) with a constant weight [out, in, k…]: PEFT's Conv1d/2d/3d LoRA (not in all-linear).</summary>
+    Conv,
+
+    /// <summary>ONNX Gather (axis 0) of a constant table [rows, dim]: PEFT's Embedding LoRA (not in all-linear).</summary>
+    Embedding,
 }
 
 /// <summary>One linear layer y = x·W (+ bias) that LoRA can adapt, as found in a graph.</summary>
@@ -37,8 +43,17 @@ public sealed record LinearTarget
     /// <summary>The node input carrying the weight as the node consumes it (after any Transpose / Cast / DequantizeLinear).</summary>
     public required Value WeightInput { get; init; }
 
-    /// <summary>The initializer holding the stored weight W.</summary>
+    /// <summary>The value holding the stored weight W: an initializer, or the output of a Constant node.</summary>
     public required Value Weight { get; init; }
+
+    /// <summary>The stored weight data (the initializer's tensor or the Constant node's <c>value</c>).</summary>
+    public Tensor? WeightData => ConstantWeights.TensorOf(Weight);
+
+    /// <summary>True when the base stores W as a Constant node instead of an initializer.</summary>
+    public bool WeightIsConstantNode => ConstantWeights.IsConstantNodeOutput(Weight);
+
+    /// <summary>True when a Reshape views the stored W (of another rank) as the 2-D weight, in the same element order.</summary>
+    public bool WeightReshaped { get; init; }
 
     /// <summary>How W is stored.</summary>
     public required WeightLayout Layout { get; init; }
@@ -53,7 +68,7 @@ public sealed record LinearTarget
     public required DataType ActivationType { get; init; }
 
     /// <summary>Element type W is stored in.</summary>
-    public DataType WeightType => Weight.Initializer?.DataType ?? Weight.ElementType;
+    public DataType WeightType => WeightData?.DataType ?? Weight.ElementType;
 
     /// <summary>True when W is stored quantized (MatMulNBits, or a DequantizeLinear before the MatMul).</summary>
     public bool Quantized { get; init; }
@@ -87,6 +102,12 @@ public sealed record LinearTarget
 
     /// <summary>True for the output head (lm_head, logits, tied embedding): excluded from all-linear.</summary>
     public bool IsOutputHead { get; init; }
+
+    /// <summary>Conv only: the kernel's spatial dims; <see cref="InFeatures"/> is in-channels × their product (the flattened receptive field).</summary>
+    public IReadOnlyList<long>? Kernel { get; init; }
+
+    /// <summary>True for linear layers (MatMul, Gemm, MatMulNBits, fused Attention): what all-linear and inspect's linear list cover.</summary>
+    public bool IsLinear => OpKind is not (LinearOpKind.Conv or LinearOpKind.Embedding);
 
     /// <summary>Number of weight parameters (in × out).</summary>
     public long WeightParameters => InFeatures * OutFeatures;

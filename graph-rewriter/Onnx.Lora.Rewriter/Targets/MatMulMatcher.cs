@@ -29,7 +29,7 @@ public sealed class MatMulMatcher : ILoraTargetMatcher
         }
 
         WeightTrace w = trace.Value!;
-        IReadOnlyList<long> dims = w.Initializer.Initializer!.Dims;
+        IReadOnlyList<long> dims = w.Dims;
         long inFeatures = w.Transposed ? dims[1] : dims[0];
         long outFeatures = w.Transposed ? dims[0] : dims[1];
         string? bias = LinearBias.FollowingAdd(node.Outputs[0], outFeatures);
@@ -39,7 +39,8 @@ public sealed class MatMulMatcher : ILoraTargetMatcher
             OpKind = LinearOpKind.MatMul,
             Activation = x,
             WeightInput = node.Inputs[1]!,
-            Weight = w.Initializer,
+            Weight = w.Source,
+            WeightReshaped = w.Reshaped,
             Layout = w.Transposed ? WeightLayout.OutIn : WeightLayout.InOut,
             InFeatures = inFeatures,
             OutFeatures = outFeatures,
@@ -68,6 +69,6 @@ internal static class LinearBias
         }
 
         Value? other = add.Inputs[1 - output.Uses[0].InputIndex];
-        return other?.Initializer is { } t && t.Dims.Count == 1 && t.Dims[0] == outFeatures ? other.Name : null;
+        return ConstantWeights.TensorOf(other) is { } t && t.Dims.Count == 1 && t.Dims[0] == outFeatures ? other!.Name : null;
     }
 }

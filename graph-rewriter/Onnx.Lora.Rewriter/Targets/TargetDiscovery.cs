@@ -13,7 +13,7 @@ public static class TargetDiscovery
 {
     /// <summary>The op handlers, first match wins.</summary>
     public static IReadOnlyList<ILoraTargetMatcher> Matchers { get; } =
-        [new MatMulMatcher(), new GemmMatcher(), new MatMulNBitsMatcher(), new FusedAttentionMatcher()];
+        [new MatMulMatcher(), new GemmMatcher(), new MatMulNBitsMatcher(), new FusedAttentionMatcher(), new ConvMatcher(), new EmbeddingMatcher()];
 
     /// <summary>Names of the ops a target can be, for error messages.</summary>
     public static string SupportedOps => string.Join(", ", Matchers.Select(m => m.OpName));
@@ -48,7 +48,13 @@ public static class TargetDiscovery
     /// Every targetable linear layer of <paramref name="model"/>'s main graph in graph order, named, with output heads
     /// marked. LoRA parameters of an already adapted model are not targets.
     /// </summary>
-    public static IReadOnlyList<LinearTarget> Find(Model model)
+    public static IReadOnlyList<LinearTarget> Find(Model model) => FindAll(model).Where(t => t.IsLinear).ToList();
+
+    /// <summary>
+    /// Every target of <paramref name="model"/>'s main graph in graph order, named: the linear layers of
+    /// <see cref="Find"/> plus Conv layers and embedding lookups (which only explicit names or a regex select).
+    /// </summary>
+    public static IReadOnlyList<LinearTarget> FindAll(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
         Graph graph = model.Graph;
@@ -88,7 +94,7 @@ public static class TargetDiscovery
                 used[module] = 1;
             }
 
-            bool head = name.Role == ModuleRole.OutputHead || IsStructuralHead(t);
+            bool head = t.IsLinear && (name.Role == ModuleRole.OutputHead || IsStructuralHead(t));
             named.Add(t with
             {
                 Module = module,
@@ -111,6 +117,11 @@ public static class TargetDiscovery
     /// <summary>The logits projection: its output is the graph output 'logits', or its weight is the (tied) token embedding.</summary>
     private static bool IsStructuralHead(LinearTarget t)
     {
+        if (!t.IsLinear)
+        {
+            return false;
+        }
+
         Value output = t.Node.Outputs[0];
         if (output.IsGraphOutput && output.Name.Contains("logits", StringComparison.OrdinalIgnoreCase))
         {

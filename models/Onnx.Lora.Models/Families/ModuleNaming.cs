@@ -122,7 +122,7 @@ public static partial class ModuleNaming
     {
         string trimmed = WeightSuffixRegex().Replace(name, string.Empty);
         var parts = trimmed.Split(['.', '/'], StringSplitOptions.RemoveEmptyEntries).ToList();
-        while (parts.Count > 1 && (s_tensorSuffixes.Contains(parts[^1]) || QuantSuffixRegex().IsMatch(parts[^1])))
+        while (parts.Count > 1 && (s_tensorSuffixes.Contains(parts[^1]) || QuantSuffixRegex().IsMatch(parts[^1]) || PaddleParameterRegex().IsMatch(parts[^1])))
         {
             parts.RemoveAt(parts.Count - 1);
         }
@@ -220,6 +220,10 @@ public static partial class ModuleNaming
 
     [GeneratedRegex(@"^weight_Q\d+(?:G\d+)?$|^MatMul_\d+$")]
     private static partial Regex QuantSuffixRegex();
+
+    // Paddle parameter names: "linear_3.w_0" (weight), "linear_3.b_0" (bias), "conv2d_1.w_0".
+    [GeneratedRegex(@"^[wb]_\d+$")]
+    private static partial Regex PaddleParameterRegex();
 
     [GeneratedRegex(@"^l(?:ayer)?_?(\d+)$")]
     private static partial Regex CompactLayerRegex();

@@ -56,6 +56,8 @@ internal sealed class InspectCommand : LoraCommand
                 node = t.Node.Name,
                 weight = t.Weight.Name,
             }),
+            convLayers = s.ConvLayers.Select(t => new { module = t.Module, inChannels = t.InFeatures / t.Kernel!.Aggregate(1L, (a, k) => a * k), outChannels = t.OutFeatures, kernel = t.Kernel, dtype = t.ActivationType.ShortName(), node = t.Node.Name, weight = t.Weight.Name }),
+            embeddingLayers = s.EmbeddingLayers.Select(t => new { module = t.Module, numEmbeddings = t.InFeatures, embeddingDim = t.OutFeatures, dtype = t.ActivationType.ShortName(), node = t.Node.Name, weight = t.Weight.Name }),
         };
         return JsonSerializer.Serialize(doc, s_jsonOptions) + Environment.NewLine;
     }
@@ -76,6 +78,25 @@ internal sealed class InspectCommand : LoraCommand
             {
                 string layer = t.IsOutputHead ? "head" : t.LayerIndex?.ToString(CultureInfo.InvariantCulture) ?? "-";
                 w.WriteLine($"  {t.Module.PadRight(width)}  {t.OpKind,-11}  {t.InFeatures,6}  {t.OutFeatures,6}  {t.ActivationType.ShortName(),-7}  {(t.Quantized ? $"int{t.Bits ?? 8}" : "no"),-5}  {layer}");
+            }
+        }
+
+        if (s.ConvLayers.Count > 0)
+        {
+            w.WriteLine($"conv layers LoRA can target (by name): {s.ConvLayers.Count}");
+            foreach (LinearTarget t in s.ConvLayers)
+            {
+                long inChannels = t.InFeatures / t.Kernel!.Aggregate(1L, (a, k) => a * k);
+                w.WriteLine($"  {t.Module}  Conv {inChannels}→{t.OutFeatures} kernel {string.Join("x", t.Kernel!)}  {t.ActivationType.ShortName()}");
+            }
+        }
+
+        if (s.EmbeddingLayers.Count > 0)
+        {
+            w.WriteLine($"embedding layers LoRA can target (by name): {s.EmbeddingLayers.Count}");
+            foreach (LinearTarget t in s.EmbeddingLayers)
+            {
+                w.WriteLine($"  {t.Module}  Gather {t.InFeatures}×{t.OutFeatures}  {t.ActivationType.ShortName()}");
             }
         }
 

@@ -23,6 +23,11 @@ internal sealed class MergeCommand : LoraCommand
         DefaultValueFactory = _ => "requantize",
     };
 
+    private static readonly Option<bool> s_constantsAsInitializers = new("--constants-as-initializers")
+    {
+        Description = "Store merged weights that the base kept as Constant nodes (paddle2onnx, older tf2onnx) as initializers instead.",
+    };
+
     public MergeCommand() : base("merge", "Merge LoRA weights into the base initializers: the result is the base graph with updated weights.")
     {
         MustExist(s_model, "Model");
@@ -32,6 +37,7 @@ internal sealed class MergeCommand : LoraCommand
         Options.Add(s_adapter);
         s_quantized.AcceptOnlyFromAmong("requantize", "float");
         Options.Add(s_quantized);
+        Options.Add(s_constantsAsInitializers);
     }
 
     protected override Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
@@ -39,7 +45,11 @@ internal sealed class MergeCommand : LoraCommand
         string model = parse.GetValue(s_model)!;
         string target = parse.GetValue(s_output)!;
         string? adapter = parse.GetValue(s_adapter);
-        var options = new MergeOptions { Quantized = parse.GetValue(s_quantized) == "float" ? QuantizedMergeMode.FloatCopy : QuantizedMergeMode.Requantize };
+        var options = new MergeOptions
+        {
+            Quantized = parse.GetValue(s_quantized) == "float" ? QuantizedMergeMode.FloatCopy : QuantizedMergeMode.Requantize,
+            ConstantsAsInitializers = parse.GetValue(s_constantsAsInitializers),
+        };
         bool hasManifest;
         using (Model probe = OnnxReader.Load(model))
         {

@@ -213,7 +213,7 @@ public static class CheckpointStore
         var byName = parameters.ToDictionary(p => p.Name, StringComparer.Ordinal);
         return new LoraWeights(manifest.Modules.Select(m => new LoraModuleWeights(m.Module, (int)m.InFeatures, (int)m.OutFeatures, m.Rank,
             Get(byName, m.LoraA, [m.InFeatures, m.Rank]).Data, Get(byName, m.LoraB, [m.Rank, m.OutFeatures]).Data, (float)m.Scaling,
-            m.Magnitude is { } mag ? Get(byName, mag, [m.OutFeatures]).Data : null)).ToList());
+            m.Magnitude is { } mag ? Get(byName, mag, [m.OutFeatures]).Data : null).ShapedAs(m)).ToList());
     }
 
     private static NamedTensor Get(Dictionary<string, NamedTensor> byName, string name, long[] shape)
