@@ -6,7 +6,7 @@ using Onnx.Lora.Bench;
 //   merge [--dir out/bench] [--rounds 30] [--runs 3] [--skip-latency] [--skip-large]
 //                                                       merged / LoRA / adapter-slot vs base latency through ORT (side by side),
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
-//   kill-resume [--dir out/bench/kill-resume] [--trials 10] [--seed N] [--steps 300] [--save-steps 5] [--cli onnx-lora.dll]
+//   kill-resume [--dir out/bench/kill-resume] [--trials 10] [--seed N] [--steps 300] [--save-steps 5] [--signal kill|int|term|mixed] [--cli onnx-lora.dll]
 //                                                       SIGKILL `train` at seeded random moments, resume, compare with an uninterrupted run
 //   train-memory [--dir out/bench/train-memory] [--steps 1100]
 //                                                       RSS / managed heap / allocations per step of a 1,100-step stories260K run (child)

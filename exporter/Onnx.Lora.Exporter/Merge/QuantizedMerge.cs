@@ -32,6 +32,9 @@ public sealed record MergeOptions
 
     /// <summary>Told as the merged model is written (merged weights are computed while they stream out).</summary>
     public IProgress<SaveProgress>? Progress { get; init; }
+
+    /// <summary>Stops the merge between tensors (Ctrl-C, SIGTERM); nothing is left at the output.</summary>
+    public CancellationToken CancellationToken { get; init; }
 }
 
 /// <summary>The re-quantization error of one module, measured from the stored bytes against the float merged weight.</summary>

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Google.Protobuf;
+using Onnx.Lora.Graph.IO;
 using Onnx.Lora.Graph.Proto;
 
 namespace Onnx.Lora.Graph.Serialization;
@@ -31,15 +32,11 @@ public static class OnnxReader
     {
         ArgumentNullException.ThrowIfNull(path);
         string full = Path.GetFullPath(path);
-        if (!File.Exists(full))
-        {
-            throw new OnnxSerializationException($"Model file '{path}' does not exist.");
-        }
-
         ModelProto proto;
         try
         {
-            using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            // A protobuf message cannot exceed 2 GiB; a FIFO or device is refused before it is read.
+            using FileStream stream = InputFile.OpenRead(path, "Model file", int.MaxValue, m => new OnnxSerializationException(m));
             proto = Parse(stream);
         }
         catch (Exception e) when (e is InvalidProtocolBufferException or IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException)
@@ -476,30 +473,36 @@ public static class OnnxReader
                 throw new OnnxSerializationException($"{displayPath}: tensor '{tensorName}' has external data location '{location}', which escapes the model's folder '{root}'.");
             }
 
-            var info = new FileInfo(full);
-            if (!info.Exists)
+            if (!File.Exists(full) && !Directory.Exists(full) && NativeFile.Probe(full, followLinks: false) is null)
             {
                 throw new OnnxSerializationException($"External data file '{full}' (location '{location}' of tensor '{tensorName}' in {displayPath}) does not exist.");
             }
 
-            // A symlink may point anywhere; resolve it and apply the same containment rule.
-            if (info.LinkTarget is not null)
+            // NOTE: links at every component (a folder link 'sub -> ..' as much as a file link) and '..' after a link
+            // are resolved once, by the kernel's rules; the file opened is the resolved one, so nothing is followed later.
+            string realRoot = NativeFile.RealPath(root) ?? root;
+            string real = NativeFile.RealPath(full)
+                ?? throw new OnnxSerializationException($"External data file '{full}' (location '{location}' of tensor '{tensorName}' in {displayPath}) does not exist (a dangling link).");
+            string realRootWithSep = realRoot.EndsWith(Path.DirectorySeparatorChar) ? realRoot : realRoot + Path.DirectorySeparatorChar;
+            if (!real.StartsWith(realRootWithSep, StringComparison.Ordinal))
             {
-                string target = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full;
-                if (!target.StartsWith(rootWithSep, StringComparison.Ordinal))
-                {
-                    throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is a link to '{target}', outside the model's folder.");
-                }
+                throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is a link to '{real}', outside the model's folder.");
             }
 
             ExternalDataFile file;
             try
             {
-                file = new ExternalDataFile(full, location);
+                file = new ExternalDataFile(full, real, location);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 throw new OnnxSerializationException($"External data file '{full}' (tensor '{tensorName}') cannot be opened: {e.Message}", e);
+            }
+
+            if (file.Kind != FileKind.Regular)
+            {
+                file.Dispose();
+                throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is {InputFile.Describe(file.Kind)}, not a regular file.");
             }
 
             Files[location] = file;

@@ -32,18 +32,20 @@ public static class OnnxWriter
         try
         {
             using var batch = new AtomicFileBatch();
+            string dataName = options.DataFileName ?? Path.GetFileName(fullPath) + ".data";
+            // Both names before any work: neither may be an input (the input's own data file given as -o included).
+            batch.Reserve(mode == ExternalDataMode.SingleFile ? [Path.Combine(folder, dataName), fullPath] : [fullPath]);
             ModelProto proto;
             if (mode == ExternalDataMode.SingleFile)
             {
-                string dataName = options.DataFileName ?? Path.GetFileName(fullPath) + ".data";
                 ModelProto? built = null;
                 batch.Add(Path.Combine(folder, dataName), stream =>
-                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress }));
+                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress, Cancellation = options.CancellationToken }));
                 proto = built!;
             }
             else
             {
-                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder) { Progress = progress });
+                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder) { Progress = progress, Cancellation = options.CancellationToken });
             }
 
             batch.Add(fullPath, stream =>
@@ -329,8 +331,11 @@ public static class OnnxWriter
 
         public ProgressCounter? Progress { get; init; }
 
+        public CancellationToken Cancellation { get; init; }
+
         public TensorProto Write(Tensor tensor)
         {
+            Cancellation.ThrowIfCancellationRequested();
             var proto = new TensorProto { Name = tensor.Name, DataType = (int)tensor.DataType, DocString = tensor.DocString ?? string.Empty };
             proto.Dims.Add(tensor.Dims);
             if (tensor is StringTensor strings)

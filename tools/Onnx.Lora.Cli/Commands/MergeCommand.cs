@@ -37,7 +37,11 @@ internal sealed class MergeCommand : LoraCommand
         string model = parse.GetValue(s_model)!;
         string target = parse.GetValue(s_output)!;
         string? adapter = parse.GetValue(s_adapter);
-        var options = new MergeOptions { Quantized = parse.GetValue(s_quantized) == "float" ? QuantizedMergeMode.FloatCopy : QuantizedMergeMode.Requantize };
+        var options = new MergeOptions
+        {
+            Quantized = parse.GetValue(s_quantized) == "float" ? QuantizedMergeMode.FloatCopy : QuantizedMergeMode.Requantize,
+            CancellationToken = cancellationToken,
+        };
         bool hasManifest;
         using (Model probe = OnnxReader.Load(model))
         {
