@@ -36,8 +36,8 @@ public static class OnnxReader
         try
         {
             // A protobuf message cannot exceed 2 GiB; a FIFO or device is refused before it is read.
-            using FileStream stream = InputFile.OpenRead(path, "Model file", int.MaxValue, m => new OnnxSerializationException(m));
-            proto = Parse(stream);
+            using Microsoft.Win32.SafeHandles.SafeFileHandle handle = InputFile.OpenHandle(path, "Model file", int.MaxValue, m => new OnnxSerializationException(m), out FileFacts facts);
+            proto = Parse(handle, facts.Size);
         }
         catch (Exception e) when (e is InvalidProtocolBufferException or IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException)
         {
@@ -62,6 +62,24 @@ public static class OnnxReader
         }
 
         return FromProto(proto, baseDirectory is null ? null : Path.GetFullPath(baseDirectory), "<memory>");
+    }
+
+    // NOTE: parsed from a lazily read sequence first: protobuf then allocates each bytes field once at its size (from a
+    // stream it gathers a large field in chunks and copies them, 2× its size at the peak). Sequences have protobuf's
+    // fixed nesting limit of 100; a model nested deeper is parsed again from a stream with MaxNestingDepth.
+    private static ModelProto Parse(Microsoft.Win32.SafeHandles.SafeFileHandle handle, long length)
+    {
+        try
+        {
+            var proto = new ModelProto();
+            proto.MergeFrom(FileSequence.Create(handle, length));
+            return proto.Graph is null ? throw new InvalidOperationException("it has no graph (field 7 of ModelProto is missing)") : proto;
+        }
+        catch (InvalidProtocolBufferException e) when (e.Message.Contains("levels of nesting", StringComparison.Ordinal))
+        {
+            using var stream = new FileStream(handle, FileAccess.Read, 1 << 16);
+            return Parse(stream);
+        }
     }
 
     private static ModelProto Parse(Stream stream)
@@ -133,6 +151,13 @@ public static class OnnxReader
     }
 
     internal static string? NullIfEmpty(string s) => s.Length == 0 ? null : s;
+
+    // The array a parsed bytes field owns, without a copy (the parsed proto is dropped after loading): a 300 MB string
+    // attribute then costs 300 MB, not 600.
+    private static byte[] Unwrap(ByteString bytes) =>
+        MemoryMarshal.TryGetArray(bytes.Memory, out ArraySegment<byte> segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length
+            ? segment.Array
+            : bytes.ToByteArray();
 
     private sealed class ReadContext(string? baseDirectory, string displayPath)
     {
@@ -308,12 +333,12 @@ public static class OnnxReader
             {
                 AttrType.Float => ap.F,
                 AttrType.Int => ap.I,
-                AttrType.String => ap.S.ToByteArray(),
+                AttrType.String => Unwrap(ap.S),
                 AttrType.Tensor => ap.T is null ? null : ReadTensor(ap.T),
                 AttrType.Graph => ap.G is null ? null : ReadGraph(ap.G, scope),
                 AttrType.Floats => ap.Floats.ToArray(),
                 AttrType.Ints => ap.Ints.ToArray(),
-                AttrType.Strings => ap.Strings.Select(s => s.ToByteArray()).ToArray(),
+                AttrType.Strings => ap.Strings.Select(Unwrap).ToArray(),
                 AttrType.Tensors => ap.Tensors.Select(ReadTensor).ToArray(),
                 AttrType.Graphs => ap.Graphs.Select(g => ReadGraph(g, scope)).ToArray(),
                 AttrType.SparseTensor => ap.SparseTensor is null ? null : new ReadOnlyMemory<byte>[] { ap.SparseTensor.ToByteArray() },
@@ -518,7 +543,7 @@ public static class OnnxReader
         {
             if (type == DataType.String)
             {
-                return new StringTensor(tp.Name, tp.Dims, tp.StringData.Select(s => s.ToByteArray()).ToArray());
+                return new StringTensor(tp.Name, tp.Dims, tp.StringData.Select(Unwrap).ToArray());
             }
 
             if (type.BitWidth() == 0)

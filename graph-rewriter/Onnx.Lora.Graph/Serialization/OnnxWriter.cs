@@ -220,7 +220,8 @@ public static class OnnxWriter
                 proto.I = i;
                 break;
             case byte[] s:
-                proto.S = ByteString.CopyFrom(s);
+                // No copy: the bytes are only read while this proto is written out.
+                proto.S = UnsafeByteOperations.UnsafeWrap(s);
                 break;
             case Tensor t:
                 // Tensors inside attributes are always inline: ONNX Constant nodes must be self-contained.
@@ -236,7 +237,7 @@ public static class OnnxWriter
                 proto.Ints.Add(ints);
                 break;
             case byte[][] ss:
-                proto.Strings.Add(ss.Select(ByteString.CopyFrom));
+                proto.Strings.Add(ss.Select(b => UnsafeByteOperations.UnsafeWrap(b)));
                 break;
             case Tensor[] ts:
                 proto.Tensors.Add(ts.Select(TensorSink.Inline.Write));
@@ -340,7 +341,7 @@ public static class OnnxWriter
             proto.Dims.Add(tensor.Dims);
             if (tensor is StringTensor strings)
             {
-                proto.StringData.Add(strings.Strings.Select(ByteString.CopyFrom));
+                proto.StringData.Add(strings.Strings.Select(b => UnsafeByteOperations.UnsafeWrap(b)));
             }
             else if (tensor is ExternalTensor ext && mode == ExternalDataMode.Keep)
             {
