@@ -156,10 +156,13 @@ internal static class KillResumeCampaign
         string stopped = string.Create(CultureInfo.InvariantCulture, $" (exit {process.ExitCode} after {clock.Elapsed.TotalMilliseconds:F0} ms)");
         string last = LastStep(run);
         string? latest = Latest(run);
-        string? failure = process.ExitCode != 130 ? $" FAIL: exit {process.ExitCode}"
+        // A signal that lands after the last step (during the final export) lets the run finish: exit 0, complete output.
+        bool finishedFirst = process.ExitCode == 0 && File.Exists(Path.Combine(run, "summary.json"));
+        string? failure = finishedFirst ? null
+            : process.ExitCode != 130 ? $" FAIL: exit {process.ExitCode}"
             : last != "none" && last != "0" && latest != $"checkpoint-{last}" ? $" FAIL: latest checkpoint {latest ?? "none"}, last step {last}"
             : null;
-        return new KillResult(moment + stopped, false, failure);
+        return new KillResult(moment + stopped, finishedFirst, failure);
     }
 
     private static KillResult KillAfter(string cli, string[] flags, string run, bool resume, TimeSpan delay)
