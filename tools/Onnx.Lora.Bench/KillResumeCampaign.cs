@@ -141,7 +141,7 @@ internal static class KillResumeCampaign
         }
 
         var clock = Stopwatch.StartNew();
-        using (Process kill = Process.Start("kill", [$"-{signal}", process.Id.ToString(CultureInfo.InvariantCulture)])!)
+        using (Process kill = Process.Start("sh", ["-c", $"kill -{signal} {process.Id.ToString(CultureInfo.InvariantCulture)}"])!)
         {
             kill.WaitForExit();
         }

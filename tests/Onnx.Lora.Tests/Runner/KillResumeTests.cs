@@ -103,7 +103,8 @@ public sealed class KillResumeTests
         {
             WaitUntil(process, () => MetricLines(run) >= line);
             Assert.IsFalse(process.HasExited, "the run ended before the signal");
-            using (Process kill = Process.Start("kill", [$"-{signal}", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            // The shell's built-in kill: a fresh CI machine may lack /bin/kill (procps).
+            using (Process kill = Process.Start("sh", ["-c", $"kill -{signal} {process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)}"]))
             {
                 kill.WaitForExit();
             }
