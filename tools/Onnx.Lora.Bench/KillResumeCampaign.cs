@@ -28,6 +28,9 @@ internal static class KillResumeCampaign
         int steps = int.Parse(BenchArgs.Option(args, "--steps") ?? "300", CultureInfo.InvariantCulture);
         int saveSteps = int.Parse(BenchArgs.Option(args, "--save-steps") ?? "5", CultureInfo.InvariantCulture);
         string cli = BenchArgs.Option(args, "--cli") ?? FindCli();
+        // kill (SIGKILL, default) | int | term | mixed (SIGINT or SIGTERM per kill): a catchable signal must end the run
+        // with exit 130 and a checkpoint of its last completed step.
+        string signal = BenchArgs.Option(args, "--signal") ?? "kill";
         string repo = BenchArgs.RepoRoot();
         if (Directory.Exists(dir))
         {
@@ -57,7 +60,7 @@ internal static class KillResumeCampaign
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"kill-and-resume campaign: stories260K, all-linear LoRA, {steps} steps, checkpoint every {saveSteps} steps (keep 2); reference run {referenceSeconds:F2} s wall; seed {seed}; {trials} trials"));
         Console.WriteLine("trial  kill (moment → last metrics step, resumed from, torn checkpoint left)                                   final resume from   result");
-        int passed = 0;
+        int passed = 0, signalFailures = 0;
         for (int t = 1; t <= trials; t++)
         {
             var rng = new Random(seed + t);
@@ -69,14 +72,22 @@ internal static class KillResumeCampaign
             {
                 string from = Latest(run) ?? "start";
                 int remainingSaves = Math.Max(1, (steps - (from == "start" ? 0 : int.Parse(from["checkpoint-".Length..], CultureInfo.InvariantCulture))) / saveSteps);
-                bool duringCheckpoint = rng.Next(3) == 0;
-                KillResult r = duringCheckpoint
+                bool duringCheckpoint = signal == "kill" && rng.Next(3) == 0;
+                string send = signal switch { "int" => "INT", "term" => "TERM", "mixed" => rng.Next(2) == 0 ? "INT" : "TERM", _ => "KILL" };
+                KillResult r = send != "KILL"
+                    ? Signal(cli, flags, run, resume: k > 0, send, TimeSpan.FromSeconds(0.5 + (rng.NextDouble() * (referenceSeconds - 0.5))))
+                    : duringCheckpoint
                     ? KillAtCheckpointEvent(cli, flags, run, resume: k > 0, eventNumber: 1 + rng.Next(5 * remainingSaves))
                     : KillAfter(cli, flags, run, resume: k > 0, TimeSpan.FromSeconds(rng.NextDouble() * referenceSeconds));
                 finished = r.ExitedFirst;
+                if (r.Failure is not null)
+                {
+                    signalFailures++;
+                }
+
                 string torn = TornCheckpoint(run) ?? "-";
                 notes.Add(r.ExitedFirst ? $"{r.Moment} → exited before the kill"
-                    : $"{r.Moment} → step {LastStep(run)}, from {from}, torn {torn}");
+                    : $"{r.Moment} → step {LastStep(run)}, from {from}, torn {torn}{r.Failure}");
             }
 
             string finalFrom = Latest(run) ?? "start";
@@ -85,6 +96,10 @@ internal static class KillResumeCampaign
             if (exit != 0)
             {
                 result = $"FAIL (exit {exit})";
+            }
+            else if (notes.Any(n => n.Contains("FAIL", StringComparison.Ordinal)))
+            {
+                result = "FAIL (signal)";
             }
             else if (!Metrics(run).SequenceEqual(expectedMetrics))
             {
@@ -108,11 +123,47 @@ internal static class KillResumeCampaign
             }
         }
 
-        Console.WriteLine($"{passed}/{trials} trials passed (final losses, learning rates, gradient norms, token counts and adapter bytes equal the uninterrupted run)");
+        Console.WriteLine($"{passed}/{trials} trials passed (final losses, learning rates, gradient norms, token counts and adapter bytes equal the uninterrupted run)"
+            + (signal == "kill" ? string.Empty : $"; {signalFailures} signalled run(s) did not exit 130 with a checkpoint of their last step"));
         return passed == trials ? 0 : 1;
     }
 
-    private sealed record KillResult(string Moment, bool ExitedFirst);
+    private sealed record KillResult(string Moment, bool ExitedFirst, string? Failure = null);
+
+    // SIGINT / SIGTERM: the run must stop by itself with exit 130, its latest checkpoint being its last metrics step.
+    private static KillResult Signal(string cli, string[] flags, string run, bool resume, string signal, TimeSpan delay)
+    {
+        using Process process = Start(cli, flags, run, resume);
+        string moment = string.Create(CultureInfo.InvariantCulture, $"SIG{signal} t={delay.TotalSeconds:F3}s");
+        if (process.WaitForExit(delay))
+        {
+            return new KillResult(moment, true);
+        }
+
+        var clock = Stopwatch.StartNew();
+        using (Process kill = Process.Start("sh", ["-c", $"kill -{signal} {process.Id.ToString(CultureInfo.InvariantCulture)}"])!)
+        {
+            kill.WaitForExit();
+        }
+
+        if (!process.WaitForExit(TimeSpan.FromSeconds(120)))
+        {
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit();
+            return new KillResult(moment, false, " FAIL: still running 120 s after the signal");
+        }
+
+        string stopped = string.Create(CultureInfo.InvariantCulture, $" (exit {process.ExitCode} after {clock.Elapsed.TotalMilliseconds:F0} ms)");
+        string last = LastStep(run);
+        string? latest = Latest(run);
+        // A signal that lands after the last step (during the final export) lets the run finish: exit 0, complete output.
+        bool finishedFirst = process.ExitCode == 0 && File.Exists(Path.Combine(run, "summary.json"));
+        string? failure = finishedFirst ? null
+            : process.ExitCode != 130 ? $" FAIL: exit {process.ExitCode}"
+            : last != "none" && last != "0" && latest != $"checkpoint-{last}" ? $" FAIL: latest checkpoint {latest ?? "none"}, last step {last}"
+            : null;
+        return new KillResult(moment + stopped, finishedFirst, failure);
+    }
 
     private static KillResult KillAfter(string cli, string[] flags, string run, bool resume, TimeSpan delay)
     {

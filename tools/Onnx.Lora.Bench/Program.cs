@@ -6,8 +6,10 @@ using Onnx.Lora.Bench;
 //   merge [--dir out/bench] [--rounds 30] [--runs 3] [--skip-latency] [--skip-large]
 //                                                       merged / LoRA / adapter-slot vs base latency through ORT (side by side),
 //                                                       and merge throughput + peak RSS on the 1B-shaped model vs a plain copy
-//   kill-resume [--dir out/bench/kill-resume] [--trials 10] [--seed N] [--steps 300] [--save-steps 5] [--cli onnx-lora.dll]
+//   kill-resume [--dir out/bench/kill-resume] [--trials 10] [--seed N] [--steps 300] [--save-steps 5] [--signal kill|int|term|mixed] [--cli onnx-lora.dll]
 //                                                       SIGKILL `train` at seeded random moments, resume, compare with an uninterrupted run
+//   attr-memory [--dir out/bench/attr-memory] [--mb 300]
+//                                                       peak RSS (VmHWM, child per stage) of load / inject / merge of a model with one huge string attribute
 //   train-memory [--dir out/bench/train-memory] [--steps 1100]
 //                                                       RSS / managed heap / allocations per step of a 1,100-step stories260K run (child)
 //   data-parallel [--size 3.95m|135m | --model M] [--steps 8] [--warmup 2] [--batch 4] [--seq 64] [--rounds 3]
@@ -28,6 +30,8 @@ return args.FirstOrDefault() switch
     "adamw" => AdamWBenchmark.Run(args[1..]),
     "generate" => GenerateBenchmark.Run(args[1..]),
     "kill-resume" => KillResumeCampaign.Run(args[1..]),
+    "attr-memory" => AttributeMemoryBenchmark.Run(args[1..]),
+    AttributeMemoryBenchmark.ChildVerb => AttributeMemoryBenchmark.RunChild(args[1..]),
     "train-memory" => TrainMemoryBenchmark.Run(args[1..]),
     "data-parallel" => DataParallelBenchmark.Run(args[1..]),
     TrainMemoryBenchmark.ChildVerb => TrainMemoryBenchmark.RunChild(args[1..]),

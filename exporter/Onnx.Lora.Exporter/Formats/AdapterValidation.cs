@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Exporter.Formats;
 
@@ -163,7 +164,7 @@ public static partial class AdapterValidation
         {
             try
             {
-                using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(path));
+                using JsonDocument doc = JsonDocument.Parse(InputFile.ReadAllBytes(path, "genai_config", 16 << 20, m => new AdapterFormatException(m)));
                 JsonElement model = doc.RootElement.GetProperty("model");
                 JsonElement decoder = model.GetProperty("decoder");
                 long? Get(JsonElement e, string name) => e.TryGetProperty(name, out JsonElement v) && v.TryGetInt64(out long x) ? x : null;

@@ -1,6 +1,7 @@
 using Google.FlatBuffers;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Exporter.Formats;
 
@@ -89,16 +90,8 @@ public static class OnnxAdapterFormat
     public static AdapterFile Read(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new AdapterFormatException($"Cannot read adapter file '{path}': {e.Message}", e);
-        }
-
+        // Refused before reading: a FIFO or device (/dev/zero would be read until memory runs out).
+        byte[] bytes = InputFile.ReadAllBytes(path, "Adapter file", Array.MaxLength, m => new AdapterFormatException(m));
         return Read(bytes, path);
     }
 

@@ -3,6 +3,7 @@ using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Exporter.Formats;
 
@@ -79,6 +80,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
             throw new AdapterFormatException($"Safetensors file '{path}' does not exist.");
         }
 
+        // Refuses a FIFO or device before mapping it, and records the file as an input of the running verb.
+        InputFile.Check(path, "Safetensors file", long.MaxValue, m => new AdapterFormatException(m));
         if (fileLength < 8)
         {
             throw new AdapterFormatException($"Safetensors file '{path}' is {fileLength} bytes: too short for the 8-byte header length.");

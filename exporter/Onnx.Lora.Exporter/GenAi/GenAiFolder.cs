@@ -9,6 +9,7 @@ using System.Text.Json.Nodes;
 using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Exporter.GenAi;
 
@@ -150,7 +151,7 @@ public static class GenAiFolder
     {
         try
         {
-            JsonObject root = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new AdapterFormatException($"genai_config '{path}' is empty.");
+            JsonObject root = JsonNode.Parse(InputFile.ReadAllText(path, "genai_config", 16 << 20, m => new AdapterFormatException(m)))?.AsObject() ?? throw new AdapterFormatException($"genai_config '{path}' is empty.");
             if (root["model"]?["decoder"] is not JsonObject)
             {
                 throw new AdapterFormatException($"genai_config '{path}' has no model.decoder section.");

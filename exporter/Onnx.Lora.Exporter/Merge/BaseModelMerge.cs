@@ -35,8 +35,8 @@ public static class BaseModelMerge
         MergeReport report = MergeInto(model, weights, basePath, adapterPath, options);
         bool external = model.DataFiles.Count > 0;
         OnnxWriter.Save(model, outputPath, external
-            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = options?.Progress }
-            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = options?.Progress });
+            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default }
+            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default });
         return report;
     }
 

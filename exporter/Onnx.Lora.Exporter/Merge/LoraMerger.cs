@@ -58,8 +58,8 @@ public static class LoraMerger
         MergeReport report = MergeInto(model, manifest, weights, loraModelPath, options);
         bool external = model.DataFiles.Count > 0;
         var save = external
-            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = options?.Progress }
-            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = options?.Progress };
+            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default }
+            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default };
         OnnxWriter.Save(model, outputPath, save);
         return report;
     }

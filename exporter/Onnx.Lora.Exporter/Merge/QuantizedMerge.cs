@@ -38,6 +38,9 @@ public sealed record MergeOptions
     /// (false: the merged model stores every weight where the base stored it).
     /// </summary>
     public bool ConstantsAsInitializers { get; init; }
+
+    /// <summary>Stops the merge between tensors (Ctrl-C, SIGTERM); nothing is left at the output.</summary>
+    public CancellationToken CancellationToken { get; init; }
 }
 
 /// <summary>The re-quantization error of one module, measured from the stored bytes against the float merged weight.</summary>

@@ -5,6 +5,7 @@ using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Exporter.Peft;
 
@@ -194,14 +195,9 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"PEFT config '{path}' does not exist (a PEFT adapter needs adapter_config.json beside its safetensors file).");
             }
 
-            long size = new FileInfo(path).Length;
-            if (size > MaxConfigBytes)
-            {
-                // Real configs are a few KB (tens with a per-module rank_pattern); a huge one would cost ~20× its size to parse.
-                throw new AdapterFormatException($"PEFT config '{path}' is {size:N0} bytes; an adapter_config.json is a few KB (the limit is {MaxConfigBytes:N0}).");
-            }
-
-            JsonNode root = JsonNode.Parse(File.ReadAllText(path)) ?? throw new AdapterFormatException($"PEFT config '{path}' is empty.");
+            // Real configs are a few KB (tens with a per-module rank_pattern); a huge one would cost ~20× its size to parse.
+            string text = InputFile.ReadAllText(path, "PEFT config", MaxConfigBytes, m => new AdapterFormatException(m), "an adapter_config.json is a few KB");
+            JsonNode root = JsonNode.Parse(text) ?? throw new AdapterFormatException($"PEFT config '{path}' is empty.");
             if (root is not JsonObject)
             {
                 throw new AdapterFormatException($"PEFT config '{path}' is a JSON {root.GetValueKind()}; expected an object.");

@@ -17,16 +17,35 @@ public sealed class ExternalDataFile : IDisposable
     private unsafe byte* _base;
     private bool _disposed;
 
-    internal ExternalDataFile(string fullPath, string location)
+    internal ExternalDataFile(string fullPath, string resolvedPath, string location)
     {
         FullPath = fullPath;
         Location = location;
 
         // NOTE: the handle is opened once, at load: a later save that replaces this path (same model saved in
         // place) renames a new file over it, and this model must keep reading the bytes it was opened with.
-        _handle = File.OpenHandle(fullPath, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
-        Length = RandomAccess.GetLength(_handle);
+        // Opened without blocking (a FIFO would hang the open) at the path already resolved; the caller refuses
+        // anything that is not a regular file before a byte is read.
+        _handle = IO.NativeFile.OpenForReading(resolvedPath);
+        try
+        {
+            IO.FileFacts facts = IO.NativeFile.ProbeHandle(_handle, fullPath);
+            Kind = facts.Kind;
+            Length = facts.Kind == IO.FileKind.Regular ? facts.Size : 0;
+            if (Kind == IO.FileKind.Regular)
+            {
+                IO.InputScope.Register(fullPath, facts);
+            }
+        }
+        catch
+        {
+            _handle.Dispose();
+            throw;
+        }
     }
+
+    /// <summary>What the file is; the reader refuses anything but a regular file.</summary>
+    internal IO.FileKind Kind { get; }
 
     /// <summary>Absolute path of the file.</summary>
     public string FullPath { get; }

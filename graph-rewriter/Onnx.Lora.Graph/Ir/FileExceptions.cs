@@ -31,7 +31,7 @@ public class OutputWriteException : LoraException
 
 /// <summary>
 /// An output would replace one of the command's inputs (the same file by another name, or a data file the input
-/// needs), like <c>cp a a</c>: refused before anything is written.
+/// needs), like <c>cp a a</c>, or another process holds its lock: refused before anything is written.
 /// </summary>
 public class OutputConflictException : LoraException
 {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Graph.Serialization;
 
@@ -99,11 +100,46 @@ public static class AtomicFile
 /// <remarks>
 /// Temporary files are named <c>.NAME.PID-GUID.tmp</c> beside NAME. A process killed while writing leaves one behind;
 /// the next write of NAME deletes those whose process is gone (never a live writer's).
+/// Each final name is reserved before anything is written: it must not be an input of the running verb
+/// (<see cref="InputScope"/>), and its <see cref="OutputLock"/> is held until the batch ends, so two writers of the
+/// same files never interleave their renames (one writer's model beside another's data file).
 /// </remarks>
 public sealed class AtomicFileBatch : IDisposable
 {
     private readonly List<(string Temp, string Final)> _pending = [];
+    private readonly Dictionary<string, OutputLock> _locks = new(StringComparer.Ordinal);
     private bool _committed;
+
+    /// <summary>Test hook: runs after each rename of a commit (tests force other writers to interleave here).</summary>
+    internal static Action<string>? BetweenRenames { get; set; }
+
+    /// <summary>
+    /// Reserves final names before the work that produces them: refuses a name that is an input of the running verb and
+    /// takes its lock (<see cref="OutputLock"/>). <see cref="Add"/> reserves its own name; reserving every name first
+    /// makes a refusal come before any work.
+    /// </summary>
+    /// <exception cref="OutputConflictException">A name is an input, or another process is writing it.</exception>
+    public void Reserve(params IEnumerable<string> paths)
+    {
+        ArgumentNullException.ThrowIfNull(paths);
+        foreach (string path in paths)
+        {
+            string full = Path.GetFullPath(path);
+            if (_locks.ContainsKey(full))
+            {
+                continue;
+            }
+
+            InputScope.EnsureNotInput(full);
+            // A folder that cannot hold the output (read-only, under a regular file) fails here, naming the output.
+            OutputPaths.EnsureWritableShape(full);
+            OutputPaths.Guard(full, null, () =>
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(full) ?? ".");
+                _locks[full] = OutputLock.Acquire(full);
+            });
+        }
+    }
 
     /// <summary>Writes the content of <paramref name="path"/> to a temporary file now.</summary>
     public void Add(string path, Action<FileStream> write)
@@ -112,9 +148,9 @@ public sealed class AtomicFileBatch : IDisposable
         ArgumentNullException.ThrowIfNull(write);
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full) ?? ".";
+        Reserve(full);
         string temp = Path.Combine(dir, string.Create(CultureInfo.InvariantCulture, $".{Path.GetFileName(full)}.{Environment.ProcessId}-{Guid.NewGuid():N}.tmp"));
         // A failed write (disk full, read-only folder...) names the file the user asked for, never the temporary.
-        OutputPaths.EnsureWritableShape(full);
         OutputPaths.Guard(full, temp, () =>
         {
             Directory.CreateDirectory(dir);
@@ -129,6 +165,12 @@ public sealed class AtomicFileBatch : IDisposable
     /// <summary>Renames every temporary file into place (the last one added last, its old version removed first).</summary>
     public void Commit()
     {
+        foreach ((_, string final) in _pending)
+        {
+            // Again at the last moment: an input read after the reservation (or a link swapped in since) still counts.
+            InputScope.EnsureNotInput(final);
+        }
+
         if (_pending.Count > 1)
         {
             // NOTE: without this, a kill between the renames would leave the new data file under the old model's
@@ -139,23 +181,29 @@ public sealed class AtomicFileBatch : IDisposable
         foreach ((string temp, string final) in _pending)
         {
             OutputPaths.Guard(final, temp, () => File.Move(temp, final, overwrite: true));
+            BetweenRenames?.Invoke(final);
         }
 
         _committed = true;
     }
 
-    /// <summary>Deletes temporary files that were not committed.</summary>
+    /// <summary>Deletes temporary files that were not committed and releases the output locks.</summary>
     public void Dispose()
     {
-        if (_committed)
+        if (!_committed)
         {
-            return;
+            foreach ((string temp, _) in _pending)
+            {
+                TryDelete(temp);
+            }
         }
 
-        foreach ((string temp, _) in _pending)
+        foreach (OutputLock held in _locks.Values)
         {
-            TryDelete(temp);
+            held.Dispose();
         }
+
+        _locks.Clear();
     }
 
     /// <summary>Whether <paramref name="fileName"/> is a temporary file of this writer (for tools that list a folder).</summary>

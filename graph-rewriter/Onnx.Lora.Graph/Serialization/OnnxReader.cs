@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Google.Protobuf;
+using Onnx.Lora.Graph.IO;
 using Onnx.Lora.Graph.Proto;
 
 namespace Onnx.Lora.Graph.Serialization;
@@ -31,16 +32,12 @@ public static class OnnxReader
     {
         ArgumentNullException.ThrowIfNull(path);
         string full = Path.GetFullPath(path);
-        if (!File.Exists(full))
-        {
-            throw new OnnxSerializationException($"Model file '{path}' does not exist.");
-        }
-
         ModelProto proto;
         try
         {
-            using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-            proto = Parse(stream);
+            // A protobuf message cannot exceed 2 GiB; a FIFO or device is refused before it is read.
+            using Microsoft.Win32.SafeHandles.SafeFileHandle handle = InputFile.OpenHandle(path, "Model file", int.MaxValue, m => new OnnxSerializationException(m), out FileFacts facts);
+            proto = Parse(handle, facts.Size);
         }
         catch (Exception e) when (e is InvalidProtocolBufferException or IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException)
         {
@@ -65,6 +62,24 @@ public static class OnnxReader
         }
 
         return FromProto(proto, baseDirectory is null ? null : Path.GetFullPath(baseDirectory), "<memory>");
+    }
+
+    // NOTE: parsed from a lazily read sequence first: protobuf then allocates each bytes field once at its size (from a
+    // stream it gathers a large field in chunks and copies them, 2× its size at the peak). Sequences have protobuf's
+    // fixed nesting limit of 100; a model nested deeper is parsed again from a stream with MaxNestingDepth.
+    private static ModelProto Parse(Microsoft.Win32.SafeHandles.SafeFileHandle handle, long length)
+    {
+        try
+        {
+            var proto = new ModelProto();
+            proto.MergeFrom(FileSequence.Create(handle, length));
+            return proto.Graph is null ? throw new InvalidOperationException("it has no graph (field 7 of ModelProto is missing)") : proto;
+        }
+        catch (InvalidProtocolBufferException e) when (e.Message.Contains("levels of nesting", StringComparison.Ordinal))
+        {
+            using var stream = new FileStream(handle, FileAccess.Read, 1 << 16);
+            return Parse(stream);
+        }
     }
 
     private static ModelProto Parse(Stream stream)
@@ -138,6 +153,13 @@ public static class OnnxReader
     }
 
     internal static string? NullIfEmpty(string s) => s.Length == 0 ? null : s;
+
+    // The array a parsed bytes field owns, without a copy (the parsed proto is dropped after loading): a 300 MB string
+    // attribute then costs 300 MB, not 600.
+    private static byte[] Unwrap(ByteString bytes) =>
+        MemoryMarshal.TryGetArray(bytes.Memory, out ArraySegment<byte> segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length
+            ? segment.Array
+            : bytes.ToByteArray();
 
     private sealed class ReadContext(string? baseDirectory, string displayPath)
     {
@@ -313,12 +335,12 @@ public static class OnnxReader
             {
                 AttrType.Float => ap.F,
                 AttrType.Int => ap.I,
-                AttrType.String => ap.S.ToByteArray(),
+                AttrType.String => Unwrap(ap.S),
                 AttrType.Tensor => ap.T is null ? null : ReadTensor(ap.T),
                 AttrType.Graph => ap.G is null ? null : ReadGraph(ap.G, scope),
                 AttrType.Floats => ap.Floats.ToArray(),
                 AttrType.Ints => ap.Ints.ToArray(),
-                AttrType.Strings => ap.Strings.Select(s => s.ToByteArray()).ToArray(),
+                AttrType.Strings => ap.Strings.Select(Unwrap).ToArray(),
                 AttrType.Tensors => ap.Tensors.Select(ReadTensor).ToArray(),
                 AttrType.Graphs => ap.Graphs.Select(g => ReadGraph(g, scope)).ToArray(),
                 AttrType.SparseTensor => ap.SparseTensor is null ? null : new ReadOnlyMemory<byte>[] { ap.SparseTensor.ToByteArray() },
@@ -478,30 +500,36 @@ public static class OnnxReader
                 throw new OnnxSerializationException($"{displayPath}: tensor '{tensorName}' has external data location '{location}', which escapes the model's folder '{root}'.");
             }
 
-            var info = new FileInfo(full);
-            if (!info.Exists)
+            if (!File.Exists(full) && !Directory.Exists(full) && NativeFile.Probe(full, followLinks: false) is null)
             {
                 throw new OnnxSerializationException($"External data file '{full}' (location '{location}' of tensor '{tensorName}' in {displayPath}) does not exist.");
             }
 
-            // A symlink may point anywhere; resolve it and apply the same containment rule.
-            if (info.LinkTarget is not null)
+            // NOTE: links at every component (a folder link 'sub -> ..' as much as a file link) and '..' after a link
+            // are resolved once, by the kernel's rules; the file opened is the resolved one, so nothing is followed later.
+            string realRoot = NativeFile.RealPath(root) ?? root;
+            string real = NativeFile.RealPath(full)
+                ?? throw new OnnxSerializationException($"External data file '{full}' (location '{location}' of tensor '{tensorName}' in {displayPath}) does not exist (a dangling link).");
+            string realRootWithSep = realRoot.EndsWith(Path.DirectorySeparatorChar) ? realRoot : realRoot + Path.DirectorySeparatorChar;
+            if (!real.StartsWith(realRootWithSep, StringComparison.Ordinal))
             {
-                string target = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full;
-                if (!target.StartsWith(rootWithSep, StringComparison.Ordinal))
-                {
-                    throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is a link to '{target}', outside the model's folder.");
-                }
+                throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is a link to '{real}', outside the model's folder.");
             }
 
             ExternalDataFile file;
             try
             {
-                file = new ExternalDataFile(full, location);
+                file = new ExternalDataFile(full, real, location);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 throw new OnnxSerializationException($"External data file '{full}' (tensor '{tensorName}') cannot be opened: {e.Message}", e);
+            }
+
+            if (file.Kind != FileKind.Regular)
+            {
+                file.Dispose();
+                throw new OnnxSerializationException($"{displayPath}: external data '{location}' of tensor '{tensorName}' is {InputFile.Describe(file.Kind)}, not a regular file.");
             }
 
             Files[location] = file;
@@ -517,7 +545,7 @@ public static class OnnxReader
         {
             if (type == DataType.String)
             {
-                return new StringTensor(tp.Name, tp.Dims, tp.StringData.Select(s => s.ToByteArray()).ToArray());
+                return new StringTensor(tp.Name, tp.Dims, tp.StringData.Select(Unwrap).ToArray());
             }
 
             if (type.BitWidth() == 0)

@@ -32,18 +32,20 @@ public static class OnnxWriter
         try
         {
             using var batch = new AtomicFileBatch();
+            string dataName = options.DataFileName ?? Path.GetFileName(fullPath) + ".data";
+            // Both names before any work: neither may be an input (the input's own data file given as -o included).
+            batch.Reserve(mode == ExternalDataMode.SingleFile ? [Path.Combine(folder, dataName), fullPath] : [fullPath]);
             ModelProto proto;
             if (mode == ExternalDataMode.SingleFile)
             {
-                string dataName = options.DataFileName ?? Path.GetFileName(fullPath) + ".data";
                 ModelProto? built = null;
                 batch.Add(Path.Combine(folder, dataName), stream =>
-                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress }));
+                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress, Cancellation = options.CancellationToken }));
                 proto = built!;
             }
             else
             {
-                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder) { Progress = progress });
+                proto = ToProto(model, new TensorSink(mode, null, null, long.MaxValue, folder) { Progress = progress, Cancellation = options.CancellationToken });
             }
 
             batch.Add(fullPath, stream =>
@@ -219,7 +221,8 @@ public static class OnnxWriter
                 proto.I = i;
                 break;
             case byte[] s:
-                proto.S = ByteString.CopyFrom(s);
+                // No copy: the bytes are only read while this proto is written out.
+                proto.S = UnsafeByteOperations.UnsafeWrap(s);
                 break;
             case Tensor t:
                 // Tensors inside attributes are always inline: ONNX Constant nodes must be self-contained.
@@ -235,7 +238,7 @@ public static class OnnxWriter
                 proto.Ints.Add(ints);
                 break;
             case byte[][] ss:
-                proto.Strings.Add(ss.Select(ByteString.CopyFrom));
+                proto.Strings.Add(ss.Select(b => UnsafeByteOperations.UnsafeWrap(b)));
                 break;
             case Tensor[] ts:
                 proto.Tensors.Add(ts.Select(TensorSink.Inline.Write));
@@ -330,13 +333,16 @@ public static class OnnxWriter
 
         public ProgressCounter? Progress { get; init; }
 
+        public CancellationToken Cancellation { get; init; }
+
         public TensorProto Write(Tensor tensor)
         {
+            Cancellation.ThrowIfCancellationRequested();
             var proto = new TensorProto { Name = tensor.Name, DataType = (int)tensor.DataType, DocString = tensor.DocString ?? string.Empty };
             proto.Dims.Add(tensor.Dims);
             if (tensor is StringTensor strings)
             {
-                proto.StringData.Add(strings.Strings.Select(ByteString.CopyFrom));
+                proto.StringData.Add(strings.Strings.Select(b => UnsafeByteOperations.UnsafeWrap(b)));
             }
             else if (tensor is ExternalTensor ext && mode == ExternalDataMode.Keep)
             {

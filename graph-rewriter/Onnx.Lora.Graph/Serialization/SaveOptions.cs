@@ -33,6 +33,12 @@ public sealed record SaveOptions
 
     /// <summary>Told, synchronously on the saving thread, after each tensor is written (for a progress bar on long saves).</summary>
     public IProgress<SaveProgress>? Progress { get; init; }
+
+    /// <summary>
+    /// Checked before each tensor is written: a cancelled save (Ctrl-C, SIGTERM) stops with
+    /// <see cref="OperationCanceledException"/>, and its temporary files are deleted.
+    /// </summary>
+    public CancellationToken CancellationToken { get; init; }
 }
 
 /// <summary>How far a save has got.</summary>

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Models.Builders;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Models.Conversion;
 
@@ -67,7 +68,7 @@ public sealed class Llama2cCheckpoint : IWeightSource
             throw new OnnxSerializationException($"llama2.c checkpoint '{path}' does not exist.");
         }
 
-        long length = new FileInfo(path).Length;
+        long length = InputFile.Check(path, "llama2.c checkpoint", long.MaxValue, m => new OnnxSerializationException(m)).Size;
         if (length < Llama2cHeader.ByteCount)
         {
             throw new OnnxSerializationException($"llama2.c checkpoint '{path}' is {length} bytes; expected at least the {Llama2cHeader.ByteCount}-byte header (7 int32: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len).");

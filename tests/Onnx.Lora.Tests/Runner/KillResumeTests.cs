@@ -86,6 +86,41 @@ public sealed class KillResumeTests
         AssertResumeEqualsUninterrupted(dir, flags, run, Steps);
     }
 
+    [TestMethod]
+    [DataRow("INT", 20261203)]
+    [DataRow("TERM", 20261204)]
+    public void Train_SignalledAtSeededStep_Exits130WithCheckpointAndResumesExactly(string signal, int seed)
+    {
+        // SIGINT / SIGTERM (not SIGKILL): the run must stop at the end of its step, save a checkpoint of that step and
+        // exit 130; `--resume latest` then continues to the uninterrupted result bit for bit.
+        var random = new Random(seed);
+        using var dir = new TempDir();
+        const int Steps = 120;
+        string[] flags = Flags(dir, Steps, saveSteps: 50);
+        string run = dir.File("signalled");
+        int line = 3 + random.Next(40);
+        using (Process process = StartTrain(flags, run, resume: false))
+        {
+            WaitUntil(process, () => MetricLines(run) >= line);
+            Assert.IsFalse(process.HasExited, "the run ended before the signal");
+            // The shell's built-in kill: a fresh CI machine may lack /bin/kill (procps).
+            using (Process kill = Process.Start("sh", ["-c", $"kill -{signal} {process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)}"]))
+            {
+                kill.WaitForExit();
+            }
+
+            Assert.IsTrue(process.WaitForExit(TimeSpan.FromSeconds(60)), "the run did not stop within 60 s of SIG" + signal);
+            Assert.AreEqual(130, process.ExitCode, "SIG" + signal);
+        }
+
+        string? latest = CheckpointStore.FindLatest(Path.Combine(run, "checkpoints"));
+        Assert.IsNotNull(latest, "no checkpoint after SIG" + signal);
+        Assert.AreEqual($"checkpoint-{MetricLines(run)}", Path.GetFileName(latest), "the checkpoint is not of the last completed step");
+        TestContext.WriteLine($"SIG{signal} after {line}+ metric lines → {Path.GetFileName(latest)}");
+
+        AssertResumeEqualsUninterrupted(dir, flags, run, Steps);
+    }
+
     private void AssertResumeEqualsUninterrupted(TempDir dir, string[] flags, string killedDir, int steps)
     {
         TrainOptions options = TrainOptionsLoader.Load(null, Pairs(flags));

@@ -63,7 +63,7 @@ internal sealed class InjectCommand : LoraCommand
                 throw new LoraOptionsException($"Refusing to overwrite the base model '{path}'; choose another --output.");
             }
 
-            OnnxWriter.Save(model, outPath!);
+            OnnxWriter.Save(model, outPath!, new SaveOptions { CancellationToken = cancellationToken });
         }
 
         var w = new StringWriter(CultureInfo.InvariantCulture);

@@ -51,10 +51,13 @@ internal abstract class LoraCommand : Command
         TextWriter output = parse.InvocationConfiguration.Output;
         TextWriter error = parse.InvocationConfiguration.Error;
         bool verbose = parse.GetValue(GlobalOptions.Verbose);
+        // Every file the verb reads is recorded here, so none of its outputs can replace one (cp's same-file check).
+        using var inputs = Graph.IO.InputScope.Begin();
+        using var signals = new SignalCancellation(cancellationToken);
         try
         {
             InputPaths.EnsureExist(parse, _inputs);
-            return await ExecuteAsync(parse, output, cancellationToken).ConfigureAwait(false);
+            return await ExecuteAsync(parse, output, signals.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {

@@ -49,6 +49,7 @@ internal sealed class MergeCommand : LoraCommand
         {
             Quantized = parse.GetValue(s_quantized) == "float" ? QuantizedMergeMode.FloatCopy : QuantizedMergeMode.Requantize,
             ConstantsAsInitializers = parse.GetValue(s_constantsAsInitializers),
+            CancellationToken = cancellationToken,
         };
         bool hasManifest;
         using (Model probe = OnnxReader.Load(model))

@@ -3,6 +3,7 @@ using System.Text.Json;
 using Onnx.Lora.Trainer.Schedules;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Trainer.Config;
 
@@ -86,7 +87,7 @@ public static class TrainOptionsLoader
             string text;
             try
             {
-                text = File.ReadAllText(configFile);
+                text = InputFile.ReadAllText(configFile, "Config file", 16 << 20, m => new ConfigException(m));
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {

@@ -1,4 +1,5 @@
 using System.Text;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Trainer.Data;
 
@@ -15,7 +16,9 @@ internal static class BoundedLineReader
     public static IEnumerable<Line> Read(string path, int maxChars)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChars);
-        using var reader = new StreamReader(path, Utf8LineCheck.Encoding, detectEncodingFromByteOrderMarks: true, bufferSize: 1 << 16);
+        // A FIFO or device (/dev/zero: an endless line of NULs) is refused before reading; the file's size is then known.
+        using FileStream stream = InputFile.OpenRead(path, "Dataset", long.MaxValue, m => new DataException(m));
+        using var reader = new StreamReader(stream, Utf8LineCheck.Encoding, detectEncodingFromByteOrderMarks: true, bufferSize: 1 << 16);
         var line = new StringBuilder();
         char[] buffer = new char[1 << 16];
         int number = 1;

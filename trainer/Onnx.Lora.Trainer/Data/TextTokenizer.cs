@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
+using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Trainer.Data;
 
@@ -275,12 +276,16 @@ public sealed class TextTokenizer
     private DataException Unrepresentable(string text, int index) =>
         new($"Tokenizer '{Source}' cannot represent the character '{text[index]}' (U+{(int)text[index]:X4}): it is not in the vocabulary and the tokenizer has no unk token or byte fallback.");
 
+    // The largest real tokenizer.json files are tens of MB (Gemma's ~34 MB); a file far beyond is not a tokenizer, and
+    // its size is checked before a byte is read (a device like /dev/zero is refused outright).
+    private const long MaxTokenizerBytes = 1L << 30;
+
     private static TextTokenizer LoadSentencePiece(string path)
     {
         SentencePieceTokenizer sp;
         try
         {
-            using FileStream stream = File.OpenRead(path);
+            using FileStream stream = InputFile.OpenRead(path, "SentencePiece model", MaxTokenizerBytes, m => new DataException(m));
             sp = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
         }
         catch (Exception e) when (e is not DataException and not OutOfMemoryException)
@@ -324,7 +329,7 @@ public sealed class TextTokenizer
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(InputFile.ReadAllBytes(path, "Tokenizer", MaxTokenizerBytes, m => new DataException(m)));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
         {
@@ -726,7 +731,7 @@ public sealed class TextTokenizer
 
         try
         {
-            using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            using JsonDocument doc = JsonDocument.Parse(InputFile.ReadAllBytes(path, "Tokenizer config", MaxTokenizerBytes, m => new DataException(m)));
             return doc.RootElement.ValueKind == JsonValueKind.Object
                 ? doc.RootElement.Clone()
                 : throw new DataException($"'{path}' is a JSON {doc.RootElement.ValueKind}; expected an object.");
