@@ -93,7 +93,7 @@ internal static class Verbs
         ITrainingPeer peer;
         if (ours)
         {
-            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"));
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"), a.Flag("prepack"));
         }
         else
         {
@@ -106,10 +106,19 @@ internal static class Verbs
             peer = TorchPeer(LlamaGraphFacts.Read(model), a, threads);
         }
 
+        // Start-up as a user sees it: from the process start to the point where the first step can run.
+        double readySeconds = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalSeconds;
         using (peer)
         {
             var losses = new List<float>();
-            TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i => losses.Add(peer.Step(batches[i % batches.Length])));
+            TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i =>
+            {
+                losses.Add(peer.Step(batches[i % batches.Length]));
+                if (i == 0)
+                {
+                    Console.WriteLine($"after step 1: {ProcessStats.Snapshot()}");
+                }
+            });
             if (a.Flag("verbose"))
             {
                 for (int i = 0; i < losses.Count; i++)
@@ -124,7 +133,7 @@ internal static class Verbs
             }
 
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6}"));
+                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} ready_s={readySeconds:F2} final_loss={losses[^1]:F6}"));
         }
 
         return 0;

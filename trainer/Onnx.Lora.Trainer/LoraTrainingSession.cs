@@ -43,6 +43,13 @@ public sealed record TrainingSessionOptions
     /// <c>lora_B</c> tensor. Needs the vectorized optimizer.
     /// </summary>
     public IReadOnlyDictionary<string, float>? LearningRateScales { get; init; }
+
+    /// <summary>
+    /// Whether ONNX Runtime pre-packs constant MatMul weights into its GEMM layout. Off by default: the backward graph
+    /// reads every frozen weight again (transposed), so ORT must keep the original as well and a packed copy doubles the
+    /// frozen weights in memory, for a step-time gain within noise (BENCHMARKS.md, "Real model sizes").
+    /// </summary>
+    public bool PrepackWeights { get; init; }
 }
 
 /// <summary>
@@ -321,8 +328,16 @@ public sealed class LoraTrainingSession : IDisposable
         _eval?.Dispose();
     }
 
-    private SessionOptions CreateSessionOptions() =>
-        ExecutionProviders.CreateSessionOptions(_options.Provider, _options.IntraOpThreads, _options.DeviceId, _options.AllowSpinning);
+    private SessionOptions CreateSessionOptions()
+    {
+        SessionOptions options = ExecutionProviders.CreateSessionOptions(_options.Provider, _options.IntraOpThreads, _options.DeviceId, _options.AllowSpinning);
+        if (!_options.PrepackWeights)
+        {
+            options.AddSessionConfigEntry("session.disable_prepacking", "1");
+        }
+
+        return options;
+    }
 
     private void RunTraining(TrainingBatch batch)
     {
