@@ -50,6 +50,9 @@ public sealed record TrainingSessionOptions
     /// frozen weights in memory, for a step-time gain within noise (BENCHMARKS.md, "Real model sizes").
     /// </summary>
     public bool PrepackWeights { get; init; }
+
+    /// <summary>Whether ONNX Runtime plans one memory block per run (its memory pattern). Off by default; see CreateSessionOptions.</summary>
+    public bool MemoryPattern { get; init; }
 }
 
 /// <summary>
@@ -335,6 +338,12 @@ public sealed class LoraTrainingSession : IDisposable
         {
             options.AddSessionConfigEntry("session.disable_prepacking", "1");
         }
+
+        // NOTE: ORT's memory pattern allocates, from the second run on, one block sized for all planned intermediates
+        // while the arena still holds what the first run allocated: the peak of a training step doubles (135M shape,
+        // seq 256x2: 3.62 GiB with it, 2.25 GiB without, the same step time within noise). The arena alone reuses the
+        // first run's blocks.
+        options.EnableMemoryPattern = _options.MemoryPattern;
 
         return options;
     }
