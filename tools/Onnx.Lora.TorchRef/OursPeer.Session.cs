@@ -35,8 +35,10 @@ internal sealed class SessionPeer : ITrainingPeer
 
     public SessionPeer(string loraModelPath, AdamWSettings adamw, int threads, bool spin = false, bool prepack = false)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path);
-        Console.WriteLine($"after artifacts: {ProcessStats.Snapshot()}");
+        Console.WriteLine($"after artifacts ({clock.Elapsed.TotalSeconds:F1} s): {ProcessStats.Snapshot()}");
+        clock.Restart();
         _session = LoraTrainingSession.Create(artifacts, new TrainingSessionOptions
         {
             IntraOpThreads = threads,
@@ -46,7 +48,7 @@ internal sealed class SessionPeer : ITrainingPeer
             MaxGradientNorm = 0,
             PrepackWeights = prepack,
         });
-        Console.WriteLine($"after session: {ProcessStats.Snapshot()}");
+        Console.WriteLine($"after session ({clock.Elapsed.TotalSeconds:F1} s): {ProcessStats.Snapshot()}");
     }
 
     public string Name => "ours";
