@@ -45,9 +45,9 @@ public sealed record TrainingSessionOptions
     public IReadOnlyDictionary<string, float>? LearningRateScales { get; init; }
 
     /// <summary>
-    /// Whether ONNX Runtime pre-packs constant MatMul weights into its GEMM layout. Off by default: the backward graph
-    /// reads every frozen weight again (transposed), so ORT must keep the original as well and a packed copy doubles the
-    /// frozen weights in memory, for a step-time gain within noise (BENCHMARKS.md, "Real model sizes").
+    /// Whether ONNX Runtime pre-packs constant MatMul weights into its GEMM layout. Off by default: the forward MatMul and
+    /// the backward FusedMatMul (transB) each pack their own copy of every frozen weight (+1.1 GiB at session creation for
+    /// 0.5 GiB of weights on the 135M shape), for a step-time gain within noise (BENCHMARKS.md, "Real model sizes").
     /// </summary>
     public bool PrepackWeights { get; init; }
 
