@@ -16,7 +16,7 @@ internal sealed record ScaleShape(string Name, string MakeArgs, int Seq, int Bat
     public static readonly ScaleShape[] All =
     [
         new("smollm-135m", "--hidden 576 --layers 30 --heads 9 --kv-heads 3 --intermediate 1536 --vocab 49152 --max-pos 2048", 256, 2),
-        new("qwen-0.5b", "--hidden 896 --layers 24 --heads 14 --kv-heads 2 --intermediate 4864 --vocab 151936 --max-pos 2048", 256, 1),
+        new("qwen-0.5b", "--hidden 896 --layers 24 --heads 14 --kv-heads 2 --intermediate 4864 --vocab 151936 --max-pos 2048 --external-data", 256, 1),
     ];
 }
 
