@@ -3,7 +3,7 @@ using Onnx.Lora.TorchRef;
 
 if (args.Length == 0)
 {
-    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|make-model> [--options]");
+    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|scale|make-model> [--options]");
     return 2;
 }
 
@@ -20,6 +20,7 @@ try
         "sgemm" => Verbs.Sgemm(options),
         "make-model" => Verbs.MakeModel(options),
         "bench" => Verbs.Bench(options),
+        "scale" => ScaleBench.Run(options),
         _ => throw new ArgumentException($"Unknown verb '{args[0]}'."),
     };
 }

@@ -93,7 +93,7 @@ internal static class Verbs
         ITrainingPeer peer;
         if (ours)
         {
-            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"));
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"), a.Flag("prepack"));
         }
         else
         {
@@ -106,10 +106,19 @@ internal static class Verbs
             peer = TorchPeer(LlamaGraphFacts.Read(model), a, threads);
         }
 
+        // Start-up as a user sees it: from the process start to the point where the first step can run.
+        double readySeconds = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalSeconds;
         using (peer)
         {
             var losses = new List<float>();
-            TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i => losses.Add(peer.Step(batches[i % batches.Length])));
+            TrainTiming timing = TrainTiming.Measure(a.Int("warmup", 2), a.Int("steps", 20), batchSize * seq, i =>
+            {
+                losses.Add(peer.Step(batches[i % batches.Length]));
+                if (i == 0)
+                {
+                    Console.WriteLine($"after step 1: {ProcessStats.Snapshot()}");
+                }
+            });
             if (a.Flag("verbose"))
             {
                 for (int i = 0; i < losses.Count; i++)
@@ -124,7 +133,7 @@ internal static class Verbs
             }
 
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} final_loss={losses[^1]:F6}"));
+                $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} ready_s={readySeconds:F2} final_loss={losses[^1]:F6}"));
         }
 
         return 0;
@@ -188,9 +197,10 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>make-model --out M.onnx [--hidden 256 --layers 4 --heads 8 --kv-heads 4 --intermediate 688 --vocab 4096 --max-pos 256]</c>:
+    /// <c>make-model --out M.onnx [--hidden 256 --layers 4 --heads 8 --kv-heads 4 --intermediate 688 --vocab 4096 --max-pos 256 --external-data]</c>:
     /// a larger torch-style Llama (models/ TorchLlamaBuilder, interleaved RoPE, named weights, seeded random weights) so the
-    /// bench can also be run where GEMMs, not per-op overhead, dominate.
+    /// bench can also be run where GEMMs, not per-op overhead, dominate. With <c>--external-data</c>, and always at 2 GiB
+    /// of weights or more (protobuf's limit), the weights go to <c>M.onnx.data</c> beside the model.
     /// </summary>
     public static int MakeModel(Args a)
     {
@@ -207,7 +217,10 @@ internal static class Verbs
             Naming = InitializerNaming.Named,
         };
         using Model model = TorchLlamaBuilder.Build(config);
-        OnnxWriter.Save(model, a.Str("out"));
+        bool external = a.Flag("external-data") || config.ParameterCount * sizeof(float) >= (2L << 30) - (64L << 20);
+        OnnxWriter.Save(model, a.Str("out"), external
+            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(a.Str("out")) + ".data" }
+            : null);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {a.Str("out")}: {config.ParameterCount / 1e6:F2} M parameters"));
         return 0;
     }
@@ -291,7 +304,8 @@ internal static class Verbs
         return 0;
     }
 
-    private static Dictionary<string, string> RunChild(string arguments, string? ompWaitPolicy = null)
+    /// <summary>Runs this tool as a child with <paramref name="arguments"/> and returns its <c>RESULT k=v</c> pairs (none when <paramref name="resultLine"/> is false).</summary>
+    internal static Dictionary<string, string> RunChild(string arguments, string? ompWaitPolicy = null, bool resultLine = true)
     {
         string exe = Path.Combine(AppContext.BaseDirectory, "onnx-lora-torchref");
         var psi = new ProcessStartInfo(exe, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -305,16 +319,21 @@ internal static class Verbs
         string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
         string? result = output.Split('\n').LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
-        if (p.ExitCode != 0 || result is null)
+        if (p.ExitCode != 0 || (result is null && resultLine))
         {
             throw new IOException($"child '{arguments}' failed (exit {p.ExitCode}): {output} {err.Result}");
+        }
+
+        if (result is null)
+        {
+            return [];
         }
 
         return result["RESULT ".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries)
             .Select(kv => kv.Split('=', 2)).ToDictionary(kv => kv[0], kv => kv[1], StringComparer.Ordinal);
     }
 
-    private static double Median(IEnumerable<double> values)
+    internal static double Median(IEnumerable<double> values)
     {
         double[] v = values.Order().ToArray();
         return v.Length % 2 == 1 ? v[v.Length / 2] : (v[(v.Length / 2) - 1] + v[v.Length / 2]) / 2;

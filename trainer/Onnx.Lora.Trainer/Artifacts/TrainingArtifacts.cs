@@ -83,9 +83,52 @@ public sealed class TrainingArtifacts
     {
         ArgumentException.ThrowIfNullOrEmpty(modelPath);
         ArgumentException.ThrowIfNullOrEmpty(outputFolder);
-        options ??= new TrainingArtifactsOptions();
+        TrainingArtifacts artifacts = BuildCore(modelPath, outputFolder, options ?? new TrainingArtifactsOptions());
+        ReleaseBuildMemory();
+        return artifacts;
+    }
+
+    /// <summary>
+    /// Returns the memory of the build to the operating system. Building holds the model's weights in managed memory
+    /// (the whole model at 0.1–1 GiB, more while writing); training runs right after and its peak would sit on top of
+    /// that garbage, because the GC neither collects nor decommits it before the next allocation pressure. An
+    /// aggressive, compacting full collection (the large-object heap included) gives it back now.
+    /// </summary>
+    private static void ReleaseBuildMemory()
+    {
+        System.Runtime.GCSettings.LargeObjectHeapCompactionMode = System.Runtime.GCLargeObjectHeapCompactionMode.CompactOnce;
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+    }
+
+    private static TrainingArtifacts BuildCore(string modelPath, string outputFolder, TrainingArtifactsOptions options)
+    {
         Directory.CreateDirectory(outputFolder);
 
+        // Everything is built in a hidden folder and moved into place only once both models are written, so a
+        // failed build (an op without a gradient rule, a full disk) leaves the output folder as it was.
+        AtomicFile.RemoveStaleTemporaryFolders(outputFolder, "artifacts");
+        string staging = Path.Combine(outputFolder, AtomicFile.TemporaryFolderName("artifacts"));
+        Directory.CreateDirectory(staging);
+        try
+        {
+            ArtifactDescription description = WriteTrainingModel(modelPath, options, staging);
+            // The training model's weights are garbage once it is written: give them back before the evaluation model
+            // loads its own copy, so the build peaks near one model in memory, not two.
+            ReleaseBuildMemory();
+            WriteEvalModel(modelPath, options, description.Trainable.Select(t => t.Name).ToArray(), staging);
+            AtomicFile.WriteAllText(Path.Combine(staging, DescriptionFile), JsonSerializer.Serialize(description, s_json));
+            MoveIntoPlace(staging, outputFolder);
+            return new TrainingArtifacts(Path.GetFullPath(outputFolder), description);
+        }
+        finally
+        {
+            Directory.Delete(staging, recursive: true);
+        }
+    }
+
+    /// <summary>Builds training.onnx from the model at <paramref name="modelPath"/> into <paramref name="folder"/>, with the frozen weights in <see cref="WeightsDataFile"/>.</summary>
+    private static ArtifactDescription WriteTrainingModel(string modelPath, TrainingArtifactsOptions options, string folder)
+    {
         using Model training = OnnxReader.Load(modelPath);
         IReadOnlyList<string> trainable = options.TrainableTensors
             ?? LoraManifest.Read(training)?.TrainableTensors().ToArray()
@@ -110,30 +153,13 @@ public sealed class TrainingArtifacts
 
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss);
         Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable);
-        var description = new ArtifactDescription
+        OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
+        return new ArtifactDescription
         {
             Trainable = tensors,
             EmptyPastInputs = [.. emptyPast],
             LabelInputs = [.. options.Loss.LabelInputs],
         };
-
-        // Everything is built in a hidden folder and moved into place only once both models are written, so a
-        // failed build (an op without a gradient rule, a full disk) leaves the output folder as it was.
-        AtomicFile.RemoveStaleTemporaryFolders(outputFolder, "artifacts");
-        string staging = Path.Combine(outputFolder, AtomicFile.TemporaryFolderName("artifacts"));
-        Directory.CreateDirectory(staging);
-        try
-        {
-            WriteModels(training, modelPath, options, trainable, staging);
-            AtomicFile.WriteAllText(Path.Combine(staging, DescriptionFile), JsonSerializer.Serialize(description, s_json));
-            MoveIntoPlace(staging, outputFolder);
-        }
-        finally
-        {
-            Directory.Delete(staging, recursive: true);
-        }
-
-        return new TrainingArtifacts(Path.GetFullPath(outputFolder), description);
     }
 
     /// <summary>Opens artifacts written by <see cref="Build"/>.</summary>
@@ -160,14 +186,12 @@ public sealed class TrainingArtifacts
     }
 
     /// <summary>
-    /// Writes training.onnx with the frozen weights in <see cref="WeightsDataFile"/>, then eval.onnx referencing the
-    /// same bytes of that file: the weights are on disk once, not once per model.
+    /// Writes eval.onnx beside training.onnx, referencing the same bytes of <see cref="WeightsDataFile"/>: the weights
+    /// are on disk once, not once per model.
     /// </summary>
-    private static void WriteModels(Model training, string modelPath, TrainingArtifactsOptions options, IReadOnlyList<string> trainable, string folder)
+    private static void WriteEvalModel(string modelPath, TrainingArtifactsOptions options, IReadOnlyList<string> trainable, string folder)
     {
         string trainingPath = Path.Combine(folder, TrainingModelFile);
-        OnnxWriter.Save(training, trainingPath, new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
-
         using Model eval = OnnxReader.Load(modelPath);
         Prepare(eval, options, modelPath, out LossOutputs evalLoss);
         DisableDropout(eval);

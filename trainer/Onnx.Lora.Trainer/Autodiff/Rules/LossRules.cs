@@ -60,16 +60,13 @@ public sealed class SoftmaxCrossEntropyLossGradient : GradientRule
                 _ => throw new LoraException($"SoftmaxCrossEntropyLoss '{node.Name}' has unknown reduction '{reduction}'."),
             };
 
+            // softmax − onehot without a one-hot [N, C] tensor or a second [N, C] result: the label entries, gathered
+            // from p (one per sample), minus one are written back over p. (p[label] − 1 is what p − onehot computes there.)
             Value p = context.Op("Softmax", [scores], Attr.Int("axis", 1));
-            Value depth = context.Op("Gather", [context.ShapeOfValue(scores), context.Ints(1)]);
-            // ORT's CPU OneHot has float32 values only; cast afterwards for other score types.
-            Value onOff = context.Op("Cast", [context.Ints(0, 1)], Attr.Int("to", (long)DataType.Float));
-            Value onehot = context.Op("OneHot", [safeLabels, depth, onOff], Attr.Int("axis", 1));
-            if (TypeOr(context, scores) != DataType.Float)
-            {
-                onehot = context.Op("Cast", [onehot], Attr.Int("to", (long)TypeOr(context, scores)));
-            }
-            terms.Add(context.Mul(context.Sub(p, onehot), context.Unsqueeze(coefficient, [1])));
+            Value at = context.Unsqueeze(safeLabels, [1]);
+            Value atLabel = context.Sub(context.Op("GatherElements", [p, at], Attr.Int("axis", 1)), context.Scalar(1.0, scores));
+            Value pMinusOnehot = context.Op("ScatterElements", [p, at, atLabel], Attr.Int("axis", 1));
+            terms.Add(context.Mul(pMinusOnehot, context.Unsqueeze(coefficient, [1])));
         }
 
         if (step.OutputGradient(1) is { } dlogp)
