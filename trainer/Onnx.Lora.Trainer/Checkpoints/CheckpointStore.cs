@@ -52,7 +52,7 @@ public static class CheckpointStore
     /// <param name="checkpoint">What to save.</param>
     /// <param name="manifest">The LoRA manifest, used to lay out the PEFT adapter.</param>
     /// <param name="keepLast">How many checkpoints to keep (the new one included); 0 keeps all.</param>
-    /// <param name="baseModelName">Written as PEFT's base_model_name_or_path.</param>
+    /// <param name="baseModelName">PEFT's base_model_name_or_path when the manifest records none.</param>
     /// <returns>The checkpoint folder.</returns>
     /// <exception cref="CheckpointException">Writing failed; earlier checkpoints are intact.</exception>
     public static string Save(string outputDir, TrainingCheckpoint checkpoint, LoraManifest manifest, int keepLast, string? baseModelName = null) =>
@@ -79,7 +79,7 @@ public static class CheckpointStore
             Directory.CreateDirectory(temp);
             // Collect the adapter first: a manifest/parameter mismatch fails before anything is written.
             LoraWeights adapter = ToAdapterWeights(manifest, checkpoint.Parameters);
-            PeftAdapter.Export(adapter, temp, baseModelName, manifest.Modules.Count > 0 && manifest.Modules[0].UseRsLora, manifest.Dropout);
+            PeftAdapter.Export(adapter, temp, manifest.ConfigOrDerived(), manifest.Config?.BaseModelNameOrPath ?? baseModelName);
             afterFileWritten?.Invoke(AdapterFile);
             afterFileWritten?.Invoke(AdapterConfigFile);
             WriteTensors(temp, ParametersFile, checkpoint.Parameters, afterFileWritten);

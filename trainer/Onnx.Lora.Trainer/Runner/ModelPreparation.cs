@@ -133,6 +133,7 @@ public static class ModelPreparation
             Targets = options.LoraTargets,
             Seed = options.Seed,
             TrainingGraph = options.LoraDropout > 0,
+            BaseModelNameOrPath = BaseModelReference.For(options.Model),
         };
     }
 

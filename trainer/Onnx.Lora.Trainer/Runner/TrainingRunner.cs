@@ -195,7 +195,7 @@ public sealed class TrainingRunner
         {
             adapterDir = Path.Combine(outputDir, AdapterFolder);
             Directory.CreateDirectory(adapterDir);
-            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Name, o.UseRsLora, o.LoraDropout);
+            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model));
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
             WriteTrainedModel(session, model.LoraModelPath, trainedModel);
@@ -394,7 +394,7 @@ public sealed class TrainingRunner
         };
         List<NamedTensor> parameters = CurrentParameters(c.Session);
         var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state);
-        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, c.Model.Name, AfterCheckpointFileWritten);
+        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten);
         loop.LastSavedStep = loop.Step;
         loop.LastCheckpoint = folder;
         _observer.OnCheckpoint(loop.Step, folder);

@@ -16,6 +16,7 @@ public sealed class CheckpointStoreTests
     {
         Placement = LoraPlacement.Initializers,
         Dropout = 0.05,
+        Config = new LoraConfig { Rank = 2, Alpha = 4, Dropout = 0.05, Targets = ["q_proj", "v_proj"] },
         Modules =
         [
             Module("model.layers.0.self_attn.q_proj", 6, 5, 2),
@@ -141,6 +142,7 @@ public sealed class CheckpointStoreTests
         int headerLength = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
         Assert.AreEqual(0, headerLength % 8, "header padded to 8 bytes");
         using JsonDocument header = JsonDocument.Parse(Encoding.UTF8.GetString(bytes, 8, headerLength).TrimEnd(' '));
+        Assert.AreEqual("pt", header.RootElement.GetProperty("__metadata__").GetProperty("format").GetString(), "safetensors metadata as torch writes it");
         JsonElement qa = header.RootElement.GetProperty("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
         Assert.AreEqual("F32", qa.GetProperty("dtype").GetString());
         CollectionAssert.AreEqual(new long[] { 2, 6 }, qa.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray(), "lora_A is [r, in]");
