@@ -60,7 +60,7 @@ public sealed record LoraModuleInfo
     public bool UseRsLora { get; init; }
 
     /// <summary>The scale applied to the branch: alpha/r or alpha/sqrt(r).</summary>
-    public double Scaling => Rank == 0 ? 0 : UseRsLora ? Alpha / Math.Sqrt(Rank) : Alpha / Rank;
+    public double Scaling => LoraConfig.Scaling(Rank, Alpha, UseRsLora);
 
     /// <summary>Name of A, [in, r] (an initializer, or a graph input for adapter slots).</summary>
     public required string LoraA { get; init; }
@@ -149,6 +149,59 @@ public sealed record LoraManifest
 
     /// <summary>The adapted modules, in graph order.</summary>
     public required IReadOnlyList<LoraModuleInfo> Modules { get; init; }
+
+    /// <summary>
+    /// The user's LoRA configuration (PEFT's fields: r, lora_alpha, use_rslora, targets, layers, exclusions, patterns,
+    /// base model) as inject received it; null in manifests written before it was recorded.
+    /// </summary>
+    [JsonConverter(typeof(LoraConfigJsonConverter))]
+    public LoraConfig? Config { get; init; }
+
+    /// <summary>
+    /// <see cref="Config"/>, or for older manifests one that PEFT reads as exactly these modules: the full module names
+    /// as targets, the most common rank and alpha as r and lora_alpha, and per-module patterns for the rest.
+    /// </summary>
+    public LoraConfig ConfigOrDerived()
+    {
+        if (Config is not null)
+        {
+            return Config;
+        }
+
+        int RankOf(LoraModuleInfo m) => m.RequestedRank ?? m.Rank;
+        int rank = Modules.Count == 0 ? 8 : Modules.GroupBy(RankOf).MaxBy(g => g.Count())!.Key;
+        double alpha = Modules.Count == 0 ? 8 : Modules.GroupBy(m => m.Alpha).MaxBy(g => g.Count())!.Key;
+        return new LoraConfig
+        {
+            Rank = rank,
+            Alpha = alpha,
+            Dropout = Dropout,
+            UseRsLora = Modules.Any(m => m.UseRsLora),
+            UseDora = UseDora,
+            Init = Pissa ? LoraInit.Pissa : LoraInit.KaimingUniform,
+            Targets = Modules.Select(m => m.Module).ToArray(),
+            RankPattern = Modules.Where(m => RankOf(m) != rank).Select(m => new PatternOverride(EscapeRegex(m.Module), RankOf(m))).ToArray(),
+            AlphaPattern = Modules.Where(m => m.Alpha != alpha).Select(m => new PatternOverride(EscapeRegex(m.Module), m.Alpha)).ToArray(),
+        };
+    }
+
+    /// <summary>A regex matching <paramref name="literal"/> only, in the syntax both .NET and Python's re accept.</summary>
+    public static string EscapeRegex(string literal)
+    {
+        ArgumentNullException.ThrowIfNull(literal);
+        var sb = new System.Text.StringBuilder(literal.Length + 8);
+        foreach (char c in literal)
+        {
+            if (c < 128 && !(char.IsAsciiLetterOrDigit(c) || c == '_'))
+            {
+                sb.Append('\\');
+            }
+
+            sb.Append(c);
+        }
+
+        return sb.ToString();
+    }
 
     /// <summary>Every trainable tensor name: A, B and DoRA magnitudes.</summary>
     public IEnumerable<string> TrainableTensors() =>

@@ -23,7 +23,9 @@ public enum LoraInit
 public sealed record PatternOverride(string Pattern, double Value)
 {
     /// <summary>True when <paramref name="module"/> matches, as PEFT's get_pattern_key matches.</summary>
-    public bool Matches(string module) => Regex.IsMatch(module, $@"^(.*\.)?({Pattern})$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1));
+    /// <exception cref="LoraOptionsException">The pattern is not a valid regex or runs too long.</exception>
+    public bool Matches(string module) =>
+        LoraConfig.Run($@"^(.*\.)?({Pattern})$", module, static (re, name) => Regex.IsMatch(name, re, RegexOptions.CultureInvariant, LoraConfig.RegexTimeout));
 
     /// <summary>Parses <c>REGEX=VALUE</c>.</summary>
     /// <exception cref="LoraOptionsException">The text is not REGEX=VALUE.</exception>
@@ -54,52 +56,19 @@ public class LoraOptionsException : LoraException
 }
 
 /// <summary>
-/// Everything that decides which layers get an adapter and how: PEFT's LoraConfig. Immutable; <see cref="Validate"/>
-/// is the one place that checks it (the pass calls it before touching the model).
+/// A <see cref="LoraConfig"/> plus where inject puts it in the graph (placement, training graph, seed, rank dim name).
+/// Immutable; <see cref="Validate"/> is the one place that checks it (the pass calls it before touching the model).
 /// </summary>
-public sealed record LoraOptions
+public sealed record LoraOptions : LoraConfig
 {
-    /// <summary>The target list value that selects every linear layer but the output head.</summary>
-    public const string AllLinear = "all-linear";
+    /// <summary>Creates options with PEFT's defaults.</summary>
+    public LoraOptions() { }
 
-    /// <summary>Rank r (PEFT default 8).</summary>
-    public int Rank { get; init; } = 8;
-
-    /// <summary>LoRA alpha (PEFT default 8).</summary>
-    public double Alpha { get; init; } = 8;
-
-    /// <summary>Dropout on the branch input; only present in training graphs.</summary>
-    public double Dropout { get; init; }
-
-    /// <summary>Scale alpha/√r instead of alpha/r.</summary>
-    public bool UseRsLora { get; init; }
-
-    /// <summary>Weight-decomposed LoRA (magnitude vector, detached weight norm).</summary>
-    public bool UseDora { get; init; }
-
-    /// <summary>Initialization of A (and B for PiSSA).</summary>
-    public LoraInit Init { get; init; } = LoraInit.KaimingUniform;
+    /// <summary>Creates options that inject <paramref name="config"/> (placement and the rest at their defaults).</summary>
+    public LoraOptions(LoraConfig config) : base(config ?? throw new ArgumentNullException(nameof(config))) { }
 
     /// <summary>Seed of the initialization; with the module name it fixes every A bit for bit.</summary>
     public int Seed { get; init; }
-
-    /// <summary>Target module names (exact, or suffix on the dotted path), or <see cref="AllLinear"/>. Empty: use <see cref="TargetRegex"/>.</summary>
-    public IReadOnlyList<string> Targets { get; init; } = [AllLinear];
-
-    /// <summary>A regex the whole module name must match (PEFT's target_modules as a string); overrides <see cref="Targets"/>.</summary>
-    public string? TargetRegex { get; init; }
-
-    /// <summary>Modules never adapted (exact or suffix), as PEFT's exclude_modules.</summary>
-    public IReadOnlyList<string> Exclude { get; init; } = [];
-
-    /// <summary>Decoder layer indices to adapt (PEFT's layers_to_transform); null for all.</summary>
-    public IReadOnlySet<int>? Layers { get; init; }
-
-    /// <summary>Per-module rank overrides.</summary>
-    public IReadOnlyList<PatternOverride> RankPattern { get; init; } = [];
-
-    /// <summary>Per-module alpha overrides.</summary>
-    public IReadOnlyList<PatternOverride> AlphaPattern { get; init; } = [];
 
     /// <summary>Where A and B live.</summary>
     public LoraPlacement Placement { get; init; } = LoraPlacement.Initializers;
@@ -113,60 +82,14 @@ public sealed record LoraOptions
     /// </summary>
     public string RankDimName { get; init; } = "lora_rank";
 
+    /// <summary>The PEFT configuration alone (what adapter_config.json records), without the graph placement.</summary>
+    public LoraConfig ToConfig() => CopyOf(this);
+
     /// <summary>Checks every option; the one place options are validated.</summary>
     /// <exception cref="LoraOptionsException">An option is out of range or inconsistent.</exception>
-    public void Validate()
+    public override void Validate()
     {
-        if (Rank <= 0)
-        {
-            throw new LoraOptionsException($"Rank must be > 0; got {Rank}.");
-        }
-
-        if (!double.IsFinite(Alpha) || Alpha <= 0)
-        {
-            throw new LoraOptionsException($"Alpha must be a finite number > 0; got {Alpha}.");
-        }
-
-        if (!(Dropout >= 0 && Dropout < 1))
-        {
-            throw new LoraOptionsException($"Dropout must be in [0, 1); got {Dropout}.");
-        }
-
-        if (TargetRegex is null && Targets.Count == 0)
-        {
-            throw new LoraOptionsException("No target modules given: pass target names, a regex, or 'all-linear'.");
-        }
-
-        foreach (string regex in new[] { TargetRegex }.OfType<string>().Concat(RankPattern.Select(p => p.Pattern)).Concat(AlphaPattern.Select(p => p.Pattern)))
-        {
-            try
-            {
-                _ = new Regex(regex, RegexOptions.CultureInvariant);
-            }
-            catch (ArgumentException e)
-            {
-                throw new LoraOptionsException($"'{regex}' is not a valid regular expression: {e.Message}", e);
-            }
-        }
-
-        foreach (PatternOverride p in RankPattern)
-        {
-            if (p.Value <= 0 || p.Value != Math.Floor(p.Value))
-            {
-                throw new LoraOptionsException($"Rank pattern '{p.Pattern}' sets rank {p.Value}; a rank must be a whole number > 0.");
-            }
-        }
-
-        foreach (PatternOverride p in AlphaPattern.Where(p => !double.IsFinite(p.Value) || p.Value <= 0))
-        {
-            throw new LoraOptionsException($"Alpha pattern '{p.Pattern}' sets alpha {p.Value}; alpha must be > 0.");
-        }
-
-        if (Layers is not null && Layers.Any(l => l < 0))
-        {
-            throw new LoraOptionsException($"Layer indices must be ≥ 0; got {string.Join(",", Layers)}.");
-        }
-
+        base.Validate();
         if (Placement == LoraPlacement.AdapterSlots && (UseDora || Init == LoraInit.Pissa))
         {
             throw new LoraOptionsException("Adapter slots carry plain LoRA A/B only (as ORT .onnx_adapter files do); DoRA and PiSSA need the Initializers placement.");
@@ -176,43 +99,5 @@ public sealed record LoraOptions
         {
             throw new LoraOptionsException("The symbolic rank dimension needs a name.");
         }
-    }
-
-    /// <summary>The branch scale for <paramref name="rank"/> and <paramref name="alpha"/>: alpha/r, or alpha/√r with rsLoRA.</summary>
-    public double ScalingFor(int rank, double alpha) => UseRsLora ? alpha / Math.Sqrt(rank) : alpha / rank;
-
-    /// <summary>Parses PEFT's layers_to_transform as text: <c>0-3,7</c>.</summary>
-    /// <exception cref="LoraOptionsException">The text is not a list of indices and ranges.</exception>
-    public static IReadOnlySet<int> ParseLayers(string text)
-    {
-        ArgumentNullException.ThrowIfNull(text);
-        var layers = new SortedSet<int>();
-        foreach (string part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            string[] ends = part.Split('-');
-            if (ends.Length is 1 or 2 && ends.All(e => int.TryParse(e, NumberStyles.None, CultureInfo.InvariantCulture, out _)))
-            {
-                int from = int.Parse(ends[0], CultureInfo.InvariantCulture);
-                int to = int.Parse(ends[^1], CultureInfo.InvariantCulture);
-                if (to >= from)
-                {
-                    for (int i = from; i <= to; i++)
-                    {
-                        layers.Add(i);
-                    }
-
-                    continue;
-                }
-            }
-
-            throw new LoraOptionsException($"Layers '{text}': '{part}' is not an index or a range like 0-3.");
-        }
-
-        if (layers.Count == 0)
-        {
-            throw new LoraOptionsException($"Layers '{text}' selects no layer.");
-        }
-
-        return layers;
     }
 }

@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using Onnx.Lora.Rewriter.Targets;
 
 namespace Onnx.Lora.Rewriter;
@@ -17,19 +16,14 @@ public sealed record SelectedTarget(LinearTarget Target, int Rank, double Alpha)
 public static class TargetSelector
 {
     /// <summary>True when <paramref name="key"/> (a target or exclude entry) names <paramref name="module"/>: exact or <c>.suffix</c>.</summary>
-    public static bool NameMatches(string key, string module)
-    {
-        ArgumentNullException.ThrowIfNull(key);
-        ArgumentNullException.ThrowIfNull(module);
-        return module == key || module.EndsWith("." + key, StringComparison.Ordinal);
-    }
+    public static bool NameMatches(string key, string module) => LoraConfig.NameMatches(key, module);
 
     /// <summary>Selects from <paramref name="candidates"/> (as <see cref="TargetDiscovery.Find"/> returns them).</summary>
     /// <exception cref="LoraOptionsException">
     /// The model has no linear layer, a target name or pattern matches nothing, or the selection is empty; the message
     /// lists the module names that exist.
     /// </exception>
-    public static IReadOnlyList<SelectedTarget> Select(IReadOnlyList<LinearTarget> candidates, LoraOptions options)
+    public static IReadOnlyList<SelectedTarget> Select(IReadOnlyList<LinearTarget> candidates, LoraConfig options)
     {
         ArgumentNullException.ThrowIfNull(candidates);
         ArgumentNullException.ThrowIfNull(options);
@@ -39,44 +33,35 @@ public static class TargetSelector
             throw new LoraOptionsException($"The model has no linear layer LoRA can adapt (looked for {TargetDiscovery.SupportedOps} with a constant 2-D weight).");
         }
 
-        IEnumerable<LinearTarget> chosen;
         if (options.TargetRegex is { } regex)
         {
-            var re = new Regex($"^(?:{regex})$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1));
             // NOTE: Conv and Embedding layers are chosen by explicit name only (as all-linear skips them): a regex written
             // for projections must not silently adapt the embedding table too.
-            chosen = candidates.Where(t => t.IsLinear && re.IsMatch(t.Module));
-            if (!chosen.Any())
+            if (!candidates.Any(t => t.IsLinear && LoraConfig.FullMatch(regex, t.Module)))
             {
                 throw NothingMatches($"Target regex '{regex}'", candidates);
             }
         }
         else
         {
-            bool allLinear = options.Targets.Any(t => string.Equals(t, LoraOptions.AllLinear, StringComparison.OrdinalIgnoreCase));
-            string[] names = options.Targets.Where(t => !string.Equals(t, LoraOptions.AllLinear, StringComparison.OrdinalIgnoreCase)).ToArray();
-            foreach (string name in names)
+            foreach (string name in options.Targets.Where(t => !string.Equals(t, LoraConfig.AllLinear, StringComparison.OrdinalIgnoreCase)))
             {
                 if (!candidates.Any(t => NameMatches(name, t.Module)))
                 {
                     throw NothingMatches($"Target '{name}'", candidates);
                 }
             }
-
-            chosen = candidates.Where(t => (allLinear && t.IsLinear && !t.IsOutputHead) || names.Any(n => NameMatches(n, t.Module)));
         }
 
-        chosen = chosen.Where(t => !options.Exclude.Any(e => NameMatches(e, t.Module)));
-        if (options.Layers is { } layers)
-        {
-            // PEFT: with layers_to_transform, a module without a layer index is not adapted.
-            chosen = chosen.Where(t => t.LayerIndex is { } i && layers.Contains(i));
-        }
-
+        // PEFT's own rule (exclusions, exact names, suffixes, layers_to_transform/layers_pattern): LoraConfig.Selects.
+        // Conv and Embedding layers only when a target names them (not through all-linear or a regex), as PEFT's
+        // all-linear takes Linear layers only.
+        IEnumerable<LinearTarget> chosen = candidates.Where(t => options.Selects(t.Module, t.IsOutputHead)
+            && (t.IsLinear || (options.TargetRegex is null && options.Targets.Any(n => NameMatches(n, t.Module)))));
         var result = chosen.Select(t => new SelectedTarget(
             t,
-            (int)(options.RankPattern.FirstOrDefault(p => p.Matches(t.Module))?.Value ?? options.Rank),
-            options.AlphaPattern.FirstOrDefault(p => p.Matches(t.Module))?.Value ?? options.Alpha)).ToList();
+            options.RankOf(t.Module),
+            options.AlphaOf(t.Module))).ToList();
 
         if (result.Count == 0)
         {

@@ -21,6 +21,12 @@ public sealed record SafetensorsTensor(string Name, DataType DataType, IReadOnly
 /// <summary>Writes safetensors files atomically (a failed write leaves nothing at the destination).</summary>
 public static class SafetensorsWriter
 {
+    /// <summary>
+    /// The <c>__metadata__</c> torch's safetensors writer (and so PEFT and Transformers) puts in every file; written when
+    /// the caller gives none, since <c>safetensors.torch.load_file</c> users check it.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> PtMetadata { get; } = new Dictionary<string, string>(StringComparer.Ordinal) { ["format"] = "pt" };
+
     /// <summary>Writes <paramref name="tensors"/> (in name order, as the reference writer does) and <paramref name="metadata"/> to <paramref name="path"/>.</summary>
     /// <exception cref="AdapterFormatException">A tensor's byte count does not match its shape, or names repeat.</exception>
     public static void Write(string path, IEnumerable<SafetensorsTensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
@@ -60,6 +66,7 @@ public static class SafetensorsWriter
 
     private static byte[] BuildHeader(string path, List<SafetensorsTensor> list, IReadOnlyDictionary<string, string>? metadata)
     {
+        metadata ??= PtMetadata;
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer))
         {

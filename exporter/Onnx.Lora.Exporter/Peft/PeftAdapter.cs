@@ -9,28 +9,13 @@ using Onnx.Lora.Graph.IO;
 
 namespace Onnx.Lora.Exporter.Peft;
 
-/// <summary>The fields of PEFT's adapter_config.json that decide the numbers.</summary>
+/// <summary>An adapter_config.json as read: PEFT's LoRA configuration and the fields beside it.</summary>
 public sealed record PeftConfig
 {
-    /// <summary>Default rank r.</summary>
-    public required int R { get; init; }
+    /// <summary>The LoRA configuration (r, lora_alpha, use_rslora, targets, layers, exclusions, patterns, base model).</summary>
+    public required LoraConfig Lora { get; init; }
 
-    /// <summary>Default lora_alpha.</summary>
-    public required double LoraAlpha { get; init; }
-
-    /// <summary>Scale alpha/√r instead of alpha/r.</summary>
-    public bool UseRsLora { get; init; }
-
-    /// <summary>DoRA.</summary>
-    public bool UseDora { get; init; }
-
-    /// <summary>Per-module rank overrides (key: a module-name suffix or regex, as PEFT matches it).</summary>
-    public IReadOnlyDictionary<string, int> RankPattern { get; init; } = new Dictionary<string, int>();
-
-    /// <summary>Per-module alpha overrides.</summary>
-    public IReadOnlyDictionary<string, double> AlphaPattern { get; init; } = new Dictionary<string, double>();
-
-    /// <summary>The target module names (leaf names, e.g. q_proj).</summary>
+    /// <summary>target_modules as written when it is a list (leaf names or full names).</summary>
     public IReadOnlyList<string> TargetModules { get; init; } = [];
 
     /// <summary>True when target_modules is a list (even an empty one); false when absent or a string.</summary>
@@ -39,58 +24,40 @@ public sealed record PeftConfig
     /// <summary>target_modules given as one string: a regex matched against the whole module name, or "all-linear".</summary>
     public string? TargetModulesPattern { get; init; }
 
-    /// <summary>lora_dropout.</summary>
-    public double LoraDropout { get; init; }
-
-    /// <summary>base_model_name_or_path.</summary>
-    public string? BaseModelNameOrPath { get; init; }
-
     /// <summary>task_type.</summary>
     public string TaskType { get; init; } = "CAUSAL_LM";
 
-    /// <summary>The rank of <paramref name="module"/> after rank_pattern.</summary>
-    public int RankOf(string module) => Pattern(RankPattern, module) ?? R;
+    /// <summary>Default rank r.</summary>
+    public int R => Lora.Rank;
+
+    /// <summary>base_model_name_or_path.</summary>
+    public string? BaseModelNameOrPath => Lora.BaseModelNameOrPath;
+
+    /// <summary>The rank of <paramref name="module"/> after rank_pattern (PEFT's get_pattern_key).</summary>
+    /// <exception cref="AdapterFormatException">A pattern is not a valid regex or runs too long.</exception>
+    public int RankOf(string module) => Guard(() => Lora.RankOf(module));
 
     /// <summary>The alpha of <paramref name="module"/> after alpha_pattern.</summary>
-    public double AlphaOf(string module) => Pattern(AlphaPattern, module) ?? LoraAlpha;
+    /// <exception cref="AdapterFormatException">A pattern is not a valid regex or runs too long.</exception>
+    public double AlphaOf(string module) => Guard(() => Lora.AlphaOf(module));
 
     /// <summary>The scale PEFT applies to B·A for <paramref name="module"/> with rank <paramref name="rank"/>.</summary>
-    public double ScaleOf(string module, int rank) => UseRsLora ? AlphaOf(module) / Math.Sqrt(rank) : AlphaOf(module) / rank;
+    /// <exception cref="AdapterFormatException">A pattern is not a valid regex or runs too long.</exception>
+    public double ScaleOf(string module, int rank) => LoraConfig.Scaling(rank, AlphaOf(module), Lora.UseRsLora);
 
-    /// <summary>Time one rank_pattern / alpha_pattern regex may take on one module name (config files come from the internet).</summary>
-    internal static readonly TimeSpan PatternTimeout = TimeSpan.FromMilliseconds(200);
+    /// <summary>True when PEFT would put LoRA on <paramref name="module"/> (a config without target_modules selects everything).</summary>
+    /// <exception cref="AdapterFormatException">A regex is not valid or runs too long.</exception>
+    public bool Selects(string module) => (Lora.TargetRegex is null && Lora.Targets.Count == 0) || Guard(() => Lora.Selects(module));
 
-    /// <summary>The regex PEFT builds from a pattern key.</summary>
-    /// <exception cref="ArgumentException">The key is not a valid regex.</exception>
-    internal static Regex PatternRegex(string key) => new("^(.*\\.)?" + key + "$", RegexOptions.CultureInvariant, PatternTimeout);
-
-    // PEFT: a pattern key matches when the module name ends with ".key" or equals it, else as a full regex.
-    private static T? Pattern<T>(IReadOnlyDictionary<string, T> patterns, string module) where T : struct
-    {
-        foreach ((string key, T value) in patterns)
-        {
-            if (module == key || module.EndsWith("." + key, StringComparison.Ordinal) || Matches(key, module))
-            {
-                return value;
-            }
-        }
-
-        return null;
-    }
-
-    private static bool Matches(string key, string module)
+    private static T Guard<T>(Func<T> rule)
     {
         try
         {
-            return PatternRegex(key).IsMatch(module);
+            return rule();
         }
-        catch (ArgumentException e)
+        catch (LoraOptionsException e)
         {
-            throw new AdapterFormatException($"PEFT config pattern '{key}' is not a valid regex: {e.Message}", e);
-        }
-        catch (RegexMatchTimeoutException e)
-        {
-            throw new AdapterFormatException($"PEFT config pattern '{key}' took over {PatternTimeout.TotalMilliseconds} ms on module '{module}' (a pathological regex).", e);
+            throw new AdapterFormatException($"PEFT config: {e.Message}", e);
         }
     }
 }
@@ -112,75 +79,91 @@ public static class PeftAdapter
 
     private const long MaxConfigBytes = 1 << 20;
 
-    /// <summary>Writes <paramref name="weights"/> as a PEFT adapter folder (both files atomically; the scale is stored in the config, not in B).</summary>
-    /// <exception cref="AdapterFormatException">Modules disagree on alpha/scale in a way the config cannot express.</exception>
-    public static void Export(LoraWeights weights, string folder, string? baseModelNameOrPath = null, bool useRsLora = false, double dropout = 0)
+    /// <summary>
+    /// Writes <paramref name="weights"/> as a PEFT adapter folder (both files atomically). adapter_config.json records
+    /// <paramref name="config"/> as the user gave it (r, lora_alpha, use_rslora, targets, layers_to_transform,
+    /// exclude_modules, patterns) when it selects exactly these modules with their ranks; B is written at the scale PEFT
+    /// derives from that config. Without a config (or one that does not describe these weights), the config names the
+    /// modules in full and sets lora_alpha = r so PEFT's scale is 1, with the weights' own scale folded into B.
+    /// </summary>
+    /// <param name="weights">The trained numbers (any scale; B is rescaled to the config's).</param>
+    /// <param name="folder">Where adapter_model.safetensors and adapter_config.json go.</param>
+    /// <param name="config">The LoRA configuration the weights were trained under, or null.</param>
+    /// <param name="baseModelNameOrPath">base_model_name_or_path; null keeps the config's.</param>
+    /// <exception cref="AdapterFormatException">The weights cannot be written.</exception>
+    public static void Export(LoraWeights weights, string folder, LoraConfig? config = null, string? baseModelNameOrPath = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(folder);
+        LoraConfig written = ConfigFor(weights, config, baseModelNameOrPath);
         var tensors = new List<SafetensorsTensor>();
-        var rankPattern = new Dictionary<string, int>(StringComparer.Ordinal);
-        var alphaPattern = new Dictionary<string, double>(StringComparer.Ordinal);
-        int defaultRank = weights.Modules.Count == 0 ? 8 : weights.Modules.GroupBy(m => m.Rank).MaxBy(g => g.Count())!.Key;
-        var alphas = weights.Modules.Select(m => (m.Module, Alpha: AlphaFor(m, useRsLora))).ToList();
-        double defaultAlpha = alphas.Count == 0 ? 8 : alphas.GroupBy(a => a.Alpha).MaxBy(g => g.Count())!.Key;
         foreach (LoraModuleWeights m in weights.Modules)
         {
             string key = KeyPrefix + m.Module;
+            double scale = written.ScalingOf(m.Module);
+            float[] b = m.B;
+            if ((float)scale != m.Scale)
+            {
+                // PEFT multiplies B·A by the config's scale; carry the rest of ours in B (DoRA sees only s·B·A).
+                b = (float[])m.B.Clone();
+                System.Numerics.Tensors.TensorPrimitives.Multiply(b, (float)(m.Scale / scale), b);
+            }
+
             (string aKey, long[] aDims, string bKey, long[] bDims) = PeftTensorForm.Of(m);
             tensors.Add(SafetensorsTensor.FromFloats(key + aKey, aDims, Transpose(m.A, m.InFeatures, m.Rank)));
-            tensors.Add(SafetensorsTensor.FromFloats(key + bKey, bDims, Transpose(m.B, m.Rank, m.OutFeatures)));
+            tensors.Add(SafetensorsTensor.FromFloats(key + bKey, bDims, Transpose(b, m.Rank, m.OutFeatures)));
             if (m.Magnitude is { } mag)
             {
                 tensors.Add(SafetensorsTensor.FromFloats(key + ".lora_magnitude_vector", [m.OutFeatures], mag));
             }
-
-            if (m.Rank != defaultRank)
-            {
-                rankPattern[m.Module] = m.Rank;
-            }
-
-            double alpha = AlphaFor(m, useRsLora);
-            if (alpha != defaultAlpha)
-            {
-                alphaPattern[m.Module] = alpha;
-            }
         }
 
-        var targets = weights.Modules.Select(m => m.Module.Split('.')[^1]).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToArray();
-        var config = new JsonObject
-        {
-            ["alpha_pattern"] = new JsonObject(alphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
-            ["auto_mapping"] = null,
-            ["base_model_name_or_path"] = baseModelNameOrPath,
-            ["bias"] = "none",
-            ["fan_in_fan_out"] = false,
-            ["inference_mode"] = true,
-            ["init_lora_weights"] = true,
-            ["layers_pattern"] = null,
-            ["layers_to_transform"] = null,
-            ["lora_alpha"] = defaultAlpha,
-            ["lora_dropout"] = dropout,
-            ["modules_to_save"] = null,
-            ["peft_type"] = "LORA",
-            ["r"] = defaultRank,
-            ["rank_pattern"] = new JsonObject(rankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
-            ["revision"] = null,
-            ["target_modules"] = new JsonArray(targets.Select(t => (JsonNode?)t).ToArray()),
-            ["task_type"] = "CAUSAL_LM",
-            ["use_dora"] = weights.Modules.Any(m => m.Magnitude is not null),
-            ["use_rslora"] = useRsLora,
-        };
+        JsonObject fields = LoraConfigJson.ToPeft(written, weights.Modules.Select(m => m.Module));
+        fields["auto_mapping"] = null;
+        fields["bias"] = "none";
+        fields["fan_in_fan_out"] = false;
+        fields["inference_mode"] = true;
+        fields["modules_to_save"] = null;
+        fields["peft_type"] = "LORA";
+        fields["revision"] = null;
+        fields["task_type"] = "CAUSAL_LM";
+        // PEFT writes its config with sorted keys.
+        var json = new JsonObject(fields.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => KeyValuePair.Create(p.Key, p.Value?.DeepClone())));
+
         // The config goes last: it is what marks the folder as an adapter, so a kill mid-export never leaves a
         // config beside weights of another export (AtomicFileBatch removes the old config before any rename).
         using var batch = new AtomicFileBatch();
         string weightsPath = Path.Combine(folder, WeightsFile);
-        batch.Add(weightsPath, s => SafetensorsWriter.Write(s, weightsPath, tensors));
-        batch.Add(Path.Combine(folder, ConfigFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }))));
+        batch.Add(weightsPath, s => SafetensorsWriter.Write(s, weightsPath, tensors, SafetensorsWriter.PtMetadata));
+        batch.Add(Path.Combine(folder, ConfigFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }))));
         batch.Commit();
+    }
 
-        // PEFT stores alpha; our scale may be anything (e.g. folded): alpha = scale·r (or scale·√r for rsLoRA).
-        static double AlphaFor(LoraModuleWeights m, bool rs) => Math.Round(m.Scale * (rs ? Math.Sqrt(m.Rank) : m.Rank), 6);
+    /// <summary>
+    /// The configuration to write for <paramref name="weights"/>: <paramref name="config"/> when PEFT, reading it, adapts
+    /// every module of the weights with its rank; else one naming the modules in full with scale 1.
+    /// </summary>
+    internal static LoraConfig ConfigFor(LoraWeights weights, LoraConfig? config, string? baseModelNameOrPath)
+    {
+        bool useDora = weights.Modules.Any(m => m.Magnitude is not null);
+        if (config is not null && weights.Modules.All(m => config.Selects(m.Module) && config.RankOf(m.Module) == m.Rank))
+        {
+            return config with { UseDora = useDora, BaseModelNameOrPath = baseModelNameOrPath ?? config.BaseModelNameOrPath };
+        }
+
+        int rank = weights.Modules.Count == 0 ? 8 : weights.Modules.GroupBy(m => m.Rank).MaxBy(g => g.Count())!.Key;
+        var odd = weights.Modules.Where(m => m.Rank != rank).ToList();
+        return new LoraConfig
+        {
+            Rank = rank,
+            Alpha = rank,
+            Dropout = config?.Dropout ?? 0,
+            UseDora = useDora,
+            Targets = weights.Modules.Count == 0 ? [LoraConfig.AllLinear] : weights.Modules.Select(m => m.Module).ToArray(),
+            RankPattern = odd.Select(m => new PatternOverride(LoraManifest.EscapeRegex(m.Module), m.Rank)).ToArray(),
+            AlphaPattern = odd.Select(m => new PatternOverride(LoraManifest.EscapeRegex(m.Module), m.Rank)).ToArray(),
+            BaseModelNameOrPath = baseModelNameOrPath ?? config?.BaseModelNameOrPath,
+        };
     }
 
     /// <summary>Reads adapter_config.json.</summary>
@@ -224,29 +207,49 @@ public static class PeftAdapter
                 throw new AdapterFormatException($"PEFT config '{path}': 'target_modules' is {Abbreviate(targetModules.ToJsonString())}; expected a list of module names or a regex string.");
             }
 
+            LoraConfig lora;
+            try
+            {
+                lora = LoraConfigJson.FromPeft((JsonObject)root);
+            }
+            catch (LoraOptionsException e)
+            {
+                throw new AdapterFormatException($"PEFT config '{path}': {e.Message}", e);
+            }
+
+            if (root["r"] is null || root["lora_alpha"] is null)
+            {
+                throw new AdapterFormatException($"PEFT config '{path}' has no '{(root["r"] is null ? "r" : "lora_alpha")}'.");
+            }
+
             var config = new PeftConfig
             {
-                R = Field<int>(root, "r", path) ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'r'."),
-                LoraAlpha = Field<double>(root, "lora_alpha", path) ?? throw new AdapterFormatException($"PEFT config '{path}' has no 'lora_alpha'."),
-                UseRsLora = Field<bool>(root, "use_rslora", path) ?? false,
-                UseDora = Field<bool>(root, "use_dora", path) ?? false,
-                RankPattern = PatternMap<int>(root, "rank_pattern", path),
-                AlphaPattern = PatternMap<double>(root, "alpha_pattern", path),
+                Lora = lora,
                 TargetModules = root["target_modules"] is JsonArray arr ? arr.Select((n, i) => n is JsonValue v && v.TryGetValue(out string? t) ? t : throw new AdapterFormatException($"PEFT config '{path}': target_modules[{i}] is not a string.")).ToList() : [],
                 TargetModulesGiven = root["target_modules"] is JsonArray,
                 TargetModulesPattern = root["target_modules"] is JsonValue tm && tm.TryGetValue(out string? pattern) ? pattern : null,
-                LoraDropout = Field<double>(root, "lora_dropout", path) ?? 0,
-                BaseModelNameOrPath = root["base_model_name_or_path"] is JsonValue b && b.TryGetValue(out string? baseModel) ? baseModel : null,
                 TaskType = root["task_type"] is JsonValue tt && tt.TryGetValue(out string? task) ? task : "CAUSAL_LM",
             };
-            if (config.R <= 0 || config.RankPattern.Any(p => p.Value <= 0))
+            if (lora.Rank <= 0 || lora.RankPattern.Any(p => p.Value <= 0))
             {
-                throw new AdapterFormatException($"PEFT config '{path}': 'r' and every rank_pattern value must be positive (r = {config.R}).");
+                throw new AdapterFormatException($"PEFT config '{path}': 'r' and every rank_pattern value must be positive (r = {lora.Rank}).");
             }
 
-            if (!double.IsFinite(config.LoraAlpha) || config.AlphaPattern.Any(p => !double.IsFinite(p.Value)))
+            if (!double.IsFinite(lora.Alpha) || lora.AlphaPattern.Any(p => !double.IsFinite(p.Value)))
             {
                 throw new AdapterFormatException($"PEFT config '{path}': 'lora_alpha' and every alpha_pattern value must be finite numbers.");
+            }
+
+            foreach (string regex in lora.RankPattern.Concat(lora.AlphaPattern).Select(p => p.Pattern).Concat(new[] { lora.TargetRegex, lora.ExcludeRegex }.OfType<string>()))
+            {
+                try
+                {
+                    _ = new Regex(regex, RegexOptions.CultureInvariant);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new AdapterFormatException($"PEFT config '{path}': '{regex}' is not a valid regex: {e.Message}", e);
+                }
             }
 
             return config;
@@ -273,38 +276,6 @@ public static class PeftAdapter
 
     // A hostile value can be megabytes long; the message needs only its start.
     private static string Abbreviate(string json) => json.Length <= 80 ? json : json[..77] + "...";
-
-    private static Dictionary<string, T> PatternMap<T>(JsonNode root, string name, string path) where T : struct
-    {
-        var result = new Dictionary<string, T>(StringComparer.Ordinal);
-        if (root[name] is null)
-        {
-            return result;
-        }
-
-        if (root[name] is not JsonObject map)
-        {
-            throw new AdapterFormatException($"PEFT config '{path}': '{name}' must be an object of module pattern → value.");
-        }
-
-        foreach ((string key, JsonNode? value) in map)
-        {
-            try
-            {
-                _ = PeftConfig.PatternRegex(key);
-            }
-            catch (ArgumentException e)
-            {
-                throw new AdapterFormatException($"PEFT config '{path}': {name} key '{key}' is not a valid regex: {e.Message}", e);
-            }
-
-            result[key] = value is JsonValue v && v.TryGetValue(out T parsed)
-                ? parsed
-                : throw new AdapterFormatException($"PEFT config '{path}': {name}['{key}'] is {value?.ToJsonString() ?? "null"}; expected a {typeof(T).Name.ToLowerInvariant()}.");
-        }
-
-        return result;
-    }
 
     /// <summary>
     /// Imports a PEFT adapter folder into MatMul-layout weights (A [in, r], B [r, out], scale from the config incl.
@@ -405,6 +376,12 @@ public static class PeftAdapter
             if (kinds.TryGetValue("m", out SafetensorsEntry? mag) && (mag.Dims.Count != 1 || mag.Dims[0] != b.Dims[0]))
             {
                 throw new AdapterFormatException($"Module '{module}' in '{path}': lora_magnitude_vector is [{string.Join(",", mag.Dims)}]; expected [{b.Dims[0]}] (out features).");
+            }
+
+            if (!config.Selects(module))
+            {
+                // PEFT puts no LoRA layer on a module its config does not select and drops its weights on load.
+                throw new AdapterFormatException($"Module '{module}' in '{path}' is not selected by its adapter_config.json (target_modules, exclude_modules, layers_to_transform); PEFT would ignore its weights.");
             }
 
             int rank = (int)a.Dims[0], inF = (int)a.Dims.Skip(1).Aggregate(1L, (p, d) => p * d), outF = (int)b.Dims[0];

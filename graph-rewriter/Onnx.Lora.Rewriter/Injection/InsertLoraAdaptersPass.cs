@@ -100,6 +100,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             UseDora = _options.UseDora,
             Pissa = _options.Init == LoraInit.Pissa,
             Modules = modules,
+            Config = _options.ToConfig(),
         }.Write(model);
         return new PassResult(model, modules.Count > 0);
     }

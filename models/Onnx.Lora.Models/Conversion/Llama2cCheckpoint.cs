@@ -31,22 +31,27 @@ public sealed record Llama2cHeader(int Dim, int HiddenDim, int Layers, int Heads
         ((long)Vocab * Dim) + ((long)Layers * Dim) + ((long)Layers * Dim * Dim) + (2L * Layers * KvDim * Dim) + ((long)Layers * Dim * Dim) +
         ((long)Layers * Dim) + (3L * Layers * Dim * HiddenDim) + Dim + ((long)SeqLen * HeadSize) + (SharedClassifier ? 0 : (long)Vocab * Dim);
 
-    /// <summary>The matching Llama config (interleaved RoPE, RMSNorm eps 1e-5, theta 10000, as run.c).</summary>
+    /// <summary>
+    /// The matching Llama config in Hugging Face's layout: rotate-half RoPE on q/k rows permuted as HF's
+    /// convert_llama_weights_to_hf.py permutes them (the same function as run.c's interleaved RoPE on the original
+    /// rows), RMSNorm eps 1e-5, theta 10000.
+    /// </summary>
     public LlamaConfig ToConfig() => new()
     {
         Layers = Layers, Hidden = Dim, Heads = Heads, KvHeads = KvHeads, Intermediate = HiddenDim, Vocab = Vocab, MaxPositions = SeqLen,
-        RmsNormEps = 1e-5f, RopeTheta = 10000f, Rope = RopeStyle.Interleaved, TiedEmbeddings = SharedClassifier,
+        RmsNormEps = 1e-5f, RopeTheta = 10000f, Rope = RopeStyle.RotateHalf, TiedEmbeddings = SharedClassifier,
     };
 }
 
 /// <summary>
 /// A llama2.c checkpoint (run.c's format) read as a weight source: each weight is read from the file when the builder
-/// asks for it and transposed from torch's [out, in] to MatMul's [in, out].
+/// asks for it and transposed from torch's [out, in] to MatMul's [in, out]. wq and wk come out in Hugging Face's row
+/// order (<see cref="PermuteForRotateHalf"/>), so the model, and every adapter trained on it, matches HF's checkpoint.
 /// </summary>
 public sealed class Llama2cCheckpoint : IWeightSource
 {
     private readonly string _path;
-    private readonly Dictionary<string, (long Offset, int Rows, int Cols, bool Transpose)> _layout = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (long Offset, int Rows, int Cols, bool Transpose, int PermuteHeads)> _layout = new(StringComparer.Ordinal);
 
     private Llama2cCheckpoint(string path, Llama2cHeader header)
     {
@@ -140,8 +145,37 @@ public sealed class Llama2cCheckpoint : IWeightSource
             throw new PlatformNotSupportedException("llama2.c checkpoints are little-endian; big-endian hosts are not supported.");
         }
 
+        if (entry.PermuteHeads > 0)
+        {
+            values = PermuteForRotateHalf(values, entry.PermuteHeads, entry.Rows, entry.Cols);
+        }
+
         float[] result = entry.Transpose ? BuilderHelpers.Transpose(values, entry.Rows, entry.Cols) : values;
         return MemoryMarshal.AsBytes(result.AsSpan()).ToArray();
+    }
+
+    /// <summary>
+    /// HF's permute for wq/wk ([rows = heads·d, cols], torch layout): within each head, row 2i+j moves to j·d/2 + i,
+    /// i.e. <c>w.view(heads, d/2, 2, cols).transpose(1, 2).reshape(rows, cols)</c>. Interleaved RoPE on the original rows
+    /// equals rotate-half RoPE on the permuted ones.
+    /// </summary>
+    public static float[] PermuteForRotateHalf(float[] w, int heads, int rows, int cols)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        int d = rows / heads, half = d / 2;
+        var result = new float[w.Length];
+        for (int h = 0; h < heads; h++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                for (int j = 0; j < 2; j++)
+                {
+                    Array.Copy(w, ((long)(h * d) + (2 * i) + j) * cols, result, ((long)(h * d) + (j * half) + i) * cols, cols);
+                }
+            }
+        }
+
+        return result;
     }
 
     private void BuildLayout()
@@ -150,24 +184,24 @@ public sealed class Llama2cCheckpoint : IWeightSource
         long offset = Llama2cHeader.ByteCount;
 
         // Weights of all layers are stored per kind: every layer's wq, then every layer's wk, ...
-        void Add(string key, int rows, int cols, bool transpose)
+        void Add(string key, int rows, int cols, bool transpose, int permuteHeads = 0)
         {
-            _layout[key] = (offset, rows, cols, transpose);
+            _layout[key] = (offset, rows, cols, transpose, permuteHeads);
             offset += (long)rows * cols * sizeof(float);
         }
 
-        void PerLayer(string suffix, int rows, int cols, bool transpose)
+        void PerLayer(string suffix, int rows, int cols, bool transpose, int permuteHeads = 0)
         {
             for (int l = 0; l < h.Layers; l++)
             {
-                Add($"model.layers.{l}.{suffix}", rows, cols, transpose);
+                Add($"model.layers.{l}.{suffix}", rows, cols, transpose, permuteHeads);
             }
         }
 
         Add("model.embed_tokens.weight", h.Vocab, h.Dim, false);
         PerLayer("input_layernorm.weight", 1, h.Dim, false);
-        PerLayer("self_attn.q_proj.weight", h.Dim, h.Dim, true);
-        PerLayer("self_attn.k_proj.weight", h.KvDim, h.Dim, true);
+        PerLayer("self_attn.q_proj.weight", h.Dim, h.Dim, true, h.Heads);
+        PerLayer("self_attn.k_proj.weight", h.KvDim, h.Dim, true, h.KvHeads);
         PerLayer("self_attn.v_proj.weight", h.KvDim, h.Dim, true);
         PerLayer("self_attn.o_proj.weight", h.Dim, h.Dim, true);
         PerLayer("post_attention_layernorm.weight", 1, h.Dim, false);

@@ -37,7 +37,7 @@ public sealed class InjectCommandTests
     {
         using var dir = new TempDir();
         string output = dir.File("lora.onnx");
-        (int code, string stdout, _) = CliRunner.Run("inject", Stories, "-o", output, "--dry-run", "--layers", "1", "--target-regex", @".*\.mlp\..*");
+        (int code, string stdout, _) = CliRunner.Run("inject", Stories, "-o", output, "--dry-run", "--target-regex", @".*\.layers\.1\.mlp\..*");
         Assert.AreEqual(0, code);
         StringAssert.Contains(stdout, "would adapt 3 modules");
         StringAssert.Contains(stdout, "model.layers.1.mlp.gate_proj");

@@ -144,9 +144,9 @@ public sealed class FormatTests
         var weights = new LoraWeights(
         [
             new LoraModuleWeights("model.layers.0.self_attn.q_proj", 8, 6, 4, LoraTestModels.Rand(32, rng, 1), LoraTestModels.Rand(24, rng, 1), 16f / 2f),
-            new LoraModuleWeights("model.layers.0.self_attn.v_proj", 8, 4, 2, LoraTestModels.Rand(16, rng, 1), LoraTestModels.Rand(8, rng, 1), 16f / MathF.Sqrt(2) * 2 / 2),
+            new LoraModuleWeights("model.layers.0.self_attn.v_proj", 8, 4, 2, LoraTestModels.Rand(16, rng, 1), LoraTestModels.Rand(8, rng, 1), (float)(16 / Math.Sqrt(2))),
         ]);
-        PeftAdapter.Export(weights, dir.Path, "stories260K", useRsLora: true);
+        PeftAdapter.Export(weights, dir.Path, new LoraConfig { Rank = 4, Alpha = 16, UseRsLora = true, Targets = ["q_proj", "v_proj"], RankPattern = [new PatternOverride("v_proj", 2)], BaseModelNameOrPath = "stories260K" });
         using (SafetensorsFile f = SafetensorsFile.Open(dir.File(PeftAdapter.WeightsFile)))
         {
             SafetensorsEntry a = f.Entry("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");

@@ -37,9 +37,9 @@ public sealed class TargetSelectorTests
     }
 
     [TestMethod]
-    public void Select_RegexLayersAndExclude_Combine()
+    public void Select_RegexAndExclude_Combine()
     {
-        string[] chosen = Select(new LoraOptions { Targets = [], TargetRegex = @".*\.(q|v)_proj", Layers = LoraOptions.ParseLayers("0-1,4"), Exclude = ["model.layers.4.self_attn.v_proj"] });
+        string[] chosen = Select(new LoraOptions { Targets = [], TargetRegex = @".*\.layers\.(0|1|4)\..*\.(q|v)_proj", Exclude = ["model.layers.4.self_attn.v_proj"] });
         CollectionAssert.AreEquivalent(
             new[] { "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.4.self_attn.q_proj" },
             chosen);

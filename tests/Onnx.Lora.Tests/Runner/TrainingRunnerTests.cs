@@ -97,6 +97,16 @@ public sealed class TrainingRunnerTests
 
         // keep-last-2: steps 20 and 24 (24 is the final save).
         CollectionAssert.AreEqual(new[] { "checkpoint-20", "checkpoint-24" }, CheckpointStore.List(Path.Combine(run, "checkpoints")).Select(Path.GetFileName).ToArray());
+        // HF's trainer_state.json: one log_history entry per step (and per evaluation) up to the checkpoint's step.
+        using (var hf = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(Path.Combine(run, "checkpoints", "checkpoint-20", CheckpointStore.StateFile))))
+        {
+            Assert.AreEqual(20, hf.RootElement.GetProperty("global_step").GetInt32());
+            Assert.AreEqual(24, hf.RootElement.GetProperty("max_steps").GetInt32());
+            var logged = hf.RootElement.GetProperty("log_history").EnumerateArray().Where(e => e.TryGetProperty("loss", out _)).ToArray();
+            CollectionAssert.AreEqual(Enumerable.Range(1, 20).ToArray(), logged.Select(e => e.GetProperty("step").GetInt32()).ToArray());
+            Assert.AreEqual(train[19], logged[19].GetProperty("loss").GetDouble(), 0, "the logged loss of step 20");
+        }
+
         byte[] png = File.ReadAllBytes(Path.Combine(run, "loss.png"));
         CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png.Take(4).ToArray());
     }

@@ -25,6 +25,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
     private static readonly Option<string[]> s_adapters = new("--adapter") { Description = "NAME=PATH of an adapter to ship with --serving (PEFT folder, .safetensors, .onnx_adapter or LoRA model); repeatable.", AllowMultipleArgumentsPerToken = false };
     private static readonly Option<string?> s_genai = new("--genai") { Description = "Also write an ORT GenAI folder (model, genai_config.json, tokenizer, adapters/) here; needs --serving." };
     private static readonly Option<string?> s_genaiConfig = new("--genai-config") { Description = "genai_config.json of the base model (for --genai)." };
+    private static readonly Option<string?> s_baseModel = new("--base-model") { Description = "PEFT base_model_name_or_path for --peft (a Hugging Face id or folder); default: what inject recorded." };
     private static readonly Option<string?> s_tokenizer = new("--tokenizer") { Description = "Folder with tokenizer.json etc. (for --genai; default: the config's folder)." };
 
     public ExportAdapterCommand() : base("export-adapter", "Export LoRA weights as an .onnx_adapter (ORT / ORT GenAI), a PEFT adapter, or a serving model with adapter slots.")
@@ -42,6 +43,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
         Options.Add(s_genai);
         Options.Add(s_genaiConfig);
         Options.Add(s_tokenizer);
+        Options.Add(s_baseModel);
     }
 
     protected override Task<int> ExecuteAsync(ParseResult parse, TextWriter output, CancellationToken cancellationToken)
@@ -73,7 +75,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
 
             if (peft is not null)
             {
-                PeftAdapter.Export(weights, peft, useRsLora: manifest.Modules.Any(m => m.UseRsLora), dropout: manifest.Dropout);
+                PeftAdapter.Export(weights, peft, manifest.ConfigOrDerived(), parse.GetValue(s_baseModel) ?? manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(path));
                 output.WriteLine($"wrote PEFT adapter → {peft}");
             }
         }

@@ -27,13 +27,16 @@ internal sealed class InjectCommand : LoraCommand
     private static readonly Option<int> s_seed = new("--seed") { Description = "Seed of the initialization." };
     private static readonly Option<bool> s_slots = new("--adapter-slots") { Description = "Declare A/B as graph inputs with r=0 defaults (for .onnx_adapter files) instead of trainable initializers." };
     private static readonly Option<bool> s_training = new("--training") { Description = "Build a training graph (adds the dropout node)." };
+    private static readonly Option<string?> s_baseModel = new("--base-model") { Description = "Recorded as PEFT base_model_name_or_path (a Hugging Face id or folder); default: the model's folder if it holds config.json, else its path." };
+    private static readonly Option<string?> s_excludeRegex = new("--exclude-regex") { Description = "Regex: modules whose whole name matches are never adapted (PEFT exclude_modules as a string)." };
+    private static readonly Option<string?> s_layersPattern = new("--layers-pattern") { Description = "Name of the layer list --layers counts in, e.g. layers or h (PEFT layers_pattern)." };
     private static readonly Option<bool> s_dryRun = new("--dry-run") { Description = "List the modules that would be adapted; write nothing." };
 
     public InjectCommand() : base("inject", "Add LoRA adapters to the selected linear layers of a model.")
     {
         MustExist(s_model, "Model");
         Arguments.Add(s_model);
-        foreach (Option o in new Option[] { s_output, s_rank, s_alpha, s_dropout, s_targets, s_targetRegex, s_exclude, s_layers, s_rankPattern, s_alphaPattern, s_rsLora, s_dora, s_init, s_seed, s_slots, s_training, s_dryRun })
+        foreach (Option o in new Option[] { s_output, s_rank, s_alpha, s_dropout, s_targets, s_targetRegex, s_exclude, s_layers, s_rankPattern, s_alphaPattern, s_rsLora, s_dora, s_init, s_seed, s_slots, s_training, s_baseModel, s_excludeRegex, s_layersPattern, s_dryRun })
         {
             Options.Add(o);
         }
@@ -49,7 +52,7 @@ internal sealed class InjectCommand : LoraCommand
             throw new LoraOptionsException("Missing --output (-o) for the LoRA model; or pass --dry-run to only list the modules.");
         }
 
-        LoraOptions options = ReadOptions(parse);
+        LoraOptions options = ReadOptions(parse) with { BaseModelNameOrPath = BaseModelReference.For(path, parse.GetValue(s_baseModel)) };
         options.Validate();
         using Model model = OnnxReader.Load(path);
         long baseParameters = ModelSummary.Create(model).ParameterCount;
@@ -97,6 +100,8 @@ internal sealed class InjectCommand : LoraCommand
             Targets = regex is null ? Split(parse.GetValue(s_targets)) : [],
             TargetRegex = regex,
             Exclude = Split(parse.GetValue(s_exclude)),
+            ExcludeRegex = parse.GetValue(s_excludeRegex),
+            LayersPattern = parse.GetValue(s_layersPattern) is { } lp ? Split(lp) : null,
             Layers = layers is null ? null : LoraOptions.ParseLayers(layers),
             RankPattern = (parse.GetValue(s_rankPattern) ?? []).Select(PatternOverride.Parse).ToArray(),
             AlphaPattern = (parse.GetValue(s_alphaPattern) ?? []).Select(PatternOverride.Parse).ToArray(),

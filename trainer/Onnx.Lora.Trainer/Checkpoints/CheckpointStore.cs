@@ -15,7 +15,8 @@ namespace Onnx.Lora.Trainer.Checkpoints;
 /// <item><c>adapter_model.safetensors</c> + <c>adapter_config.json</c>: the adapter in PEFT layout (PEFT can load it);</item>
 /// <item><c>trainable_parameters.safetensors</c>: the parameters exactly as the training graph holds them (resume reads these, so a resume is bit-exact whatever layout PEFT wants);</item>
 /// <item><c>optimizer.safetensors</c>: AdamW moments (<c>exp_avg.&lt;name&gt;</c>, <c>exp_avg_sq.&lt;name&gt;</c>);</item>
-/// <item><c>trainer_state.json</c>: step, schedule, RNG state, data position, early-stopping state.</item>
+/// <item><c>trainer_state.json</c>: Hugging Face Trainer's state file (global_step, max_steps, log_history...);</item>
+/// <item><c>onnx_lora_state.json</c>: what a resume needs: step, schedule, RNG state, data position, early-stopping state.</item>
 /// </list>
 /// Atomicity: every file is written and flushed to disk inside a hidden temporary folder, which is renamed to its
 /// final name last. A save killed at any moment leaves at most a hidden temporary folder (ignored, and removed by
@@ -26,8 +27,11 @@ public static class CheckpointStore
     /// <summary>Prefix of checkpoint folder names.</summary>
     public const string FolderPrefix = "checkpoint-";
 
-    /// <summary>State file name.</summary>
+    /// <summary>Hugging Face Trainer's state file name (written in its format; its presence marks a complete checkpoint).</summary>
     public const string StateFile = "trainer_state.json";
+
+    /// <summary>Our resume state file name.</summary>
+    public const string ResumeStateFile = "onnx_lora_state.json";
 
     /// <summary>PEFT adapter weights file name.</summary>
     public const string AdapterFile = "adapter_model.safetensors";
@@ -52,7 +56,7 @@ public static class CheckpointStore
     /// <param name="checkpoint">What to save.</param>
     /// <param name="manifest">The LoRA manifest, used to lay out the PEFT adapter.</param>
     /// <param name="keepLast">How many checkpoints to keep (the new one included); 0 keeps all.</param>
-    /// <param name="baseModelName">Written as PEFT's base_model_name_or_path.</param>
+    /// <param name="baseModelName">PEFT's base_model_name_or_path when the manifest records none.</param>
     /// <returns>The checkpoint folder.</returns>
     /// <exception cref="CheckpointException">Writing failed; earlier checkpoints are intact.</exception>
     public static string Save(string outputDir, TrainingCheckpoint checkpoint, LoraManifest manifest, int keepLast, string? baseModelName = null) =>
@@ -79,14 +83,15 @@ public static class CheckpointStore
             Directory.CreateDirectory(temp);
             // Collect the adapter first: a manifest/parameter mismatch fails before anything is written.
             LoraWeights adapter = ToAdapterWeights(manifest, checkpoint.Parameters);
-            PeftAdapter.Export(adapter, temp, baseModelName, manifest.Modules.Count > 0 && manifest.Modules[0].UseRsLora, manifest.Dropout);
+            PeftAdapter.Export(adapter, temp, manifest.ConfigOrDerived(), manifest.Config?.BaseModelNameOrPath ?? baseModelName);
             afterFileWritten?.Invoke(AdapterFile);
             afterFileWritten?.Invoke(AdapterConfigFile);
             WriteTensors(temp, ParametersFile, checkpoint.Parameters, afterFileWritten);
             var moments = checkpoint.Moments.FirstMoments.Select(m => m with { Name = "exp_avg." + m.Name })
                 .Concat(checkpoint.Moments.SecondMoments.Select(m => m with { Name = "exp_avg_sq." + m.Name })).ToList();
             WriteTensors(temp, OptimizerFile, moments, afterFileWritten);
-            WriteFile(temp, StateFile, s => JsonSerializer.Serialize(s, checkpoint.State, s_json), afterFileWritten);
+            WriteFile(temp, ResumeStateFile, s => JsonSerializer.Serialize(s, checkpoint.State, s_json), afterFileWritten);
+            WriteFile(temp, StateFile, s => HfTrainerStateFile.Write(s, checkpoint.State, checkpoint.Run), afterFileWritten);
 
             if (Directory.Exists(final))
             {
@@ -130,10 +135,13 @@ public static class CheckpointStore
 
     /// <summary>
     /// Disk a checkpoint takes at most: adapter, raw parameters and two AdamW moments (one float per parameter each),
-    /// plus headers and JSON files (bounded by 1 MiB).
+    /// plus headers and JSON files (bounded by 1 MiB plus the log history of trainer_state.json).
     /// </summary>
     internal static long DiskBytes(TrainingCheckpoint checkpoint) =>
-        (4 * checkpoint.Parameters.Sum(p => (long)p.Data.Length * sizeof(float))) + (1 << 20);
+        (4 * checkpoint.Parameters.Sum(p => (long)p.Data.Length * sizeof(float))) + (1 << 20) + ((checkpoint.Run?.LogHistory.Count ?? 0) * LogEntryBytes);
+
+    // An indented log_history entry of trainer_state.json is under 200 bytes.
+    private const long LogEntryBytes = 256;
 
     /// <summary>Checkpoint folders in <paramref name="outputDir"/>, oldest (lowest step) first.</summary>
     public static IReadOnlyList<string> List(string outputDir)
@@ -168,7 +176,8 @@ public static class CheckpointStore
             throw new CheckpointException($"Checkpoint folder '{checkpointDir}' does not exist.");
         }
 
-        string statePath = Path.Combine(checkpointDir, StateFile);
+        // Checkpoints written before trainer_state.json took HF's format hold our state under that name.
+        string statePath = Path.Combine(checkpointDir, File.Exists(Path.Combine(checkpointDir, ResumeStateFile)) ? ResumeStateFile : StateFile);
         TrainerState state;
         try
         {

@@ -10,7 +10,8 @@ public sealed record DataPosition(int Epoch, int Index);
 
 /// <summary>
 /// Everything besides tensors that a resumed run needs to continue exactly as the uninterrupted run would:
-/// stored as <c>trainer_state.json</c> in each checkpoint. Doubles round-trip exactly through System.Text.Json.
+/// stored as <c>onnx_lora_state.json</c> in each checkpoint (beside HF's <c>trainer_state.json</c>). Doubles round-trip
+/// exactly through System.Text.Json.
 /// </summary>
 public sealed record TrainerState
 {
@@ -73,4 +74,5 @@ public sealed record OptimizerMoments(IReadOnlyList<NamedTensor> FirstMoments, I
 /// <param name="Parameters">Trainable tensors exactly as the training graph holds them.</param>
 /// <param name="Moments">AdamW moments.</param>
 /// <param name="State">Step, schedule, RNG and data position.</param>
-public sealed record TrainingCheckpoint(IReadOnlyList<NamedTensor> Parameters, OptimizerMoments Moments, TrainerState State);
+/// <param name="Run">What HF's trainer_state.json adds (epoch, batch size, log history); null writes its defaults.</param>
+public sealed record TrainingCheckpoint(IReadOnlyList<NamedTensor> Parameters, OptimizerMoments Moments, TrainerState State, HfRunInfo? Run = null);

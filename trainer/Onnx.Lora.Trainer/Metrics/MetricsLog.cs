@@ -113,6 +113,30 @@ public sealed class MetricsLog : IDisposable
         return log;
     }
 
+    /// <summary>The records of <paramref name="path"/> with step ≤ <paramref name="upToStep"/>, in file order (lines cut by a kill are skipped).</summary>
+    /// <exception cref="IOException">The file cannot be read.</exception>
+    public static IReadOnlyList<MetricRecord> ReadRecords(string path, int upToStep)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (!File.Exists(path))
+        {
+            return [];
+        }
+
+        // FileShare.ReadWrite: the run's own append stream stays open while a checkpoint reads the history.
+        using var reader = new StreamReader(new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite));
+        var records = new List<MetricRecord>();
+        while (reader.ReadLine() is { } line)
+        {
+            if (TryParse(line) is { } r && r.Step <= upToStep)
+            {
+                records.Add(r);
+            }
+        }
+
+        return records;
+    }
+
     /// <summary>Appends one record and flushes it to the OS.</summary>
     public void Write(MetricRecord record)
     {

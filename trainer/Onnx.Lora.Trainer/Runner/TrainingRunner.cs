@@ -212,7 +212,7 @@ public sealed class TrainingRunner
         {
             adapterDir = Path.Combine(outputDir, AdapterFolder);
             Directory.CreateDirectory(adapterDir);
-            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Name, o.UseRsLora, o.LoraDropout);
+            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model));
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
             WriteTrainedModel(session, model.LoraModelPath, trainedModel);
@@ -434,8 +434,18 @@ public sealed class TrainingRunner
             OptionsFingerprint = Distributed.GlobalView(c.Options).ResumeFingerprint(),
         };
         List<NamedTensor> parameters = CurrentParameters(c.Session);
-        var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state);
-        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, c.Model.Name, AfterCheckpointFileWritten);
+        long stepsPerEpoch = Math.Max(1, (((c.Data.Train.RowCount + c.Options.BatchSize - 1) / c.Options.BatchSize) + c.Options.GradientAccumulationSteps - 1) / c.Options.GradientAccumulationSteps);
+        var run = new HfRunInfo
+        {
+            Epoch = c.Data.Train.Position.Epoch + ((double)c.Data.Train.Position.Index / c.Data.Train.RowCount),
+            NumTrainEpochs = (int)Math.Ceiling(c.Options.MaxSteps is null ? c.Options.Epochs : (double)c.TotalSteps / stepsPerEpoch),
+            TrainBatchSize = c.Options.BatchSize,
+            SaveSteps = c.Options.SaveSteps,
+            EvalSteps = c.Options.EvalSteps,
+            LogHistory = MetricsLog.ReadRecords(c.Metrics.Path, loop.Step),
+        };
+        var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state, run);
+        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten);
         loop.LastSavedStep = loop.Step;
         loop.LastCheckpoint = folder;
         _observer.OnCheckpoint(loop.Step, folder);

@@ -16,6 +16,7 @@ public sealed class CheckpointStoreTests
     {
         Placement = LoraPlacement.Initializers,
         Dropout = 0.05,
+        Config = new LoraConfig { Rank = 2, Alpha = 4, Dropout = 0.05, Targets = ["q_proj", "v_proj"] },
         Modules =
         [
             Module("model.layers.0.self_attn.q_proj", 6, 5, 2),
@@ -141,6 +142,7 @@ public sealed class CheckpointStoreTests
         int headerLength = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
         Assert.AreEqual(0, headerLength % 8, "header padded to 8 bytes");
         using JsonDocument header = JsonDocument.Parse(Encoding.UTF8.GetString(bytes, 8, headerLength).TrimEnd(' '));
+        Assert.AreEqual("pt", header.RootElement.GetProperty("__metadata__").GetProperty("format").GetString(), "safetensors metadata as torch writes it");
         JsonElement qa = header.RootElement.GetProperty("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
         Assert.AreEqual("F32", qa.GetProperty("dtype").GetString());
         CollectionAssert.AreEqual(new long[] { 2, 6 }, qa.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray(), "lora_A is [r, in]");
@@ -264,5 +266,37 @@ public sealed class CheckpointStoreTests
         File.WriteAllBytes(file, File.ReadAllBytes(file)[..40]);
         var e = Assert.ThrowsExactly<CheckpointException>(() => CheckpointStore.Load(dir));
         StringAssert.Contains(e.Message, file);
+    }
+
+    [TestMethod]
+    public void Save_RsLoraManifest_AdapterConfigRecordsTheUsersAlphaAndUnscaledB()
+    {
+        using var temp = new TempDir();
+        LoraManifest rs = Manifest() with
+        {
+            Config = new LoraConfig { Rank = 2, Alpha = 4, UseRsLora = true, Targets = ["q_proj", "v_proj"] },
+            Modules = [.. Manifest().Modules.Select(m => m with { UseRsLora = true })],
+        };
+        TrainingCheckpoint cp = Checkpoint(5, 12);
+        string dir = CheckpointStore.Save(temp.Path, cp, rs, keepLast: 0);
+
+        using JsonDocument config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, CheckpointStore.AdapterConfigFile)));
+        Assert.IsTrue(config.RootElement.GetProperty("use_rslora").GetBoolean());
+        Assert.AreEqual(4.0, config.RootElement.GetProperty("lora_alpha").GetDouble(), "the user's alpha, not alpha/√r·r");
+        Onnx.Lora.Exporter.LoraWeights back = Onnx.Lora.Exporter.Peft.PeftAdapter.Import(dir);
+        float[] ourB = cp.Parameters.Single(p => p.Name == "model.layers.0.self_attn.q_proj.lora_B.weight").Data;
+        CollectionAssert.AreEqual(ourB, back.Find("model.layers.0.self_attn.q_proj")!.B, "B as trained: PEFT applies 4/√2 itself");
+        Assert.AreEqual((float)(4 / Math.Sqrt(2)), back.Find("model.layers.0.self_attn.q_proj")!.Scale);
+    }
+
+    [TestMethod]
+    public void Load_CheckpointFromBeforeHfTrainerState_ReadsOurStateFromTrainerStateJson()
+    {
+        using var temp = new TempDir();
+        TrainingCheckpoint cp = Checkpoint(6, 13);
+        string dir = CheckpointStore.Save(temp.Path, cp, Manifest(), keepLast: 0);
+        File.Move(Path.Combine(dir, CheckpointStore.ResumeStateFile), Path.Combine(dir, CheckpointStore.StateFile), overwrite: true);
+
+        Assert.AreEqual(cp.State with { RngState = [] }, CheckpointStore.Load(dir).State with { RngState = [] });
     }
 }
