@@ -15,6 +15,9 @@ public sealed record PeftConfig
     /// <summary>The LoRA configuration (r, lora_alpha, use_rslora, targets, layers, exclusions, patterns, base model).</summary>
     public required LoraConfig Lora { get; init; }
 
+    /// <summary>How long one target_modules regex may run on one module name (a pathological regex is refused).</summary>
+    internal static readonly TimeSpan PatternTimeout = TimeSpan.FromMilliseconds(200);
+
     /// <summary>target_modules as written when it is a list (leaf names or full names).</summary>
     public IReadOnlyList<string> TargetModules { get; init; } = [];
 
@@ -364,11 +367,11 @@ public static class PeftAdapter
                 LoraTensorTypes.Require(tensor.DataType, tensor.Name, path);
             }
 
-            if (config.UseDora != kinds.ContainsKey("m"))
+            if (config.Lora.UseDora != kinds.ContainsKey("m"))
             {
                 // PEFT would build DoRA layers without their magnitudes (a load error), or drop magnitudes that use_dora
                 // false does not use: either way what a merge computes is not what PEFT computes.
-                throw new AdapterFormatException(config.UseDora
+                throw new AdapterFormatException(config.Lora.UseDora
                     ? $"Module '{module}' in '{path}' has no lora_magnitude_vector, but adapter_config.json says use_dora: true (DoRA needs one per module)."
                     : $"Module '{module}' in '{path}' has a lora_magnitude_vector, but adapter_config.json says use_dora: false (PEFT would ignore it).");
             }

@@ -78,7 +78,8 @@ internal static partial class NativeFile
         if (rc != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            return errno is 2 or 20 ? null : throw new IOException($"Cannot read the status of '{path}' (errno {errno}).");
+            // ENOENT, ENOTDIR, ENAMETOOLONG: nothing can be there (a 100k-char location is a missing file, not an I/O fault).
+            return errno is 2 or 20 or 36 ? null : throw new IOException($"Cannot read the status of '{path}' (errno {errno}).");
         }
 
         return Decode(buffer);

@@ -145,7 +145,7 @@ public static class ModelPreparation
             AlphaPattern = options.LoraAlphaPattern.Select(PatternOverride.Parse).ToArray(),
             Seed = options.Seed,
             TrainingGraph = options.LoraDropout > 0,
-            BaseModelNameOrPath = BaseModelReference.For(options.Model),
+            BaseModelNameOrPath = string.IsNullOrEmpty(options.Model) ? null : BaseModelReference.For(options.Model),
         };
     }
 

@@ -442,7 +442,7 @@ public sealed class TrainingRunner
             TrainBatchSize = c.Options.BatchSize,
             SaveSteps = c.Options.SaveSteps,
             EvalSteps = c.Options.EvalSteps,
-            LogHistory = MetricsLog.ReadRecords(c.Metrics.Path, loop.Step),
+            LogHistory = MetricsLog.ReadRecords(c.Metrics!.Path, loop.Step), // Save returned above on ranks without metrics.
         };
         var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state, run);
         string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten);

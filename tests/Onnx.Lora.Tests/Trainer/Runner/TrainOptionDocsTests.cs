@@ -91,7 +91,7 @@ public sealed class TrainOptionDocsTests
         [
             new("model", "m.onnx"), new("data", "d.jsonl"), new("tokenizer", "t.model"),
             new("lora-layers", "0-1,3"), new("lora-exclude", "o_proj"), new("lora-rank-pattern", "q_proj=4"),
-            new("lora-alpha-pattern", "v_proj=32"), new("lora-init", "gaussian"), new("lora-target-regex", @".*\.(q|v)_proj"),
+            new("lora-alpha-pattern", "v_proj=32"), new("lora-init", "gaussian"), new("lora-targets", "q_proj,v_proj"),
         ]);
         LoraOptions lora = ModelPreparation.ToLoraOptions(o);
         CollectionAssert.AreEqual(new[] { 0, 1, 3 }, lora.Layers!.ToArray());
@@ -99,8 +99,15 @@ public sealed class TrainOptionDocsTests
         Assert.AreEqual(new PatternOverride("q_proj", 4), lora.RankPattern.Single());
         Assert.AreEqual(new PatternOverride("v_proj", 32), lora.AlphaPattern.Single());
         Assert.AreEqual(LoraInit.Gaussian, lora.Init);
-        Assert.AreEqual(@".*\.(q|v)_proj", lora.TargetRegex);
-        Assert.IsEmpty(lora.Targets);
+        CollectionAssert.AreEqual(new[] { "q_proj", "v_proj" }, lora.Targets.ToArray());
+        Assert.IsNull(lora.TargetRegex);
+
+        // A regex target goes without layers (PEFT refuses layers_to_transform with a string target_modules).
+        TrainOptions r = TrainOptionsLoader.Load(null,
+            [new("model", "m.onnx"), new("data", "d.jsonl"), new("tokenizer", "t.model"), new("lora-target-regex", @".*\.(q|v)_proj")]);
+        LoraOptions regex = ModelPreparation.ToLoraOptions(r);
+        Assert.AreEqual(@".*\.(q|v)_proj", regex.TargetRegex);
+        Assert.IsEmpty(regex.Targets);
     }
 
     [TestMethod]
