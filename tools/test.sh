@@ -3,6 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+"$(dirname "$0")/test-deps.sh"
 results="$(mktemp -d)"
 trap 'rm -rf "$results"' EXIT
 # The Gpu flavour of the CLI (ORT with the CUDA / TensorRT providers, built into bin/gpu) is built too: its tests
