@@ -1,5 +1,3 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Tests.Trainer;
 using Onnx.Lora.Trainer;
@@ -22,15 +20,7 @@ public sealed class DistributedStepTests
     public static void BuildArtifacts(TestContext context)
     {
         s_temp = new TempDir();
-        string loraPath = s_temp.File("lora.onnx");
-        using (Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx")))
-        {
-            // Non-zero B: every A and B gets a gradient from the first step.
-            LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 5, nonZeroB: true);
-            OnnxWriter.Save(model, loraPath);
-        }
-
-        s_artifacts = TrainingArtifacts.Build(loraPath, s_temp.File("artifacts"));
+        s_artifacts = LoraForTraining.StoriesArtifacts(s_temp, seed: 5);
     }
 
     [ClassCleanup]

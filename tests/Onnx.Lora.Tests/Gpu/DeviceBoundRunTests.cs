@@ -1,5 +1,3 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Tests.Trainer;
 using Onnx.Lora.Trainer;
@@ -23,14 +21,7 @@ public sealed class DeviceBoundRunTests
     public static void BuildArtifacts(TestContext context)
     {
         s_temp = new TempDir();
-        string loraPath = s_temp.File("lora.onnx");
-        using (Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx")))
-        {
-            LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 3, nonZeroB: true);
-            OnnxWriter.Save(model, loraPath);
-        }
-
-        s_artifacts = TrainingArtifacts.Build(loraPath, s_temp.File("artifacts"));
+        s_artifacts = LoraForTraining.StoriesArtifacts(s_temp, seed: 3);
     }
 
     [ClassCleanup]

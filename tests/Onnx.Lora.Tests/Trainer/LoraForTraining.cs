@@ -1,6 +1,9 @@
 using Onnx.Lora.Graph;
+using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Tests.Support;
+using Onnx.Lora.Trainer.Artifacts;
 
 namespace Onnx.Lora.Tests.Trainer;
 
@@ -25,5 +28,21 @@ internal static class LoraForTraining
         }
 
         return manifest;
+    }
+
+    /// <summary>
+    /// Training artifacts of the real stories260K (fixture reference ONNX, named weights) with all-linear LoRA r=4,
+    /// alpha 8 and seeded non-zero B (so every A and B gets a gradient from the first step), built in <paramref name="temp"/>.
+    /// </summary>
+    public static TrainingArtifacts StoriesArtifacts(TempDir temp, int seed)
+    {
+        string loraPath = temp.File("lora.onnx");
+        using (Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx")))
+        {
+            Inject(model, rank: 4, alpha: 8, seed: seed, nonZeroB: true);
+            OnnxWriter.Save(model, loraPath);
+        }
+
+        return TrainingArtifacts.Build(loraPath, temp.File("artifacts"));
     }
 }
