@@ -18,7 +18,7 @@ public static class ModuleMatcher
                 .FirstOrDefault(known.Contains);
             if (name is null)
             {
-                string close = string.Join(", ", modules.OrderBy(k => Distance(k, m.Module)).ThenBy(k => k, StringComparer.Ordinal).Take(3).Select(k => "'" + k + "'"));
+                string close = string.Join(", ", modules.OrderBy(k => EditDistance.Levenshtein(k, m.Module)).ThenBy(k => k, StringComparer.Ordinal).Take(3).Select(k => "'" + k + "'"));
                 throw new AdapterMismatchException($"Adapter '{adapterSource}' module '{m.Module}' matches no linear layer of '{baseSource}' ({modules.Count} layers; closest: {(close.Length == 0 ? "none" : close)}).");
             }
 
@@ -26,30 +26,5 @@ public static class ModuleMatcher
         }
 
         return new LoraWeights(result);
-    }
-
-    /// <summary>Levenshtein distance, for "did you mean" lists.</summary>
-    private static int Distance(string a, string b)
-    {
-        var previous = new int[b.Length + 1];
-        var current = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++)
-        {
-            previous[j] = j;
-        }
-
-        for (int i = 1; i <= a.Length; i++)
-        {
-            current[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-            {
-                int substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
-                current[j] = Math.Min(substitution, Math.Min(previous[j] + 1, current[j - 1] + 1));
-            }
-
-            (previous, current) = (current, previous);
-        }
-
-        return previous[b.Length];
     }
 }

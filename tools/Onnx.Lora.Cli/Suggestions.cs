@@ -35,34 +35,10 @@ internal static class Suggestions
         ArgumentNullException.ThrowIfNull(candidates);
         int limit = Math.Max(2, typed.Length / 3);
         return candidates.Distinct(StringComparer.Ordinal)
-            .Select(c => (Name: c, Distance: Distance(typed, c)))
+            .Select(c => (Name: c, Distance: Exporter.EditDistance.Levenshtein(typed, c)))
             .Where(c => c.Distance <= limit && c.Distance > 0)
             .OrderBy(c => c.Distance).ThenBy(c => c.Name, StringComparer.Ordinal)
             .Select(c => c.Name)
             .FirstOrDefault();
-    }
-
-    private static int Distance(string a, string b)
-    {
-        var previous = new int[b.Length + 1];
-        var current = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++)
-        {
-            previous[j] = j;
-        }
-
-        for (int i = 1; i <= a.Length; i++)
-        {
-            current[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-            {
-                int substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
-                current[j] = Math.Min(substitution, Math.Min(previous[j], current[j - 1]) + 1);
-            }
-
-            (previous, current) = (current, previous);
-        }
-
-        return previous[b.Length];
     }
 }
