@@ -294,8 +294,11 @@ public record LoraConfig
     /// <summary>A plain <see cref="LoraConfig"/> with the LoRA fields of <paramref name="config"/> (for derived types).</summary>
     private protected static LoraConfig CopyOf(LoraConfig config) => new(config);
 
-    /// <summary>Python's re.fullmatch.</summary>
-    internal static bool FullMatch(string regex, string text) => Run($"^(?:{regex})$", text, static (re, name) => Regex.IsMatch(name, re, RegexOptions.CultureInvariant, RegexTimeout));
+    /// <summary>Python's re.fullmatch: whether <paramref name="regex"/> matches the whole of <paramref name="text"/> (PEFT's target_modules / exclude_modules as a string).</summary>
+    /// <param name="regex">The user's pattern.</param>
+    /// <param name="text">A module name.</param>
+    /// <exception cref="LoraOptionsException">The pattern is not a valid regex or runs too long.</exception>
+    public static bool FullMatch(string regex, string text) => Run($"^(?:{regex})$", text, static (re, name) => Regex.IsMatch(name, re, RegexOptions.CultureInvariant, RegexTimeout));
 
     /// <summary>Runs a user regex with a timeout; failures become <see cref="LoraOptionsException"/> naming the regex.</summary>
     internal static T Run<T>(string regex, string text, Func<string, string, T> apply)

@@ -15,9 +15,6 @@ public sealed record PeftConfig
     /// <summary>The LoRA configuration (r, lora_alpha, use_rslora, targets, layers, exclusions, patterns, base model).</summary>
     public required LoraConfig Lora { get; init; }
 
-    /// <summary>How long one target_modules regex may run on one module name (a pathological regex is refused).</summary>
-    internal static readonly TimeSpan PatternTimeout = TimeSpan.FromMilliseconds(200);
-
     /// <summary>target_modules as written when it is a list (leaf names or full names).</summary>
     public IReadOnlyList<string> TargetModules { get; init; } = [];
 

@@ -1,4 +1,4 @@
-using System.Text.RegularExpressions;
+using Onnx.Lora.Rewriter;
 
 namespace Onnx.Lora.Exporter.Peft;
 
@@ -26,7 +26,7 @@ internal static class PeftTargetModules
             return null;
         }
 
-        return config.TargetModules.Any(t => module == t || module.EndsWith("." + t, StringComparison.Ordinal));
+        return config.TargetModules.Any(t => LoraConfig.NameMatches(t, module));
     }
 
     /// <summary>Refuses an adapter with a module that its own config does not select (or a config that selects nothing).</summary>
@@ -54,19 +54,16 @@ internal static class PeftTargetModules
         throw new AdapterFormatException($"PEFT config '{configPath}': target_modules {targets} selects {scope} of '{weightsPath}' (e.g. '{first}'); PEFT would not apply those weights.");
     }
 
+    // PEFT's full-match rule is LoraConfig's; only the message gains the config file.
     private static bool FullMatch(string pattern, string module, string configPath)
     {
         try
         {
-            return Regex.IsMatch(module, "^(?:" + pattern + ")$", RegexOptions.CultureInvariant, PeftConfig.PatternTimeout);
+            return LoraConfig.FullMatch(pattern, module);
         }
-        catch (ArgumentException e)
+        catch (LoraOptionsException e)
         {
-            throw new AdapterFormatException($"PEFT config '{configPath}': target_modules '{pattern}' is not a valid regex: {e.Message}", e);
-        }
-        catch (RegexMatchTimeoutException e)
-        {
-            throw new AdapterFormatException($"PEFT config '{configPath}': target_modules '{pattern}' took over {PeftConfig.PatternTimeout.TotalMilliseconds} ms on module '{module}' (a pathological regex).", e);
+            throw new AdapterFormatException($"PEFT config '{configPath}': target_modules: {e.Message}", e);
         }
     }
 }
