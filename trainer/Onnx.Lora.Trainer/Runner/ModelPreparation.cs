@@ -52,6 +52,7 @@ public static class ModelPreparation
         }
 
         using Model model = OnnxReader.Load(source);
+        using Model? embedding = EmbeddingChain.AttachIfNeeded(model, source);
         return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model));
     }
 
@@ -81,6 +82,7 @@ public static class ModelPreparation
         }
 
         using Model model = OnnxReader.Load(modelPath);
+        using Model? embedding = EmbeddingChain.AttachIfNeeded(model, modelPath, observer.OnMessage);
         maxPositions ??= ModelMetadataKeys.ReadMaxPositions(model);
         LoraManifest? manifest = LoraManifest.Read(model);
         string loraPath = modelPath;
@@ -98,6 +100,12 @@ public static class ModelPreparation
             observer.OnMessage(SetsLoraOptions(options)
                 ? $"{name} already carries LoRA ({manifest.Modules.Count} modules); the lora_* options are ignored"
                 : $"{name} already carries LoRA ({manifest.Modules.Count} modules)");
+            if (embedding is not null)
+            {
+                // The artifacts are built from a file: the chained graph must be one.
+                loraPath = Path.Combine(artifactsDir, TrainingRunner.LoraModelFile);
+                OnnxWriter.Save(model, loraPath);
+            }
         }
 
         if (manifest.Placement != LoraPlacement.Initializers)
