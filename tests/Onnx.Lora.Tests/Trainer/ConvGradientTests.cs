@@ -21,6 +21,7 @@ public sealed class ConvGradientTests
     }
 
     [TestMethod]
+    [ChecksGradientOf("Conv")]
     [DataRow(1, 1, 1, 6, DisplayName = "3x3 stride 1 pad 1")]
     [DataRow(2, 1, 1, 3, DisplayName = "3x3 stride 2 pad 1 (stride remainder)")]
     [DataRow(2, 0, 2, 1, DisplayName = "3x3 stride 2 dilation 2 no pad")]
@@ -35,6 +36,7 @@ public sealed class ConvGradientTests
     }
 
     [TestMethod]
+    [ChecksGradientOf("Conv")]
     public void Conv_PointwiseAfterDynamicWeight_MatchesFiniteDifferences()
     {
         // LoRA's B: a 1×1 Conv whose weight is a Reshape of a [r, out] parameter, applied to a k×k Conv's output.
@@ -48,6 +50,7 @@ public sealed class ConvGradientTests
     }
 
     [TestMethod]
+    [ChecksGradientOf("Conv")]
     public void Conv1d_StrideRemainder_MatchesFiniteDifferences()
     {
         var c = new GradCheck(DataType.Float);

@@ -12,6 +12,7 @@ namespace Onnx.Lora.Tests.Trainer;
 public sealed class FusedAttentionGradientTests
 {
     [TestMethod]
+    [ChecksGradientOf("Attention", Domain = "com.microsoft")]
     [DataRow(0, 1, DisplayName = "no mask, unidirectional")]
     [DataRow(2, 1, DisplayName = "raw 2-D mask, unidirectional")]
     [DataRow(2, 0, DisplayName = "raw 2-D mask, bidirectional")]

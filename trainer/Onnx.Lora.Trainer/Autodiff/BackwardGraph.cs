@@ -2,7 +2,7 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff;
 
-/// <summary>What <see cref="BackwardGraph.Build"/> produced: the gradient value of each trainable tensor.</summary>
+/// <summary>What <see cref="BackwardGraph.Build(Model, Value, IReadOnlyList{string}, Value)"/> produced: the gradient value of each trainable tensor.</summary>
 /// <param name="Gradients">Gradient value per trainable tensor name, in the order asked for.</param>
 /// <param name="DifferentiatedNodes">How many forward nodes got backward nodes.</param>
 public sealed record BackwardResult(IReadOnlyDictionary<string, Value> Gradients, int DifferentiatedNodes);
@@ -15,35 +15,32 @@ public sealed record BackwardResult(IReadOnlyDictionary<string, Value> Gradients
 /// Only nodes on a path from a trainable tensor to the loss are differentiated: a node is visited when one of its
 /// inputs depends on a trainable tensor and one of its outputs reaches the loss, and a rule writes gradients only for
 /// such inputs, so frozen weights never get a weight-gradient node. Contributions of a value used several times are
-/// summed. Integer and boolean values, non-differentiable ops (Shape, Range, comparisons) and stop-gradient Identity
-/// nodes (<see cref="GraphConventions.IsStopGradient"/>) cut the paths.
+/// summed. Integer and boolean values, non-differentiable ops and inputs (<see cref="OpEntry.Gradient"/>,
+/// <see cref="OpEntry.NonDifferentiableInputs"/>: Shape, Range, comparisons, indices, axes) and stop-gradient Identity
+/// nodes (<see cref="GraphConventions.IsStopGradient"/>) cut the paths. Each op's VJP is its <see cref="OpTable"/> entry's.
 /// </remarks>
 public static class BackwardGraph
 {
-    private static readonly HashSet<string> s_nonDifferentiable =
-    [
-        "Shape", "Size", "Range", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
-        "ArgMax", "ArgMin", "NonZero", "ConstantOfShape", "Constant", "EyeLike", "RandomNormal", "RandomUniform",
-        "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "IsNaN", "IsInf", "OneHot", "Trilu",
-    ];
-
     /// <summary>Differentiates <paramref name="loss"/> w.r.t. the initializers named in <paramref name="trainable"/>.</summary>
     /// <param name="model">Model whose main graph holds the loss; backward nodes are appended to it.</param>
     /// <param name="loss">Scalar loss value of the main graph.</param>
     /// <param name="trainable">Names of trainable initializers (or graph inputs).</param>
     /// <param name="lossGradient">Seed d loss / d loss; a scalar 1 when null.</param>
-    /// <param name="registry">Rules to use; <see cref="GradientRuleRegistry.Default"/> when null.</param>
-    /// <exception cref="MissingGradientRuleException">A node on a needed path has no rule.</exception>
+    /// <exception cref="MissingGradientRuleException">A node on a needed path has no VJP.</exception>
     /// <exception cref="GraphValidationException">A trainable tensor is not in the graph.</exception>
-    public static BackwardResult Build(Model model, Value loss, IReadOnlyList<string> trainable, Value? lossGradient = null, GradientRuleRegistry? registry = null)
+    public static BackwardResult Build(Model model, Value loss, IReadOnlyList<string> trainable, Value? lossGradient = null) =>
+        Build(model, loss, trainable, lossGradient, OpTable.Default);
+
+    /// <summary>Differentiates with the ops of <paramref name="table"/>.</summary>
+    internal static BackwardResult Build(Model model, Value loss, IReadOnlyList<string> trainable, Value? lossGradient, OpTable table)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
-        registry ??= GradientRuleRegistry.Default;
+        ArgumentNullException.ThrowIfNull(table);
         Onnx.Lora.Graph.Graph graph = model.Graph;
         graph.SortTopologically();
-        var facts = new ValueFacts();
+        var facts = new ValueFacts(table);
         var builder = new GraphBuilder(model) { NamePrefix = "grad/" };
         var context = new GradientContext(builder, facts);
 
@@ -55,8 +52,8 @@ public static class BackwardGraph
             sources.Add(source);
         }
 
-        HashSet<Value> active = ForwardReachable(sources, facts);
-        HashSet<Value> needed = ReachingLoss(loss, active);
+        HashSet<Value> active = ForwardReachable(sources, facts, table);
+        HashSet<Value> needed = ReachingLoss(loss, active, table);
         Value[] cut = sources.Where(s => !needed.Contains(s)).ToArray();
         if (cut.Length > 0)
         {
@@ -82,8 +79,7 @@ public static class BackwardGraph
                 continue;
             }
 
-            IGradientRule? rule = registry.Find(node.Domain, node.OpType);
-            if (rule is null)
+            if (table.Find(node)?.Vjp is not { } vjp)
             {
                 missing.Add(node);
                 continue;
@@ -91,7 +87,7 @@ public static class BackwardGraph
 
             bool[] needs = node.Inputs.Select(i => i is not null && needed.Contains(i)).ToArray();
             var step = new BackwardStep(node, outputGradients, needs);
-            rule.Backward(context, step);
+            vjp(context, step);
             differentiated++;
             for (int i = 0; i < node.Inputs.Count; i++)
             {
@@ -117,7 +113,7 @@ public static class BackwardGraph
             string list = string.Join("; ", missing.Select(n => $"'{n.Name}' ({(n.Domain.Length > 0 ? n.Domain : "ai.onnx")}::{n.OpType})").Distinct().Take(10));
             throw new MissingGradientRuleException(
                 $"No gradient rule for {missing.Count} node(s) on a path from a trainable tensor to the loss: {list}. " +
-                $"Supported ops: {string.Join(", ", registry.Keys.Select(k => k.OpType).Order(StringComparer.Ordinal))}.");
+                $"Supported ops: {string.Join(", ", table.Entries.Where(e => e.Vjp is not null).Select(e => e.OpType).Order(StringComparer.Ordinal))}.");
         }
 
         var gradients = new Dictionary<string, Value>(StringComparer.Ordinal);
@@ -160,7 +156,20 @@ public static class BackwardGraph
         return terms[0];
     }
 
-    private static HashSet<Value> ForwardReachable(List<Value> sources, ValueFacts facts)
+    /// <summary>True when a gradient can flow from input <paramref name="inputIndex"/> of <paramref name="node"/> to its outputs.</summary>
+    private static bool Conducts(Node node, int inputIndex, OpTable table)
+    {
+        if (GraphConventions.IsStopGradient(node))
+        {
+            return false;
+        }
+
+        // An op without an entry conducts: if it lies on a needed path, the missing VJP is reported.
+        OpEntry? entry = table.Find(node);
+        return entry is null || (entry.Gradient != Differentiability.None && !entry.NonDifferentiableInputs.Contains(inputIndex));
+    }
+
+    private static HashSet<Value> ForwardReachable(List<Value> sources, ValueFacts facts, OpTable table)
     {
         var active = new HashSet<Value>(sources, ReferenceEqualityComparer.Instance);
         var queue = new Queue<Value>(sources);
@@ -169,7 +178,7 @@ public static class BackwardGraph
             foreach (Usage use in v.Uses)
             {
                 Node node = use.Node;
-                if (s_nonDifferentiable.Contains(node.OpType) || GraphConventions.IsStopGradient(node))
+                if (!Conducts(node, use.InputIndex, table))
                 {
                     continue;
                 }
@@ -187,7 +196,7 @@ public static class BackwardGraph
         return active;
     }
 
-    private static HashSet<Value> ReachingLoss(Value loss, HashSet<Value> active)
+    private static HashSet<Value> ReachingLoss(Value loss, HashSet<Value> active, OpTable table)
     {
         var needed = new HashSet<Value>(ReferenceEqualityComparer.Instance);
         if (!active.Contains(loss))
@@ -204,9 +213,9 @@ public static class BackwardGraph
                 continue;
             }
 
-            foreach (Value? input in node.Inputs)
+            for (int i = 0; i < node.Inputs.Count; i++)
             {
-                if (input is not null && active.Contains(input) && needed.Add(input))
+                if (node.Inputs[i] is { } input && active.Contains(input) && Conducts(node, i, table) && needed.Add(input))
                 {
                     stack.Push(input);
                 }

@@ -3,6 +3,7 @@ using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Conversion;
+using Onnx.Lora.Trainer.Autodiff;
 using Onnx.Lora.Trainer.Config;
 
 namespace Onnx.Lora.Trainer.Runner;
@@ -109,10 +110,10 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         Tensor? table = g.Nodes.Where(n => n.Is("Gather") && n.Inputs[0]?.Initializer is { Dims.Count: 2 }).Select(n => n.Inputs[0]!.Initializer!).MaxBy(t => t.ByteLength);
         int vocab = table is null ? 0 : (int)table.Dims[0];
         int hidden = table is null ? 0 : (int)table.Dims[1];
-        var linear = g.Nodes.Where(n => n.OpType is "MatMul" or "Gemm" or "FusedMatMul")
+        var linear = g.Nodes.Where(n => OpTable.Default.Find(n)?.Role == OpRole.Linear)
             .Select(n => n.Inputs.Count > 1 ? n.Inputs[1]?.Initializer : null).OfType<Tensor>().Where(t => t.Dims.Count == 2 && t.Dims[0] != vocab && t.Dims[1] != vocab).ToList();
         int intermediate = linear.Count == 0 ? 4 * hidden : (int)linear.Max(t => Math.Max(t.Dims[0], t.Dims[1]));
-        int layers = Math.Max(1, g.Nodes.Count(n => n.OpType is "Softmax" or "Attention" or "GroupQueryAttention" or "MultiHeadAttention"));
+        int layers = Math.Max(1, g.Nodes.Count(n => OpTable.Default.Find(n)?.Role == OpRole.Attention));
         long? heads = g.Nodes.Select(n => n.Attributes.TryGetValue("num_heads", out Attr? a) && a.Value is long v ? v : (long?)null).FirstOrDefault(h => h is > 0);
         return new ModelShape(weightBytes, hidden, intermediate, layers, (int)(heads ?? Math.Max(1, hidden / 64)), vocab, linear.Sum(t => t.Dims[0] + t.Dims[1]));
     }

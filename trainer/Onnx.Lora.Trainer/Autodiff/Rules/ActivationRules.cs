@@ -31,17 +31,28 @@ internal static class GeluMath
     }
 }
 
-/// <summary>GELU: com.microsoft Gelu (exact) and ONNX Gelu (opset 20, approximate = none | tanh).</summary>
-public sealed class GeluGradient : GradientRule
+/// <summary>
+/// GELU forms and rotary embeddings. RotaryEmbedding rotates pairs by θ(position): y = R(θ)x. R is orthogonal and
+/// R(θ)ᵀ = R(−θ), so the gradient is the same op with the sine cache negated: dx = RotaryEmbedding(dy, …, −sin). That
+/// holds for com.microsoft (sin = input 3) and ONNX opset 23 (sin = input 2), interleaved or half layouts, partial
+/// rotary dims. Caches and positions get none.
+/// </summary>
+internal static class ActivationOps
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Gelu"];
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // ONNX Gelu (opset 20, approximate = none | tanh).
+        Op.Grad("Gelu", Shapes.SameAsInput, GeluBackward),
+        // com.microsoft Gelu: the exact form.
+        Op.MsGrad("Gelu", Shapes.SameAsInput, MsGeluBackward),
+        Op.MsGrad("FastGelu", Shapes.SameAsInput, FastGeluBackward),
+        Op.MsGrad("RotaryEmbedding", Shapes.SameAsInput, (c, s) => RotaryBackward(c, s, sinIndex: 3, "com.microsoft"), 1),
+        Op.Grad("RotaryEmbedding", Shapes.SameAsInput, (c, s) => RotaryBackward(c, s, sinIndex: 2, string.Empty), 3),
+    ];
 
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    private static void GeluBackward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;
@@ -52,43 +63,18 @@ public sealed class GeluGradient : GradientRule
         Value local = tanh ? GeluMath.Tanh(context, x) : GeluMath.Exact(context, x);
         step.SetInputGradient(0, context.Mul(step.OutputGradient(0)!, local));
     }
-}
 
-/// <summary>com.microsoft Gelu: the exact form.</summary>
-public sealed class MsGeluGradient : IGradientRule
-{
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["Gelu"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    private static void MsGeluBackward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (step.NeedsGradient(0))
         {
             step.SetInputGradient(0, context.Mul(step.OutputGradient(0)!, GeluMath.Exact(context, step.Input(0))));
         }
     }
-}
 
-/// <summary>com.microsoft FastGelu(X, bias?): tanh GELU of X + bias; bias gets dX summed to its shape.</summary>
-public sealed class FastGeluGradient : IGradientRule
-{
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["FastGelu"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    /// <summary>com.microsoft FastGelu(X, bias?): tanh GELU of X + bias; bias gets dX summed to its shape.</summary>
+    private static void FastGeluBackward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value x = step.Input(0);
         Value? bias = step.OptionalInput(1);
         Value z = bias is null ? x : context.Add(x, bias);
@@ -99,41 +85,9 @@ public sealed class FastGeluGradient : IGradientRule
             step.SetInputGradient(1, context.Unbroadcast(dz, bias, z));
         }
     }
-}
 
-/// <summary>
-/// RotaryEmbedding rotates pairs by θ(position): y = R(θ)x. R is orthogonal and R(θ)ᵀ = R(−θ), so the gradient is the
-/// same op with the sine cache negated: dx = RotaryEmbedding(dy, …, −sin). Works for com.microsoft (sin = input 3) and
-/// ONNX opset 23 (sin = input 2), interleaved or half layouts, partial rotary dims. Caches and positions get none.
-/// </summary>
-public sealed class MsRotaryEmbeddingGradient : IGradientRule
-{
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["RotaryEmbedding"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step) => RotaryMath.Backward(context, step, sinIndex: 3, "com.microsoft");
-}
-
-/// <summary>ONNX RotaryEmbedding (opset 23): see <see cref="MsRotaryEmbeddingGradient"/>.</summary>
-public sealed class RotaryEmbeddingGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["RotaryEmbedding"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step) => RotaryMath.Backward(context, step, sinIndex: 2, string.Empty);
-}
-
-internal static class RotaryMath
-{
-    public static void Backward(GradientContext context, BackwardStep step, int sinIndex, string domain)
+    private static void RotaryBackward(GradientContext context, BackwardStep step, int sinIndex, string domain)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;

@@ -3,6 +3,24 @@ using Onnx.Lora.Graph;
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
 /// <summary>
+/// com.microsoft attention ops, each recomputed in standard ops by its VJP. Their masks, sequence lengths and
+/// positions get no gradient; a float attention_bias that depends on a trainable tensor is refused by the VJP.
+/// </summary>
+internal static class AttentionOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // (query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache, ...).
+        Op.MsGrad("GroupQueryAttention", Shapes.GroupQueryAttention, GroupQueryAttentionGradient.Backward, 5, 6) with { Role = OpRole.Attention },
+        // (query, key, value, bias, key_padding_mask, attention_bias, past_key, past_value, ...).
+        Op.MsGrad("MultiHeadAttention", Shapes.MultiHeadAttention, MultiHeadAttentionGradient.Backward, 4) with { Role = OpRole.Attention },
+        // (input, weights, bias, mask_index, past, attention_bias, past_sequence_length).
+        Op.MsGrad("Attention", Shapes.Unknown, AttentionGradient.Backward, 3, 6) with { Role = OpRole.Attention },
+    ];
+}
+
+/// <summary>
 /// com.microsoft GroupQueryAttention, differentiated by recomputing the fused op in standard ops (the training graph
 /// has no KV cache, so past inputs are absent): Q, K (rotated in place when do_rotary = 1, with the same
 /// RotaryEmbedding and caches), V are split into heads, K/V heads are repeated for their query groups,
@@ -10,19 +28,11 @@ namespace Onnx.Lora.Trainer.Autodiff.Rules;
 /// dV = Σ_group Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(dP ∘ P)), dQ = scale·dS·K, dK = Σ_group scale·dSᵀ·Q, then the
 /// rotation is undone (RotaryEmbedding with −sin) and the heads are merged (or concatenated for packed QKV).
 /// </summary>
-public sealed class GroupQueryAttentionGradient : IGradientRule
+internal static class GroupQueryAttentionGradient
 {
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["GroupQueryAttention"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         if (step.OptionalInput(3) is not null || step.OptionalInput(4) is not null)
         {
@@ -193,19 +203,11 @@ public sealed class GroupQueryAttentionGradient : IGradientRule
 /// standard ops; dQ = scale·dS·K, dK = scale·dSᵀ·Q, dV = Pᵀ·dO with dS = P ∘ (dP − rowsum(dP ∘ P)), dP = dO·Vᵀ.
 /// The additive attention_bias gets no gradient (masks are not trained).
 /// </summary>
-public sealed class MultiHeadAttentionGradient : IGradientRule
+internal static class MultiHeadAttentionGradient
 {
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["MultiHeadAttention"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         if (step.OptionalInput(1) is null || step.OptionalInput(2) is null || step.OptionalInput(3) is not null || step.OptionalInput(4) is not null
             || step.OptionalInput(6) is not null || step.OptionalInput(7) is not null)

@@ -2,6 +2,16 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
+/// <summary>Convolutions.</summary>
+internal static class ConvOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        Op.Grad("Conv", Shapes.Unknown, ConvGradient.Backward),
+    ];
+}
+
 /// <summary>
 /// Y = conv(X, W) + B (group = 1, explicit pads, any number of spatial axes s):
 ///   dB = Σ over batch and spatial axes of dY;
@@ -11,16 +21,11 @@ namespace Onnx.Lora.Trainer.Autodiff.Rules;
 ///   dX = convtranspose(dY, W, strides, begin pads, dilations), zero-padded or cut at the end to X's extent: input
 ///        positions no output window reads (the stride remainder at the end) get zero.
 /// </summary>
-public sealed class ConvGradient : GradientRule
+internal static class ConvGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Conv"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         if (node.GetInt("group", 1) != 1)
         {

@@ -2,100 +2,58 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
-/// <summary>Base of rules for default-domain ops: one gradient rule per op type.</summary>
-public abstract class GradientRule : IGradientRule
+/// <summary>
+/// Broadcasting elementwise ops: their op table entries (numpy broadcast shapes; each input's gradient summed back
+/// down to its shape with <see cref="GradientContext.Unbroadcast"/>), and the comparisons and logic ops gradients do
+/// not flow through.
+/// </summary>
+internal static class ElementwiseOps
 {
-    /// <inheritdoc />
-    public virtual string Domain => string.Empty;
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // Y = A + B: dA = dY, dB = dY.
+        Op.Grad("Add", Shapes.Broadcast, (c, s) => Binary(c, s, (g, a, b) => g, (g, a, b) => g)),
+        // Y = A - B: dA = dY, dB = -dY.
+        Op.Grad("Sub", Shapes.Broadcast, (c, s) => Binary(c, s, (g, a, b) => g, (g, a, b) => c.Neg(g))),
+        // Y = A · B: dA = dY · B, dB = dY · A.
+        Op.Grad("Mul", Shapes.Broadcast, (c, s) => Binary(c, s, (g, a, b) => c.Mul(g, b), (g, a, b) => c.Mul(g, a))),
+        Op.Grad("Div", Shapes.Broadcast, DivBackward),
+        Op.Grad("Pow", Shapes.Broadcast, PowBackward),
+        Op.Grad("Where", Shapes.Broadcast, WhereBackward, 0) with { Type = Types.OfInput(1) },
+        Op.NoVjp(string.Empty, "Max", Shapes.Broadcast),
+        Op.NoVjp(string.Empty, "Min", Shapes.Broadcast),
 
-    /// <inheritdoc />
-    public abstract IReadOnlyList<string> OpTypes { get; }
+        Op.Cut("Equal", Shapes.Broadcast, Types.Bool),
+        Op.Cut("Less", Shapes.Broadcast, Types.Bool),
+        Op.Cut("Greater", Shapes.Broadcast, Types.Bool),
+        Op.Cut("LessOrEqual", Shapes.Broadcast, Types.Bool),
+        Op.Cut("GreaterOrEqual", Shapes.Broadcast, Types.Bool),
+        Op.Cut("And", Shapes.Broadcast, Types.Bool),
+        Op.Cut("Or", Shapes.Broadcast, Types.Bool),
+        Op.Cut("Xor", Shapes.Broadcast, Types.Bool),
+    ];
 
-    /// <inheritdoc />
-    public abstract void Backward(GradientContext context, BackwardStep step);
-}
-
-/// <summary>Y = A + B: dA = unbroadcast(dY), dB = unbroadcast(dY).</summary>
-public sealed class AddGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Add"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>Sets dA = unbroadcast(<paramref name="da"/>(dY, A, B)) and dB likewise, each only where needed.</summary>
+    private static void Binary(GradientContext context, BackwardStep step, Func<Value, Value, Value, Value> da, Func<Value, Value, Value, Value> db)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value g = step.OutputGradient(0)!;
-        for (int i = 0; i < 2; i++)
-        {
-            if (step.NeedsGradient(i))
-            {
-                step.SetInputGradient(i, context.Unbroadcast(g, step.Input(i), step.Output(0)));
-            }
-        }
-    }
-}
-
-/// <summary>Y = A - B: dA = unbroadcast(dY), dB = unbroadcast(-dY).</summary>
-public sealed class SubGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Sub"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        Value g = step.OutputGradient(0)!;
+        Value a = step.Input(0);
+        Value b = step.Input(1);
         if (step.NeedsGradient(0))
         {
-            step.SetInputGradient(0, context.Unbroadcast(g, step.Input(0), step.Output(0)));
+            step.SetInputGradient(0, context.Unbroadcast(da(g, a, b), a, step.Output(0)));
         }
 
         if (step.NeedsGradient(1))
         {
-            step.SetInputGradient(1, context.Unbroadcast(context.Neg(g), step.Input(1), step.Output(0)));
+            step.SetInputGradient(1, context.Unbroadcast(db(g, a, b), b, step.Output(0)));
         }
     }
-}
 
-/// <summary>Y = A · B: dA = unbroadcast(dY · B), dB = unbroadcast(dY · A).</summary>
-public sealed class MulGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Mul"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>Y = A / B: dA = unbroadcast(dY / B), dB = unbroadcast(-dY · Y / B); dY / B is shared.</summary>
+    private static void DivBackward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        Value g = step.OutputGradient(0)!;
-        if (step.NeedsGradient(0))
-        {
-            step.SetInputGradient(0, context.Unbroadcast(context.Mul(g, step.Input(1)), step.Input(0), step.Output(0)));
-        }
-
-        if (step.NeedsGradient(1))
-        {
-            step.SetInputGradient(1, context.Unbroadcast(context.Mul(g, step.Input(0)), step.Input(1), step.Output(0)));
-        }
-    }
-}
-
-/// <summary>Y = A / B: dA = unbroadcast(dY / B), dB = unbroadcast(-dY · Y / B).</summary>
-public sealed class DivGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Div"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value g = step.OutputGradient(0)!;
         Value b = step.Input(1);
         Value gOverB = context.Div(g, b);
@@ -109,19 +67,10 @@ public sealed class DivGradient : GradientRule
             step.SetInputGradient(1, context.Unbroadcast(context.Neg(context.Mul(gOverB, step.Output(0))), b, step.Output(0)));
         }
     }
-}
 
-/// <summary>Y = A ^ B: dA = dY · B · A^(B-1) (dY · 2A for B = 2), dB = dY · Y · ln A.</summary>
-public sealed class PowGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Pow"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>Y = A ^ B: dA = dY · B · A^(B-1) (dY · 2A for B = 2), dB = dY · Y · ln A.</summary>
+    private static void PowBackward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value g = step.OutputGradient(0)!;
         Value a = step.Input(0);
         Value b = context.CastLike(step.Input(1), a);
@@ -141,6 +90,23 @@ public sealed class PowGradient : GradientRule
         }
     }
 
+    /// <summary>Z = Where(C, X, Y): dX = Where(C, dZ, 0), dY = Where(C, 0, dZ), each unbroadcast; C gets none.</summary>
+    private static void WhereBackward(GradientContext context, BackwardStep step)
+    {
+        Value g = step.OutputGradient(0)!;
+        Value c = step.Input(0);
+        Value zero = context.Scalar(0.0, g);
+        if (step.NeedsGradient(1))
+        {
+            step.SetInputGradient(1, context.Unbroadcast(context.Op("Where", [c, g, zero]), step.Input(1), step.Output(0)));
+        }
+
+        if (step.NeedsGradient(2))
+        {
+            step.SetInputGradient(2, context.Unbroadcast(context.Op("Where", [c, zero, g]), step.Input(2), step.Output(0)));
+        }
+    }
+
     private static double? ConstantScalar(Value v)
     {
         Tensor? t = v.Initializer ?? (v.Producer is { } p && p.Is("Constant") ? p.GetAttribute("value")?.AsTensor() : null);
@@ -157,31 +123,5 @@ public sealed class PowGradient : GradientRule
             DataType.Int32 => t.AsSpan<int>()[0],
             _ => null,
         };
-    }
-}
-
-/// <summary>Z = Where(C, X, Y): dX = Where(C, dZ, 0), dY = Where(C, 0, dZ), each unbroadcast; C gets none.</summary>
-public sealed class WhereGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Where"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        Value g = step.OutputGradient(0)!;
-        Value c = step.Input(0);
-        Value zero = context.Scalar(0.0, g);
-        if (step.NeedsGradient(1))
-        {
-            step.SetInputGradient(1, context.Unbroadcast(context.Op("Where", [c, g, zero]), step.Input(1), step.Output(0)));
-        }
-
-        if (step.NeedsGradient(2))
-        {
-            step.SetInputGradient(2, context.Unbroadcast(context.Op("Where", [c, zero, g]), step.Input(2), step.Output(0)));
-        }
     }
 }

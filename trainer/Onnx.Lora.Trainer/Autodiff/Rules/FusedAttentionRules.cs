@@ -12,19 +12,11 @@ namespace Onnx.Lora.Trainer.Autodiff.Rules;
 /// Backward: dS = P ∘ (dP − rowsum(dP ∘ P)), dQ = scale·dS·K, dK = scale·dSᵀ·Q, dV = Pᵀ·dO, dQKV = [dQ | dK | dV];
 /// dX = dQKV·Wᵀ, dW = Xᵀ·dQKV (summed over batch and sequence), db = Σ dQKV.
 /// </summary>
-public sealed class AttentionGradient : IGradientRule
+internal static class AttentionGradient
 {
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["Attention"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         if (step.OptionalInput(4) is not null || step.OptionalInput(6) is not null)
         {

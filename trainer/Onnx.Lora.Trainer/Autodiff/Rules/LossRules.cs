@@ -2,22 +2,27 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
+/// <summary>Loss ops: SoftmaxCrossEntropyLoss (its labels get no gradient).</summary>
+internal static class LossOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        Op.Grad("SoftmaxCrossEntropyLoss", Shapes.SoftmaxCrossEntropyLoss, SoftmaxCrossEntropyLossGradient.Backward, 1),
+    ];
+}
+
 /// <summary>
 /// SoftmaxCrossEntropyLoss(scores [N, C, d…], labels [N, d…], weights? [C]; reduction, ignore_index).
 /// Per sample ℓₙ = −wₙ·log softmax(scores)ₙ[labelₙ] with wₙ = weights[labelₙ]·[labelₙ ≠ ignore_index];
 /// d scores = (softmax(scores) − onehot(label)) · wₙ · c, where c = dℓ (none), d loss (sum), d loss / Σwₙ (mean).
 /// The optional log_prob output adds its own LogSoftmax gradient.
 /// </summary>
-public sealed class SoftmaxCrossEntropyLossGradient : GradientRule
+internal static class SoftmaxCrossEntropyLossGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["SoftmaxCrossEntropyLoss"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;

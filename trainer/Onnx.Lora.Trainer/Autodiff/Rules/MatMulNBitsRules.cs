@@ -2,25 +2,30 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
+/// <summary>Quantized weights: com.microsoft MatMulNBits, and DequantizeLinear (facts only).</summary>
+internal static class QuantizedOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // The packed weight and g_idx are integers; trainable scales or (float) zero points are refused by the VJP.
+        Op.MsGrad("MatMulNBits", Shapes.MatMulNBits, MatMulNBitsGradient.Backward, 1, 4),
+        Op.NoVjp(string.Empty, "DequantizeLinear", Shapes.Unknown, Types.OfInput(1)),
+        Op.NoVjp("com.microsoft", "DequantizeLinear", Shapes.Unknown, Types.OfInput(1)),
+    ];
+}
+
 /// <summary>
 /// com.microsoft MatMulNBits: Y = A·dequant(B)ᵀ (+ bias), B int4 [N, blocks, blob] with per-block scales and optional
 /// zero points. The weight is frozen (LoRA trains beside it), so only dA = dY·dequant(B) is emitted. The weight is
 /// dequantized in the graph at run time with standard ops (nibble unpacking with integer Div / Sub, then
 /// (q − zero_point)·scale), reading the packed initializer directly: no fp32 copy of the weight is stored.
 /// </summary>
-public sealed class MatMulNBitsGradient : IGradientRule
+internal static class MatMulNBitsGradient
 {
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["MatMulNBits"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         Value dy = step.OutputGradient(0)!;
         if (step.NeedsGradient(1) || step.NeedsGradient(2) || step.NeedsGradient(3))

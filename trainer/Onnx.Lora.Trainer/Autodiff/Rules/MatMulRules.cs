@@ -2,22 +2,29 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
+/// <summary>Linear layers: MatMul, Gemm, and com.microsoft FusedMatMul (facts only; the VJPs emit it, never differentiate it).</summary>
+internal static class MatMulOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        Op.Grad("MatMul", Shapes.MatMul, MatMulGradient.Backward) with { Role = OpRole.Linear },
+        Op.Grad("Gemm", Shapes.Gemm, GemmGradient.Backward) with { Role = OpRole.Linear },
+        Op.NoVjp("com.microsoft", "FusedMatMul", Shapes.MatMul) with { Role = OpRole.Linear },
+    ];
+}
+
 /// <summary>
 /// Y = A·B (batched, broadcasting): dA = unbroadcast(dY·Bᵀ), dB = unbroadcast(Aᵀ·dY). For the common 2-D weight B
 /// the weight gradient is one GEMM over the flattened batch: dB = reshape(A, [-1, K])ᵀ · reshape(dY, [-1, N]).
 /// Transposes of the last two axes use com.microsoft FusedMatMul (registered by the inference build) for float32,
 /// which avoids materialising a transposed copy; other types use Transpose, which needs the rank.
 /// </summary>
-public sealed class MatMulGradient : GradientRule
+internal static class MatMulGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["MatMul"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value a = step.Input(0);
         Value b = step.Input(1);
         Value dy = step.OutputGradient(0)!;
@@ -106,16 +113,11 @@ public sealed class MatMulGradient : GradientRule
 /// Y = α·op(A)·op(B) + β·C (2-D). With op the optional transposes: dA = α·dY·op(B)ᵀ (or its transpose),
 /// dB = α·op(A)ᵀ·dY (or its transpose), dC = β·unbroadcast(dY). Each is one Gemm with adjusted trans flags.
 /// </summary>
-public sealed class GemmGradient : GradientRule
+internal static class GemmGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Gemm"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         bool transA = node.GetInt("transA", 0) != 0;
         bool transB = node.GetInt("transB", 0) != 0;

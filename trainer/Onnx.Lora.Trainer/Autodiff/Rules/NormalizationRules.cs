@@ -2,6 +2,22 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
+/// <summary>Layer and RMS normalizations, plain and fused with the residual add (com.microsoft Skip*).</summary>
+internal static class NormalizationOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        Op.Grad("LayerNormalization", Shapes.SameAsInput, LayerNormalizationGradient.Backward) with { Type = Types.FromOutput(1, DataType.Float) },
+        Op.Grad("SimplifiedLayerNormalization", Shapes.SameAsInput, RmsNormalizationGradient.Backward) with { Type = Types.FromOutput(1, DataType.Float) },
+        Op.Grad("RMSNormalization", Shapes.SameAsInput, RmsNormalizationGradient.Backward),
+        Op.MsGrad("SkipLayerNormalization", Shapes.SkipNormalization, SkipNormalizationGradient.Backward),
+        Op.MsGrad("SkipSimplifiedLayerNormalization", Shapes.SkipNormalization, SkipNormalizationGradient.Backward),
+        // (input_ids, segment_ids, word_embedding, ...) → (output, mask_index int32, embedding_sum).
+        Op.NoVjp("com.microsoft", "EmbedLayerNormalization", Shapes.Unknown, (f, n, o) => o == 1 ? DataType.Int32 : f.InputType(n, 2)),
+    ];
+}
+
 /// <summary>
 /// Backward of layer and RMS normalization over the trailing axes from <c>axis</c>, recomputing the statistics
 /// (cheaper than keeping them, and the forward outputs for them are optional):
@@ -54,16 +70,11 @@ internal static class NormalizationMath
 }
 
 /// <summary>LayerNormalization(X, γ, β): see <see cref="NormalizationMath"/>.</summary>
-public sealed class LayerNormalizationGradient : GradientRule
+internal static class LayerNormalizationGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["LayerNormalization"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value x = step.Input(0);
         Value dy = step.OutputGradient(0) ?? throw new LoraException($"Only the main output of LayerNormalization '{step.Node.Name}' can be differentiated.");
         long[] axes = NormalizationMath.Axes(context, step.Node, x);
@@ -74,16 +85,11 @@ public sealed class LayerNormalizationGradient : GradientRule
 }
 
 /// <summary>SimplifiedLayerNormalization / RMSNormalization(X, γ): RMS normalization, see <see cref="NormalizationMath"/>.</summary>
-public sealed class RmsNormalizationGradient : GradientRule
+internal static class RmsNormalizationGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["SimplifiedLayerNormalization", "RMSNormalization"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Value x = step.Input(0);
         Value dy = step.OutputGradient(0) ?? throw new LoraException($"Only the main output of {step.Node.OpType} '{step.Node.Name}' can be differentiated.");
         long[] axes = NormalizationMath.Axes(context, step.Node, x);
@@ -98,19 +104,11 @@ public sealed class RmsNormalizationGradient : GradientRule
 /// γ, bias?): s = input + skip (+ bias), output = norm(s), output 3 = s. ds = norm backward + d(output 3); input,
 /// skip and bias each get ds summed down to their shapes.
 /// </summary>
-public sealed class SkipNormalizationGradient : IGradientRule
+internal static class SkipNormalizationGradient
 {
-    /// <inheritdoc />
-    public string Domain => "com.microsoft";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> OpTypes => ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"];
-
-    /// <inheritdoc />
-    public void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         Node node = step.Node;
         bool rms = node.OpType == "SkipSimplifiedLayerNormalization";
         int biasIndex = rms ? 3 : 4;

@@ -3,19 +3,26 @@ using Onnx.Lora.Graph;
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
 /// <summary>
-/// Shared backward of ReduceSum / ReduceMean: dY is given back its reduced axes (when keepdims = 0) and expanded to
-/// the shape of X. Axes come from the attribute (before the op's axes-as-input opset) or from input 1, constant or not.
+/// Reductions: ReduceSum / ReduceMean give dY back its reduced axes (when keepdims = 0) and expand it to the shape of
+/// X. Axes come from the attribute (before the op's axes-as-input opset) or from input 1, constant or not.
 /// </summary>
-public abstract class ReduceGradientRule : GradientRule
+internal static class ReduceOps
 {
-    /// <summary>Opset in which the op's axes moved from an attribute to input 1.</summary>
-    protected abstract long AxesInputOpset { get; }
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // Y = Σ_axes X: dX = expand(dY).
+        Op.Grad("ReduceSum", Shapes.Reduce, (c, s) => Backward(c, s, axesInputOpset: 13, (_, g, _, _) => g), 1),
+        // Y = mean_axes X: dX = expand(dY) · |Y| / |X|.
+        Op.Grad("ReduceMean", Shapes.Reduce, (c, s) => Backward(c, s, axesInputOpset: 18, MeanScale), 1),
+        Op.NoVjp(string.Empty, "ReduceMax", Shapes.Reduce),
+        Op.Cut("ArgMax", Shapes.Unknown, Types.Int64),
+        Op.Cut("ArgMin", Shapes.Unknown, Types.Int64),
+    ];
 
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The shared VJP; <paramref name="scale"/>(dY, X, Y) applies the local scale (1 for sums, 1/count for means).</summary>
+    private static void Backward(GradientContext context, BackwardStep step, long axesInputOpset, Func<GradientContext, Value, Value, Value, Value> scale)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;
@@ -27,7 +34,7 @@ public abstract class ReduceGradientRule : GradientRule
         bool keepDims = node.GetInt("keepdims", 1) != 0;
         long[]? constAxes = null;
         Value? axesInput = null;
-        if (context.Opset >= AxesInputOpset)
+        if (context.Opset >= axesInputOpset)
         {
             axesInput = step.OptionalInput(1);
             constAxes = axesInput is null ? [] : ValueFacts.ConstInts(axesInput);
@@ -41,7 +48,7 @@ public abstract class ReduceGradientRule : GradientRule
         if (constAxes is { Length: 0 } && !reduceAll)
         {
             // No-op reduction: Y = X.
-            step.SetInputGradient(0, Scale(context, dy, x, step.Output(0)));
+            step.SetInputGradient(0, scale(context, dy, x, step.Output(0)));
             return;
         }
 
@@ -52,7 +59,7 @@ public abstract class ReduceGradientRule : GradientRule
         }
 
         // Scaling before the Expand touches |Y| elements instead of |X|.
-        Value scaled = Scale(context, g, x, step.Output(0));
+        Value scaled = scale(context, g, x, step.Output(0));
         Value shape = StaticExpandShape(context.ShapeOf(x), reduceAll ? null : constAxes) is { } target ? context.Ints(target) : context.ShapeOfValue(x);
         step.SetInputGradient(0, context.Op("Expand", [scaled, shape]));
     }
@@ -77,36 +84,9 @@ public abstract class ReduceGradientRule : GradientRule
         return xs.Select((d, i) => reduced.Contains(i) ? d.Value!.Value : 1L).ToArray();
     }
 
-    /// <summary>Applies the op's local scale (1 for sums, 1/count for means) to the not yet expanded gradient.</summary>
-    protected abstract Value Scale(GradientContext context, Value expanded, Value x, Value y);
-}
-
-/// <summary>Y = Σ_axes X: dX = expand(dY).</summary>
-public sealed class ReduceSumGradient : ReduceGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["ReduceSum"];
-
-    /// <inheritdoc />
-    protected override long AxesInputOpset => 13;
-
-    /// <inheritdoc />
-    protected override Value Scale(GradientContext context, Value expanded, Value x, Value y) => expanded;
-}
-
-/// <summary>Y = mean_axes X: dX = expand(dY) · |Y| / |X|.</summary>
-public sealed class ReduceMeanGradient : ReduceGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["ReduceMean"];
-
-    /// <inheritdoc />
-    protected override long AxesInputOpset => 18;
-
-    /// <inheritdoc />
-    protected override Value Scale(GradientContext context, Value expanded, Value x, Value y)
+    /// <summary>Y = mean_axes X: the gradient is scaled by |Y| / |X|.</summary>
+    private static Value MeanScale(GradientContext context, Value expanded, Value x, Value y)
     {
-        ArgumentNullException.ThrowIfNull(context);
         Dim[]? xs = context.ShapeOf(x);
         Dim[]? ys = context.ShapeOf(y);
         if (StaticCount(xs, ys) is { } count)

@@ -2,20 +2,48 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
-/// <summary>Reshape, Squeeze, Unsqueeze, Flatten only move data: dX = reshape(dY, shape(X)).</summary>
-public sealed class ReshapeGradient : UnaryGradientRule
+/// <summary>
+/// Ops that move, pick or combine data without arithmetic (their shape, axes and index inputs get no gradient), and
+/// the ops that make shapes, constants, indices and random tensors, which gradients do not flow through.
+/// </summary>
+internal static class ShapeOps
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Reshape", "Squeeze", "Unsqueeze", "Flatten"];
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // Reshape, Squeeze, Unsqueeze, Flatten only move data: dX = reshape(dY, shape(X)).
+        Op.Unary("Reshape", Shapes.Reshape, ReshapeBack, 1),
+        Op.Unary("Squeeze", Shapes.Squeeze, ReshapeBack, 1),
+        Op.Unary("Unsqueeze", Shapes.Unsqueeze, ReshapeBack, 1),
+        Op.Unary("Flatten", Shapes.Unknown, ReshapeBack),
+        Op.Grad("Transpose", Shapes.Transpose, TransposeBack),
+        // Y = expand(X, shape): dX = unbroadcast(dY).
+        Op.Unary("Expand", Shapes.Expand, (c, x, y, dy) => c.Unbroadcast(dy, x, y), 1),
+        Op.Grad("Slice", Shapes.Slice, SliceGradient.Backward, 1, 2, 3, 4),
+        Op.Grad("Gather", Shapes.Gather, GatherBack, 1),
+        Op.Grad("Concat", Shapes.Concat, ConcatBack),
+        Op.Grad("Split", Shapes.Split, SplitBack, 1),
 
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        return StaticTarget(context.ShapeOf(x), context.ShapeOf(y)) is { } target
+        Op.Cut("Shape", Shapes.Shape, Types.Int64),
+        Op.Cut("Size", Shapes.Scalar, Types.Int64),
+        Op.Cut("NonZero", Shapes.Unknown, Types.Int64),
+        Op.Cut("Range", Shapes.Range),
+        Op.Cut("ConstantOfShape", Shapes.ConstantOfShape, Types.ConstantOfShape),
+        Op.Cut("Constant", Shapes.Unknown, Types.Constant),
+        Op.Cut("EyeLike", Shapes.Unknown),
+        Op.Cut("OneHot", Shapes.Unknown, Types.OfInput(2)),
+        // Trilu builds causal masks from constants in the exports seen; it is treated as a mask builder.
+        Op.Cut("Trilu", Shapes.Unknown),
+        Op.Cut("RandomNormal", Shapes.Unknown),
+        Op.Cut("RandomUniform", Shapes.Unknown),
+        Op.Cut("RandomNormalLike", Shapes.Unknown),
+        Op.Cut("RandomUniformLike", Shapes.Unknown),
+    ];
+
+    private static Value ReshapeBack(GradientContext context, Value x, Value y, Value dy) =>
+        StaticTarget(context.ShapeOf(x), context.ShapeOf(y)) is { } target
             ? context.Op("Reshape", [dy, context.Ints(target)])
             : context.ReshapeLike(dy, x);
-    }
 
     /// <summary>
     /// A constant Reshape target that gives dY (shaped <paramref name="ys"/>) the shape <paramref name="xs"/>: fixed
@@ -54,19 +82,10 @@ public sealed class ReshapeGradient : UnaryGradientRule
 
         return target;
     }
-}
 
-/// <summary>Y = transpose(X, p): dX = transpose(dY, p⁻¹).</summary>
-public sealed class TransposeGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Transpose"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>Y = transpose(X, p): dX = transpose(dY, p⁻¹).</summary>
+    private static void TransposeBack(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;
@@ -89,23 +108,51 @@ public sealed class TransposeGradient : GradientRule
 
         step.SetInputGradient(0, context.Op("Transpose", [dy], Attr.Ints("perm", inverse)));
     }
-}
 
-/// <summary>Y = expand(X, shape): dX = unbroadcast(dY).</summary>
-public sealed class ExpandGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Expand"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>Y = gather(X, indices, axis): dX = dY scatter-added into zeros (repeated indices accumulate).</summary>
+    private static void GatherBack(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        if (step.NeedsGradient(0))
+        if (!step.NeedsGradient(0))
         {
-            step.SetInputGradient(0, context.Unbroadcast(step.OutputGradient(0)!, step.Input(0), step.Output(0)));
+            return;
         }
+
+        Node node = step.Node;
+        step.SetInputGradient(0, IndexScatter.Backward(context, step.Input(0), step.OutputGradient(0)!, positions =>
+            context.Op("Gather", [positions, step.Input(1)], [.. node.Attributes.Values]), accumulate: true));
+    }
+
+    /// <summary>Y = concat(X₀…Xₙ, axis): dXᵢ = split(dY, sizes along axis)ᵢ.</summary>
+    private static void ConcatBack(GradientContext context, BackwardStep step)
+    {
+        Node node = step.Node;
+        long axis = node.GetInt("axis", 0);
+        int n = node.Inputs.Count;
+        var sizes = new Value[n];
+        for (int i = 0; i < n; i++)
+        {
+            sizes[i] = context.Op("Gather", [context.ShapeOfValue(step.Input(i)), context.Ints(axis)]);
+        }
+
+        Value split = context.Op("Concat", sizes, Attr.Int("axis", 0));
+        IReadOnlyList<Value> parts = context.Builder.OpMulti("Split", [step.OutputGradient(0)!, split], n, [Attr.Int("axis", axis)]);
+        for (int i = 0; i < n; i++)
+        {
+            step.SetInputGradient(i, parts[i]);
+        }
+    }
+
+    /// <summary>Yᵢ = split(X, axis)ᵢ: dX = concat(dYᵢ, axis), with zeros for outputs no gradient reaches.</summary>
+    private static void SplitBack(GradientContext context, BackwardStep step)
+    {
+        if (!step.NeedsGradient(0))
+        {
+            return;
+        }
+
+        Node node = step.Node;
+        var parts = node.Outputs.Select((o, i) => step.OutputGradient(i) ?? context.ZerosLike(o)).ToArray();
+        step.SetInputGradient(0, context.Op("Concat", parts, Attr.Int("axis", node.GetInt("axis", 0))));
     }
 }
 
@@ -143,13 +190,10 @@ internal static class IndexScatter
 }
 
 /// <summary>Y = slice(X): dX = dY scattered into zeros at the sliced positions.</summary>
-public sealed class SliceGradient : GradientRule
+internal static class SliceGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Slice"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(step);
@@ -206,79 +250,5 @@ public sealed class SliceGradient : GradientRule
         }
 
         return pads;
-    }
-}
-
-/// <summary>Y = gather(X, indices, axis): dX = dY scatter-added into zeros (repeated indices accumulate).</summary>
-public sealed class GatherGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Gather"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        if (!step.NeedsGradient(0))
-        {
-            return;
-        }
-
-        Node node = step.Node;
-        Value dy = step.OutputGradient(0)!;
-        step.SetInputGradient(0, IndexScatter.Backward(context, step.Input(0), dy, positions =>
-            context.Op("Gather", [positions, step.Input(1)], [.. node.Attributes.Values]), accumulate: true));
-    }
-}
-
-/// <summary>Y = concat(X₀…Xₙ, axis): dXᵢ = split(dY, sizes along axis)ᵢ.</summary>
-public sealed class ConcatGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Concat"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        Node node = step.Node;
-        long axis = node.GetInt("axis", 0);
-        int n = node.Inputs.Count;
-        var sizes = new Value[n];
-        for (int i = 0; i < n; i++)
-        {
-            sizes[i] = context.Op("Gather", [context.ShapeOfValue(step.Input(i)), context.Ints(axis)]);
-        }
-
-        Value split = context.Op("Concat", sizes, Attr.Int("axis", 0));
-        IReadOnlyList<Value> parts = context.Builder.OpMulti("Split", [step.OutputGradient(0)!, split], n, [Attr.Int("axis", axis)]);
-        for (int i = 0; i < n; i++)
-        {
-            step.SetInputGradient(i, parts[i]);
-        }
-    }
-}
-
-/// <summary>Yᵢ = split(X, axis)ᵢ: dX = concat(dYᵢ, axis), with zeros for outputs no gradient reaches.</summary>
-public sealed class SplitGradient : GradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Split"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        if (!step.NeedsGradient(0))
-        {
-            return;
-        }
-
-        Node node = step.Node;
-        var parts = node.Outputs.Select((o, i) => step.OutputGradient(i) ?? context.ZerosLike(o)).ToArray();
-        step.SetInputGradient(0, context.Op("Concat", parts, Attr.Int("axis", node.GetInt("axis", 0))));
     }
 }

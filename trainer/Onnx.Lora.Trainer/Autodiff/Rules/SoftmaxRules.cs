@@ -2,6 +2,17 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
+/// <summary>Softmax and LogSoftmax (a Softmax marks an attention layer of a decomposed attention).</summary>
+internal static class SoftmaxOps
+{
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        Op.Grad("Softmax", Shapes.SameAsInput, SoftmaxGradient.Backward) with { Role = OpRole.Attention },
+        Op.Grad("LogSoftmax", Shapes.SameAsInput, LogSoftmaxGradient.Backward),
+    ];
+}
+
 /// <summary>Softmax axis handling shared by Softmax and LogSoftmax.</summary>
 internal static class SoftmaxAxis
 {
@@ -28,16 +39,11 @@ internal static class SoftmaxAxis
 }
 
 /// <summary>Y = softmax(X): dX = Y · (dY − Σ_axis dY·Y).</summary>
-public sealed class SoftmaxGradient : GradientRule
+internal static class SoftmaxGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Softmax"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;
@@ -52,16 +58,11 @@ public sealed class SoftmaxGradient : GradientRule
 }
 
 /// <summary>Y = log softmax(X): dX = dY − e^Y · Σ_axis dY.</summary>
-public sealed class LogSoftmaxGradient : GradientRule
+internal static class LogSoftmaxGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["LogSoftmax"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
         if (!step.NeedsGradient(0))
         {
             return;

@@ -2,141 +2,60 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff.Rules;
 
-/// <summary>Base of single-input ops whose input gradient is dY times a local derivative.</summary>
-public abstract class UnaryGradientRule : GradientRule
+/// <summary>
+/// Single-input elementwise ops: the op table entries (shape of the input; dX from X, Y and dY), the rounding and
+/// test ops gradients do not flow through, and those whose VJP is not written yet.
+/// </summary>
+internal static class UnaryOps
 {
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(step);
-        if (step.NeedsGradient(0))
-        {
-            step.SetInputGradient(0, InputGradient(context, step.Input(0), step.Output(0), step.OutputGradient(0)!));
-        }
-    }
+    /// <summary>The entries.</summary>
+    public static OpEntry[] Entries =>
+    [
+        // Y = -X: dX = -dY.
+        Op.Unary("Neg", (c, x, y, dy) => c.Neg(dy)),
+        // Y = √X: dX = dY / (2Y).
+        Op.Unary("Sqrt", (c, x, y, dy) => c.Div(dy, c.Mul(y, c.Scalar(2.0, y)))),
+        // Y = 1/X: dX = -dY · Y².
+        Op.Unary("Reciprocal", (c, x, y, dy) => c.Neg(c.Mul(dy, c.Mul(y, y)))),
+        // Y = eˣ: dX = dY · Y.
+        Op.Unary("Exp", (c, x, y, dy) => c.Mul(dy, y)),
+        // Y = ln X: dX = dY / X.
+        Op.Unary("Log", (c, x, y, dy) => c.Div(dy, x)),
+        // Y = tanh X: dX = dY · (1 - Y²).
+        Op.Unary("Tanh", (c, x, y, dy) => c.Mul(dy, c.Sub(c.Scalar(1.0, y), c.Mul(y, y)))),
+        // Y = erf X: dX = dY · 2/√π · e^(−X²).
+        Op.Unary("Erf", (c, x, y, dy) => c.Mul(dy, c.Mul(c.Op("Exp", [c.Neg(c.Mul(x, x))]), c.Scalar(2.0 / Math.Sqrt(Math.PI), x)))),
+        // Y = ln(1 + eˣ): dX = dY · σ(X).
+        Op.Unary("Softplus", (c, x, y, dy) => c.Mul(dy, c.Op("Sigmoid", [x]))),
+        // Y = σ(X): dX = dY · Y · (1 − Y).
+        Op.Unary("Sigmoid", (c, x, y, dy) => c.Mul(dy, c.Mul(y, c.Sub(c.Scalar(1.0, y), y)))),
+        // Y = max(X, 0): dX = dY where X > 0, else 0.
+        Op.Unary("Relu", (c, x, y, dy) => c.Op("Where", [c.Op("Greater", [x, c.Scalar(0.0, x)]), dy, c.Scalar(0.0, dy)])),
+        // Y = X (a stop-gradient Identity is cut before its entry is asked): dX = dY.
+        Op.Unary("Identity", (c, x, y, dy) => dy),
+        // Y = Cast(X) or CastLike(X, template): dX = dY cast back to the element type of X.
+        Op.Unary("Cast", CastBack) with { Type = Types.CastTo },
+        Op.Unary("CastLike", CastBack, 1) with { Type = Types.OfInput(1) },
+        Op.Grad("Dropout", Shapes.SameAsInput, DropoutGradient.Backward, 2) with { Type = Types.FromOutput(1, DataType.Bool) },
 
-    /// <summary>dX from X, Y and dY.</summary>
-    protected abstract Value InputGradient(GradientContext context, Value x, Value y, Value dy);
-}
+        Op.Cut("Floor", Shapes.SameAsInput),
+        Op.Cut("Ceil", Shapes.SameAsInput),
+        Op.Cut("Round", Shapes.SameAsInput),
+        Op.Cut("Sign", Shapes.SameAsInput),
+        Op.Cut("IsNaN", Shapes.SameAsInput, Types.Bool),
+        Op.Cut("IsInf", Shapes.SameAsInput, Types.Bool),
+        Op.Cut("Not", Shapes.SameAsInput, Types.Bool),
 
-/// <summary>Y = -X: dX = -dY.</summary>
-public sealed class NegGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Neg"];
+        Op.NoVjp(string.Empty, "Abs", Shapes.SameAsInput),
+        Op.NoVjp(string.Empty, "Sin", Shapes.SameAsInput),
+        Op.NoVjp(string.Empty, "Cos", Shapes.SameAsInput),
+        Op.NoVjp(string.Empty, "Clip", Shapes.SameAsInput),
+        Op.NoVjp(string.Empty, "LeakyRelu", Shapes.SameAsInput),
+        Op.NoVjp(string.Empty, "HardSigmoid", Shapes.SameAsInput),
+        Op.NoVjp("com.microsoft", "QuickGelu", Shapes.SameAsInput),
+    ];
 
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) => context.Neg(dy);
-}
-
-/// <summary>Y = √X: dX = dY / (2Y).</summary>
-public sealed class SqrtGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Sqrt"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) =>
-        context.Div(dy, context.Mul(y, context.Scalar(2.0, y)));
-}
-
-/// <summary>Y = 1/X: dX = -dY · Y².</summary>
-public sealed class ReciprocalGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Reciprocal"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) =>
-        context.Neg(context.Mul(dy, context.Mul(y, y)));
-}
-
-/// <summary>Y = eˣ: dX = dY · Y.</summary>
-public sealed class ExpGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Exp"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) => context.Mul(dy, y);
-}
-
-/// <summary>Y = ln X: dX = dY / X.</summary>
-public sealed class LogGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Log"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) => context.Div(dy, x);
-}
-
-/// <summary>Y = tanh X: dX = dY · (1 - Y²).</summary>
-public sealed class TanhGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Tanh"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) =>
-        context.Mul(dy, context.Sub(context.Scalar(1.0, y), context.Mul(y, y)));
-}
-
-/// <summary>Y = erf X: dX = dY · 2/√π · e^(−X²).</summary>
-public sealed class ErfGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Erf"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy)
-    {
-        Value e = context.Op("Exp", [context.Neg(context.Mul(x, x))]);
-        return context.Mul(dy, context.Mul(e, context.Scalar(2.0 / Math.Sqrt(Math.PI), x)));
-    }
-}
-
-/// <summary>Y = σ(X): dX = dY · Y · (1 − Y).</summary>
-public sealed class SigmoidGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Sigmoid"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) =>
-        context.Mul(dy, context.Mul(y, context.Sub(context.Scalar(1.0, y), y)));
-}
-
-/// <summary>Y = max(X, 0): dX = dY where X &gt; 0, else 0.</summary>
-public sealed class ReluGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Relu"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) =>
-        context.Op("Where", [context.Op("Greater", [x, context.Scalar(0.0, x)]), dy, context.Scalar(0.0, dy)]);
-}
-
-/// <summary>Identity (also a stop-gradient-free pass-through): dX = dY.</summary>
-public sealed class IdentityGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Identity"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy) => dy;
-}
-
-/// <summary>Y = Cast(X): dX = Cast(dY) back to the element type of X.</summary>
-public sealed class CastGradient : UnaryGradientRule
-{
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Cast", "CastLike"];
-
-    /// <inheritdoc />
-    protected override Value InputGradient(GradientContext context, Value x, Value y, Value dy)
+    private static Value CastBack(GradientContext context, Value x, Value y, Value dy)
     {
         DataType to = context.TypeOf(x);
         if (to == DataType.Undefined)
@@ -152,13 +71,10 @@ public sealed class CastGradient : UnaryGradientRule
 /// Y = Dropout(X, ratio, training_mode). In inference mode Y = X. In training mode the node's mask output is used:
 /// dX = dY · mask / (1 − ratio). The mask output is added to the node when the model did not ask for it.
 /// </summary>
-public sealed class DropoutGradient : GradientRule
+internal static class DropoutGradient
 {
-    /// <inheritdoc />
-    public override IReadOnlyList<string> OpTypes => ["Dropout"];
-
-    /// <inheritdoc />
-    public override void Backward(GradientContext context, BackwardStep step)
+    /// <summary>The VJP.</summary>
+    public static void Backward(GradientContext context, BackwardStep step)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(step);

@@ -2,26 +2,6 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Trainer.Autodiff;
 
-/// <summary>
-/// The vector-Jacobian product of one operator: given the gradients of the loss w.r.t. a node's outputs, emits the
-/// nodes that compute the gradients w.r.t. its inputs. One small type per op, registered in a
-/// <see cref="GradientRuleRegistry"/> by (domain, op type).
-/// </summary>
-public interface IGradientRule
-{
-    /// <summary>Operator domain ("" for the default ONNX domain).</summary>
-    string Domain { get; }
-
-    /// <summary>Operator types this rule differentiates (usually one).</summary>
-    IReadOnlyList<string> OpTypes { get; }
-
-    /// <summary>
-    /// Emits the backward nodes of <paramref name="step"/>.<see cref="BackwardStep.Node"/>. Writes a gradient
-    /// only for inputs where <see cref="BackwardStep.NeedsGradient(int)"/> is true (frozen inputs get none).
-    /// </summary>
-    void Backward(GradientContext context, BackwardStep step);
-}
-
 /// <summary>One node being differentiated: its output gradients in, its input gradients out.</summary>
 public sealed class BackwardStep
 {
