@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
 
@@ -48,7 +49,7 @@ internal static class TrainMemoryBenchmark
         var options = new TrainOptions
         {
             Model = Path.Combine(model, "stories260K.bin"), Tokenizer = Path.Combine(model, "tok512.model"), Data = data, OutputDir = Path.Combine(dir, "run"),
-            SeqLength = 64, BatchSize = 8, Packing = true, Truncate = true, MaxSteps = steps, LearningRate = 1e-3, LoraTargets = ["all-linear"], SaveSteps = 0, IntraOpThreads = 1,
+            SeqLength = 64, BatchSize = 8, Packing = true, Truncate = true, MaxSteps = steps, LearningRate = 1e-3, Lora = new LoraConfig { Targets = ["all-linear"] }, SaveSteps = 0, IntraOpThreads = 1,
         };
         var sampler = new Sampler();
         new TrainingRunner(options, sampler).Run();

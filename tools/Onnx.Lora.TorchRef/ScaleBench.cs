@@ -1,6 +1,7 @@
 using System.Globalization;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
 
@@ -60,7 +61,7 @@ internal static class ScaleBench
                 flopsPerToken = TrainingFlops.PerToken(facts, seq);
                 vocab = facts.Vocab;
                 using Model baseModel = OnnxReader.Load(basePath);
-                estimate = TrainingMemoryEstimate.Estimate(new TrainOptions { BatchSize = batch, SeqLength = seq, LoraRank = rank }, TrainingMemoryEstimate.ShapeOf(baseModel), 0);
+                estimate = TrainingMemoryEstimate.Estimate(new TrainOptions { BatchSize = batch, SeqLength = seq, Lora = new LoraConfig { Rank = rank } }, TrainingMemoryEstimate.ShapeOf(baseModel), 0);
             }
 
             string common = string.Create(inv, $"--model {loraPath} --vocab {vocab} --steps {a.Int("steps", 2)} --warmup {a.Int("warmup", 1)} --batch {batch} --seq {seq} --threads {threads}");

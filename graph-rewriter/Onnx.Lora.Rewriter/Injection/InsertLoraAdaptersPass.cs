@@ -10,6 +10,8 @@
 // with AdapterSlots A and B are graph inputs with a symbolic rank dim per module (<module>.lora_rank) and r = 0
 // initializer defaults, and s is folded into B by whoever writes the adapter, as ORT/Olive adapters expect. The
 // branch runs in the activation dtype: fp16/bf16 bases Cast A and B.
+// Every node and initializer a branch adds is tagged with its module, and the node whose output takes over the base
+// value's uses names that value (LoraTags): merge and the serving export remove exactly what was tagged.
 // NOTE: no weight bytes are read unless DoRA (magnitude init) or PiSSA (SVD) needs them.
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Passes;
@@ -141,6 +143,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
 
             string prefix = b.NamePrefix;
             b.NamePrefix = "/" + module.Replace('.', '/') + "/lora/";
+            LoraTags.AddedSince added = LoraTags.Snapshot(Graph);
             try
             {
                 string aName = module + ".lora_A.weight";
@@ -164,7 +167,9 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                     Value delta = b.MatMul(aAct, bAct);
                     delta = scale is null ? delta : b.Mul(delta, scale);
                     int index = _t.Node.Inputs.ToList().IndexOf(_t.WeightInput);
-                    _t.Node.ReplaceInput(index, b.Add(_t.WeightInput, delta));
+                    Value adapted = b.Add(_t.WeightInput, delta);
+                    _t.Node.ReplaceInput(index, adapted);
+                    LoraTags.MarkReplaces(adapted.Producer!, _t.WeightInput);
                 }
                 else
                 {
@@ -195,7 +200,10 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
                     }
 
                     Rewire(y, uses, output);
+                    LoraTags.MarkReplaces(output.Producer!, y);
                 }
+
+                added.TagAdded(module);
 
                 return new LoraModuleInfo
                 {
@@ -324,8 +332,7 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
             }
 
             // Without dropout F.linear(x, W) is the layer's own result less its bias, so the sum factors as
-            // (m/‖·‖)·(y − bias + s·x·A·B) + bias. NOTE: this shape keeps y the only base-path value the branch
-            // combines (the exporter's branch remover replaces the combination by y).
+            // (m/‖·‖)·(y − bias + s·x·A·B) + bias.
             if (_t.BiasInNode && _t.Bias is not null)
             {
                 Value bias = Graph.Initializers.TryGetValue(_t.Bias, out Value? stored) ? stored : _t.Node.Inputs[2]!;

@@ -209,11 +209,15 @@ public sealed class FormatTests
             Value x = g.Input(module + ".x", DataType.Float, "n", inF);
             Value w = g.Floats(module + ".MatMul.weight", [inF, outF], LoraTestModels.Rand(inF * outF, rng, 0.3f));
             Value y = g.MatMul(x, w, name: module + "/MatMul");
+            LoraTags.AddedSince added = LoraTags.Snapshot(g.Graph);
             Value la = g.Input(a.Name, DataType.Float, inF, "r");
             Value lb = g.Input(b.Name, DataType.Float, "r", outF);
             g.Graph.Initializers.Add(la, InMemoryTensor.FromFloats(a.Name, [inF, 0], []));
             g.Graph.Initializers.Add(lb, InMemoryTensor.FromFloats(b.Name, [0, outF], []));
-            g.Output(g.Add(y, g.MatMul(g.MatMul(x, la), lb)), module + ".y", DataType.Float, "n", outF);
+            Value sum = g.Add(y, g.MatMul(g.MatMul(x, la), lb));
+            added.TagAdded(module);
+            LoraTags.MarkReplaces(sum.Producer!, y);
+            g.Output(sum, module + ".y", DataType.Float, "n", outF);
             infos.Add(new LoraModuleInfo { Module = module, TargetNode = module + "/MatMul", BaseWeight = module + ".MatMul.weight", Layout = WeightLayout.InOut, InFeatures = inF, OutFeatures = outF, Rank = 0, Alpha = 0, LoraA = a.Name, LoraB = b.Name });
         }
 

@@ -7,7 +7,7 @@ namespace Onnx.Lora.Tests.Exporter;
 
 /// <summary>
 /// A hand-built LoRA model that follows the manifest contract (branch x·A·B·scale added to the target's output,
-/// manifest in metadata), written before the rewriter landed. Kept for what the real rewriter does not write: a
+/// manifest in metadata, branch nodes and tensors tagged as <see cref="LoraTags"/> says), written before the rewriter landed. Kept for what the real rewriter does not write: a
 /// run-time DoRA shape of its own, and serving slots that SHARE one rank dim ('lora_r', as other tools write them).
 /// The real rewriter's branches are covered by RewriterMergeTests and ServingTests.
 /// </summary>
@@ -65,6 +65,7 @@ internal static class LoraTestModels
             Value x = target.Inputs[0]!, baseOut = target.Outputs[0];
             var consumers = baseOut.Uses.ToList();
             bool graphOutput = baseOut.IsGraphOutput;
+            LoraTags.AddedSince added = LoraTags.Snapshot(model.Graph);
             b.InsertionPoint = null;
             string aName = l.Module + ".lora_A.weight", bName = l.Module + ".lora_B.weight";
             Value a, bb;
@@ -124,6 +125,8 @@ internal static class LoraTestModels
                 sum.Type = baseOut.Type;
             }
 
+            added.TagAdded(l.Module);
+            LoraTags.MarkReplaces(sum.Producer!, baseOut);
             infos.Add(new LoraModuleInfo
             {
                 Module = l.Module, TargetNode = target.Name, BaseWeight = l.WeightName, Layout = l.Layout,

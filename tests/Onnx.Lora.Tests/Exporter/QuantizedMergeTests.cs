@@ -133,10 +133,14 @@ public sealed class QuantizedMergeTests
             Value y = g.Op("MatMulNBits", inputs, [Attr.Int("K", K), Attr.Int("N", N), Attr.Int("bits", 4), Attr.Int("block_size", BlockSize)], "com.microsoft", Node);
             if (lora)
             {
+                LoraTags.AddedSince added = LoraTags.Snapshot(g.Graph);
+                Value baseY = y;
                 Value av = g.Floats(Module + ".lora_A.weight", [K, Rank], a);
                 Value bv = g.Floats(Module + ".lora_B.weight", [Rank, N], b);
                 Value s = g.Scalar(Module + ".lora_scale", Scale);
                 y = g.Add(y, g.Mul(g.MatMul(g.MatMul(x, av), bv), s));
+                added.TagAdded(Module);
+                LoraTags.MarkReplaces(y.Producer!, baseY);
                 new LoraManifest
                 {
                     Placement = LoraPlacement.Initializers,

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
@@ -35,8 +36,7 @@ public sealed class EarlyStoppingTests
             LearningRate = 1e-30,
             Schedule = ScheduleKind.Constant,
             WarmupSteps = 0,
-            LoraRank = 2,
-            LoraAlpha = 4,
+            Lora = new LoraConfig { Rank = 2, Alpha = 4 },
             EvalSteps = EvalSteps,
             EarlyStoppingPatience = Patience,
             SaveSteps = 0,

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using Onnx.Lora.Tests.Cli;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Data;
@@ -48,7 +49,7 @@ public sealed class EvalVerbTests
             BatchSize = 2,
             MaxSteps = 4,
             LearningRate = 5e-3,
-            LoraRank = 4,
+            Lora = new LoraConfig { Rank = 4 },
             IntraOpThreads = 1,
         };
         TrainingSummary s = new TrainingRunner(options).Run(TestContext.CancellationToken);

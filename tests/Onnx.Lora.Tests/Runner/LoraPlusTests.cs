@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Config;
@@ -40,10 +41,8 @@ public sealed class LoraPlusTests
             MaxGradNorm = 0,
             Schedule = ScheduleKind.Constant,
             WarmupSteps = 0,
-            LoraRank = 2,
-            LoraAlpha = 4,
             // q/v only, as when this was the default: all-linear adds modules whose first gradients are near Adam's ε.
-            LoraTargets = ["q_proj", "v_proj"],
+            Lora = new LoraConfig { Rank = 2, Alpha = 4, Targets = ["q_proj", "v_proj"] },
             SaveSteps = 1,
             IntraOpThreads = 1,
             Seed = 5,

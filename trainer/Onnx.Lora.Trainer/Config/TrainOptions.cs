@@ -21,8 +21,8 @@ public enum NonFinitePolicy
 /// </summary>
 public sealed record TrainOptions
 {
-    // The LoRA defaults are inject's (the rewriter's LoraOptions), so `train` on a base model and `inject` agree.
-    private static readonly LoraOptions s_loraDefaults = new();
+    // The LoRA defaults are inject's (the rewriter's LoraConfig), so `train` on a base model and `inject` agree.
+    private static readonly LoraConfig s_loraDefaults = new();
 
     /// <summary><c>model</c>: base ONNX model (LoRA injected on the fly) or an already injected one. Required.</summary>
     public string Model { get; init; } = "";
@@ -132,41 +132,15 @@ public sealed record TrainOptions
     /// <summary><c>nan_policy</c>: stop or skip on a non-finite loss or gradient.</summary>
     public NonFinitePolicy NanPolicy { get; init; } = NonFinitePolicy.Stop;
 
-    /// <summary><c>lora_rank</c>.</summary>
-    public int LoraRank { get; init; } = s_loraDefaults.Rank;
+    /// <summary>
+    /// The LoRA configuration the <c>lora_*</c>, <c>use_rslora</c> and <c>use_dora</c> keys set (PEFT's fields, the type
+    /// inject, export and import use); null when none was given, so "not set" is told from "set to the default" by
+    /// presence. A base model is injected with <see cref="LoraOrDefault"/>; an injected model keeps its own.
+    /// </summary>
+    public LoraConfig? Lora { get; init; }
 
-    /// <summary><c>lora_alpha</c>.</summary>
-    public double LoraAlpha { get; init; } = s_loraDefaults.Alpha;
-
-    /// <summary><c>lora_targets</c>: module names, <c>.suffix</c>es or regexes (comma-separated on the command line), or all-linear.</summary>
-    public IReadOnlyList<string> LoraTargets { get; init; } = s_loraDefaults.Targets;
-
-    /// <summary><c>lora_target_regex</c>: a regex the whole module name must match; replaces <see cref="LoraTargets"/>.</summary>
-    public string? LoraTargetRegex { get; init; }
-
-    /// <summary><c>lora_exclude</c>: module names / suffixes never adapted (PEFT's exclude_modules).</summary>
-    public IReadOnlyList<string> LoraExclude { get; init; } = [];
-
-    /// <summary><c>lora_layers</c>: decoder layers to adapt, e.g. <c>0-3,7</c> (PEFT's layers_to_transform); null for all.</summary>
-    public string? LoraLayers { get; init; }
-
-    /// <summary><c>lora_rank_pattern</c>: <c>REGEX=R</c> rank overrides (PEFT's rank_pattern).</summary>
-    public IReadOnlyList<string> LoraRankPattern { get; init; } = [];
-
-    /// <summary><c>lora_alpha_pattern</c>: <c>REGEX=A</c> alpha overrides (PEFT's alpha_pattern).</summary>
-    public IReadOnlyList<string> LoraAlphaPattern { get; init; } = [];
-
-    /// <summary><c>lora_init</c>: initialization of A (kaimingUniform, gaussian or pissa).</summary>
-    public LoraInit LoraInit { get; init; } = s_loraDefaults.Init;
-
-    /// <summary><c>lora_dropout</c>: in [0, 1).</summary>
-    public double LoraDropout { get; init; }
-
-    /// <summary><c>use_rslora</c>: scale α/√r instead of α/r.</summary>
-    public bool UseRsLora { get; init; }
-
-    /// <summary><c>use_dora</c>: weight-decomposed LoRA.</summary>
-    public bool UseDora { get; init; }
+    /// <summary><see cref="Lora"/>, or inject's defaults when no LoRA key was given.</summary>
+    public LoraConfig LoraOrDefault => Lora ?? s_loraDefaults;
 
     /// <summary>
     /// <c>memory_limit</c>: memory the run may use (e.g. <c>6GiB</c>), instead of what the machine reports (MemAvailable,
@@ -224,10 +198,11 @@ public sealed record TrainOptions
             $"is '{ExecutionProvider}'; expected one of {string.Join(", ", KnownExecutionProviders)}");
         Require(DeviceId >= 0, "device_id", $"is {DeviceId}; expected ≥ 0");
         Require(IntraOpThreads >= 0, "intra_op_threads", $"is {IntraOpThreads}; expected ≥ 0 (0 = ORT default)");
-        Require(LoraRank >= 1, "lora_rank", $"is {LoraRank}; expected ≥ 1");
-        Require(double.IsFinite(LoraAlpha) && LoraAlpha > 0, "lora_alpha", $"is {LoraAlpha}; expected > 0");
-        Require(LoraDropout is >= 0 and < 1, "lora_dropout", $"is {LoraDropout}; expected in [0, 1)");
-        Require(LoraTargetRegex is not null || (LoraTargets.Count > 0 && LoraTargets.All(t => !string.IsNullOrWhiteSpace(t))), "lora_targets", "needs at least one non-empty target");
+        LoraConfig lora = LoraOrDefault;
+        Require(lora.Rank >= 1, "lora_rank", $"is {lora.Rank}; expected ≥ 1");
+        Require(double.IsFinite(lora.Alpha) && lora.Alpha > 0, "lora_alpha", $"is {lora.Alpha}; expected > 0");
+        Require(lora.Dropout is >= 0 and < 1, "lora_dropout", $"is {lora.Dropout}; expected in [0, 1)");
+        Require(lora.TargetRegex is not null || (lora.Targets.Count > 0 && lora.Targets.All(t => !string.IsNullOrWhiteSpace(t))), "lora_targets", "needs at least one non-empty target");
         try
         {
             Runner.ModelPreparation.ToLoraOptions(this).Validate();
@@ -266,13 +241,41 @@ public sealed record TrainOptions
     /// </summary>
     public string ResumeFingerprint()
     {
+        LoraConfig l = LoraOrDefault;
         string text = string.Join("|",
             Path.GetFileName(Model), Path.GetFileName(Data), Path.GetFileName(Tokenizer), SeqLength, BatchSize, GradientAccumulationSteps,
-            Seed, Packing, CompletionOnlyLoss, Truncate, LoraRank, LoraAlpha, string.Join(",", LoraTargets), LoraDropout, UseRsLora, UseDora,
-            LoraTargetRegex, string.Join(",", LoraExclude), LoraLayers, string.Join(",", LoraRankPattern), string.Join(",", LoraAlphaPattern), LoraInit,
+            Seed, Packing, CompletionOnlyLoss, Truncate, l.Rank, l.Alpha, string.Join(",", l.Targets), l.Dropout, l.UseRsLora, l.UseDora,
+            l.TargetRegex, string.Join(",", l.Exclude), LayersText(l.Layers), string.Join(",", l.RankPattern.Select(PatternText)), string.Join(",", l.AlphaPattern.Select(PatternText)), l.Init,
             Schedule, LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), LoraPlusRatio.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
         return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16];
     }
+
+    // The fingerprint's text for layers and patterns as a user writes them ("0-3,7", "q_proj=16").
+    private static string? LayersText(IReadOnlySet<int>? layers)
+    {
+        if (layers is null)
+        {
+            return null;
+        }
+
+        var parts = new List<string>();
+        int[] sorted = [.. layers.Order()];
+        for (int i = 0; i < sorted.Length;)
+        {
+            int j = i;
+            while (j + 1 < sorted.Length && sorted[j + 1] == sorted[j] + 1)
+            {
+                j++;
+            }
+
+            parts.Add(j == i ? sorted[i].ToString(System.Globalization.CultureInfo.InvariantCulture) : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{sorted[i]}-{sorted[j]}"));
+            i = j + 1;
+        }
+
+        return string.Join(",", parts);
+    }
+
+    private static string PatternText(PatternOverride p) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{p.Pattern}={p.Value}");
 
     /// <summary>The schedule these options describe for a run of <paramref name="totalSteps"/> optimizer steps.</summary>
     public LearningRateSchedule CreateSchedule(int totalSteps) =>

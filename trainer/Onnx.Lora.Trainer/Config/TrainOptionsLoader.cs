@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Schedules;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
@@ -54,20 +55,23 @@ public static class TrainOptionsLoader
         ["completion_only_loss"] = (o, v) => o with { CompletionOnlyLoss = v.Bool() },
         ["truncate"] = (o, v) => o with { Truncate = v.Bool() },
         ["nan_policy"] = (o, v) => o with { NanPolicy = v.Enum<NonFinitePolicy>() },
-        ["lora_rank"] = (o, v) => o with { LoraRank = v.Int() },
-        ["lora_alpha"] = (o, v) => o with { LoraAlpha = v.Double() },
-        ["lora_targets"] = (o, v) => o with { LoraTargets = v.List() },
-        ["lora_dropout"] = (o, v) => o with { LoraDropout = v.Double() },
-        ["use_rslora"] = (o, v) => o with { UseRsLora = v.Bool() },
-        ["use_dora"] = (o, v) => o with { UseDora = v.Bool() },
+        ["lora_rank"] = (o, v) => Lora(o, l => l with { Rank = v.Int() }),
+        ["lora_alpha"] = (o, v) => Lora(o, l => l with { Alpha = v.Double() }),
+        ["lora_targets"] = (o, v) => Lora(o, l => l with { Targets = v.List() }),
+        ["lora_dropout"] = (o, v) => Lora(o, l => l with { Dropout = v.Double() }),
+        ["use_rslora"] = (o, v) => Lora(o, l => l with { UseRsLora = v.Bool() }),
+        ["use_dora"] = (o, v) => Lora(o, l => l with { UseDora = v.Bool() }),
         ["memory_limit"] = (o, v) => o with { MemoryLimit = v.NullableString() },
-        ["lora_target_regex"] = (o, v) => o with { LoraTargetRegex = v.NullableString() },
-        ["lora_exclude"] = (o, v) => o with { LoraExclude = v.IsNull ? [] : v.List() },
-        ["lora_layers"] = (o, v) => o with { LoraLayers = v.IsNull ? null : string.Join(",", v.List()) },
-        ["lora_rank_pattern"] = (o, v) => o with { LoraRankPattern = v.IsNull ? [] : v.List() },
-        ["lora_alpha_pattern"] = (o, v) => o with { LoraAlphaPattern = v.IsNull ? [] : v.List() },
-        ["lora_init"] = (o, v) => o with { LoraInit = v.Enum<Rewriter.LoraInit>() },
+        ["lora_target_regex"] = (o, v) => Lora(o, l => l with { TargetRegex = v.NullableString() }),
+        ["lora_exclude"] = (o, v) => Lora(o, l => l with { Exclude = v.IsNull ? [] : v.List() }),
+        ["lora_layers"] = (o, v) => Lora(o, l => l with { Layers = v.IsNull ? null : LoraConfig.ParseLayers(string.Join(",", v.List())) }),
+        ["lora_rank_pattern"] = (o, v) => Lora(o, l => l with { RankPattern = v.IsNull ? [] : v.List().Select(PatternOverride.Parse).ToArray() }),
+        ["lora_alpha_pattern"] = (o, v) => Lora(o, l => l with { AlphaPattern = v.IsNull ? [] : v.List().Select(PatternOverride.Parse).ToArray() }),
+        ["lora_init"] = (o, v) => Lora(o, l => l with { Init = v.Enum<LoraInit>() }),
     };
+
+    // The lora_* keys edit one LoraConfig, created at the first of them: its presence says the user set LoRA options.
+    private static TrainOptions Lora(TrainOptions options, Func<LoraConfig, LoraConfig> edit) => options with { Lora = edit(options.LoraOrDefault) };
 
     /// <summary>Every key a file or flag may set, snake_case.</summary>
     public static IReadOnlyCollection<string> Keys => s_setters.Keys;
@@ -119,7 +123,15 @@ public static class TrainOptionsLoader
                 throw new ConfigException($"{value.Where}: unknown key '{rawKey}'" + (near is null ? "." : $"; did you mean '{near}'?"));
             }
 
-            options = setter(options, value);
+            try
+            {
+                options = setter(options, value);
+            }
+            catch (LoraOptionsException e)
+            {
+                // A layer list or pattern that does not parse: the message names the value, this names where it was given.
+                throw new ConfigException($"{value.Where}: {e.Message}", e);
+            }
         }
 
         _ = source;

@@ -92,12 +92,12 @@ public static class ModelPreparation
             lora.Validate();
             manifest = LoraInjector.Inject(model, lora);
             loraPath = Path.Combine(artifactsDir, TrainingRunner.LoraModelFile);
-            observer.OnMessage($"injected LoRA r={options.LoraRank} alpha={options.LoraAlpha} into {manifest.Modules.Count} modules ({options.LoraTargetRegex ?? string.Join(",", options.LoraTargets)}) → {loraPath}");
+            observer.OnMessage($"injected LoRA r={lora.Rank} alpha={lora.Alpha} into {manifest.Modules.Count} modules ({lora.TargetRegex ?? string.Join(",", lora.Targets)}) → {loraPath}");
             OnnxWriter.Save(model, loraPath);
         }
         else
         {
-            observer.OnMessage(SetsLoraOptions(options)
+            observer.OnMessage(options.Lora is not null
                 ? $"{name} already carries LoRA ({manifest.Modules.Count} modules); the lora_* options are ignored"
                 : $"{name} already carries LoRA ({manifest.Modules.Count} modules)");
             if (embedding is not null)
@@ -119,41 +119,23 @@ public static class ModelPreparation
         return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions);
     }
 
-    // Only worth a warning when the user asked for something the injected model will not get.
-    private static bool SetsLoraOptions(TrainOptions options)
-    {
-        var d = new TrainOptions();
-        return options.LoraRank != d.LoraRank || options.LoraAlpha != d.LoraAlpha || !options.LoraTargets.SequenceEqual(d.LoraTargets)
-            || options.LoraTargetRegex != d.LoraTargetRegex || !options.LoraExclude.SequenceEqual(d.LoraExclude) || options.LoraLayers != d.LoraLayers
-            || !options.LoraRankPattern.SequenceEqual(d.LoraRankPattern) || !options.LoraAlphaPattern.SequenceEqual(d.LoraAlphaPattern)
-            || options.LoraInit != d.LoraInit || options.UseRsLora != d.UseRsLora || options.UseDora != d.UseDora;
-    }
-
     /// <summary>
-    /// The LoRA options that <paramref name="options"/> describe: the one place the <c>lora_*</c> keys map onto the
-    /// rewriter's options, the same object <c>inject</c> builds from its flags (so both select and scale alike).
+    /// The inject options of <paramref name="options"/>: its <see cref="TrainOptions.LoraOrDefault"/> configuration (the
+    /// type <c>inject</c> builds from its flags, so both select and scale alike) placed as a trainable graph.
     /// </summary>
-    /// <exception cref="LoraOptionsException">A layer list or pattern is malformed.</exception>
     public static LoraOptions ToLoraOptions(TrainOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return new LoraOptions
+        LoraConfig lora = options.LoraOrDefault;
+        // A regex replaces the target list (PEFT: target_modules is either).
+        return new LoraOptions(lora with
         {
-            Rank = options.LoraRank,
-            Alpha = options.LoraAlpha,
-            Dropout = options.LoraDropout,
-            UseRsLora = options.UseRsLora,
-            UseDora = options.UseDora,
-            Init = options.LoraInit,
-            Targets = options.LoraTargetRegex is null ? options.LoraTargets : [],
-            TargetRegex = options.LoraTargetRegex,
-            Exclude = options.LoraExclude,
-            Layers = options.LoraLayers is null ? null : LoraOptions.ParseLayers(options.LoraLayers),
-            RankPattern = options.LoraRankPattern.Select(PatternOverride.Parse).ToArray(),
-            AlphaPattern = options.LoraAlphaPattern.Select(PatternOverride.Parse).ToArray(),
-            Seed = options.Seed,
-            TrainingGraph = options.LoraDropout > 0,
+            Targets = lora.TargetRegex is null ? lora.Targets : [],
             BaseModelNameOrPath = string.IsNullOrEmpty(options.Model) ? null : BaseModelReference.For(options.Model),
+        })
+        {
+            Seed = options.Seed,
+            TrainingGraph = lora.Dropout > 0,
         };
     }
 

@@ -79,7 +79,7 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         double tokens = (double)options.BatchSize * options.SeqLength;
         double perToken = (shape.Layers * ((17.0 * shape.Hidden) + (7.0 * shape.Intermediate) + ((double)shape.Heads * options.SeqLength))) + (2.0 * shape.Vocab);
         long activations = (long)(ActivationSafetyFactor * 4 * tokens * perToken);
-        long adapter = 4L * options.LoraRank * shape.LinearInOutSum * 8;
+        long adapter = 4L * options.LoraOrDefault.Rank * shape.LinearInOutSum * 8;
         return new TrainingMemoryEstimate(shape.WeightBytes, activations, adapter, 10 * dataBytes, RuntimeBytes);
     }
 

@@ -1,3 +1,4 @@
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
@@ -38,9 +39,9 @@ public sealed class TrainOptionsTests
         Assert.AreEqual(5e-4, o.LearningRate);
         Assert.AreEqual(ScheduleKind.Cosine, o.Schedule);
         Assert.AreEqual(0.1, o.WarmupRatio);
-        Assert.AreEqual(4, o.LoraRank);
-        Assert.AreEqual(8.0, o.LoraAlpha);
-        CollectionAssert.AreEqual(new[] { "q_proj", "k_proj", "v_proj" }, o.LoraTargets.ToArray());
+        Assert.AreEqual(4, o.Lora!.Rank);
+        Assert.AreEqual(8.0, o.Lora.Alpha);
+        CollectionAssert.AreEqual(new[] { "q_proj", "k_proj", "v_proj" }, o.Lora.Targets.ToArray());
         Assert.AreEqual(7, o.Seed);
         Assert.IsTrue(o.Packing);
     }
@@ -53,7 +54,7 @@ public sealed class TrainOptionsTests
         File.WriteAllText(path, """{"model": "m.onnx", "data": "d.jsonl", "tokenizer": "t", "max_steps": 50, "use_rslora": true, "lora_targets": ["a", "b"], "execution_provider": "CUDA", "device_id": 1}""");
         TrainOptions o = TrainOptionsLoader.Load(path);
         Assert.AreEqual(50, o.MaxSteps);
-        Assert.IsTrue(o.UseRsLora);
+        Assert.IsTrue(o.Lora!.UseRsLora);
         Assert.AreEqual("cuda", o.ExecutionProvider);
         Assert.AreEqual(1, o.DeviceId);
         Assert.AreEqual(50, o.TotalOptimizerSteps(rowsPerEpoch: 1000));
@@ -91,7 +92,7 @@ public sealed class TrainOptionsTests
     [TestMethod]
     public void Validate_SeveralBadValues_ListsThemAll()
     {
-        var o = new TrainOptions { Model = "m", Data = "d", Tokenizer = "t", BatchSize = 0, LoraDropout = 1.0, WarmupRatio = 0.2, WarmupSteps = 3, ExecutionProvider = "rocm", EarlyStoppingPatience = 2 };
+        var o = new TrainOptions { Model = "m", Data = "d", Tokenizer = "t", BatchSize = 0, Lora = new LoraConfig { Dropout = 1.0 }, WarmupRatio = 0.2, WarmupSteps = 3, ExecutionProvider = "rocm", EarlyStoppingPatience = 2 };
         var e = Assert.ThrowsExactly<ConfigException>(() => o.Validate("x.yaml"));
         foreach (string key in new[] { "'batch_size'", "'lora_dropout'", "'warmup_ratio'", "'execution_provider'", "'early_stopping_patience'", "x.yaml" })
         {
