@@ -75,6 +75,7 @@ public sealed class SequenceClassificationTrainingTests
         var evals = File.ReadLines(Path.Combine(run, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement)
             .Where(e => e.GetProperty("kind").GetString() == "eval")
             .Select(e => (Step: e.GetProperty("step").GetInt32(), Loss: e.GetProperty("loss").GetDouble(), Accuracy: e.GetProperty("accuracy").GetDouble())).ToArray();
+        Console.WriteLine("seq-cls evals (step, loss, accuracy): " + string.Join(", ", evals));
         Assert.AreEqual(0, evals[0].Step, "the first evaluation is the untrained baseline");
         Assert.AreEqual(120, evals[^1].Step);
         // Three balanced classes: chance is 1/3; the untrained head must not already know the rule.
@@ -83,9 +84,10 @@ public sealed class SequenceClassificationTrainingTests
         Assert.IsLessThan(0.5 * evals[0].Loss, evals[^1].Loss, string.Join(", ", evals));
         StringAssert.Contains(stdout, "accuracy");
 
-        using (JsonDocument config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(run, "adapter", "adapter_config.json"))))
+        foreach (string adapter in new[] { Path.Combine(run, "adapter"), Path.Combine(run, "checkpoints", "checkpoint-120") })
         {
-            Assert.AreEqual("SEQ_CLS", config.RootElement.GetProperty("task_type").GetString());
+            using JsonDocument config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(adapter, "adapter_config.json")));
+            Assert.AreEqual("SEQ_CLS", config.RootElement.GetProperty("task_type").GetString(), adapter);
         }
 
         string trained = Path.Combine(run, "lora-trained.onnx");

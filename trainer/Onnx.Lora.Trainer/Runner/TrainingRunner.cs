@@ -189,7 +189,7 @@ public sealed class TrainingRunner
         _observer.OnStart(new TrainingPlan(totalSteps, loop.Step, data.Train.RowCount, data.Eval?.RowCount ?? 0, trainable, model.Manifest.Modules.Count, outputDir));
 
         Distributed.BeginTraining();
-        var context = new RunContext(o, session, data, model, schedule, metrics, checkpointsDir, totalSteps, loop);
+        var context = new RunContext(o, session, data, model, schedule, metrics, checkpointsDir, totalSteps, loop) { Task = task };
         if (checkpoint is null && data.Eval is not null)
         {
             // The eval loss of the untrained adapter: the baseline every later evaluation is compared with.
@@ -459,7 +459,7 @@ public sealed class TrainingRunner
             LogHistory = MetricsLog.ReadRecords(c.Metrics!.Path, loop.Step), // Save returned above on ranks without metrics.
         };
         var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state, run);
-        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten);
+        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten, c.Task.PeftTaskType);
         loop.LastSavedStep = loop.Step;
         loop.LastCheckpoint = folder;
         _observer.OnCheckpoint(loop.Step, folder);
@@ -505,7 +505,10 @@ public sealed class TrainingRunner
     };
 
     private sealed record RunContext(TrainOptions Options, LoraTrainingSession Session, PreparedData Data, PreparedModel Model,
-        LearningRateSchedule Schedule, MetricsLog? Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop);
+        LearningRateSchedule Schedule, MetricsLog? Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop)
+    {
+        public ITrainingTask Task { get; init; } = CausalLmTask.Instance;
+    }
 
     private sealed class LoopState
     {
