@@ -273,7 +273,7 @@ public sealed partial class LoraTrainingSession : IDisposable
                 using SessionOptions sessionOptions = CreateSessionOptions();
                 _eval = new InferenceSession(_artifacts.EvalModelPath, sessionOptions);
                 _evalFeeder = new BatchFeeder(_eval, _artifacts);
-                _deviceEval = CreateDeviceRun(_eval, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
+                _deviceEval = CreateDeviceRun(_eval, EvalOutputNames, EvalOutputValues);
             }
 
             _evalFeeder!.Feed(batch, names, values);
@@ -284,7 +284,7 @@ public sealed partial class LoraTrainingSession : IDisposable
             else
             {
                 AddParameters(names, values);
-                _eval.Run(_runOptions, names, values, [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput], [_lossOrt, _tokensOrt]);
+                _eval.Run(_runOptions, names, values, EvalOutputNames, EvalOutputValues);
             }
             return new EvalResult(_loss[0], _tokens[0]);
         }
@@ -358,6 +358,7 @@ public sealed partial class LoraTrainingSession : IDisposable
 
         _lossOrt.Dispose();
         _tokensOrt.Dispose();
+        DisposeMetrics();
         _optimizer.Dispose();
         _deviceTraining?.Dispose();
         _deviceEval?.Dispose();

@@ -90,8 +90,9 @@ public static class PeftAdapter
     /// <param name="folder">Where adapter_model.safetensors and adapter_config.json go.</param>
     /// <param name="config">The LoRA configuration the weights were trained under, or null.</param>
     /// <param name="baseModelNameOrPath">base_model_name_or_path; null keeps the config's.</param>
+    /// <param name="taskType">PEFT's task_type (CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM).</param>
     /// <exception cref="AdapterFormatException">The weights cannot be written.</exception>
-    public static void Export(LoraWeights weights, string folder, LoraConfig? config = null, string? baseModelNameOrPath = null)
+    public static void Export(LoraWeights weights, string folder, LoraConfig? config = null, string? baseModelNameOrPath = null, string taskType = "CAUSAL_LM")
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(folder);
@@ -126,7 +127,7 @@ public static class PeftAdapter
         fields["modules_to_save"] = null;
         fields["peft_type"] = "LORA";
         fields["revision"] = null;
-        fields["task_type"] = "CAUSAL_LM";
+        fields["task_type"] = taskType;
         // PEFT writes its config with sorted keys.
         var json = new JsonObject(fields.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => KeyValuePair.Create(p.Key, p.Value?.DeepClone())));
 

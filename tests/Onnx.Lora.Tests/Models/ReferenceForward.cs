@@ -6,7 +6,7 @@ namespace Onnx.Lora.Tests.Models;
 /// Plain C# (double-precision) forward passes of one-block GPT-2 and BERT, written from the papers' formulas, to
 /// check the builders' graphs against something that shares no code with them (only the weight values).
 /// </summary>
-internal static class ReferenceForward
+internal static partial class ReferenceForward
 {
     public static double[] Gpt2Logits(Gpt2Config c, IWeightSource w, long[] ids)
     {

@@ -213,7 +213,7 @@ internal sealed class TrainCommand : LoraCommand
         }
 
         public void OnEvaluation(EvaluationReport r) =>
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"eval @ step {r.Step}: loss {r.Loss:F4}  perplexity {r.Perplexity:F2}{(r.Improved ? "  (best)" : "")}"));
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"eval @ step {r.Step}: loss {r.Loss:F4}  perplexity {r.Perplexity:F2}{string.Concat(r.Metrics.Select(m => $"  {m.Key} {m.Value:F4}"))}{(r.Improved ? "  (best)" : "")}"));
 
         public void OnCheckpoint(int step, string folder) => output.WriteLine($"saved {folder}");
     }

@@ -74,6 +74,9 @@ public sealed class TrainingArtifacts
     /// <summary>Past inputs that stayed in the graph and must be fed empty tensors.</summary>
     public IReadOnlyList<string> EmptyPastInputs => Description.EmptyPastInputs;
 
+    /// <summary>Extra scalar outputs of the evaluation model (metric sums such as correct predictions), in output order.</summary>
+    public IReadOnlyList<string> EvalMetricOutputs => Description.MetricOutputs;
+
     internal ArtifactDescription Description { get; }
 
     /// <summary>Builds the artifacts of the model at <paramref name="modelPath"/> into <paramref name="outputFolder"/>.</summary>
@@ -151,7 +154,7 @@ public sealed class TrainingArtifacts
             tensors.Add(new TrainableTensor(name, [.. init.Initializer.Dims]));
         }
 
-        IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss);
+        IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss, out _);
         Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable);
         OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
         return new ArtifactDescription
@@ -159,6 +162,7 @@ public sealed class TrainingArtifacts
             Trainable = tensors,
             EmptyPastInputs = [.. emptyPast],
             LabelInputs = [.. options.Loss.LabelInputs],
+            MetricOutputs = options.Loss is IEvaluationMetricHead m ? [.. m.MetricOutputs] : [],
         };
     }
 
@@ -193,9 +197,12 @@ public sealed class TrainingArtifacts
     {
         string trainingPath = Path.Combine(folder, TrainingModelFile);
         using Model eval = OnnxReader.Load(modelPath);
-        Prepare(eval, options, modelPath, out LossOutputs evalLoss);
+        Prepare(eval, options, modelPath, out LossOutputs evalLoss, out Value prediction);
         DisableDropout(eval);
-        Trainer.Artifacts.TrainingGraph.MakeEvaluation(eval, evalLoss.Loss, evalLoss.TokenCount, trainable);
+        IReadOnlyList<(string, Value)>? metrics = options.Loss is IEvaluationMetricHead head
+            ? head.MetricOutputs.Zip(head.AttachMetrics(new GraphBuilder(eval), prediction)).ToArray()
+            : null;
+        Trainer.Artifacts.TrainingGraph.MakeEvaluation(eval, evalLoss.Loss, evalLoss.TokenCount, trainable, metrics);
 
         using Model written = OnnxReader.Load(trainingPath);
         foreach (Value init in eval.Graph.Initializers.Values.ToArray())
@@ -237,12 +244,12 @@ public sealed class TrainingArtifacts
         }
     }
 
-    private static IReadOnlyList<string> Prepare(Model model, TrainingArtifactsOptions options, string modelPath, out LossOutputs loss)
+    private static IReadOnlyList<string> Prepare(Model model, TrainingArtifactsOptions options, string modelPath, out LossOutputs loss, out Value prediction)
     {
         OpsetUpgrade.Apply(model);
         IReadOnlyList<string> emptyPast = KvCacheRemoval.Apply(model);
         Onnx.Lora.Graph.Graph graph = model.Graph;
-        Value prediction = (options.PredictionOutput is { } name
+        prediction = (options.PredictionOutput is { } name
                 ? graph.Outputs.FirstOrDefault(o => o.Name == name)
                 : graph.Outputs.FirstOrDefault(o => o.Name == "logits") ?? graph.Outputs.FirstOrDefault())
             ?? throw new GraphValidationException($"Model '{modelPath}' has no output '{options.PredictionOutput ?? "logits"}'.");
@@ -274,4 +281,6 @@ internal sealed record ArtifactDescription
     public IReadOnlyList<string> EmptyPastInputs { get; init; } = [];
 
     public IReadOnlyList<string> LabelInputs { get; init; } = [];
+
+    public IReadOnlyList<string> MetricOutputs { get; init; } = [];
 }

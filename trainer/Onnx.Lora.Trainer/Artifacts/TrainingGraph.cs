@@ -44,14 +44,21 @@ public static class TrainingGraph
         return result;
     }
 
-    /// <summary>Makes <paramref name="model"/> the evaluation graph (in place): loss and token count only.</summary>
-    public static void MakeEvaluation(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable)
+    /// <summary>Makes <paramref name="model"/> the evaluation graph (in place): loss, token count and the named metric sums.</summary>
+    /// <param name="model">Model holding the loss.</param>
+    /// <param name="loss">Scalar loss value.</param>
+    /// <param name="tokenCount">Scalar count of the tokens (or samples) the loss averages over; null to output 1.</param>
+    /// <param name="trainable">Trainable initializer names.</param>
+    /// <param name="metrics">Extra scalar outputs by output name (e.g. correct predictions), or null.</param>
+    public static void MakeEvaluation(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable, IReadOnlyList<(string Name, Value Value)>? metrics = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
         var builder = new GraphBuilder(model);
-        Finish(model, [Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput)], trainable);
+        List<Value> outputs = [Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput)];
+        outputs.AddRange((metrics ?? []).Select(m => Named(builder, m.Value, m.Name)));
+        Finish(model, outputs, trainable);
     }
 
     private static Value Named(GraphBuilder builder, Value value, string name)

@@ -63,7 +63,7 @@ public static class CheckpointStore
         Save(outputDir, checkpoint, manifest, keepLast, baseModelName, afterFileWritten: null);
 
     /// <summary>Core of <see cref="Save(string, TrainingCheckpoint, LoraManifest, int, string?)"/>; the hook lets tests fail a save midway.</summary>
-    internal static string Save(string outputDir, TrainingCheckpoint checkpoint, LoraManifest manifest, int keepLast, string? baseModelName, Action<string>? afterFileWritten)
+    internal static string Save(string outputDir, TrainingCheckpoint checkpoint, LoraManifest manifest, int keepLast, string? baseModelName, Action<string>? afterFileWritten, string peftTaskType = "CAUSAL_LM")
     {
         ArgumentNullException.ThrowIfNull(outputDir);
         ArgumentNullException.ThrowIfNull(checkpoint);
@@ -83,7 +83,7 @@ public static class CheckpointStore
             Directory.CreateDirectory(temp);
             // Collect the adapter first: a manifest/parameter mismatch fails before anything is written.
             LoraWeights adapter = ToAdapterWeights(manifest, checkpoint.Parameters);
-            PeftAdapter.Export(adapter, temp, manifest.ConfigOrDerived(), manifest.Config?.BaseModelNameOrPath ?? baseModelName);
+            PeftAdapter.Export(adapter, temp, manifest.ConfigOrDerived(), manifest.Config?.BaseModelNameOrPath ?? baseModelName, peftTaskType);
             afterFileWritten?.Invoke(AdapterFile);
             afterFileWritten?.Invoke(AdapterConfigFile);
             WriteTensors(temp, ParametersFile, checkpoint.Parameters, afterFileWritten);

@@ -49,7 +49,8 @@ public static class TrainOptionDocs
     private static readonly TrainOptionDoc[] s_docs =
     [
         Doc("model", OptionValueKind.Text, "Base .onnx (LoRA injected from the lora_* keys), an already injected .onnx, or a llama2.c .bin (converted first). Required.", o => o.Model, "Inputs and outputs"),
-        Doc("data", OptionValueKind.Text, "Training JSONL: {text} | {prompt, completion} | {messages} | alpaca {instruction, input, output}. Required.", o => o.Data, "Inputs and outputs"),
+        Doc("task", OptionValueKind.Choice, "causal-lm (next-token prediction) or seq-cls (sequence classification with the model's own head: logits [batch, classes]; rows {text, label}, label a class id or a name from label2id in the config.json beside the model; eval reports accuracy).", o => o.Task, "Inputs and outputs"),
+        Doc("data", OptionValueKind.Text, "Training JSONL: {text} | {prompt, completion} | {messages} | alpaca {instruction, input, output}; seq-cls: {text, label}. Required.", o => o.Data, "Inputs and outputs"),
         Doc("eval_data", OptionValueKind.Text, "Held-out JSONL for eval loss / perplexity (same formats).", o => o.EvalData, "Inputs and outputs"),
         Doc("tokenizer", OptionValueKind.Text, "SentencePiece .model, tokenizer.json, or a folder holding one. Required.", o => o.Tokenizer, "Inputs and outputs"),
         Doc("output_dir", OptionValueKind.Text, "Run folder: artifacts/, checkpoints/, adapter/, lora-trained.onnx, metrics.jsonl, loss.png, summary.json.", o => o.OutputDir, "Inputs and outputs"),

@@ -27,6 +27,9 @@ public sealed record TrainOptions
     /// <summary><c>model</c>: base ONNX model (LoRA injected on the fly) or an already injected one. Required.</summary>
     public string Model { get; init; } = "";
 
+    /// <summary><c>task</c>: what the model is trained to do, one of <see cref="Tasks.TrainingTasks.Known"/> (causal-lm, seq-cls).</summary>
+    public string Task { get; init; } = Tasks.TrainingTasks.CausalLm;
+
     /// <summary><c>data</c>: training JSONL file. Required.</summary>
     public string Data { get; init; } = "";
 
@@ -172,6 +175,8 @@ public sealed record TrainOptions
         Require(MemoryLimit is null || MemoryLimit.Equals("none", StringComparison.OrdinalIgnoreCase) || SystemResources.TryParseSize(MemoryLimit, out _),
             "memory_limit", "must be a size like 6GiB or 512M, or none");
         Require(!string.IsNullOrWhiteSpace(Data), "data", "is required");
+        Require(Tasks.TrainingTasks.Known.Contains(Task), "task", $"is '{Task}'; expected one of {string.Join(", ", Tasks.TrainingTasks.Known)}");
+        Require(!(Packing && Task == Tasks.TrainingTasks.SequenceClassification), "packing", "does not apply to seq-cls (one example per row, one label per example)");
         Require(!string.IsNullOrWhiteSpace(Tokenizer), "tokenizer", "is required");
         Require(!string.IsNullOrWhiteSpace(OutputDir), "output_dir", "must not be empty");
         Require(SeqLength >= 2, "seq_length", $"is {SeqLength}; expected ≥ 2 (a next-token target needs two tokens)");
@@ -246,7 +251,8 @@ public sealed record TrainOptions
             Path.GetFileName(Model), Path.GetFileName(Data), Path.GetFileName(Tokenizer), SeqLength, BatchSize, GradientAccumulationSteps,
             Seed, Packing, CompletionOnlyLoss, Truncate, l.Rank, l.Alpha, string.Join(",", l.Targets), l.Dropout, l.UseRsLora, l.UseDora,
             l.TargetRegex, string.Join(",", l.Exclude), LayersText(l.Layers), string.Join(",", l.RankPattern.Select(PatternText)), string.Join(",", l.AlphaPattern.Select(PatternText)), l.Init,
-            Schedule, LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), LoraPlusRatio.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+            Schedule, LearningRate.ToString("R", System.Globalization.CultureInfo.InvariantCulture), LoraPlusRatio.ToString("R", System.Globalization.CultureInfo.InvariantCulture))
+            + (Task == Tasks.TrainingTasks.CausalLm ? "" : "|" + Task); // Checkpoints of causal-LM runs keep the fingerprint they had before tasks existed.
         return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16];
     }
 

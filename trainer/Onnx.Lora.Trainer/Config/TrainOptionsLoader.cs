@@ -21,6 +21,7 @@ public static class TrainOptionsLoader
     private static readonly Dictionary<string, Setter> s_setters = new(StringComparer.Ordinal)
     {
         ["model"] = (o, v) => o with { Model = v.String() },
+        ["task"] = (o, v) => o with { Task = v.String().ToLowerInvariant() },
         ["data"] = (o, v) => o with { Data = v.String() },
         ["eval_data"] = (o, v) => o with { EvalData = v.NullableString() },
         ["tokenizer"] = (o, v) => o with { Tokenizer = v.String() },

@@ -24,6 +24,10 @@ public sealed record PreparedData(TextTokenizer Tokenizer, DataLoader Train, Dat
         : $"{TrainOverlong} training and {EvalOverlong} eval example(s) are longer than seq_length {seqLength}: {(OverlongSplit ? "split across packed rows" : "truncated to seq_length (truncate: false refuses them)")}";
 }
 
+/// <summary>Reads, tokenizes and validates every row of a JSONL file (how depends on the task).</summary>
+/// <exception cref="DataException">A row is bad; the message names file:line.</exception>
+public delegate List<TokenizedExample> ExampleLoader(string path, TextTokenizer tokenizer, DatasetOptions options, out int overlongExamples);
+
 /// <summary>Builds <see cref="PreparedData"/> from <see cref="TrainOptions"/>: the one call the runner makes before training.</summary>
 public static class DataPipeline
 {
@@ -35,9 +39,11 @@ public static class DataPipeline
     /// <param name="modelVocabSize">Rows of the model's token embedding.</param>
     /// <param name="modelMaxPositions">Longest sequence the model supports, if it has a limit.</param>
     /// <param name="modelName">Model name for messages.</param>
+    /// <param name="load">How rows become examples (the task's reader); null for causal-LM rows.</param>
     /// <exception cref="DataException">Tokenizer, data or limits do not fit; the message says where and why.</exception>
-    public static PreparedData Prepare(TrainOptions options, int modelVocabSize, int? modelMaxPositions, string modelName)
+    public static PreparedData Prepare(TrainOptions options, int modelVocabSize, int? modelMaxPositions, string modelName, ExampleLoader? load = null)
     {
+        load ??= JsonlDataset.Load;
         ArgumentNullException.ThrowIfNull(options);
         VocabularyGuard.CheckSequenceLength(options.SeqLength, modelMaxPositions, modelName);
         TextTokenizer tokenizer = TextTokenizer.Load(options.Tokenizer);
@@ -49,9 +55,9 @@ public static class DataPipeline
             KeepOverlong = options.Packing,
             ModelVocabSize = modelVocabSize,
         };
-        List<TokenizedExample> train = JsonlDataset.Load(options.Data, tokenizer, datasetOptions, out int trainOverlong);
+        List<TokenizedExample> train = load(options.Data, tokenizer, datasetOptions, out int trainOverlong);
         int evalOverlong = 0;
-        List<TokenizedExample>? eval = options.EvalData is null ? null : JsonlDataset.Load(options.EvalData, tokenizer, datasetOptions, out evalOverlong);
+        List<TokenizedExample>? eval = options.EvalData is null ? null : load(options.EvalData, tokenizer, datasetOptions, out evalOverlong);
         List<TrainingRow> Rows(List<TokenizedExample> examples) => ToRows(examples, options);
 
         var trainLoader = new DataLoader(Rows(train), options.BatchSize, options.SeqLength, tokenizer.PadId, options.Seed, shuffle: true);

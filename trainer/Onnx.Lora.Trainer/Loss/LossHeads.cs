@@ -59,25 +59,69 @@ public sealed class CausalLmLoss : ILossHead
 
 /// <summary>
 /// Sequence classification: mean cross-entropy of logits [batch, classes] against int64 labels [batch]
-/// (−100 skips a sample). The count output is the number of counted samples.
+/// (−100 skips a sample). The count output is the number of counted samples. As an evaluation metric it counts the
+/// samples whose arg-max class is the label (<see cref="AccuracyMetric"/>).
 /// </summary>
-public sealed class SequenceClassificationLoss : ILossHead
+public sealed class SequenceClassificationLoss : ILossHead, IEvaluationMetricHead
 {
+    /// <summary>Name of the evaluation output counting correctly classified samples.</summary>
+    public const string AccuracyMetric = "accuracy";
+
     /// <summary>Name of the labels input.</summary>
     public string LabelsInput { get; init; } = "labels";
 
+    /// <summary>
+    /// When set, labels arrive as [batch, sequence] rows (the trainer's row layout, see
+    /// <see cref="Data.ClassificationDataset"/>) and the class id is read from this column; null for labels [batch].
+    /// </summary>
+    public int? LabelColumn { get; init; }
+
     /// <inheritdoc />
     public IReadOnlyList<string> LabelInputs => [LabelsInput];
+
+    /// <inheritdoc />
+    public IReadOnlyList<string> MetricOutputs => [AccuracyMetric];
 
     /// <inheritdoc />
     public LossOutputs Attach(GraphBuilder builder, Value prediction)
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(prediction);
-        Value labels = builder.Input(LabelsInput, DataType.Int64, "batch");
+        Value labels = ClassLabels(builder, builder.Input(LabelsInput, DataType.Int64, LabelColumn is null ? ["batch"] : ["batch", "sequence"]));
         Value scores = LossMath.AsFloat(builder, prediction);
         return LossMath.MeanCrossEntropy(builder, scores, labels, CausalLmLoss.IgnoreIndex, scores.ElementType);
     }
+
+    /// <inheritdoc />
+    public IReadOnlyList<Value> AttachMetrics(GraphBuilder builder, Value prediction)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(prediction);
+        Value input = builder.Graph.Inputs.FirstOrDefault(i => i.Name == LabelsInput)
+            ?? throw new InvalidOperationException($"Attach the loss before its metrics: the graph has no '{LabelsInput}' input.");
+        Value labels = ClassLabels(builder, input);
+        Value predicted = builder.Op("ArgMax", [prediction], [Attr.Int("axis", -1), Attr.Int("keepdims", 0)]);
+        Value counted = builder.Op("Not", [builder.Op("Equal", [labels, builder.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [CausalLmLoss.IgnoreIndex]))])]);
+        Value correct = builder.Op("And", [builder.Op("Equal", [predicted, labels]), counted]);
+        return [builder.Op("ReduceSum", [builder.Cast(correct, DataType.Float)], [Attr.Int("keepdims", 0)])];
+    }
+
+    private Value ClassLabels(GraphBuilder builder, Value labels) => LabelColumn is int column
+        ? builder.Op("Gather", [labels, builder.Initializer(InMemoryTensor.FromInt64s("label_column", [], [column]))], [Attr.Int("axis", 1)])
+        : labels;
+}
+
+/// <summary>
+/// A loss head that also reports evaluation metrics: scalar float32 sums over the batch's counted samples (correct
+/// predictions, say), which the trainer adds up over the eval set and divides by the counted samples.
+/// </summary>
+public interface IEvaluationMetricHead
+{
+    /// <summary>Names of the metric outputs, in the order <see cref="AttachMetrics"/> returns them.</summary>
+    IReadOnlyList<string> MetricOutputs { get; }
+
+    /// <summary>Appends the metric sums; called after <see cref="ILossHead.Attach"/> on the same graph.</summary>
+    IReadOnlyList<Value> AttachMetrics(GraphBuilder builder, Value prediction);
 }
 
 /// <summary>Mean squared error against a float32 targets input shaped like the prediction; the count is the element count.</summary>

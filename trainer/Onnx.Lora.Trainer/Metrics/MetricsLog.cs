@@ -35,6 +35,9 @@ public sealed record MetricRecord
     /// <summary>Seconds since the run (or resume) started.</summary>
     public double? ElapsedSeconds { get; init; }
 
+    /// <summary>Task metrics of eval records (e.g. accuracy), by name; empty for none.</summary>
+    public IReadOnlyList<KeyValuePair<string, double>> Metrics { get; init; } = [];
+
     /// <summary>exp(loss) for eval records.</summary>
     public double? Perplexity => Kind == "eval" ? Math.Exp(Loss) : null;
 }
@@ -149,6 +152,11 @@ public sealed class MetricsLog : IDisposable
             writer.WriteNumber("step", record.Step);
             WriteDouble(writer, "loss", record.Loss);
             WriteOptional(writer, "perplexity", record.Perplexity);
+            foreach ((string name, double value) in record.Metrics)
+            {
+                WriteDouble(writer, name, value);
+            }
+
             WriteOptional(writer, "learning_rate", record.LearningRate);
             WriteOptional(writer, "grad_norm", record.GradNorm);
             WriteOptional(writer, "tokens_per_second", record.TokensPerSecond);

@@ -23,7 +23,11 @@ public sealed record PreparedModel(string Name, string LoraModelPath, LoraManife
 /// <param name="VocabSize">Rows of the token embedding.</param>
 /// <param name="MaxPositions">Longest sequence the model supports, when known.</param>
 /// <param name="Shape">The sizes the training memory estimate needs, read in the same pass.</param>
-public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions, ModelShape Shape);
+public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions, ModelShape Shape)
+{
+    /// <summary>Classes of a classifier's head: the fixed last axis of logits [batch, classes]; null for a language model.</summary>
+    public int? ClassCount { get; init; }
+}
 
 /// <summary>
 /// Turns <c>model</c> into training artifacts: a llama2.c <c>.bin</c> is converted first; a model without a LoRA
@@ -53,7 +57,10 @@ public static class ModelPreparation
 
         using Model model = OnnxReader.Load(source);
         using Model? embedding = EmbeddingChain.AttachIfNeeded(model, source);
-        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model));
+        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model))
+        {
+            ClassCount = ClassCount(model),
+        };
     }
 
     /// <summary>Prepares the model of <paramref name="options"/> into <paramref name="artifactsDir"/>.</summary>
@@ -115,7 +122,7 @@ public static class ModelPreparation
 
         int vocab = VocabSize(model, source);
         observer.OnMessage($"building training graphs in {artifactsDir}");
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir);
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir, new TrainingArtifactsOptions { Loss = Tasks.TrainingTasks.LossHead(options.Task) });
         return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions);
     }
 
@@ -143,11 +150,16 @@ public static class ModelPreparation
     private static int VocabSize(Model model, string source) => TryVocabSize(model)
         ?? throw new LoraException($"Model '{source}': cannot tell the vocabulary size (no static logits axis and no embedding Gather).");
 
+    /// <summary>The fixed class count of logits [batch, classes], or null when the model has no such output.</summary>
+    private static int? ClassCount(Model model) =>
+        model.Graph.Outputs.FirstOrDefault(o => o.Name == "logits") is { Shape: { Count: 2 } shape } && shape[1].Value is long n and > 0 and <= int.MaxValue ? (int)n : null;
+
     /// <summary>The model's vocabulary (logits' last axis, else the embedding Gather's rows), or null when neither tells.</summary>
     internal static int? TryVocabSize(Model model)
     {
+        // A classifier's logits [batch, classes] have no vocabulary axis: only [batch, sequence, vocab] logits tell.
         Value? logits = model.Graph.Outputs.FirstOrDefault(o => o.Name == "logits") ?? model.Graph.Outputs.FirstOrDefault();
-        if (logits?.Shape is { } shape && shape.Count > 0 && shape[^1].Value is long v and > 0 and <= int.MaxValue)
+        if (logits?.Shape is { } shape && shape.Count > 2 && shape[^1].Value is long v and > 0 and <= int.MaxValue)
         {
             return (int)v;
         }

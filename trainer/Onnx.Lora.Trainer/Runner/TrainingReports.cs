@@ -50,7 +50,11 @@ public sealed record StepReport(int Step, int TotalSteps, double Loss, double Le
 /// <param name="Loss">Mean eval loss per target token.</param>
 /// <param name="Perplexity">exp(loss).</param>
 /// <param name="Improved">True when it is the best so far.</param>
-public sealed record EvaluationReport(int Step, double Loss, double Perplexity, bool Improved);
+public sealed record EvaluationReport(int Step, double Loss, double Perplexity, bool Improved)
+{
+    /// <summary>Task metrics (e.g. accuracy), by name; empty for none.</summary>
+    public IReadOnlyList<KeyValuePair<string, double>> Metrics { get; init; } = [];
+}
 
 /// <summary>How a run ended.</summary>
 public enum RunOutcome

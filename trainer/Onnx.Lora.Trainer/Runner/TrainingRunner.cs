@@ -15,6 +15,7 @@ using Onnx.Lora.Trainer.Distributed;
 using Onnx.Lora.Trainer.Metrics;
 using Onnx.Lora.Trainer.Optim;
 using Onnx.Lora.Trainer.Schedules;
+using Onnx.Lora.Trainer.Tasks;
 
 namespace Onnx.Lora.Trainer.Runner;
 
@@ -129,10 +130,11 @@ public sealed class TrainingRunner
         // One cheap read of the model serves the memory check and the data checks.
         ModelLimits limits = ModelPreparation.ReadLimits(o);
         CheckMemory(o, limits.Shape);
+        ITrainingTask task = TrainingTasks.Create(o.Task, o.Model, limits);
 
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
         _observer.OnMessage($"reading data {o.Data}" + (o.EvalData is null ? "" : $" and {o.EvalData}"));
-        PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name);
+        PreparedData data = DataPipeline.Prepare(o, limits.VocabSize, limits.MaxPositions, limits.Name, task.LoadExamples);
         if (data.OverlongNote(o.SeqLength) is { } overlong)
         {
             _observer.OnMessage(overlong);
@@ -187,7 +189,7 @@ public sealed class TrainingRunner
         _observer.OnStart(new TrainingPlan(totalSteps, loop.Step, data.Train.RowCount, data.Eval?.RowCount ?? 0, trainable, model.Manifest.Modules.Count, outputDir));
 
         Distributed.BeginTraining();
-        var context = new RunContext(o, session, data, model, schedule, metrics, checkpointsDir, totalSteps, loop);
+        var context = new RunContext(o, session, data, model, schedule, metrics, checkpointsDir, totalSteps, loop) { Task = task };
         if (checkpoint is null && data.Eval is not null)
         {
             // The eval loss of the untrained adapter: the baseline every later evaluation is compared with.
@@ -212,7 +214,7 @@ public sealed class TrainingRunner
         {
             adapterDir = Path.Combine(outputDir, AdapterFolder);
             Directory.CreateDirectory(adapterDir);
-            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model));
+            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model), task.PeftTaskType);
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
             WriteTrainedModel(session, model.LoraModelPath, trainedModel);
@@ -375,6 +377,8 @@ public sealed class TrainingRunner
         eval.Seek(new DataPosition(0, 0));
         double lossSum = 0;
         double tokenSum = 0;
+        int metricCount = c.Session.EvalMetrics.Count;
+        Span<double> sums = stackalloc double[2 + metricCount];
         for (int i = 0; i < eval.BatchesPerEpoch; i++)
         {
             Batch b = eval.Next();
@@ -386,12 +390,22 @@ public sealed class TrainingRunner
             EvalResult r = c.Session.Evaluate(ToTrainingBatch(b));
             lossSum += (double)r.Loss * r.Tokens;
             tokenSum += r.Tokens;
+            for (int m = 0; m < metricCount; m++)
+            {
+                sums[2 + m] += c.Session.GetEvalMetric(m); // Sums over the batch's counted samples (e.g. correct predictions).
+            }
         }
 
-        Span<double> sums = [lossSum, tokenSum];
+        (sums[0], sums[1]) = (lossSum, tokenSum);
         Distributed.SumAcrossRanks(sums);
         (lossSum, tokenSum) = (sums[0], sums[1]);
         double loss = tokenSum > 0 ? lossSum / tokenSum : double.NaN;
+        var metrics = new KeyValuePair<string, double>[metricCount];
+        for (int m = 0; m < metricCount; m++)
+        {
+            metrics[m] = KeyValuePair.Create(c.Session.EvalMetrics[m], tokenSum > 0 ? sums[2 + m] / tokenSum : double.NaN);
+        }
+
         LoopState loop = c.Loop;
         bool improved = loop.BestEvalLoss is not double best || loss < best;
         if (improved)
@@ -405,8 +419,8 @@ public sealed class TrainingRunner
         }
 
         loop.LastEvaluatedStep = step;
-        c.Metrics?.Write(new MetricRecord { Kind = "eval", Step = step, Loss = loss, TokensSeen = loop.TokensSeen });
-        _observer.OnEvaluation(new EvaluationReport(step, loss, Math.Exp(loss), improved));
+        c.Metrics?.Write(new MetricRecord { Kind = "eval", Step = step, Loss = loss, TokensSeen = loop.TokensSeen, Metrics = metrics });
+        _observer.OnEvaluation(new EvaluationReport(step, loss, Math.Exp(loss), improved) { Metrics = metrics });
     }
 
     private void Save(RunContext c)
@@ -445,7 +459,7 @@ public sealed class TrainingRunner
             LogHistory = MetricsLog.ReadRecords(c.Metrics!.Path, loop.Step), // Save returned above on ranks without metrics.
         };
         var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state, run);
-        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten);
+        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten, c.Task.PeftTaskType);
         loop.LastSavedStep = loop.Step;
         loop.LastCheckpoint = folder;
         _observer.OnCheckpoint(loop.Step, folder);
@@ -491,7 +505,10 @@ public sealed class TrainingRunner
     };
 
     private sealed record RunContext(TrainOptions Options, LoraTrainingSession Session, PreparedData Data, PreparedModel Model,
-        LearningRateSchedule Schedule, MetricsLog? Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop);
+        LearningRateSchedule Schedule, MetricsLog? Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop)
+    {
+        public ITrainingTask Task { get; init; } = CausalLmTask.Instance;
+    }
 
     private sealed class LoopState
     {
