@@ -74,7 +74,7 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX --spin]</c>:
+    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX --spin --recompute]</c>:
     /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
     /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
@@ -93,7 +93,7 @@ internal static class Verbs
         ITrainingPeer peer;
         if (ours)
         {
-            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"), a.Flag("prepack"));
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"), a.Flag("prepack"), a.Flag("recompute"));
         }
         else
         {

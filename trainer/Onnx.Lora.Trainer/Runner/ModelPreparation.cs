@@ -107,7 +107,7 @@ public static class ModelPreparation
 
         int vocab = VocabSize(model, source);
         observer.OnMessage($"building training graphs in {artifactsDir}");
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir);
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir, new TrainingArtifactsOptions { RecomputeActivations = options.GradientCheckpointing });
         return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions);
     }
 
