@@ -13,8 +13,8 @@ internal static class OursPeer
     /// and the trainer's AdamW run in an ORT session that has profiling on (LoraTrainingSession does not expose its
     /// SessionOptions), with the trainer's session settings (ORT_ENABLE_ALL, the same thread count).
     /// </summary>
-    public static ITrainingPeer Create(string loraModelPath, AdamWSettings adamw, int threads, string? profilePrefix = null, bool spin = false, bool prepack = false) =>
-        profilePrefix is null ? new SessionPeer(loraModelPath, adamw, threads, spin, prepack) : new ProfiledArtifactPeer(loraModelPath, adamw, threads, profilePrefix, spin);
+    public static ITrainingPeer Create(string loraModelPath, AdamWSettings adamw, int threads, string? profilePrefix = null, bool spin = false, bool prepack = false, bool recompute = false) =>
+        profilePrefix is null ? new SessionPeer(loraModelPath, adamw, threads, spin, prepack, recompute) : new ProfiledArtifactPeer(loraModelPath, adamw, threads, profilePrefix, spin);
 
     /// <summary>Ends ORT profiling of <paramref name="peer"/> and returns the profile file, or null when it is not profiled.</summary>
     public static string? EndProfiling(ITrainingPeer peer) => (peer as ProfiledArtifactPeer)?.EndProfiling();
@@ -33,10 +33,10 @@ internal sealed class SessionPeer : ITrainingPeer
     private readonly LoraTrainingSession _session;
     private readonly Dictionary<TokenBatch, TrainingBatch> _batches = [];
 
-    public SessionPeer(string loraModelPath, AdamWSettings adamw, int threads, bool spin = false, bool prepack = false)
+    public SessionPeer(string loraModelPath, AdamWSettings adamw, int threads, bool spin = false, bool prepack = false, bool recompute = false)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path);
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path, new TrainingArtifactsOptions { RecomputeActivations = recompute });
         Console.WriteLine($"after artifacts ({clock.Elapsed.TotalSeconds:F1} s): {ProcessStats.Snapshot()}");
         clock.Restart();
         _session = LoraTrainingSession.Create(artifacts, new TrainingSessionOptions

@@ -4,6 +4,7 @@ using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Rewriter;
+using Onnx.Lora.Trainer.Runner;
 using static TorchSharp.torch;
 
 namespace Onnx.Lora.TorchRef;
@@ -74,7 +75,7 @@ internal static class Verbs
     }
 
     /// <summary>
-    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX --spin]</c>:
+    /// <c>train|train-ours --model LORA.onnx --vocab V [--steps 20 --warmup 2 --batch 4 --seq 64 --threads 2 --lr 1e-3 --sdpa --profile PREFIX --spin --recompute]</c>:
     /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
     /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
@@ -93,7 +94,7 @@ internal static class Verbs
         ITrainingPeer peer;
         if (ours)
         {
-            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"), a.Flag("prepack"));
+            peer = OursPeer.Create(path, AdamWSettings.From(a), threads, profile, a.Flag("spin"), a.Flag("prepack"), a.Flag("recompute"));
         }
         else
         {
@@ -136,6 +137,16 @@ internal static class Verbs
                 $"RESULT peer={peer.Name} tokens_per_s={timing.TokensPerSecond:F1} step_ms={timing.Elapsed.TotalMilliseconds / timing.Steps:F3} peak_rss_mib={ProcessStats.PeakRssMiB():F1} ready_s={readySeconds:F2} final_loss={losses[^1]:F6}"));
         }
 
+        return 0;
+    }
+
+    /// <summary><c>graph-memory --model LORA.onnx --batch B --seq S [--recompute]</c>: the training graph's memory walk (TrainingGraphMemory).</summary>
+    public static int GraphMemory(Args a)
+    {
+        var clock = Stopwatch.StartNew();
+        GraphMemoryProfile p = TrainingGraphMemory.ForModel(a.Str("model"), a.Int("batch", 4), a.Int("seq", 64), a.Flag("recompute"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"RESULT frozen_mib={p.FrozenWeightBytes / 1048576.0:F1} trainable_mib={p.TrainableBytes / 1048576.0:F1} folded_mib={p.FoldedBytes / 1048576.0:F1} peak_activation_mib={p.PeakActivationBytes / 1048576.0:F1} matmul_gflop_per_step={p.MatMulFlops / 1e9:F3} seconds={clock.Elapsed.TotalSeconds:F1} peak_node={p.PeakNode.Replace(' ', '_')}"));
         return 0;
     }
 

@@ -17,6 +17,9 @@ public sealed record TrainingArtifactsOptions
 
     /// <summary>Trainable tensors; default: the LoRA manifest's <see cref="LoraManifest.TrainableTensors"/>.</summary>
     public IReadOnlyList<string>? TrainableTensors { get; init; }
+
+    /// <summary>Gradient checkpointing: each decoder layer's activations are recomputed in the backward pass (<see cref="ActivationRecomputation"/>).</summary>
+    public bool RecomputeActivations { get; init; }
 }
 
 /// <summary>A trainable tensor of the artifacts: name and dims.</summary>
@@ -155,7 +158,7 @@ public sealed class TrainingArtifacts
         }
 
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss, out _);
-        Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable);
+        Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations);
         OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
         return new ArtifactDescription
         {

@@ -25,14 +25,22 @@ public static class TrainingGraph
     /// <param name="loss">Scalar loss value.</param>
     /// <param name="tokenCount">Scalar count of the tokens (or samples) the loss averages over; null to output 1.</param>
     /// <param name="trainable">Trainable initializer names.</param>
+    /// <param name="recomputeActivations">Gradient checkpointing: recompute each decoder layer's activations in the
+    /// backward pass instead of keeping them (<see cref="ActivationRecomputation"/>).</param>
     /// <returns>The backward result (gradient values by name).</returns>
     /// <exception cref="MissingGradientRuleException">An op on a path from a trainable tensor to the loss has no rule.</exception>
-    public static BackwardResult MakeTraining(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable)
+    public static BackwardResult MakeTraining(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable, bool recomputeActivations = false)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
+        var forward = new HashSet<Node>(model.Graph.Nodes, ReferenceEqualityComparer.Instance);
         BackwardResult result = BackwardGraph.Build(model, loss, trainable);
+        if (recomputeActivations)
+        {
+            ActivationRecomputation.Apply(model, forward);
+        }
+
         var builder = new GraphBuilder(model);
         var outputs = new List<Value> { Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput) };
         foreach (string name in trainable)

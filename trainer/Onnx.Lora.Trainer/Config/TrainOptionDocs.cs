@@ -71,6 +71,7 @@ public static class TrainOptionDocs
         Doc("adam_beta1", OptionValueKind.Number, "AdamW β1.", o => o.AdamBeta1, "Optimization"),
         Doc("adam_beta2", OptionValueKind.Number, "AdamW β2.", o => o.AdamBeta2, "Optimization"),
         Doc("adam_epsilon", OptionValueKind.Number, "AdamW ε.", o => o.AdamEpsilon, "Optimization"),
+        Doc("gradient_checkpointing", OptionValueKind.Switch, "Recompute each decoder layer's activations in the backward pass instead of keeping them (HF's gradient_checkpointing): less memory for long sequences, about one more forward per step; same loss and gradients.", o => o.GradientCheckpointing, "Optimization"),
         Doc("max_grad_norm", OptionValueKind.Number, "Clip the global gradient norm to this (0 = no clipping).", o => o.MaxGradNorm, "Optimization"),
         Doc("lora_plus_ratio", OptionValueKind.Number, "LoRA+: B's learning rate = ratio × learning_rate (1 = plain LoRA).", o => o.LoraPlusRatio, "Optimization"),
         Doc("nan_policy", OptionValueKind.Choice, "On a NaN/Inf loss or gradient: stop (exit 3, step named) or skip that step.", o => o.NanPolicy, "Optimization"),

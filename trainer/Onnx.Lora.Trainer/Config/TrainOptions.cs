@@ -152,6 +152,13 @@ public sealed record TrainOptions
     /// </summary>
     public string? MemoryLimit { get; init; }
 
+    /// <summary>
+    /// <c>gradient_checkpointing</c>: recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them from the forward (HF's <c>gradient_checkpointing</c>): less memory for long sequences, one more forward of
+    /// the layers per step; the same loss and gradients.
+    /// </summary>
+    public bool GradientCheckpointing { get; init; }
+
     /// <summary>Execution providers the runner knows, lower-case.</summary>
     public static IReadOnlyList<string> KnownExecutionProviders { get; } = ["cpu", "cuda", "tensorrt"];
 

@@ -53,6 +53,7 @@ public static class TrainOptionsLoader
         ["tensorrt_cache"] = (o, v) => o with { TensorRtCache = v.String() },
         ["intra_op_threads"] = (o, v) => o with { IntraOpThreads = v.Int() },
         ["packing"] = (o, v) => o with { Packing = v.Bool() },
+        ["gradient_checkpointing"] = (o, v) => o with { GradientCheckpointing = v.Bool() },
         ["completion_only_loss"] = (o, v) => o with { CompletionOnlyLoss = v.Bool() },
         ["truncate"] = (o, v) => o with { Truncate = v.Bool() },
         ["nan_policy"] = (o, v) => o with { NanPolicy = v.Enum<NonFinitePolicy>() },

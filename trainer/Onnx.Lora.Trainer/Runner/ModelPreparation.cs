@@ -122,7 +122,7 @@ public static class ModelPreparation
 
         int vocab = VocabSize(model, source);
         observer.OnMessage($"building training graphs in {artifactsDir}");
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir, new TrainingArtifactsOptions { Loss = Tasks.TrainingTasks.LossHead(options.Task) });
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir, new TrainingArtifactsOptions { Loss = Tasks.TrainingTasks.LossHead(options.Task), RecomputeActivations = options.GradientCheckpointing });
         return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions);
     }
 

@@ -41,7 +41,10 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// What building the training artifacts holds at its peak, before training starts: the model read into managed
     /// memory and the tensors written from it, about 3 × the weights (measured 2.9× on the 135M shape).
     /// </summary>
-    public long Build => (3 * Weights) + Runtime;
+    public long Build => BuildBytes ?? ((3 * Weights) + Runtime);
+
+    /// <summary>The build's peak when it is known better than 3 × the weights (<see cref="FromGraph"/>).</summary>
+    public long? BuildBytes { get; init; }
 
     /// <summary>The whole estimate: the larger of the training peak and the build peak.</summary>
     public long Total => Math.Max(Weights + Activations + Adapter + Data + Runtime, Build);
@@ -81,6 +84,28 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         long activations = (long)(ActivationSafetyFactor * 4 * tokens * perToken);
         long adapter = 4L * options.LoraOrDefault.Rank * shape.LinearInOutSum * 8;
         return new TrainingMemoryEstimate(shape.WeightBytes, activations, adapter, 10 * dataBytes, RuntimeBytes);
+    }
+
+    /// <summary>
+    /// The estimate read off the training graph (<see cref="TrainingGraphMemory"/>): what one step really allocates
+    /// instead of per-token coefficients.
+    /// <code>
+    /// weights     = frozen initializers + values ORT folds at session creation  (held once: weights.data is mapped)
+    /// activations = the walk's peak of live intermediates (sizes from shapes, released after their last reader)
+    /// adapter     = trainable bytes · 8                          (values, gradients, 2 moments, accumulators, 3 checkpoint copies)
+    /// data        = 10 · JSONL bytes
+    /// runtime     = 200 MiB                                      (.NET + ORT before the first step: 135M shape, 203 MiB after the session)
+    /// build       = 2 · frozen weights + runtime                  (building the artifacts reads the model and compares the
+    ///                                                              eval model's weights with weights.data: 135M shape 1.38 GiB)
+    /// </code>
+    /// </summary>
+    public static TrainingMemoryEstimate FromGraph(GraphMemoryProfile profile, long dataBytes)
+    {
+        ArgumentNullException.ThrowIfNull(profile);
+        return new TrainingMemoryEstimate(profile.FrozenWeightBytes + profile.FoldedBytes, profile.PeakActivationBytes, 8 * profile.TrainableBytes, 10 * dataBytes, RuntimeBytes)
+        {
+            BuildBytes = (2 * profile.FrozenWeightBytes) + RuntimeBytes,
+        };
     }
 
     /// <summary>Throws unless the estimate fits <paramref name="budget"/>.</summary>

@@ -146,6 +146,7 @@ public sealed class TrainingRunner
         string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
         PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, artifactsDir, _observer), m => m.LoraModelPath,
             loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
+        TrainingGraphMemory.Check(o, model.Artifacts, _observer.OnMessage); // the graph's own walk, before any step
 
         int totalSteps = Distributed.GlobalView(o).TotalOptimizerSteps(data.Train.RowCount);
         LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
@@ -266,11 +267,8 @@ public sealed class TrainingRunner
             return;
         }
 
-        long dataBytes = (File.Exists(o.Data) ? new FileInfo(o.Data).Length : 0) + (o.EvalData is { } eval && File.Exists(eval) ? new FileInfo(eval).Length : 0);
-        TrainingMemoryEstimate estimate = TrainingMemoryEstimate.Estimate(o, shape, dataBytes);
-        MemoryBudget budget = o.MemoryLimit is { } limit
-            ? new MemoryBudget(SystemResources.ParseSize(limit, "memory_limit"), "--memory-limit")
-            : SystemResources.AvailableMemory();
+        TrainingMemoryEstimate estimate = TrainingMemoryEstimate.Estimate(o, shape, TrainingGraphMemory.DataBytes(o));
+        MemoryBudget budget = TrainingGraphMemory.Budget(o);
         _observer.OnMessage($"memory: estimated peak {estimate}; {SystemResources.FormatGiB(budget.Bytes)} available ({budget.Source})");
         estimate.EnsureFits(budget);
     }
