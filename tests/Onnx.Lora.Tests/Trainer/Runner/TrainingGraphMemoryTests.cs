@@ -82,6 +82,24 @@ public sealed class TrainingGraphMemoryTests
     }
 
     [TestMethod]
+    public void Check_WhenTheTrainingGraphNeedsMoreThanTheLimit_RefusesBeforeTheSessionWithBothFigures()
+    {
+        using var temp = new TempDir();
+        Onnx.Lora.Trainer.Artifacts.TrainingArtifacts artifacts = LoraForTraining.StoriesArtifacts(temp, seed: 3);
+        var options = new Onnx.Lora.Trainer.Config.TrainOptions { Model = "m", Data = "d", Tokenizer = "t", BatchSize = 8, SeqLength = 256, MemoryLimit = "150MiB" };
+        var shape = new ModelShape(1 << 20, 64, 172, 5, 8, 512, 5 * 1000);
+        var messages = new List<string>();
+
+        var e = Assert.ThrowsExactly<ResourceLimitException>(() => TrainingGraphMemory.Check(options, artifacts, shape, messages.Add));
+
+        // 150 MiB is below the runtime alone (200 MiB); the walk's activations at 8 × 256 are ~100 MiB more.
+        StringAssert.Contains(e.Message, "but 150 MiB is available (--memory-limit)");
+        StringAssert.Contains(messages.Single(), "the training graph walk gives");
+        TrainingMemoryEstimate fits = TrainingGraphMemory.Check(options with { MemoryLimit = "64GiB" }, artifacts, shape, messages.Add)!;
+        Assert.IsGreaterThan(200L << 20, fits.Total);
+    }
+
+    [TestMethod]
     public void ArenaSimulation_DoublingRegionsAndBestFit_TouchesWhatWasWritten()
     {
         var arena = new ArenaSimulation();
