@@ -144,9 +144,30 @@ internal static class Verbs
     public static int GraphMemory(Args a)
     {
         var clock = Stopwatch.StartNew();
-        GraphMemoryProfile p = TrainingGraphMemory.ForModel(a.Str("model"), a.Int("batch", 4), a.Int("seq", 64), a.Flag("recompute"));
+        GraphMemoryProfile p;
+        if (a.Maybe("ort-order") is { } dir)
+        {
+            // ONNX Runtime's own optimized graph, in its own node order (what the session really runs).
+            var artifacts = Onnx.Lora.Trainer.Artifacts.TrainingArtifacts.Build(a.Str("model"), dir, new Onnx.Lora.Trainer.Artifacts.TrainingArtifactsOptions { RecomputeActivations = a.Flag("recompute") });
+            string optimized = Path.Combine(dir, "optimized.onnx");
+            using (var so = new Microsoft.ML.OnnxRuntime.SessionOptions { GraphOptimizationLevel = Microsoft.ML.OnnxRuntime.GraphOptimizationLevel.ORT_ENABLE_ALL, OptimizedModelFilePath = optimized, IntraOpNumThreads = 1 })
+            {
+                so.AddSessionConfigEntry("session.disable_prepacking", "1");
+                so.AddSessionConfigEntry("session.optimized_model_external_initializers_file_name", "optimized.data");
+                so.AddSessionConfigEntry("session.optimized_model_external_initializers_min_size_in_bytes", "1024");
+                using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(artifacts.TrainingModelPath, so);
+            }
+
+            using Model m = OnnxReader.Load(optimized);
+            p = TrainingGraphMemory.Analyze(m, a.Int("batch", 4), a.Int("seq", 64), artifacts.Trainable.Select(t => t.Name).ToArray());
+        }
+        else
+        {
+            p = TrainingGraphMemory.ForModel(a.Str("model"), a.Int("batch", 4), a.Int("seq", 64), a.Flag("recompute"));
+        }
+
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"RESULT frozen_mib={p.FrozenWeightBytes / 1048576.0:F1} trainable_mib={p.TrainableBytes / 1048576.0:F1} folded_mib={p.FoldedBytes / 1048576.0:F1} peak_activation_mib={p.PeakActivationBytes / 1048576.0:F1} matmul_gflop_per_step={p.MatMulFlops / 1e9:F3} seconds={clock.Elapsed.TotalSeconds:F1} peak_node={p.PeakNode.Replace(' ', '_')}"));
+            $"RESULT frozen_mib={p.FrozenWeightBytes / 1048576.0:F1} trainable_mib={p.TrainableBytes / 1048576.0:F1} folded_mib={p.FoldedBytes / 1048576.0:F1} peak_activation_mib={p.PeakActivationBytes / 1048576.0:F1} arena_mib={p.ArenaBytes / 1048576.0:F1} matmul_gflop_per_step={p.MatMulFlops / 1e9:F3} seconds={clock.Elapsed.TotalSeconds:F1} peak_node={p.PeakNode.Replace(' ', '_')}"));
         return 0;
     }
 

@@ -146,7 +146,7 @@ public sealed class TrainingRunner
         string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
         PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, artifactsDir, _observer), m => m.LoraModelPath,
             loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
-        TrainingGraphMemory.Check(o, model.Artifacts, _observer.OnMessage); // the graph's own walk, before any step
+        TrainingGraphMemory.Check(o, model.Artifacts, limits.Shape, _observer.OnMessage); // the graph's own walk, before any step
 
         int totalSteps = Distributed.GlobalView(o).TotalOptimizerSteps(data.Train.RowCount);
         LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
