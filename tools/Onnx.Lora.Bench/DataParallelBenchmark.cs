@@ -4,6 +4,7 @@ using System.Text.Json;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Builders;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -20,7 +21,7 @@ internal static class DataParallelBenchmark
 
     public static int Run(string[] args)
     {
-        string root = BenchArgs.RepoRoot();
+        string root = RepositoryRoot.Find();
         string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine(root, "out", "bench", "dp"));
         int steps = Int(args, "--steps", 8), warmup = Int(args, "--warmup", 2), batch = Int(args, "--batch", 4), seq = Int(args, "--seq", 64), rounds = Int(args, "--rounds", 3);
         string cli = BenchArgs.Option(args, "--cli") ?? Path.Combine(root, "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -31,7 +32,7 @@ internal static class KillResumeCampaign
         // kill (SIGKILL, default) | int | term | mixed (SIGINT or SIGTERM per kill): a catchable signal must end the run
         // with exit 130 and a checkpoint of its last completed step.
         string signal = BenchArgs.Option(args, "--signal") ?? "kill";
-        string repo = BenchArgs.RepoRoot();
+        string repo = RepositoryRoot.Find();
         if (Directory.Exists(dir))
         {
             Directory.Delete(dir, recursive: true);
@@ -290,7 +291,7 @@ internal static class KillResumeCampaign
 
     private static string FindCli()
     {
-        string path = Path.Combine(BenchArgs.RepoRoot(), "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
+        string path = Path.Combine(RepositoryRoot.Find(), "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
         return File.Exists(path) ? path : throw new InvalidOperationException($"'{path}' is missing: build the CLI (dotnet build tools/Onnx.Lora.Cli -c Release) or pass --cli");
     }
 }

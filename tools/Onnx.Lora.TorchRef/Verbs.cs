@@ -16,15 +16,14 @@ internal static class Verbs
     {
         get
         {
-            for (string? dir = AppContext.BaseDirectory; dir is not null; dir = Path.GetDirectoryName(dir))
+            try
             {
-                if (File.Exists(Path.Combine(dir, "Onnx.Lora.sln")))
-                {
-                    return Path.GetFullPath(Path.Combine(dir, "..", "shared", "fixtures", "stories260K", "reference-onnx", "model_named_weights.onnx"));
-                }
+                return Path.GetFullPath(Path.Combine(Onnx.Lora.Tools.RepositoryRoot.Find(), "..", "shared", "fixtures", "stories260K", "reference-onnx", "model_named_weights.onnx"));
             }
-
-            throw new ArgumentException("Onnx.Lora.sln not found above the tool; pass --model.");
+            catch (InvalidOperationException e)
+            {
+                throw new ArgumentException(e.Message + "; pass --model.", e);
+            }
         }
     }
 
