@@ -126,22 +126,4 @@ internal static class OrtRunner
         DenseTensor<bool> b => b.Buffer.ToArray().Select(x => x ? 1f : 0f).ToArray(),
         _ => throw new NotSupportedException($"Output '{value.Name}' of {value.Value?.GetType().Name} is not supported by the test runner."),
     };
-
-    public static float MaxAbsDiff(float[] a, float[] b)
-    {
-        Assert.AreEqual(a.Length, b.Length, "output lengths differ");
-        float max = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            float d = MathF.Abs(a[i] - b[i]);
-            if (float.IsNaN(d))
-            {
-                return float.NaN;
-            }
-
-            max = MathF.Max(max, d);
-        }
-
-        return max;
-    }
 }
