@@ -20,8 +20,9 @@ internal static class TrainMemoryBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench", "train-memory"));
-        int steps = int.Parse(BenchArgs.Option(args, "--steps") ?? "1100", CultureInfo.InvariantCulture);
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench", "train-memory"));
+        int steps = o.Int("steps", 1100);
         double[] f = ChildProcess.Numbers(ChildVerb, dir, steps.ToString(CultureInfo.InvariantCulture));
         double window = steps - 100;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -5,6 +5,7 @@ using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Rewriter;
 using static TorchSharp.torch;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.TorchRef;
 
@@ -28,7 +29,7 @@ internal static class Verbs
     }
 
     /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the peers' LoRA copy (PeerLora: product injector, all-linear, non-zero B).</summary>
-    public static int Inject(Args a)
+    public static int Inject(ToolArgs a)
     {
         using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
         LoraManifest manifest = PeerLora.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
@@ -41,7 +42,7 @@ internal static class Verbs
     /// <c>forward --model M [--batch 2 --seq 32 --seed 1 --tol 1e-4 --sdpa]</c>: logits of the libtorch peer vs ORT on
     /// the same ONNX file (base or LoRA) and the same batch; exit 1 when the max abs diff exceeds the tolerance.
     /// </summary>
-    public static int Forward(Args a)
+    public static int Forward(ToolArgs a)
     {
         string path = a.Str("model", DefaultModel);
         int threads = a.Int("threads", 1);
@@ -77,7 +78,7 @@ internal static class Verbs
     /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
     /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
-    public static int Train(Args a, bool ours)
+    public static int Train(ToolArgs a, bool ours)
     {
         int threads = a.Int("threads", 2);
         string path = a.Str("model");
@@ -143,7 +144,7 @@ internal static class Verbs
     /// loss and every A/B gradient of our trainer vs libtorch on one batch, then both train N AdamW steps on the same
     /// batches; exit 1 when any relative error exceeds the tolerance.
     /// </summary>
-    public static int Parity(Args a)
+    public static int Parity(ToolArgs a)
     {
         set_num_threads(1);
         using var temp = new TempFolder();
@@ -174,14 +175,14 @@ internal static class Verbs
         }
     }
 
-    private static TorchTrainer TorchPeer(LlamaGraphFacts facts, Args a, int threads)
+    private static TorchTrainer TorchPeer(LlamaGraphFacts facts, ToolArgs a, int threads)
     {
         set_num_threads(threads);
         return new TorchTrainer(new TorchLlama(facts, a.Flag("sdpa")), AdamWSettings.From(a), ownsModel: true);
     }
 
     /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else PeerLora.Inject (the product injector, non-zero B) saved to a temp file.</summary>
-    private static (Model Model, string Path) LoraModel(Args a, TempFolder temp)
+    private static (Model Model, string Path) LoraModel(ToolArgs a, TempFolder temp)
     {
         string path = a.Str("model", DefaultModel);
         Model model = OnnxReader.Load(path);
@@ -201,7 +202,7 @@ internal static class Verbs
     /// bench can also be run where GEMMs, not per-op overhead, dominate. With <c>--external-data</c>, and always at 2 GiB
     /// of weights or more (protobuf's limit), the weights go to <c>M.onnx.data</c> beside the model.
     /// </summary>
-    public static int MakeModel(Args a)
+    public static int MakeModel(ToolArgs a)
     {
         var config = new LlamaConfig
         {
@@ -225,7 +226,7 @@ internal static class Verbs
     }
 
     /// <summary><c>sgemm [--n 1024 --threads 2 --runs 10]</c>: MLAS sgemm peak through ORT (one MatMul), GFLOP/s.</summary>
-    public static int Sgemm(Args a)
+    public static int Sgemm(ToolArgs a)
     {
         double gflops = SgemmProbe.Measure(a.Int("n", 1024), a.Int("threads", 2), a.Int("runs", 10));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT sgemm_gflops={gflops:F2}"));
@@ -238,7 +239,7 @@ internal static class Verbs
     /// training FLOP/s as a fraction of the sgemm peak.
     /// </summary>
     /// <remarks><c>--spin</c> lets our ORT thread pool busy-wait (TrainingSessionOptions.AllowSpinning); off by default.</remarks>
-    public static int Bench(Args a)
+    public static int Bench(ToolArgs a)
     {
         int threads = a.Int("threads", 2), runs = a.Int("runs", 3), seq = a.Int("seq", 64);
         using var temp = new TempFolder();
