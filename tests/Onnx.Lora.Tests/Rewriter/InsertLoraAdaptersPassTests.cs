@@ -248,7 +248,7 @@ public sealed class InsertLoraAdaptersPassTests
             [module.LoraA] = (a, [TestGraphs.In, R]),
             [module.LoraB] = (bFolded, [R, TestGraphs.Out]),
         };
-        Dictionary<string, float[]> fed = LoraTestSupport.RunWithFeeds(path, feeds);
+        Dictionary<string, float[]> fed = OrtRunner.RunWithFeeds(path, feeds);
 
         using Model reference = TestGraphs.MatMul();
         float[] w = reference.Graph.Initializers["onnx::MatMul_7"].Initializer!.ToFloat32();

@@ -1,5 +1,3 @@
-using Microsoft.ML.OnnxRuntime;
-using Microsoft.ML.OnnxRuntime.Tensors;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
@@ -84,16 +82,5 @@ internal static class LoraTestSupport
         string path = dir.File(name);
         OnnxWriter.Save(model, path, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
         return path;
-    }
-
-    /// <summary>Runs a model with OrtRunner's generated inputs plus <paramref name="extra"/> float32 feeds (e.g. adapter slots).</summary>
-    public static Dictionary<string, float[]> RunWithFeeds(string modelPath, IReadOnlyDictionary<string, (float[] Data, int[] Dims)> extra, int seed = 20261125)
-    {
-        using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_DISABLE_ALL, IntraOpNumThreads = 1 };
-        using var session = new InferenceSession(modelPath, options);
-        var inputs = OrtRunner.MakeInputs(session, seed, null).Where(kv => !extra.ContainsKey(kv.Key)).Select(kv => kv.Value).ToList();
-        inputs.AddRange(extra.Select(kv => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<float>(kv.Value.Data, kv.Value.Dims))));
-        using var results = session.Run(inputs);
-        return results.ToDictionary(r => r.Name, OrtRunner.ToFloats);
     }
 }
