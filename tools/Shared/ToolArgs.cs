@@ -51,4 +51,9 @@ public sealed class ToolArgs
     public double Double(string name, double fallback) => _values.TryGetValue(name, out string? v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
     public bool Flag(string name) => _values.TryGetValue(name, out string? v) && v != "false";
+
+    public long Long(string name, long fallback) => _values.TryGetValue(name, out string? v) ? long.Parse(v, CultureInfo.InvariantCulture) : fallback;
+
+    /// <summary>The first option given that is not among <paramref name="known"/> (without its dashes), or null.</summary>
+    public string? FirstUnknown(params string[] known) => _values.Keys.FirstOrDefault(k => !known.Contains(k, StringComparer.Ordinal));
 }
