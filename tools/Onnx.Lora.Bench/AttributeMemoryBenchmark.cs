@@ -5,6 +5,7 @@ using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -18,8 +19,9 @@ internal static class AttributeMemoryBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench", "attr-memory"));
-        int megabytes = int.Parse(BenchArgs.Option(args, "--mb") ?? "300", CultureInfo.InvariantCulture);
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench", "attr-memory"));
+        int megabytes = o.Int("mb", 300);
         Directory.CreateDirectory(dir);
         string basePath = Path.Combine(dir, "base.onnx"), lora = Path.Combine(dir, "lora.onnx"), merged = Path.Combine(dir, "merged.onnx");
         double[] build = ChildProcess.Numbers(ChildVerb, "build", basePath, megabytes.ToString(CultureInfo.InvariantCulture));

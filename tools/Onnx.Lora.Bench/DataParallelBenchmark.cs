@@ -4,6 +4,7 @@ using System.Text.Json;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Builders;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -20,14 +21,15 @@ internal static class DataParallelBenchmark
 
     public static int Run(string[] args)
     {
-        string root = BenchArgs.RepoRoot();
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine(root, "out", "bench", "dp"));
-        int steps = Int(args, "--steps", 8), warmup = Int(args, "--warmup", 2), batch = Int(args, "--batch", 4), seq = Int(args, "--seq", 64), rounds = Int(args, "--rounds", 3);
-        string cli = BenchArgs.Option(args, "--cli") ?? Path.Combine(root, "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
+        var o = new ToolArgs(args);
+        string root = RepositoryRoot.Find();
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine(root, "out", "bench", "dp"));
+        int steps = o.Int("steps", 8), warmup = o.Int("warmup", 2), batch = o.Int("batch", 4), seq = o.Int("seq", 64), rounds = o.Int("rounds", 3);
+        string cli = o.Maybe("cli") ?? Path.Combine(root, "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
         Directory.CreateDirectory(dir);
         int vocab = 0;
-        string model = BenchArgs.Option(args, "--model") ?? MakeModel(BenchArgs.Option(args, "--size") ?? "3.95m", dir, out vocab);
-        string tokenizer = BenchArgs.Option(args, "--tokenizer") ?? ByteLevelTokenizer(vocab, dir);
+        string model = o.Maybe("model") ?? MakeModel(o.Maybe("size") ?? "3.95m", dir, out vocab);
+        string tokenizer = o.Maybe("tokenizer") ?? ByteLevelTokenizer(vocab, dir);
         string[] common =
         [
             "train", "--model", model, "--tokenizer", tokenizer,
@@ -182,7 +184,4 @@ internal static class DataParallelBenchmark
         File.WriteAllText(path, JsonSerializer.Serialize(json));
         return path;
     }
-
-    private static int Int(string[] args, string name, int fallback) =>
-        BenchArgs.Option(args, name) is { } v ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 }

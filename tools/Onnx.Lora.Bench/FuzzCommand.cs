@@ -1,5 +1,6 @@
 using System.Globalization;
 using Onnx.Lora.Bench.Fuzz;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -13,25 +14,27 @@ internal static class FuzzCommand
 {
     public static int Run(string[] args)
     {
-        string target = "all", crashDir = Path.Combine("out", "fuzz-crashes");
-        string? replay = null;
-        long iterations = 10_000;
-        int seed = 20260510, timeoutMs = 5000;
-        for (int i = 0; i + 1 < args.Length; i += 2)
+        ToolArgs o;
+        try
         {
-            switch (args[i])
-            {
-                case "--target": target = args[i + 1]; break;
-                case "--iterations": iterations = long.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
-                case "--seed": seed = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
-                case "--crashes": crashDir = args[i + 1]; break;
-                case "--timeout-ms": timeoutMs = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
-                case "--replay": replay = args[i + 1]; break;
-                default:
-                    Console.Error.WriteLine($"fuzz: unknown option '{args[i]}'");
-                    return 2;
-            }
+            o = new ToolArgs(args);
         }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"fuzz: {e.Message}");
+            return 2;
+        }
+
+        if (o.FirstUnknown("target", "iterations", "seed", "crashes", "timeout-ms", "replay") is { } unknown)
+        {
+            Console.Error.WriteLine($"fuzz: unknown option '--{unknown}'");
+            return 2;
+        }
+
+        string target = o.Maybe("target") ?? "all", crashDir = o.Maybe("crashes") ?? Path.Combine("out", "fuzz-crashes");
+        string? replay = o.Maybe("replay");
+        long iterations = o.Long("iterations", 10_000);
+        int seed = o.Int("seed", 20260510), timeoutMs = o.Int("timeout-ms", 5000);
 
         if (replay is not null)
         {

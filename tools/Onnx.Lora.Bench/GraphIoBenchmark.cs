@@ -3,6 +3,7 @@ using System.Globalization;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Builders;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -45,9 +46,10 @@ internal static class GraphIoBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench"));
-        int runs = int.Parse(BenchArgs.Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
-        string model = EnsureModel(dir, random: args.Contains("--random"));
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench"));
+        int runs = o.Int("runs", 5);
+        string model = EnsureModel(dir, random: o.Flag("random"));
 
         long dataBytes = new FileInfo(model + ".data").Length;
         Console.WriteLine($"model: {model} ({new FileInfo(model).Length:N0} bytes) + data {dataBytes:N0} bytes");

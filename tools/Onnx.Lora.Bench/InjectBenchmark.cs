@@ -4,6 +4,7 @@ using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -18,8 +19,9 @@ internal static class InjectBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench"));
-        int runs = int.Parse(BenchArgs.Option(args, "--runs") ?? "5", CultureInfo.InvariantCulture);
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench"));
+        int runs = o.Int("runs", 5);
         string model = GraphIoBenchmark.EnsureModel(dir, random: false);
         Console.WriteLine($"model: {model} + data {new FileInfo(model + ".data").Length:N0} bytes; inject all-linear r=16");
         Console.WriteLine("run  load_s  inject_s  save_s  total_s  peak_rss_mb  modules  lora_params");

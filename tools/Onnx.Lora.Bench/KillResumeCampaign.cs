@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -22,16 +23,17 @@ internal static class KillResumeCampaign
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench", "kill-resume"));
-        int trials = int.Parse(BenchArgs.Option(args, "--trials") ?? "10", CultureInfo.InvariantCulture);
-        int seed = int.Parse(BenchArgs.Option(args, "--seed") ?? "20240611", CultureInfo.InvariantCulture);
-        int steps = int.Parse(BenchArgs.Option(args, "--steps") ?? "300", CultureInfo.InvariantCulture);
-        int saveSteps = int.Parse(BenchArgs.Option(args, "--save-steps") ?? "5", CultureInfo.InvariantCulture);
-        string cli = BenchArgs.Option(args, "--cli") ?? FindCli();
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench", "kill-resume"));
+        int trials = o.Int("trials", 10);
+        int seed = o.Int("seed", 20240611);
+        int steps = o.Int("steps", 300);
+        int saveSteps = o.Int("save-steps", 5);
+        string cli = o.Maybe("cli") ?? FindCli();
         // kill (SIGKILL, default) | int | term | mixed (SIGINT or SIGTERM per kill): a catchable signal must end the run
         // with exit 130 and a checkpoint of its last completed step.
-        string signal = BenchArgs.Option(args, "--signal") ?? "kill";
-        string repo = BenchArgs.RepoRoot();
+        string signal = o.Maybe("signal") ?? "kill";
+        string repo = RepositoryRoot.Find();
         if (Directory.Exists(dir))
         {
             Directory.Delete(dir, recursive: true);
@@ -290,7 +292,7 @@ internal static class KillResumeCampaign
 
     private static string FindCli()
     {
-        string path = Path.Combine(BenchArgs.RepoRoot(), "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
+        string path = Path.Combine(RepositoryRoot.Find(), "tools", "Onnx.Lora.Cli", "bin", "Release", "net10.0", "onnx-lora.dll");
         return File.Exists(path) ? path : throw new InvalidOperationException($"'{path}' is missing: build the CLI (dotnet build tools/Onnx.Lora.Cli -c Release) or pass --cli");
     }
 }

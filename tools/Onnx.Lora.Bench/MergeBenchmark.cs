@@ -11,6 +11,7 @@ using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -35,16 +36,17 @@ internal static class MergeBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench"));
-        int rounds = int.Parse(BenchArgs.Option(args, "--rounds") ?? "30", CultureInfo.InvariantCulture);
-        int runs = int.Parse(BenchArgs.Option(args, "--runs") ?? "3", CultureInfo.InvariantCulture);
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench"));
+        int rounds = o.Int("rounds", 30);
+        int runs = o.Int("runs", 3);
         Directory.CreateDirectory(dir);
-        if (!args.Contains("--skip-latency"))
+        if (!o.Flag("skip-latency"))
         {
             Latency(Path.Combine(dir, "merge-latency"), rounds);
         }
 
-        if (!args.Contains("--skip-large"))
+        if (!o.Flag("skip-large"))
         {
             LargeMerge(dir, runs);
         }

@@ -14,7 +14,6 @@ using Onnx.Lora.Bench;
 //                                                       RSS / managed heap / allocations per step of a 1,100-step stories260K run (child)
 //   data-parallel [--size 3.95m|135m | --model M] [--steps 8] [--warmup 2] [--batch 4] [--seq 64] [--rounds 3]
 //                                                       train tokens/s: mpirun -np 2 x 1 thread vs 1 rank x 1 and x 2 threads (same global batch)
-//   adamw [steps]                                       AdamW update: vectorized C# vs ONNX model, ratio
 //   generate [CHECKPOINT] [runs]                         decode tokens/s with the KV cache vs recompute (side by side), ratio
 //   dump MODEL                                          print a model's inputs, initializers and nodes
 //   fuzz [--target onnx|safetensors|onnx_adapter|jsonl|adapter_config|tokenizer_json|all] [--iterations N] [--seed S] [--crashes DIR] [--timeout-ms T]
@@ -27,7 +26,6 @@ return args.FirstOrDefault() switch
     InjectBenchmark.ChildVerb => InjectBenchmark.RunChild(args[1..]),
     "merge" => MergeBenchmark.Run(args[1..]),
     MergeBenchmark.ChildVerb => MergeBenchmark.RunChild(args[1..]),
-    "adamw" => AdamWBenchmark.Run(args[1..]),
     "generate" => GenerateBenchmark.Run(args[1..]),
     "kill-resume" => KillResumeCampaign.Run(args[1..]),
     "attr-memory" => AttributeMemoryBenchmark.Run(args[1..]),
@@ -42,6 +40,6 @@ return args.FirstOrDefault() switch
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge|kill-resume|train-memory [--dir out/bench] [options] | adamw [steps] | generate [CHECKPOINT] [runs] | dump MODEL | fuzz [--target T] [--iterations N] [--seed S]");
+    Console.Error.WriteLine("usage: onnx-lora-bench graph-io|inject|merge|kill-resume|train-memory [--dir out/bench] [options] | generate [CHECKPOINT] [runs] | dump MODEL | fuzz [--target T] [--iterations N] [--seed S]");
     return 2;
 }

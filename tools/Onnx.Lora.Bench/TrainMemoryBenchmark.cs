@@ -3,6 +3,7 @@ using System.Text.Json;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench;
 
@@ -20,8 +21,9 @@ internal static class TrainMemoryBenchmark
 
     public static int Run(string[] args)
     {
-        string dir = Path.GetFullPath(BenchArgs.Option(args, "--dir") ?? Path.Combine("out", "bench", "train-memory"));
-        int steps = int.Parse(BenchArgs.Option(args, "--steps") ?? "1100", CultureInfo.InvariantCulture);
+        var o = new ToolArgs(args);
+        string dir = Path.GetFullPath(o.Maybe("dir") ?? Path.Combine("out", "bench", "train-memory"));
+        int steps = o.Int("steps", 1100);
         double[] f = ChildProcess.Numbers(ChildVerb, dir, steps.ToString(CultureInfo.InvariantCulture));
         double window = steps - 100;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -45,7 +47,7 @@ internal static class TrainMemoryBenchmark
         var random = new Random(1);
         string[] words = "Tom saw red birds in the big tree They sang all day Lily had a small dog named Max and they ran to the park".Split(' ');
         File.WriteAllLines(data, Enumerable.Range(0, 400).Select(_ => JsonSerializer.Serialize(new { text = string.Join(' ', Enumerable.Range(0, 40).Select(_ => words[random.Next(words.Length)])) })));
-        string model = Path.Combine(BenchArgs.RepoRoot(), "models", "default", "stories260K");
+        string model = Path.Combine(RepositoryRoot.Find(), "models", "default", "stories260K");
         var options = new TrainOptions
         {
             Model = Path.Combine(model, "stories260K.bin"), Tokenizer = Path.Combine(model, "tok512.model"), Data = data, OutputDir = Path.Combine(dir, "run"),

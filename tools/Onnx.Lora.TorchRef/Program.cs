@@ -1,5 +1,6 @@
 using Onnx.Lora.Graph;
 using Onnx.Lora.TorchRef;
+using Onnx.Lora.Tools;
 
 if (args.Length == 0)
 {
@@ -9,7 +10,7 @@ if (args.Length == 0)
 
 try
 {
-    var options = new Args(args.Skip(1));
+    var options = new ToolArgs(args.Skip(1));
     return args[0] switch
     {
         "inject" => Verbs.Inject(options),

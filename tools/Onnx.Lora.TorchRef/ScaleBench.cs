@@ -4,6 +4,7 @@ using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.TorchRef;
 
@@ -30,7 +31,7 @@ internal sealed record ScaleShape(string Name, string MakeArgs, int Seq, int Bat
 /// </summary>
 internal static class ScaleBench
 {
-    public static int Run(Args a)
+    public static int Run(ToolArgs a)
     {
         var inv = CultureInfo.InvariantCulture;
         string dir = a.Str("dir", Path.Combine(Path.GetTempPath(), "onnx-lora-scale"));

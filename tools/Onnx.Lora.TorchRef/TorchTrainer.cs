@@ -1,13 +1,14 @@
 using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.TorchRef;
 
 /// <summary>AdamW hyper-parameters with torch.optim.AdamW's meaning (decoupled weight decay: p ← p·(1 − lr·wd) first).</summary>
 internal sealed record AdamWSettings(double Lr = 1e-3, double Beta1 = 0.9, double Beta2 = 0.999, double Eps = 1e-8, double WeightDecay = 0.0)
 {
-    public static AdamWSettings From(Args a) => new(a.Double("lr", 1e-3), a.Double("beta1", 0.9), a.Double("beta2", 0.999), a.Double("eps", 1e-8), a.Double("weight-decay", 0.0));
+    public static AdamWSettings From(ToolArgs a) => new(a.Double("lr", 1e-3), a.Double("beta1", 0.9), a.Double("beta2", 0.999), a.Double("eps", 1e-8), a.Double("weight-decay", 0.0));
 }
 
 /// <summary>Loss, gradients and AdamW steps of <see cref="TorchLlama"/>'s LoRA parameters with libtorch autograd.</summary>

@@ -6,6 +6,7 @@ using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Runner;
 using static TorchSharp.torch;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.TorchRef;
 
@@ -17,20 +18,19 @@ internal static class Verbs
     {
         get
         {
-            for (string? dir = AppContext.BaseDirectory; dir is not null; dir = Path.GetDirectoryName(dir))
+            try
             {
-                if (File.Exists(Path.Combine(dir, "Onnx.Lora.sln")))
-                {
-                    return Path.GetFullPath(Path.Combine(dir, "..", "shared", "fixtures", "stories260K", "reference-onnx", "model_named_weights.onnx"));
-                }
+                return Path.GetFullPath(Path.Combine(Onnx.Lora.Tools.RepositoryRoot.Find(), "..", "shared", "fixtures", "stories260K", "reference-onnx", "model_named_weights.onnx"));
             }
-
-            throw new ArgumentException("Onnx.Lora.sln not found above the tool; pass --model.");
+            catch (InvalidOperationException e)
+            {
+                throw new ArgumentException(e.Message + "; pass --model.", e);
+            }
         }
     }
 
     /// <summary><c>inject --model BASE --out LORA [--rank 4 --alpha 8 --seed 7]</c>: the peers' LoRA copy (PeerLora: product injector, all-linear, non-zero B).</summary>
-    public static int Inject(Args a)
+    public static int Inject(ToolArgs a)
     {
         using Model model = OnnxReader.Load(a.Str("model", DefaultModel));
         LoraManifest manifest = PeerLora.Inject(model, a.Int("rank", 4), a.Double("alpha", 8), a.Int("seed", 7));
@@ -43,7 +43,7 @@ internal static class Verbs
     /// <c>forward --model M [--batch 2 --seq 32 --seed 1 --tol 1e-4 --sdpa]</c>: logits of the libtorch peer vs ORT on
     /// the same ONNX file (base or LoRA) and the same batch; exit 1 when the max abs diff exceeds the tolerance.
     /// </summary>
-    public static int Forward(Args a)
+    public static int Forward(ToolArgs a)
     {
         string path = a.Str("model", DefaultModel);
         int threads = a.Int("threads", 1);
@@ -79,7 +79,7 @@ internal static class Verbs
     /// AdamW LoRA training by one peer, as a bench child: it loads only what that peer needs (ours never touches
     /// libtorch, libtorch never builds ORT sessions), so its VmHWM is that peer's own footprint.
     /// </summary>
-    public static int Train(Args a, bool ours)
+    public static int Train(ToolArgs a, bool ours)
     {
         int threads = a.Int("threads", 2);
         string path = a.Str("model");
@@ -176,7 +176,7 @@ internal static class Verbs
     /// loss and every A/B gradient of our trainer vs libtorch on one batch, then both train N AdamW steps on the same
     /// batches; exit 1 when any relative error exceeds the tolerance.
     /// </summary>
-    public static int Parity(Args a)
+    public static int Parity(ToolArgs a)
     {
         set_num_threads(1);
         using var temp = new TempFolder();
@@ -207,14 +207,14 @@ internal static class Verbs
         }
     }
 
-    private static TorchTrainer TorchPeer(LlamaGraphFacts facts, Args a, int threads)
+    private static TorchTrainer TorchPeer(LlamaGraphFacts facts, ToolArgs a, int threads)
     {
         set_num_threads(threads);
         return new TorchTrainer(new TorchLlama(facts, a.Flag("sdpa")), AdamWSettings.From(a), ownsModel: true);
     }
 
     /// <summary>The LoRA model both peers train: --model as is when it has a manifest, else PeerLora.Inject (the product injector, non-zero B) saved to a temp file.</summary>
-    private static (Model Model, string Path) LoraModel(Args a, TempFolder temp)
+    private static (Model Model, string Path) LoraModel(ToolArgs a, TempFolder temp)
     {
         string path = a.Str("model", DefaultModel);
         Model model = OnnxReader.Load(path);
@@ -234,7 +234,7 @@ internal static class Verbs
     /// bench can also be run where GEMMs, not per-op overhead, dominate. With <c>--external-data</c>, and always at 2 GiB
     /// of weights or more (protobuf's limit), the weights go to <c>M.onnx.data</c> beside the model.
     /// </summary>
-    public static int MakeModel(Args a)
+    public static int MakeModel(ToolArgs a)
     {
         var config = new LlamaConfig
         {
@@ -258,7 +258,7 @@ internal static class Verbs
     }
 
     /// <summary><c>sgemm [--n 1024 --threads 2 --runs 10]</c>: MLAS sgemm peak through ORT (one MatMul), GFLOP/s.</summary>
-    public static int Sgemm(Args a)
+    public static int Sgemm(ToolArgs a)
     {
         double gflops = SgemmProbe.Measure(a.Int("n", 1024), a.Int("threads", 2), a.Int("runs", 10));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RESULT sgemm_gflops={gflops:F2}"));
@@ -271,7 +271,7 @@ internal static class Verbs
     /// training FLOP/s as a fraction of the sgemm peak.
     /// </summary>
     /// <remarks><c>--spin</c> lets our ORT thread pool busy-wait (TrainingSessionOptions.AllowSpinning); off by default.</remarks>
-    public static int Bench(Args a)
+    public static int Bench(ToolArgs a)
     {
         int threads = a.Int("threads", 2), runs = a.Int("runs", 3), seq = a.Int("seq", 64);
         using var temp = new TempFolder();

@@ -36,9 +36,6 @@ public sealed record TrainingSessionOptions
     /// <summary>AdamW hyper-parameters.</summary>
     public AdamWOptions AdamW { get; init; } = new();
 
-    /// <summary>Which AdamW implementation runs the update.</summary>
-    public OptimizerImplementation Optimizer { get; init; } = OptimizerImplementation.Vectorized;
-
     /// <summary>Global gradient-norm clipping threshold; 0 or less disables clipping.</summary>
     public float MaxGradientNorm { get; init; } = 1f;
 
@@ -93,7 +90,7 @@ public sealed partial class LoraTrainingSession : IDisposable
     private readonly string[] _trainingOutputNames;
     private readonly OrtValue[] _trainingOutputs;
     private readonly Dictionary<string, int> _index = new(StringComparer.Ordinal);
-    private readonly IParameterOptimizer _optimizer;
+    private readonly AdamW _optimizer;
     private readonly BatchFeeder _trainingFeeder;
     private BatchFeeder? _evalFeeder;
     private readonly List<string> _feedNames = [];
@@ -143,9 +140,7 @@ public sealed partial class LoraTrainingSession : IDisposable
             throw new LoraException($"A learning-rate scale names '{unknown}', which is not a trainable tensor of '{artifacts.TrainingModelPath}'.");
         }
 
-        _optimizer = options.Optimizer == OptimizerImplementation.Onnx
-            ? new OnnxAdamW(buffers, options.AdamW)
-            : new AdamW(buffers, options.AdamW);
+        _optimizer = new AdamW(buffers, options.AdamW);
         _accumulators = new float[trainable.Count][];
     }
 

@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using Onnx.Lora.Graph;
@@ -34,17 +33,15 @@ public sealed unsafe class SafetensorsFile : IDisposable
     public const long MaxHeaderBytes = 100_000_000;
 
     private const string MetadataKey = "__metadata__";
-    private readonly MemoryMappedFile? _map;
-    private readonly MemoryMappedViewAccessor? _view;
+    private readonly MappedView _mapped;
     private readonly byte* _data;
     private readonly Dictionary<string, SafetensorsEntry> _byName;
     private bool _disposed;
 
-    private SafetensorsFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* data, List<SafetensorsEntry> entries, Dictionary<string, string> metadata)
+    private SafetensorsFile(string path, MappedView mapped, byte* data, List<SafetensorsEntry> entries, Dictionary<string, string> metadata)
     {
         Path = path;
-        _map = map;
-        _view = view;
+        _mapped = mapped;
         _data = data;
         Tensors = entries;
         Metadata = metadata;
@@ -87,14 +84,10 @@ public sealed unsafe class SafetensorsFile : IDisposable
             throw new AdapterFormatException($"Safetensors file '{path}' is {fileLength} bytes: too short for the 8-byte header length.");
         }
 
-        MemoryMappedFile map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-        MemoryMappedViewAccessor? view = null;
+        MappedView mapped = MappedView.Open(path);
         try
         {
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            p += view.PointerOffset;
+            byte* p = mapped.Pointer;
             ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(p, 8));
             if (headerLength > MaxHeaderBytes)
             {
@@ -109,17 +102,11 @@ public sealed unsafe class SafetensorsFile : IDisposable
             var header = new ReadOnlySpan<byte>(p + 8, (int)headerLength);
             long dataLength = fileLength - 8 - (long)headerLength;
             (List<SafetensorsEntry> entries, Dictionary<string, string> metadata) = ParseHeader(path, header, dataLength);
-            return new SafetensorsFile(path, map, view, p + 8 + headerLength, entries, metadata);
+            return new SafetensorsFile(path, mapped, p + 8 + headerLength, entries, metadata);
         }
         catch
         {
-            if (view is not null)
-            {
-                view.SafeMemoryMappedViewHandle.ReleasePointer();
-                view.Dispose();
-            }
-
-            map.Dispose();
+            mapped.Dispose();
             throw;
         }
     }
@@ -171,13 +158,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
 
         _disposed = true;
-        if (_view is not null)
-        {
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-        }
-
-        _map?.Dispose();
+        _mapped.Dispose();
     }
 
     /// <summary>Parses and validates a header: entries, dtype sizes, and the exact tiling of the data section.</summary>

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.IO.MemoryMappedFiles;
 
 namespace Onnx.Lora.Graph;
 
@@ -12,9 +11,7 @@ public sealed class ExternalDataFile : IDisposable
     private const int CopyChunk = 4 << 20;
     private readonly Lock _gate = new();
     private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _handle;
-    private MemoryMappedFile? _map;
-    private MemoryMappedViewAccessor? _view;
-    private unsafe byte* _base;
+    private IO.MappedView? _mapped;
     private bool _disposed;
 
     internal ExternalDataFile(string fullPath, string resolvedPath, string location)
@@ -72,17 +69,8 @@ public sealed class ExternalDataFile : IDisposable
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_view is null)
-            {
-                var stream = new FileStream(_handle, FileAccess.Read, 1);
-                _map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
-                _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-                byte* p = null;
-                _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-                _base = p + _view.PointerOffset;
-            }
-
-            return new UnmanagedRange(_base + offset, (int)length).Memory;
+            _mapped ??= IO.MappedView.Open(_handle);
+            return new UnmanagedRange(_mapped.Pointer + offset, (int)length).Memory;
         }
     }
 
@@ -144,13 +132,7 @@ public sealed class ExternalDataFile : IDisposable
             }
 
             _disposed = true;
-            if (_view is not null)
-            {
-                _view.SafeMemoryMappedViewHandle.ReleasePointer();
-                _view.Dispose();
-            }
-
-            _map?.Dispose();
+            _mapped?.Dispose();
             _handle.Dispose();
         }
     }

@@ -35,7 +35,7 @@ public sealed class ExitCodeFaultTests
     private static string LargeAdapter(TempDir dir)
     {
         var rng = new Random(3);
-        var weights = new LoraWeights([new LoraModuleWeights("model.layers.0.mlp.up_proj", 1024, 1024, 64, LoraTestModels.Rand(1024 * 64, rng, 0.1f), LoraTestModels.Rand(64 * 1024, rng, 0.1f), 1f)]);
+        var weights = new LoraWeights([new LoraModuleWeights("model.layers.0.mlp.up_proj", 1024, 1024, 64, TestArrays.Uniform(1024 * 64, rng, 0.1f), TestArrays.Uniform(64 * 1024, rng, 0.1f), 1f)]);
         string path = dir.File("large.onnx_adapter");
         OnnxAdapterFormat.Write(AdapterLoader.ToNamedAdapter(weights), path);
         return path;

@@ -39,7 +39,7 @@ public sealed class ExporterVerbsTests
 
         Assert.AreEqual(0, code, error);
         StringAssert.Contains(output, "merged 2 modules");
-        Assert.IsLessThanOrEqualTo(1e-5, LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(lora)["y"]));
+        Assert.IsLessThanOrEqualTo(1e-5, ErrorMetrics.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(lora)["y"]));
     }
 
     [TestMethod]
@@ -71,7 +71,7 @@ public sealed class ExporterVerbsTests
 
         Assert.AreEqual(0, code, error);
         StringAssert.Contains(output, $"merged {weights.Modules.Count} modules");
-        Assert.IsLessThanOrEqualTo(1e-5, LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]));
+        Assert.IsLessThanOrEqualTo(1e-5, ErrorMetrics.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]));
     }
 
     [TestMethod]
@@ -97,8 +97,8 @@ public sealed class ExporterVerbsTests
         var rng = new Random(21);
         foreach (LoraModuleInfo info in manifest.Modules)
         {
-            model.Graph.Initializers.SetData(info.LoraA, InMemoryTensor.FromFloats(info.LoraA, [info.InFeatures, 4], LoraTestModels.Rand(4 * (int)info.InFeatures, rng, 0.5f)));
-            model.Graph.Initializers.SetData(info.LoraB, InMemoryTensor.FromFloats(info.LoraB, [4, info.OutFeatures], LoraTestModels.Rand(4 * (int)info.OutFeatures, rng, 0.5f)));
+            model.Graph.Initializers.SetData(info.LoraA, InMemoryTensor.FromFloats(info.LoraA, [info.InFeatures, 4], TestArrays.Uniform(4 * (int)info.InFeatures, rng, 0.5f)));
+            model.Graph.Initializers.SetData(info.LoraB, InMemoryTensor.FromFloats(info.LoraB, [4, info.OutFeatures], TestArrays.Uniform(4 * (int)info.OutFeatures, rng, 0.5f)));
         }
 
         string loraPath = LoraTestModels.Save(model, dir.File("lora.onnx"));
@@ -147,7 +147,7 @@ public sealed class ExporterVerbsTests
         var rng = new Random(3);
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [4, m.OutFeatures], LoraTestModels.Rand(4 * (int)m.OutFeatures, rng, 0.5f)));
+            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [4, m.OutFeatures], TestArrays.Uniform(4 * (int)m.OutFeatures, rng, 0.5f)));
         }
 
         string lora = LoraTestModels.Save(model, dir.File("lora.onnx"));
@@ -163,7 +163,7 @@ public sealed class ExporterVerbsTests
         using var options = new Microsoft.ML.OnnxRuntime.RunOptions();
         options.AddActiveLoraAdapter(ortAdapter);
         float[] viaOrt = OrtRunner.Run(Path.Combine(dir.File("serving"), "base-with-slots.onnx"), runOptions: options)["y"];
-        Assert.IsLessThanOrEqualTo(1e-5, LoraTestModels.MaxRelError(viaOrt, OrtRunner.Run(lora)["y"]), "adapter through ORT on the slot model = the LoRA model");
+        Assert.IsLessThanOrEqualTo(1e-5, ErrorMetrics.MaxRelError(viaOrt, OrtRunner.Run(lora)["y"]), "adapter through ORT on the slot model = the LoRA model");
     }
 
     [TestMethod]

@@ -21,7 +21,7 @@ public sealed class AdapterSlotValidationTests
         var mixed = new LoraWeights(LoraTestModels.Layers.Select((l, i) =>
         {
             int r = i == 0 ? 2 : 6;
-            return new LoraModuleWeights(l.Module, l.In, l.Out, r, LoraTestModels.Rand(l.In * r, rng, 0.5f), LoraTestModels.Rand(r * l.Out, rng, 0.5f), 1f);
+            return new LoraModuleWeights(l.Module, l.In, l.Out, r, TestArrays.Uniform(l.In * r, rng, 0.5f), TestArrays.Uniform(r * l.Out, rng, 0.5f), 1f);
         }));
         AdapterFile adapter = mixed.ToAdapterFile(manifest);
         string servingPath = LoraTestModels.Save(serving, dir.File("serving.onnx"));

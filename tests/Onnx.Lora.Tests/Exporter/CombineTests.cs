@@ -1,5 +1,6 @@
 using Onnx.Lora.Exporter;
 using Onnx.Lora.Exporter.Combine;
+using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;
 
@@ -111,7 +112,7 @@ public sealed class CombineTests
     private static WeightedAdapter Adapter(string name, LoraModuleWeights m, double weight) => new(name, new LoraWeights([m]), weight);
 
     private static LoraModuleWeights RandomModule(string name, int rank, float scale, Random rng) =>
-        new(name, In, Out, rank, LoraTestModels.Rand(In * rank, rng, 1), LoraTestModels.Rand(rank * Out, rng, 1), scale);
+        new(name, In, Out, rank, TestArrays.Uniform(In * rank, rng, 1), TestArrays.Uniform(rank * Out, rng, 1), scale);
 
     /// <summary>w·s·A·B computed in double, [in, out].</summary>
     private static double[] Delta(LoraModuleWeights m, double weight)

@@ -154,7 +154,7 @@ public sealed class ExportKillTests
         var rng = new Random(config.Seed);
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            float[] b = LoraTestModels.Rand(m.Rank * (int)m.OutFeatures, rng, 0.02f);
+            float[] b = TestArrays.Uniform(m.Rank * (int)m.OutFeatures, rng, 0.02f);
             model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], b));
         }
 

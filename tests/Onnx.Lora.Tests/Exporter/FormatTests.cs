@@ -121,8 +121,8 @@ public sealed class FormatTests
         Assert.AreEqual(14, merged.Count);
         foreach ((string name, float[] m) in merged)
         {
-            Assert.IsLessThanOrEqualTo(1e-5, LoraTestModels.MaxRelError(viaOrt[name], m), name);
-            Assert.IsGreaterThan(1e-3, LoraTestModels.MaxRelError(plain[name], m), name + " must change");
+            Assert.IsLessThanOrEqualTo(1e-5, ErrorMetrics.MaxRelError(viaOrt[name], m), name);
+            Assert.IsGreaterThan(1e-3, ErrorMetrics.MaxRelError(plain[name], m), name + " must change");
         }
     }
 
@@ -143,8 +143,8 @@ public sealed class FormatTests
         var rng = new Random(5);
         var weights = new LoraWeights(
         [
-            new LoraModuleWeights("model.layers.0.self_attn.q_proj", 8, 6, 4, LoraTestModels.Rand(32, rng, 1), LoraTestModels.Rand(24, rng, 1), 16f / 2f),
-            new LoraModuleWeights("model.layers.0.self_attn.v_proj", 8, 4, 2, LoraTestModels.Rand(16, rng, 1), LoraTestModels.Rand(8, rng, 1), (float)(16 / Math.Sqrt(2))),
+            new LoraModuleWeights("model.layers.0.self_attn.q_proj", 8, 6, 4, TestArrays.Uniform(32, rng, 1), TestArrays.Uniform(24, rng, 1), 16f / 2f),
+            new LoraModuleWeights("model.layers.0.self_attn.v_proj", 8, 4, 2, TestArrays.Uniform(16, rng, 1), TestArrays.Uniform(8, rng, 1), (float)(16 / Math.Sqrt(2))),
         ]);
         PeftAdapter.Export(weights, dir.Path, new LoraConfig { Rank = 4, Alpha = 16, UseRsLora = true, Targets = ["q_proj", "v_proj"], RankPattern = [new PatternOverride("v_proj", 2)], BaseModelNameOrPath = "stories260K" });
         using (SafetensorsFile f = SafetensorsFile.Open(dir.File(PeftAdapter.WeightsFile)))
@@ -207,7 +207,7 @@ public sealed class FormatTests
             AdapterParameter b = adapter.Find(module + ".lora_B.weight")!;
             int inF = (int)a.Dims[0], outF = (int)b.Dims[1];
             Value x = g.Input(module + ".x", DataType.Float, "n", inF);
-            Value w = g.Floats(module + ".MatMul.weight", [inF, outF], LoraTestModels.Rand(inF * outF, rng, 0.3f));
+            Value w = g.Floats(module + ".MatMul.weight", [inF, outF], TestArrays.Uniform(inF * outF, rng, 0.3f));
             Value y = g.MatMul(x, w, name: module + "/MatMul");
             LoraTags.AddedSince added = LoraTags.Snapshot(g.Graph);
             Value la = g.Input(a.Name, DataType.Float, inF, "r");

@@ -95,8 +95,8 @@ public sealed class GenAiRuntimeTests
         var rng = new Random(20261203);
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], LoraTestModels.Rand((int)m.InFeatures * m.Rank, rng, 1f)));
-            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], LoraTestModels.Rand(m.Rank * (int)m.OutFeatures, rng, 1f)));
+            model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], TestArrays.Uniform((int)m.InFeatures * m.Rank, rng, 1f)));
+            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], TestArrays.Uniform(m.Rank * (int)m.OutFeatures, rng, 1f)));
         }
 
         string path = dir.File("lora.onnx");

@@ -2,6 +2,7 @@ using Onnx.Lora.Exporter;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
+using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;
 
@@ -41,8 +42,8 @@ internal static class LoraTestModels
     {
         var rng = new Random(seed);
         return new LoraWeights(Layers.Select(l => new LoraModuleWeights(
-            l.Module, l.In, l.Out, rank, Rand(l.In * rank, rng, 0.5f), Rand(rank * l.Out, rng, 0.5f), alpha / rank,
-            dora ? Rand(l.Out, rng, 1f).Select(v => 1.5f + v).ToArray() : null)));
+            l.Module, l.In, l.Out, rank, TestArrays.Uniform(l.In * rank, rng, 0.5f), TestArrays.Uniform(rank * l.Out, rng, 0.5f), alpha / rank,
+            dora ? TestArrays.Uniform(l.Out, rng, 1f).Select(v => 1.5f + v).ToArray() : null)));
     }
 
     /// <summary>
@@ -148,17 +149,7 @@ internal static class LoraTestModels
 
     public static Tensor Weight(string name, long[] dims, DataType type, Random rng)
     {
-        float[] v = Rand((int)(dims[0] * dims[1]), rng, 0.3f);
+        float[] v = TestArrays.Uniform((int)(dims[0] * dims[1]), rng, 0.3f);
         return type == DataType.Float ? InMemoryTensor.FromFloats(name, dims, v) : new InMemoryTensor(name, type, dims, TensorConvert.FromFloat32(v, type));
-    }
-
-    public static float[] Rand(int n, Random rng, float scale) => Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() * 2) - 1) * scale).ToArray();
-
-    /// <summary>max |a−b| / max |b|: relative to the output's range, so near-zero entries do not blow it up.</summary>
-    public static double MaxRelError(float[] actual, float[] expected)
-    {
-        Assert.AreEqual(expected.Length, actual.Length);
-        double scale = expected.Max(v => Math.Abs((double)v));
-        return actual.Zip(expected, (a, e) => Math.Abs((double)a - e)).Max() / scale;
     }
 }

@@ -12,9 +12,6 @@ namespace Onnx.Lora.Tests.Exporter;
 [TestClass]
 public sealed class MergeTests
 {
-    private const double Fp32Tolerance = 1e-5;
-    private const double Fp16Tolerance = 1e-2;
-
     [TestMethod]
     [DataRow(false)]
     [DataRow(true)]
@@ -31,8 +28,8 @@ public sealed class MergeTests
         float[] merged = OrtRunner.Run(dir.File("merged.onnx"))["y"];
         float[] baseline = OrtRunner.Run(basePath)["y"];
         Assert.AreEqual(2, report.MergedModules);
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(merged, lora), "merged vs LoRA model");
-        Assert.IsGreaterThan(1e-2, LoraTestModels.MaxRelError(baseline, lora), "the adapter must change the output");
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(merged, lora), "merged vs LoRA model");
+        Assert.IsGreaterThan(1e-2, ErrorMetrics.MaxRelError(baseline, lora), "the adapter must change the output");
         AssertSameNodes(basePath, dir.File("merged.onnx"));
     }
 
@@ -66,8 +63,8 @@ public sealed class MergeTests
         string basePath = LoraTestModels.Save(LoraTestModels.Base(type), dir.File("base.onnx"));
         string loraPath = LoraTestModels.Save(LoraTestModels.WithLora(LoraTestModels.Base(type), LoraTestModels.RandomWeights(4, 8), LoraPlacement.Initializers), dir.File("lora.onnx"));
         LoraMerger.Merge(loraPath, dir.File("merged.onnx"));
-        double err = LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]);
-        Assert.IsLessThanOrEqualTo(Fp16Tolerance, err);
+        double err = ErrorMetrics.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]);
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp16, err);
         AssertSameNodes(basePath, dir.File("merged.onnx"));
     }
 
@@ -95,9 +92,9 @@ public sealed class MergeTests
 
         float[] noAdapter = OrtRunner.Run(servingPath)["y"];
         float[] baseline = OrtRunner.Run(LoraTestModels.Save(LoraTestModels.Base(), dir.File("base.onnx")))["y"];
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(viaOrt, merged), "ORT adapter path vs merged");
-        Assert.AreEqual(0f, OrtRunner.MaxAbsDiff(noAdapter, baseline), "r = 0 defaults add nothing");
-        Assert.IsGreaterThan(1e-2, LoraTestModels.MaxRelError(baseline, merged));
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(viaOrt, merged), "ORT adapter path vs merged");
+        Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(noAdapter, baseline), "r = 0 defaults add nothing");
+        Assert.IsGreaterThan(1e-2, ErrorMetrics.MaxRelError(baseline, merged));
     }
 
     [TestMethod]
@@ -129,7 +126,7 @@ public sealed class MergeTests
 
         CollectionAssert.AreEqual(before, File.ReadAllBytes(loraPath + ".data"));
         Assert.IsTrue(File.Exists(dir.File("merged.onnx.data")));
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]));
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(OrtRunner.Run(dir.File("merged.onnx"))["y"], OrtRunner.Run(loraPath)["y"]));
     }
 
     [TestMethod]

@@ -54,7 +54,7 @@ public sealed class PeftSemanticsTests
         LoraManifest manifest = LoraInjector.Inject(model, s_options);
         var rng = new Random(20261203);
         LoraWeights initial = LoraWeights.FromModel(model, manifest, "stories260K");
-        var trained = new LoraWeights(initial.Modules.Select(m => m with { B = LoraTestModels.Rand(m.B.Length, rng, 0.5f) }));
+        var trained = new LoraWeights(initial.Modules.Select(m => m with { B = TestArrays.Uniform(m.B.Length, rng, 0.5f) }));
         return (manifest, trained, candidates);
     }
 

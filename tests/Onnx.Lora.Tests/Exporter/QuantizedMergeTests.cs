@@ -56,7 +56,7 @@ public sealed class QuantizedMergeTests
         Assert.IsGreaterThan(0, maxAbs);
 
         // Through ORT: |y_merged − y_lora| ≤ Σ_k |x_k|·step(k, n)/2 per output element.
-        float[] x = LoraTestModels.Rand(Rows * K, new Random(77), 1f);
+        float[] x = TestArrays.Uniform(Rows * K, new Random(77), 1f);
         float[] yLora = RunOrt(loraPath, x), yMerged = RunOrt(dir.File("merged.onnx"), x), yBase = RunOrt(basePath, x);
         double worstRatio = 0;
         for (int r = 0; r < Rows; r++)
@@ -75,7 +75,7 @@ public sealed class QuantizedMergeTests
             }
         }
 
-        Assert.IsGreaterThan(0.1, LoraTestModels.MaxRelError(yBase, yLora), "the adapter changes the output far beyond the quantization error");
+        Assert.IsGreaterThan(0.1, ErrorMetrics.MaxRelError(yBase, yLora), "the adapter changes the output far beyond the quantization error");
         Console.WriteLine($"zero points {zeroPoints}: max |ΔW| {maxAbs:E3} (max step {maxStep:E3}), rel {q.MaxRel:E3}; worst |Δy| / bound {worstRatio:F3}");
         AssertSameGraph(basePath, dir.File("merged.onnx"));
     }
@@ -91,8 +91,8 @@ public sealed class QuantizedMergeTests
 
         MergeReport report = LoraMerger.Merge(loraPath, dir.File("merged.onnx"), options: new MergeOptions { Quantized = QuantizedMergeMode.FloatCopy });
 
-        float[] x = LoraTestModels.Rand(Rows * K, new Random(78), 1f);
-        Assert.IsLessThanOrEqualTo(1e-5, LoraTestModels.MaxRelError(RunOrt(dir.File("merged.onnx"), x), RunOrt(loraPath, x)));
+        float[] x = TestArrays.Uniform(Rows * K, new Random(78), 1f);
+        Assert.IsLessThanOrEqualTo(1e-5, ErrorMetrics.MaxRelError(RunOrt(dir.File("merged.onnx"), x), RunOrt(loraPath, x)));
         CollectionAssert.AreEqual(new[] { Node }, report.ReplacedNodes.ToArray());
         using Model merged = OnnxReader.Load(dir.File("merged.onnx"));
         CollectionAssert.AreEqual(new[] { "MatMul" }, merged.Graph.Nodes.Select(n => n.OpType).ToArray(), "the graph changed: MatMulNBits → MatMul");
@@ -118,8 +118,8 @@ public sealed class QuantizedMergeTests
         float[] scales = Enumerable.Range(0, N * blocks).Select(_ => (float)(0.02 + (rng.NextDouble() * 0.05))).ToArray();
         byte[] zp = new byte[N * ((blocks + 1) / 2)];
         rng.NextBytes(zp);
-        float[] a = LoraTestModels.Rand(K * Rank, rng, 0.5f);
-        float[] b = LoraTestModels.Rand(Rank * N, rng, 0.5f);
+        float[] a = TestArrays.Uniform(K * Rank, rng, 0.5f);
+        float[] b = TestArrays.Uniform(Rank * N, rng, 0.5f);
 
         Model Make(bool lora)
         {

@@ -16,8 +16,6 @@ namespace Onnx.Lora.Tests.Exporter;
 [TestClass]
 public sealed class RewriterMergeTests
 {
-    private const double Fp32Tolerance = 1e-5, Fp16Tolerance = 1e-2;
-
     public static IEnumerable<object[]> Cases =>
     [
         ["torch-fp32", "plain"],
@@ -46,11 +44,11 @@ public sealed class RewriterMergeTests
         var merged = OrtRunner.Run(dir.File("merged.onnx"));
         var baseline = OrtRunner.Run(basePath);
         string output = lora.ContainsKey("logits") ? "logits" : lora.Keys.First();
-        double tolerance = modelKind.Contains("fp16", StringComparison.Ordinal) ? Fp16Tolerance : Fp32Tolerance;
-        double error = LoraTestModels.MaxRelError(merged[output], lora[output]);
+        double tolerance = modelKind.Contains("fp16", StringComparison.Ordinal) ? Tolerances.MergeRelFp16 : Tolerances.MergeRelFp32;
+        double error = ErrorMetrics.MaxRelError(merged[output], lora[output]);
         Console.WriteLine($"{modelKind}/{variant}: {report.MergedModules} modules, {report.RemovedNodes} LoRA nodes removed; merged vs LoRA max rel error {error:E2} (tolerance {tolerance:E0})");
         Assert.IsLessThanOrEqualTo(tolerance, error);
-        Assert.IsGreaterThan(10 * tolerance, LoraTestModels.MaxRelError(baseline[output], lora[output]), "the adapter changes the output far beyond the tolerance");
+        Assert.IsGreaterThan(10 * tolerance, ErrorMetrics.MaxRelError(baseline[output], lora[output]), "the adapter changes the output far beyond the tolerance");
         AssertBaseGraph(basePath, dir.File("merged.onnx"));
     }
 
@@ -90,11 +88,11 @@ public sealed class RewriterMergeTests
 
         float[] lora = OrtRunner.Run(loraPath)["logits"];
         float[] baseline = OrtRunner.Run(basePath)["logits"];
-        double floatError = LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("float.onnx"))["logits"], lora);
-        double quantError = LoraTestModels.MaxRelError(OrtRunner.Run(dir.File("requantized.onnx"))["logits"], lora);
-        double effect = LoraTestModels.MaxRelError(baseline, lora);
+        double floatError = ErrorMetrics.MaxRelError(OrtRunner.Run(dir.File("float.onnx"))["logits"], lora);
+        double quantError = ErrorMetrics.MaxRelError(OrtRunner.Run(dir.File("requantized.onnx"))["logits"], lora);
+        double effect = ErrorMetrics.MaxRelError(baseline, lora);
         Console.WriteLine($"int4 decoder: {requantized.Quantization.Count} modules re-quantized, worst weight error {requantized.Quantization.Max(q => q.MaxAbs):E3} (≤ step/2 = {requantized.Quantization.Max(q => q.MaxStep) / 2:E3}); logits rel error requantized {quantError:E3}, float copy {floatError:E2}, adapter effect {effect:E3}");
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, floatError);
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, floatError);
         Assert.IsTrue(requantized.Quantization.All(q => q.MaxAbs <= (q.MaxStep / 2) + 1e-6));
         Assert.IsLessThan(effect / 4, quantError, "re-quantization keeps most of the adapter's effect");
         Assert.IsEmpty(requantized.ReplacedNodes);
@@ -119,8 +117,8 @@ public sealed class RewriterMergeTests
         var rng = new Random(seed);
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], LoraTestModels.Rand((int)m.InFeatures * m.Rank, rng, scale)));
-            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], LoraTestModels.Rand(m.Rank * (int)m.OutFeatures, rng, scale)));
+            model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], TestArrays.Uniform((int)m.InFeatures * m.Rank, rng, scale)));
+            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], TestArrays.Uniform(m.Rank * (int)m.OutFeatures, rng, scale)));
         }
 
         OnnxWriter.Save(model, loraPath, new SaveOptions { ExternalData = ExternalDataMode.Inline });

@@ -21,7 +21,6 @@ namespace Onnx.Lora.Tests.Exporter;
 [TestClass]
 public sealed class ServingTests
 {
-    private const double Fp32Tolerance = 1e-5;
     private static readonly string s_fixture = Fixtures.Path("ortgenai-tiny-random-llama-fp32");
 
     private static string BasePath => Path.Combine(s_fixture, "model.onnx");
@@ -42,7 +41,7 @@ public sealed class ServingTests
 
         float[] noAdapter = Logits(OrtRunner.Run(report.ModelPath));
         float[] baseline = Logits(OrtRunner.Run(BasePath));
-        Assert.AreEqual(0f, OrtRunner.MaxAbsDiff(noAdapter, baseline), "r = 0 slots add nothing");
+        Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(noAdapter, baseline), "r = 0 slots add nothing");
         float[] viaLoraModel = Logits(OrtRunner.Run(loraPath));
         var outputs = new Dictionary<string, float[]>();
         foreach ((string name, string adapterPath) in report.AdapterPaths)
@@ -50,13 +49,13 @@ public sealed class ServingTests
             float[] viaOrt = RunWithAdapter(report.ModelPath, adapterPath);
             BaseModelMerge.Merge(BasePath, adapterPath, dir.File(name + "-merged.onnx"));
             float[] merged = Logits(OrtRunner.Run(dir.File(name + "-merged.onnx")));
-            Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(viaOrt, merged), $"{name}: OrtLoraAdapter on the serving model vs merged");
-            Assert.IsGreaterThan(1e-3, LoraTestModels.MaxRelError(baseline, merged), $"{name} must change the logits");
+            Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(viaOrt, merged), $"{name}: OrtLoraAdapter on the serving model vs merged");
+            Assert.IsGreaterThan(1e-3, ErrorMetrics.MaxRelError(baseline, merged), $"{name} must change the logits");
             outputs[name] = viaOrt;
         }
 
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(outputs["trained"], viaLoraModel), "adapter file vs the LoRA model it came from");
-        Assert.IsGreaterThan(1e-3, LoraTestModels.MaxRelError(outputs["other"], outputs["trained"]));
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(outputs["trained"], viaLoraModel), "adapter file vs the LoRA model it came from");
+        Assert.IsGreaterThan(1e-3, ErrorMetrics.MaxRelError(outputs["other"], outputs["trained"]));
         using OrtLoraAdapter a = OrtLoraAdapter.Create(report.AdapterPaths["other"], null);
         Assert.AreEqual(8, OnnxAdapterFormat.Read(report.AdapterPaths["other"]).Parameters[0].Dims[1], "rank 8 adapter on the same serving model as rank 4");
     }
@@ -71,7 +70,7 @@ public sealed class ServingTests
         var mixed = new LoraWeights(trained.Modules.Select((m, i) =>
         {
             int r = i % 2 == 0 ? 2 : 6;
-            return new LoraModuleWeights(m.Module, m.InFeatures, m.OutFeatures, r, LoraTestModels.Rand(m.InFeatures * r, rng, 0.5f), LoraTestModels.Rand(r * m.OutFeatures, rng, 0.5f), 1f);
+            return new LoraModuleWeights(m.Module, m.InFeatures, m.OutFeatures, r, TestArrays.Uniform(m.InFeatures * r, rng, 0.5f), TestArrays.Uniform(r * m.OutFeatures, rng, 0.5f), 1f);
         }));
         OnnxAdapterFormat.Write(AdapterLoader.ToNamedAdapter(mixed), dir.File("mixed.onnx_adapter"));
 
@@ -83,7 +82,7 @@ public sealed class ServingTests
         BaseModelMerge.Merge(BasePath, dir.File("mixed.onnx_adapter"), dir.File("merged.onnx"));
 
         float[] viaOrt = RunWithAdapter(report.ModelPath, report.AdapterPaths["mixed"]);
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(viaOrt, Logits(OrtRunner.Run(dir.File("merged.onnx")))));
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(viaOrt, Logits(OrtRunner.Run(dir.File("merged.onnx")))));
     }
 
     [TestMethod]
@@ -96,7 +95,7 @@ public sealed class ServingTests
         MergeReport report = BaseModelMerge.Merge(BasePath, dir.File("peft"), dir.File("merged.onnx"));
 
         Assert.AreEqual(trained.Modules.Count, report.MergedModules);
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(Logits(OrtRunner.Run(dir.File("merged.onnx"))), Logits(OrtRunner.Run(loraPath))));
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(Logits(OrtRunner.Run(dir.File("merged.onnx"))), Logits(OrtRunner.Run(loraPath))));
         using Model a = OnnxReader.Load(BasePath);
         using Model b = OnnxReader.Load(dir.File("merged.onnx"));
         CollectionAssert.AreEqual(a.Graph.Nodes.Select(n => n.Name + ":" + n.OpType).ToArray(), b.Graph.Nodes.Select(n => n.Name + ":" + n.OpType).ToArray());
@@ -153,7 +152,7 @@ public sealed class ServingTests
         }
 
         float[] inFolder = RunWithAdapter(Path.Combine(root, "model.onnx"), Path.Combine(root, "adapters", "task.onnx_adapter"));
-        Assert.IsLessThanOrEqualTo(Fp32Tolerance, LoraTestModels.MaxRelError(inFolder, Logits(OrtRunner.Run(loraPath))));
+        Assert.IsLessThanOrEqualTo(Tolerances.MergeRelFp32, ErrorMetrics.MaxRelError(inFolder, Logits(OrtRunner.Run(loraPath))));
     }
 
     [TestMethod]
@@ -185,8 +184,8 @@ public sealed class ServingTests
         var rng = new Random(seed);
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, rank], LoraTestModels.Rand((int)m.InFeatures * rank, rng, 0.5f)));
-            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [rank, m.OutFeatures], LoraTestModels.Rand(rank * (int)m.OutFeatures, rng, 0.5f)));
+            model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, rank], TestArrays.Uniform((int)m.InFeatures * rank, rng, 0.5f)));
+            model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [rank, m.OutFeatures], TestArrays.Uniform(rank * (int)m.OutFeatures, rng, 0.5f)));
         }
 
         string path = dir.File($"lora-{seed}.onnx");
@@ -199,7 +198,7 @@ public sealed class ServingTests
     {
         var rng = new Random(seed);
         return new LoraWeights(like.Modules.Select(m => new LoraModuleWeights(m.Module, m.InFeatures, m.OutFeatures, rank,
-            LoraTestModels.Rand(m.InFeatures * rank, rng, 0.5f), LoraTestModels.Rand(rank * m.OutFeatures, rng, 0.5f), 0.5f)));
+            TestArrays.Uniform(m.InFeatures * rank, rng, 0.5f), TestArrays.Uniform(rank * m.OutFeatures, rng, 0.5f), 0.5f)));
     }
 
     private static float[] RunWithAdapter(string modelPath, string adapterPath)

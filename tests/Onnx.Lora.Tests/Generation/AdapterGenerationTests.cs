@@ -39,8 +39,8 @@ public sealed class AdapterGenerationTests
             var rng = new Random(20261125);
             foreach (LoraModuleInfo m in manifest.Modules)
             {
-                model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, 4], LoraTestModels.Rand((int)m.InFeatures * 4, rng, 0.3f)));
-                model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [4, m.OutFeatures], LoraTestModels.Rand(4 * (int)m.OutFeatures, rng, 0.3f)));
+                model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, 4], TestArrays.Uniform((int)m.InFeatures * 4, rng, 0.3f)));
+                model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [4, m.OutFeatures], TestArrays.Uniform(4 * (int)m.OutFeatures, rng, 0.3f)));
             }
 
             OnnxWriter.Save(model, loraPath);

@@ -56,7 +56,7 @@ public sealed class FixtureGenerationTests
         Assert.HasCount(NewTokens, cached.NewTokens);
         Assert.AreEqual(generator.HasKvCache, cached.UsedKvCache);
         Assert.IsTrue(cachedLogits.All(l => l.All(float.IsFinite)), "logits are finite");
-        float maxDiff = cachedLogits.Zip(recomputedLogits).Max(p => OrtRunner.MaxAbsDiff(p.First, p.Second));
+        float maxDiff = cachedLogits.Zip(recomputedLogits).Max(p => ErrorMetrics.MaxAbsDiff(p.First, p.Second));
         float range = recomputedLogits.Max(l => l.Max() - l.Min());
         Assert.IsGreaterThan(0f, range, "the logits are not constant (the check is not vacuous)");
         Assert.IsLessThanOrEqualTo((fp16 ? Fp16LogitTolerance : Fp32LogitTolerance) * Math.Max(1f, range), maxDiff, $"{relative}: per-step logits, cache vs recompute (range {range})");

@@ -33,7 +33,7 @@ public sealed class GenerateRefusalTests
             var rng = new Random(15);
             foreach (LoraModuleInfo m in manifest.Modules)
             {
-                model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [2, m.OutFeatures], LoraTestModels.Rand(2 * (int)m.OutFeatures, rng, 0.3f)));
+                model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [2, m.OutFeatures], TestArrays.Uniform(2 * (int)m.OutFeatures, rng, 0.3f)));
             }
 
             OnnxWriter.Save(model, loraPath);

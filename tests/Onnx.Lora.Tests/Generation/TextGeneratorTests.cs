@@ -40,7 +40,7 @@ public sealed class TextGeneratorTests
             Assert.IsGreaterThanOrEqualTo(60, cached.NewTokens.Count, $"'{prompt}': too short to prove anything");
             CollectionAssert.AreEqual(recomputed.NewTokens.ToArray(), cached.NewTokens.ToArray(), $"'{prompt}': KV cache vs recompute");
             CollectionAssert.AreEqual(noCacheModel.NewTokens.ToArray(), cached.NewTokens.ToArray(), $"'{prompt}': KV cache vs the model without a cache");
-            maxDiff = Math.Max(maxDiff, cachedLogits.Zip(noCacheLogits).Concat(cachedLogits.Zip(recomputedLogits)).Max(p => OrtRunner.MaxAbsDiff(p.First, p.Second)));
+            maxDiff = Math.Max(maxDiff, cachedLogits.Zip(noCacheLogits).Concat(cachedLogits.Zip(recomputedLogits)).Max(p => ErrorMetrics.MaxAbsDiff(p.First, p.Second)));
             range = Math.Max(range, noCacheLogits.Max(l => l.Max() - l.Min()));
         }
 
@@ -59,7 +59,7 @@ public sealed class TextGeneratorTests
             (GenerationResult recomputed, List<float[]> recomputedLogits) = Run(plain, prompt, options);
 
             CollectionAssert.AreEqual(recomputed.NewTokens.ToArray(), cached.NewTokens.ToArray(), $"'{prompt}'");
-            Assert.IsLessThanOrEqualTo(StepLogitTolerance, cachedLogits.Zip(recomputedLogits).Max(p => OrtRunner.MaxAbsDiff(p.First, p.Second)));
+            Assert.IsLessThanOrEqualTo(StepLogitTolerance, cachedLogits.Zip(recomputedLogits).Max(p => ErrorMetrics.MaxAbsDiff(p.First, p.Second)));
         }
     }
 
@@ -74,7 +74,7 @@ public sealed class TextGeneratorTests
         float[] actual = kv.Logits(ids, batch: 2);
 
         Assert.AreEqual(expected.Length, actual.Length);
-        Assert.IsLessThanOrEqualTo(FullSequenceTolerance, OrtRunner.MaxAbsDiff(expected, actual));
+        Assert.IsLessThanOrEqualTo(FullSequenceTolerance, ErrorMetrics.MaxAbsDiff(expected, actual));
         Assert.IsGreaterThan(1f, expected.Max() - expected.Min(), "logits must not be flat");
     }
 

@@ -29,7 +29,7 @@ public sealed class Llama2cConverterTests
         float[] actual = ours.Logits(ids, batch: 2);
 
         Assert.AreEqual(expected.Length, actual.Length);
-        float maxDiff = OrtRunner.MaxAbsDiff(expected, actual);
+        float maxDiff = ErrorMetrics.MaxAbsDiff(expected, actual);
         Assert.IsTrue(maxDiff <= LogitTolerance, $"max |diff| {maxDiff} > {LogitTolerance}");
         Assert.IsTrue(expected.Max() - expected.Min() > 1f, "reference logits must not be flat");
     }

@@ -34,7 +34,7 @@ public sealed class LlamaBuilderTests
         float[] actual = torch.Logits(s_ids, batch: 2);
         dispose();
 
-        float diff = OrtRunner.MaxAbsDiff(expected, actual);
+        float diff = ErrorMetrics.MaxAbsDiff(expected, actual);
         Assert.IsTrue(diff <= Fp32Tolerance, $"max |diff| {diff}");
         Assert.IsTrue(expected.Max() - expected.Min() > 0.5f, "logits must not be flat");
     }
@@ -45,7 +45,7 @@ public sealed class LlamaBuilderTests
         using var dir = new TempDir();
         using var a = ModelRunner.FromModel(TorchLlamaBuilder.Build(s_small with { Rope = RopeStyle.RotateHalf }), dir, "a.onnx");
         using var b = ModelRunner.FromModel(TorchLlamaBuilder.Build(s_small with { Rope = RopeStyle.Interleaved }), dir, "b.onnx");
-        Assert.IsTrue(OrtRunner.MaxAbsDiff(a.Logits(s_ids), b.Logits(s_ids)) > 1e-3f);
+        Assert.IsTrue(ErrorMetrics.MaxAbsDiff(a.Logits(s_ids), b.Logits(s_ids)) > 1e-3f);
     }
 
     [TestMethod]
@@ -55,7 +55,7 @@ public sealed class LlamaBuilderTests
         using var runner = ModelRunner.FromModel(TorchLlamaBuilder.Build(s_small), dir);
         float[] plain = runner.Logits([1, 17, 5, 99]);
         float[] padded = runner.Logits([1, 17, 5, 99, 0, 0], mask: [1, 1, 1, 1, 0, 0]);
-        Assert.IsTrue(OrtRunner.MaxAbsDiff(plain, padded[..plain.Length]) <= 1e-6f);
+        Assert.IsTrue(ErrorMetrics.MaxAbsDiff(plain, padded[..plain.Length]) <= 1e-6f);
     }
 
     [TestMethod]
@@ -106,7 +106,7 @@ public sealed class LlamaBuilderTests
 
         using var step = session.Run(runOptions, stepInputs.Keys.ToArray(), stepInputs.Values.ToArray(), ["logits"]);
         float[] last = step[0].GetTensorDataAsSpan<float>().ToArray();
-        float diff = OrtRunner.MaxAbsDiff(full[^s_small.Vocab..], last);
+        float diff = ErrorMetrics.MaxAbsDiff(full[^s_small.Vocab..], last);
         Assert.IsTrue(diff <= Fp32Tolerance, $"max |diff| {diff}");
     }
 
@@ -128,7 +128,7 @@ public sealed class LlamaBuilderTests
         d1();
         float[] b = fused.Logits(s_ids, extra: EmptyPast(config, 1, DataType.Float, out var d2));
         d2();
-        float diff = OrtRunner.MaxAbsDiff(a, b);
+        float diff = ErrorMetrics.MaxAbsDiff(a, b);
         Assert.IsTrue(diff <= Fp32Tolerance, $"max |diff| {diff}");
     }
 
@@ -145,7 +145,7 @@ public sealed class LlamaBuilderTests
         d1();
         float[] b = separate.Logits(s_ids, extra: EmptyPast(s_small, 1, DataType.Float, out var d2));
         d2();
-        Assert.IsTrue(OrtRunner.MaxAbsDiff(a, b) <= 1e-5f);
+        Assert.IsTrue(ErrorMetrics.MaxAbsDiff(a, b) <= 1e-5f);
     }
 
     [TestMethod]
@@ -174,7 +174,7 @@ public sealed class LlamaBuilderTests
         using var outputs = session.Run(runOptions, inputs.Keys.ToArray(), inputs.Values.ToArray(), ["logits"]);
         d2();
         float[] actual = outputs[0].GetTensorDataAsSpan<Float16>().ToArray().Select(h => (float)h).ToArray();
-        float diff = OrtRunner.MaxAbsDiff(expected, actual);
+        float diff = ErrorMetrics.MaxAbsDiff(expected, actual);
         Assert.IsTrue(diff <= Fp16Tolerance, $"max |diff| {diff}");
     }
 
@@ -196,9 +196,9 @@ public sealed class LlamaBuilderTests
         d2();
         float[] f = unquantized.Logits(s_ids, extra: EmptyPast(s_small, 1, DataType.Float, out var d3));
         d3();
-        float diff = OrtRunner.MaxAbsDiff(q, r);
+        float diff = ErrorMetrics.MaxAbsDiff(q, r);
         Assert.IsTrue(diff <= Fp32Tolerance, $"int4 vs dequantized float: max |diff| {diff}");
-        Assert.IsTrue(OrtRunner.MaxAbsDiff(q, f) > 10 * Fp32Tolerance, "quantization must change the logits, else the test proves nothing");
+        Assert.IsTrue(ErrorMetrics.MaxAbsDiff(q, f) > 10 * Fp32Tolerance, "quantization must change the logits, else the test proves nothing");
     }
 
     [TestMethod]

@@ -16,8 +16,8 @@ public sealed class MatMulNBitsCodecTests
     public void Quantize_OrtMatMulNBits_EqualsFloatMatMulOnDequantizedWeight(int k, int n, int blockSize)
     {
         var rng = new Random(20261125);
-        float[] w = Enumerable.Range(0, k * n).Select(_ => (float)((rng.NextDouble() * 2) - 1)).ToArray();
-        float[] x = Enumerable.Range(0, 3 * k).Select(_ => (float)((rng.NextDouble() * 2) - 1)).ToArray();
+        float[] w = TestArrays.Uniform(k * n, rng);
+        float[] x = TestArrays.Uniform(3 * k, rng);
         MatMulNBitsWeights q = MatMulNBitsCodec.Quantize(w, k, n, blockSize);
         var deq = new float[k * n];
         MatMulNBitsCodec.Dequantize(q, deq);
@@ -53,7 +53,7 @@ public sealed class MatMulNBitsCodecTests
             }
         }
 
-        float diff = OrtRunner.MaxAbsDiff(expected, actual);
+        float diff = ErrorMetrics.MaxAbsDiff(expected, actual);
         Assert.IsTrue(diff <= 1e-5f, $"max |diff| {diff}");
     }
 

@@ -24,7 +24,7 @@ public sealed class AdapterSlotsOrtTests
         Assert.AreEqual(15, manifest.Modules.Count);
         string slotsPath = LoraTestSupport.Save(slots, dir, "slots.onnx");
 
-        float none = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(slotsPath), baseOut);
+        float none = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(slotsPath), baseOut);
         Assert.IsTrue(none <= Tolerances.ZeroAdapterAbs, $"no adapter changed the logits by {none}");
 
         // A rank-3 adapter, B with the scale folded in (as Olive/GenAI adapters carry it), written as .onnx_adapter.
@@ -34,8 +34,8 @@ public sealed class AdapterSlotsOrtTests
         int seed = 40;
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            float[] a = LoraTestSupport.Random((int)m.InFeatures * R, seed++, 0.1f);
-            float[] b = LoraTestSupport.Random(R * (int)m.OutFeatures, seed++, 0.1f);
+            float[] a = TestArrays.Uniform((int)m.InFeatures * R, seed++, 0.1f);
+            float[] b = TestArrays.Uniform(R * (int)m.OutFeatures, seed++, 0.1f);
             parameters.Add(AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], a));
             parameters.Add(AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], b));
             adapters[m.Module] = (a, b);
@@ -56,10 +56,10 @@ public sealed class AdapterSlotsOrtTests
         LoraManifest unitScale = manifest with { Modules = manifest.Modules.Select(m => m with { Rank = R, Alpha = R }).ToList() };
         LoraTestSupport.MergeIntoBase(reference, unitScale, adapters);
         Dictionary<string, float[]> refOut = OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx"));
-        float rel = LoraTestSupport.RelativeError(viaOrt, refOut);
+        float rel = ErrorMetrics.RelativeError(viaOrt, refOut);
         Console.WriteLine($"slots + .onnx_adapter vs merged base: rel error {rel:E2}; no adapter vs base {none:E2}");
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
-        Assert.IsTrue(LoraTestSupport.RelativeError(viaOrt, baseOut) > 1e-3f, "the adapter did not change the logits");
+        Assert.IsTrue(ErrorMetrics.RelativeError(viaOrt, baseOut) > 1e-3f, "the adapter did not change the logits");
     }
 
     [TestMethod]
@@ -86,8 +86,8 @@ public sealed class AdapterSlotsOrtTests
         foreach (LoraModuleInfo m in manifest.Modules)
         {
             int r = m.Module.EndsWith("q_proj", StringComparison.Ordinal) ? 4 : 8;
-            float[] a = LoraTestSupport.Random((int)m.InFeatures * r, seed++, 0.1f);
-            float[] b = LoraTestSupport.Random(r * (int)m.OutFeatures, seed++, 0.1f);
+            float[] a = TestArrays.Uniform((int)m.InFeatures * r, seed++, 0.1f);
+            float[] b = TestArrays.Uniform(r * (int)m.OutFeatures, seed++, 0.1f);
             parameters.Add(AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, r], a));
             parameters.Add(AdapterParameter.FromFloats(m.LoraB, [r, m.OutFeatures], b));
             adapters[m.Module] = (a, b);
@@ -110,9 +110,9 @@ public sealed class AdapterSlotsOrtTests
         LoraManifest unitScale = manifest with { Modules = manifest.Modules.Select(m => m with { Rank = ranks[m.Module], Alpha = ranks[m.Module], UseRsLora = false }).ToList() };
         LoraTestSupport.MergeIntoBase(reference, unitScale, adapters);
         Dictionary<string, float[]> refOut = OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx"));
-        float rel = LoraTestSupport.RelativeError(viaOrt, refOut);
+        float rel = ErrorMetrics.RelativeError(viaOrt, refOut);
         Console.WriteLine($"slots (ranks 4 and 8) + .onnx_adapter vs merged base: rel error {rel:E2}");
         Assert.IsTrue(rel <= 1e-5f, $"relative error {rel}");
-        Assert.IsTrue(LoraTestSupport.RelativeError(viaOrt, OrtRunner.Run(basePath)) > 1e-3f, "the adapter did not change the logits");
+        Assert.IsTrue(ErrorMetrics.RelativeError(viaOrt, OrtRunner.Run(basePath)) > 1e-3f, "the adapter did not change the logits");
     }
 }

@@ -65,12 +65,12 @@ public sealed class BuilderModelsTests
         Dictionary<string, float[]> baseOut = OrtRunner.Run(LoraTestSupport.Save(baseModel, dir, "base.onnx"));
         using Model lora = s_models[key]();
         LoraManifest manifest = LoraInjector.Inject(lora, new LoraOptions { Rank = 4, Alpha = 8 });
-        float zero = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx")), baseOut);
+        float zero = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx")), baseOut);
         Assert.IsTrue(zero <= Tolerances.ZeroAdapterAbs, $"B=0 changed outputs by {zero}");
 
         var adapters = LoraTestSupport.RandomizeAdapters(lora, manifest, seed: 8, scale: 0.05f);
         Dictionary<string, float[]> loraOut = OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora.onnx"));
-        float changed = LoraTestSupport.RelativeError(loraOut, baseOut);
+        float changed = ErrorMetrics.RelativeError(loraOut, baseOut);
         if (key == "genai-int4")
         {
             // The int4 reference (dequantized W + s·A·B) is checked on a single layer in InsertLoraAdaptersPassTests.
@@ -82,7 +82,7 @@ public sealed class BuilderModelsTests
         LoraTestSupport.MergeIntoBase(reference, manifest, adapters);
         Dictionary<string, float[]> refOut = OrtRunner.Run(LoraTestSupport.Save(reference, dir, "merged.onnx"));
         float tolerance = key.Contains("fp16", StringComparison.Ordinal) ? Tolerances.MergedRelFp16 : Tolerances.MergedRelFp32;
-        float rel = LoraTestSupport.RelativeError(loraOut, refOut);
+        float rel = ErrorMetrics.RelativeError(loraOut, refOut);
         Console.WriteLine($"{key}: {manifest.Modules.Count} modules; B=0 {zero:E2}; rel error {rel:E2} (tolerance {tolerance:E0}); rel change {changed:E2}");
         Assert.IsTrue(rel <= tolerance, $"relative error {rel} > {tolerance}");
         Assert.IsTrue(changed > 10 * tolerance, $"random adapters barely changed the outputs ({changed})");

@@ -68,7 +68,7 @@ public sealed class ConstantWeightTests
 
         Dictionary<string, float[]> expected = OrtRunner.Run(basePath);
         Dictionary<string, float[]> actual = OrtRunner.Run(loraPath);
-        Assert.AreEqual(0f, LoraTestSupport.MaxAbsDiff(actual, expected), "B = 0 adds exact zeros");
+        Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(actual, expected), "B = 0 adds exact zeros");
     }
 
     [TestMethod]
@@ -93,10 +93,10 @@ public sealed class ConstantWeightTests
         Dictionary<string, float[]> unmerged = OrtRunner.Run(loraPath);
         Dictionary<string, float[]> merged = OrtRunner.Run(mergedPath);
         Dictionary<string, float[]> baseline = OrtRunner.Run(basePath);
-        float error = LoraTestSupport.RelativeError(merged, unmerged);
+        float error = ErrorMetrics.RelativeError(merged, unmerged);
         Console.WriteLine($"paddle-style merged vs unmerged: max rel error {error:E2} (bound {MergedRel:E0})");
         Assert.IsLessThanOrEqualTo(MergedRel, error);
-        Assert.IsGreaterThan(100 * MergedRel, LoraTestSupport.RelativeError(baseline, unmerged), "the adapter changes the output");
+        Assert.IsGreaterThan(100 * MergedRel, ErrorMetrics.RelativeError(baseline, unmerged), "the adapter changes the output");
 
         using Model baseModel = OnnxReader.Load(basePath);
         using Model mergedModel = OnnxReader.Load(mergedPath);
@@ -122,7 +122,7 @@ public sealed class ConstantWeightTests
 
         Assert.AreEqual(0, CliRunner.Run("export-adapter", loraPath, "--peft", dir.File("peft")).ExitCode);
         Assert.AreEqual(0, CliRunner.Run("merge", basePath, "--adapter", dir.File("peft"), "-o", dir.File("merged.onnx")).ExitCode);
-        float error = LoraTestSupport.RelativeError(OrtRunner.Run(dir.File("merged.onnx")), OrtRunner.Run(loraPath));
+        float error = ErrorMetrics.RelativeError(OrtRunner.Run(dir.File("merged.onnx")), OrtRunner.Run(loraPath));
         Assert.IsLessThanOrEqualTo(MergedRel, error);
         using Model merged = OnnxReader.Load(dir.File("merged.onnx"));
         Assert.AreEqual(0, merged.Graph.Initializers.Count, "Constant weights stay Constant nodes");

@@ -58,16 +58,16 @@ public sealed class ConvEmbeddingLoraTests
                 LoraManifest manifest = LoraInjector.Inject(lora, new LoraOptions { Rank = 4, Alpha = 8, Targets = targets });
                 Assert.AreEqual(targets.Length, manifest.Modules.Count);
                 Dictionary<string, float[]> expected = OrtRunner.Run(basePath);
-                Assert.AreEqual(0f, LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, name + "-lora.onnx")), expected), name);
+                Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, name + "-lora.onnx")), expected), name);
 
                 // B = 0 with a random A (the Linear/Conv init; the embedding starts from A = 0) is the identity too.
                 foreach (LoraModuleInfo m in manifest.Modules)
                 {
-                    lora.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], LoraTestSupport.Random((int)m.InFeatures * m.Rank, 3)));
+                    lora.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], TestArrays.Uniform((int)m.InFeatures * m.Rank, 3)));
                     lora.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], new float[m.Rank * m.OutFeatures]));
                 }
 
-                Assert.AreEqual(0f, LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, name + "-b0.onnx")), expected), name + " B = 0");
+                Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, name + "-b0.onnx")), expected), name + " B = 0");
             }
         }
     }
@@ -85,10 +85,10 @@ public sealed class ConvEmbeddingLoraTests
                 string mergedPath = dir.File(name + "-merged.onnx");
                 LoraMerger.Merge(loraPath, mergedPath);
                 Dictionary<string, float[]> unmerged = OrtRunner.Run(loraPath);
-                float error = LoraTestSupport.RelativeError(OrtRunner.Run(mergedPath), unmerged);
+                float error = ErrorMetrics.RelativeError(OrtRunner.Run(mergedPath), unmerged);
                 Console.WriteLine($"{name}: merged vs unmerged max rel error {error:E2}");
                 Assert.IsLessThanOrEqualTo(MergedRel, error, name);
-                Assert.IsGreaterThan(100 * MergedRel, LoraTestSupport.RelativeError(OrtRunner.Run(basePath), unmerged), name + ": the adapter changes the output");
+                Assert.IsGreaterThan(100 * MergedRel, ErrorMetrics.RelativeError(OrtRunner.Run(basePath), unmerged), name + ": the adapter changes the output");
 
                 // Independent delta: W' = W + s·Σ_r B[r, o]·A[(i, k…), r] on the stored [out, in, k…] (Conv) / [rows, dim]
                 // (Embedding) weights, computed here and run through ORT.
@@ -104,7 +104,7 @@ public sealed class ConvEmbeddingLoraTests
                     reference.Graph.Initializers.SetData(m.BaseWeight, new InMemoryTensor(m.BaseWeight, DataType.Float, w.Initializer!.Dims, TensorConvert.FromFloat32(outIn ? LoraTestSupport.Transpose(merged, inF, outF) : merged, DataType.Float)));
                 }
 
-                float refError = LoraTestSupport.RelativeError(OrtRunner.Run(LoraTestSupport.Save(reference, dir, name + "-ref.onnx")), unmerged);
+                float refError = ErrorMetrics.RelativeError(OrtRunner.Run(LoraTestSupport.Save(reference, dir, name + "-ref.onnx")), unmerged);
                 Assert.IsLessThanOrEqualTo(MergedRel, refError, name + ": independent W + s·B⊗A");
             }
         }
@@ -133,7 +133,7 @@ public sealed class ConvEmbeddingLoraTests
         // PEFT folder → plain base merge (the importer reads the Conv and Embedding forms back).
         (code, _, stderr) = CliRunner.Run("merge", basePath, "--adapter", dir.File("peft"), "-o", dir.File("merged.onnx"));
         Assert.AreEqual(0, code, stderr);
-        Assert.IsLessThanOrEqualTo(MergedRel, LoraTestSupport.RelativeError(OrtRunner.Run(dir.File("merged.onnx")), OrtRunner.Run(loraPath)));
+        Assert.IsLessThanOrEqualTo(MergedRel, ErrorMetrics.RelativeError(OrtRunner.Run(dir.File("merged.onnx")), OrtRunner.Run(loraPath)));
     }
 
     [TestMethod]
@@ -147,7 +147,7 @@ public sealed class ConvEmbeddingLoraTests
         using Model slots = OnnxReader.Load(basePath);
         LoraManifest slotManifest = LoraInjector.Inject(slots, new LoraOptions { Targets = s_paddleConvs, Placement = LoraPlacement.AdapterSlots });
         string slotsPath = LoraTestSupport.Save(slots, dir, "slots.onnx");
-        Assert.AreEqual(0f, LoraTestSupport.MaxAbsDiff(OrtRunner.Run(slotsPath), OrtRunner.Run(basePath)), "r = 0 slots change nothing");
+        Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(OrtRunner.Run(slotsPath), OrtRunner.Run(basePath)), "r = 0 slots change nothing");
 
         using Model loraModel = OnnxReader.Load(loraPath);
         AdapterFile adapter = LoraWeights.FromModel(loraModel, trained, loraPath).ToAdapterFile(slotManifest);
@@ -161,8 +161,8 @@ public sealed class ConvEmbeddingLoraTests
             viaOrt = OrtRunner.Run(slotsPath, runOptions: options);
         }
 
-        float error = LoraTestSupport.RelativeError(viaOrt, OrtRunner.Run(loraPath));
-        Assert.IsGreaterThan(100 * MergedRel, LoraTestSupport.RelativeError(viaOrt, OrtRunner.Run(basePath)), "the adapter changes the output");
+        float error = ErrorMetrics.RelativeError(viaOrt, OrtRunner.Run(loraPath));
+        Assert.IsGreaterThan(100 * MergedRel, ErrorMetrics.RelativeError(viaOrt, OrtRunner.Run(basePath)), "the adapter changes the output");
         Console.WriteLine($"paddle conv slots + .onnx_adapter vs LoRA model: max rel error {error:E2}");
         Assert.IsLessThanOrEqualTo(MergedRel, error);
     }
@@ -180,7 +180,7 @@ public sealed class ConvEmbeddingLoraTests
         Dictionary<string, float[]> loraOut = OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora.onnx"));
         using Model reference = OnnxReader.Load(basePath);
         LoraTestSupport.MergeIntoBase(reference, manifest, adapters);
-        float rel = LoraTestSupport.RelativeError(loraOut, OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx")));
+        float rel = ErrorMetrics.RelativeError(loraOut, OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx")));
         Assert.IsLessThanOrEqualTo(Tolerances.MergedRelFp32, rel);
     }
 

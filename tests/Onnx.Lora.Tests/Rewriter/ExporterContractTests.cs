@@ -27,7 +27,7 @@ public sealed class ExporterContractTests
         string mergedPath = dir.File("merged.onnx");
         LoraMerger.Merge(loraPath, mergedPath, null);
         Dictionary<string, float[]> mergedOut = OrtRunner.Run(mergedPath);
-        float rel = LoraTestSupport.RelativeError(mergedOut, loraOut);
+        float rel = ErrorMetrics.RelativeError(mergedOut, loraOut);
         Console.WriteLine($"{relativePath} dora={dora}: merged vs LoRA rel error {rel:E2}");
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
     }
@@ -43,8 +43,8 @@ public sealed class ExporterContractTests
         int seed = 60;
         var parameters = manifest.Modules.SelectMany(m => new[]
         {
-            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], LoraTestSupport.Random((int)m.InFeatures * R, seed++, 0.1f)),
-            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], LoraTestSupport.Random(R * (int)m.OutFeatures, seed++, 0.1f)),
+            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], TestArrays.Uniform((int)m.InFeatures * R, seed++, 0.1f)),
+            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], TestArrays.Uniform(R * (int)m.OutFeatures, seed++, 0.1f)),
         }).ToList();
         string adapterPath = dir.File("task.onnx_adapter");
         Onnx.Lora.Exporter.Formats.OnnxAdapterFormat.Write(new Onnx.Lora.Exporter.Formats.AdapterFile { Parameters = parameters }, adapterPath);
@@ -59,7 +59,7 @@ public sealed class ExporterContractTests
 
         string mergedPath = dir.File("merged.onnx");
         LoraMerger.Merge(slotsPath, mergedPath, adapterPath);
-        float rel = LoraTestSupport.RelativeError(OrtRunner.Run(mergedPath), viaOrt);
+        float rel = ErrorMetrics.RelativeError(OrtRunner.Run(mergedPath), viaOrt);
         Console.WriteLine($"slots + adapter: merged vs ORT adapter run rel error {rel:E2}");
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
     }

@@ -75,7 +75,7 @@ public sealed class FixtureTargetsTests
         Dictionary<string, float[]> baseOut = OrtRunner.Run(basePath);
         using Model lora = OnnxReader.Load(basePath);
         LoraManifest manifest = LoraInjector.Inject(lora, options);
-        float zero = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx")), baseOut);
+        float zero = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx")), baseOut);
         Assert.IsTrue(zero <= Tolerances.ZeroAdapterAbs, $"B=0 changed outputs by {zero}");
 
         var adapters = LoraTestSupport.RandomizeAdapters(lora, manifest, seed: 21, scale: 0.05f);
@@ -86,8 +86,8 @@ public sealed class FixtureTargetsTests
 
         bool fp16 = manifest.Modules.Any(m => reference.Graph.Initializers[m.BaseWeight].Initializer!.DataType == DataType.Float16);
         float tolerance = fp16 ? Tolerances.MergedRelFp16 : Tolerances.MergedRelFp32;
-        float rel = LoraTestSupport.RelativeError(loraOut, refOut);
-        float changed = LoraTestSupport.RelativeError(loraOut, baseOut);
+        float rel = ErrorMetrics.RelativeError(loraOut, refOut);
+        float changed = ErrorMetrics.RelativeError(loraOut, baseOut);
         Console.WriteLine($"{relativePath}: {manifest.Modules.Count} modules; B=0 max abs diff {zero:E2}; rel error {rel:E2} (tolerance {tolerance:E0}); rel change {changed:E2}");
         Assert.IsTrue(rel <= tolerance, $"relative error {rel} > {tolerance}");
         Assert.IsTrue(changed > 10 * tolerance, $"random adapters barely changed the outputs ({changed}); the comparison would be vacuous");

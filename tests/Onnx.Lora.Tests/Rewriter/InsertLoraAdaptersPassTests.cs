@@ -23,7 +23,7 @@ public sealed class InsertLoraAdaptersPassTests
         LoraManifest manifest = LoraInjector.Inject(lora, options);
         Assert.IsTrue(manifest.Modules.Count > 0);
         Dictionary<string, float[]> zeroOut = OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx"));
-        float zeroDiff = LoraTestSupport.MaxAbsDiff(zeroOut, baseOut);
+        float zeroDiff = ErrorMetrics.MaxAbsDiff(zeroOut, baseOut);
         Assert.IsTrue(zeroDiff <= Tolerances.ZeroAdapterAbs, $"B=0 changed the output by {zeroDiff}");
 
         var adapters = LoraTestSupport.RandomizeAdapters(lora, manifest, seed: 77);
@@ -32,8 +32,8 @@ public sealed class InsertLoraAdaptersPassTests
         LoraTestSupport.MergeIntoBase(reference, manifest, adapters);
         Dictionary<string, float[]> refOut = OrtRunner.Run(LoraTestSupport.Save(reference, dir, "merged.onnx"));
 
-        float rel = LoraTestSupport.RelativeError(loraOut, refOut);
-        float changed = LoraTestSupport.RelativeError(loraOut, baseOut);
+        float rel = ErrorMetrics.RelativeError(loraOut, refOut);
+        float changed = ErrorMetrics.RelativeError(loraOut, baseOut);
         Assert.IsTrue(rel <= tolerance, $"relative error {rel} > {tolerance}");
         Assert.IsTrue(changed > 10 * tolerance, $"the adapter did not change the output (rel change {changed}); the test would be vacuous");
         Console.WriteLine($"B=0 max abs diff {zeroDiff:E2}; random A,B rel error {rel:E2} (tolerance {tolerance:E0}); rel change vs base {changed:E2}");
@@ -91,7 +91,7 @@ public sealed class InsertLoraAdaptersPassTests
             Dictionary<string, float[]> baseOut = OrtRunner.Run(LoraTestSupport.Save(nbits, dir, "base.onnx"));
             using Model deqModel = NBitsGraph.AsMatMul(dequant);
             Dictionary<string, float[]> deqOut = OrtRunner.Run(LoraTestSupport.Save(deqModel, dir, "deq.onnx"));
-            Assert.IsTrue(LoraTestSupport.RelativeError(baseOut, deqOut) < 1e-5f, "the test's own dequantization disagrees with ORT's MatMulNBits");
+            Assert.IsTrue(ErrorMetrics.RelativeError(baseOut, deqOut) < 1e-5f, "the test's own dequantization disagrees with ORT's MatMulNBits");
 
             LoraManifest manifest = LoraInjector.Inject(nbits, new LoraOptions { Rank = 2, Alpha = 4 });
             LoraModuleInfo module = manifest.Modules.Single();
@@ -101,14 +101,14 @@ public sealed class InsertLoraAdaptersPassTests
             Assert.AreEqual(NBitsGraph.BlockSize, module.BlockSize);
             Assert.AreEqual("model.layers.0.mlp.down_proj", module.Module);
 
-            float zero = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(nbits, dir, "lora0.onnx")), baseOut);
+            float zero = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(nbits, dir, "lora0.onnx")), baseOut);
             Assert.IsTrue(zero <= Tolerances.ZeroAdapterAbs, $"B=0 changed the output by {zero}");
 
             var adapters = LoraTestSupport.RandomizeAdapters(nbits, manifest, seed: 5);
             Dictionary<string, float[]> loraOut = OrtRunner.Run(LoraTestSupport.Save(nbits, dir, "lora.onnx"));
             float[] merged = LoraTestSupport.AddDelta(dequant, adapters[module.Module].A, adapters[module.Module].B, NBitsGraph.K, NBitsGraph.N, 2, 4 / 2.0);
             using Model refModel = NBitsGraph.AsMatMul(merged);
-            float rel = LoraTestSupport.RelativeError(loraOut, OrtRunner.Run(LoraTestSupport.Save(refModel, dir, "ref.onnx")));
+            float rel = ErrorMetrics.RelativeError(loraOut, OrtRunner.Run(LoraTestSupport.Save(refModel, dir, "ref.onnx")));
             Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
         }
     }
@@ -138,7 +138,7 @@ public sealed class InsertLoraAdaptersPassTests
         LoraManifest manifest = LoraInjector.Inject(lora, options);
         LoraModuleInfo module = manifest.Modules.Single();
         Assert.IsNotNull(module.Magnitude);
-        float zero = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx")), baseOut);
+        float zero = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora0.onnx")), baseOut);
         Assert.IsTrue(zero <= 1e-5f, $"DoRA with B=0 changed the output by {zero}");
 
         var adapters = LoraTestSupport.RandomizeAdapters(lora, manifest, seed: 9);
@@ -166,9 +166,9 @@ public sealed class InsertLoraAdaptersPassTests
         float[] back = outIn ? LoraTestSupport.Transpose(w, inF, outF) : w;
         reference.Graph.Initializers.SetData(module.BaseWeight, InMemoryTensor.FromFloats(module.BaseWeight, stored.Dims, back));
         Dictionary<string, float[]> refOut = OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx"));
-        float rel = LoraTestSupport.RelativeError(loraOut, refOut);
+        float rel = ErrorMetrics.RelativeError(loraOut, refOut);
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
-        Assert.IsTrue(LoraTestSupport.RelativeError(loraOut, baseOut) > 1e-2f, "DoRA did not change the output");
+        Assert.IsTrue(ErrorMetrics.RelativeError(loraOut, baseOut) > 1e-2f, "DoRA did not change the output");
 
         // The weight norm is detached: it is computed behind a stop-gradient Identity.
         Assert.IsTrue(lora.Graph.Nodes.Any(GraphConventions.IsStopGradient));
@@ -186,7 +186,7 @@ public sealed class InsertLoraAdaptersPassTests
         LoraModuleInfo module = manifest.Modules.Single();
 
         // Residual + s·A·B reproduces W, so the model's output is unchanged.
-        float diff = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora.onnx")), baseOut);
+        float diff = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, "lora.onnx")), baseOut);
         Assert.IsTrue(diff < 1e-5f, $"PiSSA changed the output by {diff}");
 
         // s·A·B is the best rank-2 approximation: ‖W − s·A·B‖²_F = σ3² + ... + σ6² (Eckart–Young), σ from the test's own Jacobi SVD.
@@ -236,24 +236,24 @@ public sealed class InsertLoraAdaptersPassTests
         CollectionAssert.AreEqual(new long[] { TestGraphs.In, 0 }, aInput.Initializer!.Dims.ToArray());
         string path = LoraTestSupport.Save(slots, dir, "slots.onnx");
 
-        float none = LoraTestSupport.MaxAbsDiff(OrtRunner.Run(path), baseOut);
+        float none = ErrorMetrics.MaxAbsDiff(OrtRunner.Run(path), baseOut);
         Assert.IsTrue(none <= Tolerances.ZeroAdapterAbs, $"without an adapter the output changed by {none}");
 
         // Feed a rank-3 adapter with the scale already folded into B (as .onnx_adapter files carry it).
         const int R = 3;
-        float[] a = LoraTestSupport.Random(TestGraphs.In * R, 11, 0.5f);
-        float[] bFolded = LoraTestSupport.Random(R * TestGraphs.Out, 12, 0.5f);
+        float[] a = TestArrays.Uniform(TestGraphs.In * R, 11, 0.5f);
+        float[] bFolded = TestArrays.Uniform(R * TestGraphs.Out, 12, 0.5f);
         var feeds = new Dictionary<string, (float[], int[])>
         {
             [module.LoraA] = (a, [TestGraphs.In, R]),
             [module.LoraB] = (bFolded, [R, TestGraphs.Out]),
         };
-        Dictionary<string, float[]> fed = LoraTestSupport.RunWithFeeds(path, feeds);
+        Dictionary<string, float[]> fed = OrtRunner.RunWithFeeds(path, feeds);
 
         using Model reference = TestGraphs.MatMul();
         float[] w = reference.Graph.Initializers["onnx::MatMul_7"].Initializer!.ToFloat32();
         reference.Graph.Initializers.SetData("onnx::MatMul_7", InMemoryTensor.FromFloats("onnx::MatMul_7", [TestGraphs.In, TestGraphs.Out], LoraTestSupport.AddDelta(w, a, bFolded, TestGraphs.In, TestGraphs.Out, R, 1.0)));
-        float rel = LoraTestSupport.RelativeError(fed, OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx")));
+        float rel = ErrorMetrics.RelativeError(fed, OrtRunner.Run(LoraTestSupport.Save(reference, dir, "ref.onnx")));
         Assert.IsTrue(rel <= Tolerances.MergedRelFp32, $"relative error {rel}");
     }
 

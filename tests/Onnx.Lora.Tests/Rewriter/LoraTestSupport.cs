@@ -1,5 +1,3 @@
-using Microsoft.ML.OnnxRuntime;
-using Microsoft.ML.OnnxRuntime.Tensors;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Rewriter;
@@ -7,29 +5,9 @@ using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
 
-/// <summary>Tolerances of the rewriter tests, stated once.</summary>
-internal static class Tolerances
-{
-    /// <summary>B = 0: the branch adds exact zeros, so fp32 outputs must match to this (max abs diff).</summary>
-    public const float ZeroAdapterAbs = 1e-6f;
-
-    /// <summary>LoRA model vs base with W + s·A·B, fp32 (max abs diff / max abs of the reference).</summary>
-    public const float MergedRelFp32 = 1e-4f;
-
-    /// <summary>The same for fp16 bases: the reference rounds W + s·A·B to fp16, the branch rounds x·A and x·A·B.</summary>
-    public const float MergedRelFp16 = 5e-3f;
-}
-
 /// <summary>Reference math and ORT helpers for the rewriter tests, independent of the code under test.</summary>
 internal static class LoraTestSupport
 {
-    /// <summary>Seeded uniform values in [-scale, scale].</summary>
-    public static float[] Random(int count, int seed, float scale = 1f)
-    {
-        var rng = new Random(seed);
-        return Enumerable.Range(0, count).Select(_ => (float)((rng.NextDouble() * 2 - 1) * scale)).ToArray();
-    }
-
     /// <summary>W [in,out] + s·A [in,r]·B [r,out], in double.</summary>
     public static float[] AddDelta(float[] w, float[] a, float[] b, int inF, int outF, int r, double s)
     {
@@ -72,8 +50,8 @@ internal static class LoraTestSupport
         int k = 0;
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            float[] a = Random((int)(m.InFeatures * m.Rank), seed + k++, scale);
-            float[] b = Random((int)(m.Rank * m.OutFeatures), seed + k++, scale);
+            float[] a = TestArrays.Uniform((int)(m.InFeatures * m.Rank), seed + k++, scale);
+            float[] b = TestArrays.Uniform((int)(m.Rank * m.OutFeatures), seed + k++, scale);
             model.Graph.Initializers.SetData(m.LoraA, InMemoryTensor.FromFloats(m.LoraA, [m.InFeatures, m.Rank], a));
             model.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], b));
             values[m.Module] = (a, b);
@@ -104,36 +82,5 @@ internal static class LoraTestSupport
         string path = dir.File(name);
         OnnxWriter.Save(model, path, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
         return path;
-    }
-
-    /// <summary>max |a − b| / max |b| over every output.</summary>
-    public static float RelativeError(Dictionary<string, float[]> actual, Dictionary<string, float[]> expected)
-    {
-        float worst = 0;
-        foreach ((string name, float[] e) in expected)
-        {
-            float scale = e.Max(MathF.Abs);
-            float diff = OrtRunner.MaxAbsDiff(actual[name], e);
-            worst = MathF.Max(worst, diff / MathF.Max(scale, 1e-12f));
-        }
-
-        return worst;
-    }
-
-    public static float MaxAbsDiff(Dictionary<string, float[]> actual, Dictionary<string, float[]> expected)
-    {
-        CollectionAssert.AreEquivalent(expected.Keys.ToArray(), actual.Keys.ToArray());
-        return expected.Max(kv => OrtRunner.MaxAbsDiff(actual[kv.Key], kv.Value));
-    }
-
-    /// <summary>Runs a model with OrtRunner's generated inputs plus <paramref name="extra"/> float32 feeds (e.g. adapter slots).</summary>
-    public static Dictionary<string, float[]> RunWithFeeds(string modelPath, IReadOnlyDictionary<string, (float[] Data, int[] Dims)> extra, int seed = 20261125)
-    {
-        using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_DISABLE_ALL, IntraOpNumThreads = 1 };
-        using var session = new InferenceSession(modelPath, options);
-        var inputs = OrtRunner.MakeInputs(session, seed, null).Where(kv => !extra.ContainsKey(kv.Key)).Select(kv => kv.Value).ToList();
-        inputs.AddRange(extra.Select(kv => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<float>(kv.Value.Data, kv.Value.Dims))));
-        using var results = session.Run(inputs);
-        return results.ToDictionary(r => r.Name, OrtRunner.ToFloats);
     }
 }

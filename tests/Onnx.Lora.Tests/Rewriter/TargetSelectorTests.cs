@@ -138,9 +138,9 @@ public sealed class TargetSelectorTests
         // Tied embeddings: the table feeds the Gather and, transposed, the last MatMul (whose output is not named logits).
         var b = new GraphBuilder("tied");
         Value ids = b.Input("input_ids", DataType.Int64, 1, 3);
-        Value table = b.Floats("model.embed_tokens.weight", [10, 4], LoraTestSupport.Random(40, 1));
+        Value table = b.Floats("model.embed_tokens.weight", [10, 4], TestArrays.Uniform(40, 1));
         Value h = b.Op("Gather", [table, ids]);
-        h = b.MatMul(h, b.Floats("model.layers.0.mlp.up_proj.weight", [4, 4], LoraTestSupport.Random(16, 2)), "/model/layers.0/mlp/up_proj/MatMul");
+        h = b.MatMul(h, b.Floats("model.layers.0.mlp.up_proj.weight", [4, 4], TestArrays.Uniform(16, 2)), "/model/layers.0/mlp/up_proj/MatMul");
         b.Output(b.MatMul(h, b.Transpose(table, [1, 0]), "/MatMul"), "scores", DataType.Float, 1, 3, 10);
         IReadOnlyList<LinearTarget> targets = TargetDiscovery.Find(b.Model);
         Assert.AreEqual(2, targets.Count);

@@ -1,4 +1,5 @@
 using Onnx.Lora.Graph;
+using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
 
@@ -13,14 +14,14 @@ internal static class TestGraphs
     {
         var b = new GraphBuilder("matmul", 17);
         Value x = b.Input("x", DataType.Float, 2, 3, In);
-        float[] w = LoraTestSupport.Random(In * Out, seed);
+        float[] w = TestArrays.Uniform(In * Out, seed);
         Value weight = transposedWeight
             ? b.Transpose(b.Floats("model.layers.0.self_attn.q_proj.weight", [Out, In], LoraTestSupport.Transpose(w, In, Out)), [1, 0])
             : b.Floats("onnx::MatMul_7", [In, Out], w);
         Value y = b.MatMul(x, weight, "/model/layers.0/self_attn/q_proj/MatMul");
         if (withBias)
         {
-            y = b.Add(y, b.Floats("model.layers.0.self_attn.q_proj.bias", [Out], LoraTestSupport.Random(Out, seed + 100)));
+            y = b.Add(y, b.Floats("model.layers.0.self_attn.q_proj.bias", [Out], TestArrays.Uniform(Out, seed + 100)));
         }
 
         b.Output(y, "y", DataType.Float, 2, 3, Out);
@@ -32,11 +33,11 @@ internal static class TestGraphs
     {
         var b = new GraphBuilder("gemm", 17);
         Value x = transA ? b.Input("x", DataType.Float, In, 4) : b.Input("x", DataType.Float, 4, In);
-        float[] w = LoraTestSupport.Random(In * Out, seed);
+        float[] w = TestArrays.Uniform(In * Out, seed);
         Value weight = transB
             ? b.Floats("fc.weight", [Out, In], LoraTestSupport.Transpose(w, In, Out))
             : b.Floats("fc.weight", [In, Out], w);
-        var inputs = withBias ? new Value?[] { x, weight, b.Floats("fc.bias", [Out], LoraTestSupport.Random(Out, seed + 1)) } : [x, weight];
+        var inputs = withBias ? new Value?[] { x, weight, b.Floats("fc.bias", [Out], TestArrays.Uniform(Out, seed + 1)) } : [x, weight];
         Value y = b.Op("Gemm", inputs, [Attr.Int("transA", transA ? 1 : 0), Attr.Int("transB", transB ? 1 : 0)], name: "/model/layers.1/mlp/fc1/Gemm");
         b.Output(y, "y", DataType.Float, 4, Out);
         return b.Model;
@@ -47,7 +48,7 @@ internal static class TestGraphs
     {
         var b = new GraphBuilder("qkv", 17);
         Value x = b.Input("x", DataType.Float, 1, 5, In);
-        Value qkv = b.MatMul(x, b.Floats("model.layers.0.attn.qkv_proj.MatMul.weight", [In, 3 * Out], LoraTestSupport.Random(In * 3 * Out, seed)), "/model/layers.0/attn/qkv_proj/MatMul");
+        Value qkv = b.MatMul(x, b.Floats("model.layers.0.attn.qkv_proj.MatMul.weight", [In, 3 * Out], TestArrays.Uniform(In * 3 * Out, seed)), "/model/layers.0/attn/qkv_proj/MatMul");
         IReadOnlyList<Value> parts = b.OpMulti("Split", [qkv, b.Int64s("split", Out, Out, Out)], 3, [Attr.Int("axis", -1)]);
         b.Output(parts[0], "q", DataType.Float, 1, 5, Out);
         b.Output(parts[1], "k", DataType.Float, 1, 5, Out);
@@ -60,7 +61,7 @@ internal static class TestGraphs
     {
         var b = new GraphBuilder("fp16", 17);
         Value x = b.Input("x", DataType.Float16, 2, 3, In);
-        float[] w = LoraTestSupport.Random(In * Out, seed);
+        float[] w = TestArrays.Uniform(In * Out, seed);
         Value weight = b.Initializer(new InMemoryTensor("model.layers.0.mlp.up_proj.weight", DataType.Float16, [In, Out], TensorConvert.FromFloat32(w, DataType.Float16)));
         Value y = b.MatMul(x, weight, "/model/layers.0/mlp/up_proj/MatMul");
         b.Output(y, "y", DataType.Float16, 2, 3, Out);

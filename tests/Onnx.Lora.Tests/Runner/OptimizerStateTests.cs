@@ -1,4 +1,5 @@
 using Onnx.Lora.Trainer.Optim;
+using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Runner;
 
@@ -9,11 +10,10 @@ public sealed class OptimizerStateTests
     private static (ParameterBuffer[] Buffers, AdamW Optimizer) Create(int seed, float scaleOfSecond = 1f)
     {
         var rng = new Random(seed);
-        float[] Rand(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var buffers = new[]
         {
-            new ParameterBuffer("a", Rand(37), new float[37]),
-            new ParameterBuffer("b", Rand(37), new float[37], scaleOfSecond),
+            new ParameterBuffer("a", TestArrays.Uniform(37, rng), new float[37]),
+            new ParameterBuffer("b", TestArrays.Uniform(37, rng), new float[37], scaleOfSecond),
         };
         return (buffers, new AdamW(buffers, new AdamWOptions { WeightDecay = 0.01f }));
     }

@@ -253,9 +253,9 @@ public sealed class TrainingRunnerTests
         float[] runnerModel = OrtRunner.Run(s.LoraModel, seed: 5)["logits"];
         CollectionAssert.AreEqual(expected, runnerModel, "the runner's trained LoRA model holds the checkpoint's tensors");
         float scale = expected.Max(MathF.Abs);
-        TestContext.WriteLine($"max |merged - lora| = {OrtRunner.MaxAbsDiff(expected, actual):G3}, max |logit| = {scale:G3}, max |trained - untrained| = {OrtRunner.MaxAbsDiff(expected, untrained):G3}");
-        Assert.IsLessThanOrEqualTo(1e-5f * scale, OrtRunner.MaxAbsDiff(expected, actual));
-        Assert.IsGreaterThan(1e-3f * scale, OrtRunner.MaxAbsDiff(expected, untrained), "the trained adapter must change the logits");
+        TestContext.WriteLine($"max |merged - lora| = {ErrorMetrics.MaxAbsDiff(expected, actual):G3}, max |logit| = {scale:G3}, max |trained - untrained| = {ErrorMetrics.MaxAbsDiff(expected, untrained):G3}");
+        Assert.IsLessThanOrEqualTo(1e-5f * scale, ErrorMetrics.MaxAbsDiff(expected, actual));
+        Assert.IsGreaterThan(1e-3f * scale, ErrorMetrics.MaxAbsDiff(expected, untrained), "the trained adapter must change the logits");
     }
 
     [TestMethod]

@@ -17,21 +17,7 @@ internal static class Fixtures
             .Select(p => new object[] { p });
 
     /// <summary>Repository root (the folder holding Onnx.Lora.sln).</summary>
-    public static string RepoRoot
-    {
-        get
-        {
-            for (string? dir = AppContext.BaseDirectory; dir is not null; dir = System.IO.Path.GetDirectoryName(dir))
-            {
-                if (File.Exists(System.IO.Path.Combine(dir, "Onnx.Lora.sln")))
-                {
-                    return dir;
-                }
-            }
-
-            throw new InvalidOperationException("Onnx.Lora.sln not found above " + AppContext.BaseDirectory);
-        }
-    }
+    public static string RepoRoot => Onnx.Lora.Tools.RepositoryRoot.Find();
 
     private static string FindRoot()
     {

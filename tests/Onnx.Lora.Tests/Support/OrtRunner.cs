@@ -19,8 +19,7 @@ internal static class OrtRunner
 
     public static Dictionary<string, float[]> Run(string modelPath, int seed = 20261125, Func<string, long>? dimFor = null, RunOptions? runOptions = null)
     {
-        using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_DISABLE_ALL, IntraOpNumThreads = 1 };
-        using var session = new InferenceSession(modelPath, options);
+        using InferenceSession session = Open(modelPath);
         var inputs = MakeInputs(session, seed, dimFor);
         try
         {
@@ -34,6 +33,23 @@ internal static class OrtRunner
                 (input.Value as IDisposable)?.Dispose();
             }
         }
+    }
+
+    /// <summary>Runs a model with the generated inputs plus <paramref name="extra"/> float32 feeds (e.g. adapter slots).</summary>
+    public static Dictionary<string, float[]> RunWithFeeds(string modelPath, IReadOnlyDictionary<string, (float[] Data, int[] Dims)> extra, int seed = 20261125)
+    {
+        using InferenceSession session = Open(modelPath);
+        var inputs = MakeInputs(session, seed, null).Where(kv => !extra.ContainsKey(kv.Key)).Select(kv => kv.Value).ToList();
+        inputs.AddRange(extra.Select(kv => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<float>(kv.Value.Data, kv.Value.Dims))));
+        using var results = session.Run(inputs);
+        return results.ToDictionary(r => r.Name, ToFloats);
+    }
+
+    // Unoptimized and single-threaded: the reference run must not depend on ORT's fusions or thread count.
+    private static InferenceSession Open(string modelPath)
+    {
+        using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_DISABLE_ALL, IntraOpNumThreads = 1 };
+        return new InferenceSession(modelPath, options);
     }
 
     public static Dictionary<string, NamedOnnxValue> MakeInputs(InferenceSession session, int seed, Func<string, long>? dimFor)
@@ -126,22 +142,4 @@ internal static class OrtRunner
         DenseTensor<bool> b => b.Buffer.ToArray().Select(x => x ? 1f : 0f).ToArray(),
         _ => throw new NotSupportedException($"Output '{value.Name}' of {value.Value?.GetType().Name} is not supported by the test runner."),
     };
-
-    public static float MaxAbsDiff(float[] a, float[] b)
-    {
-        Assert.AreEqual(a.Length, b.Length, "output lengths differ");
-        float max = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            float d = MathF.Abs(a[i] - b[i]);
-            if (float.IsNaN(d))
-            {
-                return float.NaN;
-            }
-
-            max = MathF.Max(max, d);
-        }
-
-        return max;
-    }
 }

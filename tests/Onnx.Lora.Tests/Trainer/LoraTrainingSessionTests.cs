@@ -185,13 +185,12 @@ public sealed class LoraTrainingSessionTests
     }
 
     [TestMethod]
-    public void AdamW_VectorizedAndOnnx_MatchScalarReference()
+    public void AdamW_Vectorized_MatchesScalarReference()
     {
         var rng = new Random(20261125);
         var options = new AdamWOptions { WeightDecay = 0.1f };
         int[] sizes = [37, 300];
-        ParameterBuffer[] Make() => sizes.Select((n, i) => new ParameterBuffer($"p{i}", new float[n], new float[n])).ToArray();
-        ParameterBuffer[] vec = Make(), onnx = Make();
+        ParameterBuffer[] vec = sizes.Select((n, i) => new ParameterBuffer($"p{i}", new float[n], new float[n])).ToArray();
         double[][] refTheta = sizes.Select(n => new double[n]).ToArray();
         double[][] refM = sizes.Select(n => new double[n]).ToArray();
         double[][] refV = sizes.Select(n => new double[n]).ToArray();
@@ -200,13 +199,12 @@ public sealed class LoraTrainingSessionTests
             for (int j = 0; j < sizes[i]; j++)
             {
                 float v = (float)(rng.NextDouble() - 0.5);
-                vec[i].Values[j] = onnx[i].Values[j] = v;
+                vec[i].Values[j] = v;
                 refTheta[i][j] = v;
             }
         }
 
         using var a = new AdamW(vec, options);
-        using var b = new OnnxAdamW(onnx, options);
         const float Lr = 3e-3f;
         for (int t = 1; t <= 5; t++)
         {
@@ -215,7 +213,7 @@ public sealed class LoraTrainingSessionTests
                 for (int j = 0; j < sizes[i]; j++)
                 {
                     float g = (float)(rng.NextDouble() - 0.5);
-                    vec[i].Gradients[j] = onnx[i].Gradients[j] = g;
+                    vec[i].Gradients[j] = g;
 
                     // torch.optim.AdamW, written out in double.
                     refTheta[i][j] *= 1 - (Lr * options.WeightDecay);
@@ -228,7 +226,6 @@ public sealed class LoraTrainingSessionTests
             }
 
             a.Step(Lr);
-            b.Step(Lr);
         }
 
         for (int i = 0; i < sizes.Length; i++)
@@ -236,7 +233,6 @@ public sealed class LoraTrainingSessionTests
             for (int j = 0; j < sizes[i]; j++)
             {
                 Assert.AreEqual(refTheta[i][j], vec[i].Values[j], 1e-6, "vectorized C#");
-                Assert.AreEqual(refTheta[i][j], onnx[i].Values[j], 1e-6, "ONNX");
             }
         }
     }

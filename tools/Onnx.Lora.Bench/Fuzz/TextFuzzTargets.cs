@@ -2,6 +2,7 @@ using System.Text;
 using Onnx.Lora.Exporter.Peft;
 using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Tools;
 
 namespace Onnx.Lora.Bench.Fuzz;
 
@@ -44,7 +45,7 @@ public sealed class JsonlFuzzTarget : FuzzTarget
     public JsonlFuzzTarget() : base("jsonl")
     {
         _path = Path.Combine(Folder, "data.jsonl");
-        _tokenizer = TextTokenizer.Load(Path.Combine(BenchArgs.RepoRoot(), "models", "default", "stories260K", "tok512.model"));
+        _tokenizer = TextTokenizer.Load(Path.Combine(RepositoryRoot.Find(), "models", "default", "stories260K", "tok512.model"));
         _options = new DatasetOptions { MaxTokens = 256, ModelVocabSize = 512, ChatTemplateOverride = TextFuzzSeeds.ChatTemplate, MaxReportedErrors = 5 };
     }
 

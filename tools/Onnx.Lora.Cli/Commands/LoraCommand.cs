@@ -70,13 +70,6 @@ internal abstract class LoraCommand : Command
             await WriteDetailsAsync(error, e, verbose).ConfigureAwait(false);
             return ExitCodeFor(e);
         }
-        catch (Microsoft.ML.OnnxRuntime.OnnxRuntimeException e) when (IsModelLoadError(e))
-        {
-            // A verb that hands the file straight to ONNX Runtime (generate) sees a broken model as ORT's load error.
-            await error.WriteLineAsync($"onnx-lora {Name}: error: ONNX Runtime cannot load the model: {OneLine(e.Message)}").ConfigureAwait(false);
-            await WriteDetailsAsync(error, e, verbose).ConfigureAwait(false);
-            return ExitCodes.BadModel;
-        }
         catch (OutOfMemoryException e)
         {
             // NOTE: readers check declared sizes before allocating; this is the last line for a job that is simply too big.
@@ -93,12 +86,6 @@ internal abstract class LoraCommand : Command
             return ExitCodes.InternalError;
         }
     }
-
-    // NOTE: ORT's C# exception exposes its error code only in the message ("[ErrorCode:InvalidProtobuf] ...").
-    private static bool IsModelLoadError(Microsoft.ML.OnnxRuntime.OnnxRuntimeException e) =>
-        e.Message.StartsWith("[ErrorCode:InvalidProtobuf]", StringComparison.Ordinal)
-        || e.Message.StartsWith("[ErrorCode:InvalidGraph]", StringComparison.Ordinal)
-        || e.Message.StartsWith("[ErrorCode:NoSuchFile]", StringComparison.Ordinal);
 
     private static async Task WriteDetailsAsync(TextWriter error, Exception e, bool verbose)
     {

@@ -51,9 +51,6 @@ public sealed class TrainingArtifacts
     /// <summary>File name of the description.</summary>
     public const string DescriptionFile = "artifacts.json";
 
-    // Data files of artifacts written before the weights were shared; removed when a folder is rebuilt.
-    private static readonly string[] s_legacyDataFiles = [TrainingModelFile + ".data", EvalModelFile + ".data"];
-
     private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
     private TrainingArtifacts(string folder, ArtifactDescription description)
@@ -236,11 +233,6 @@ public sealed class TrainingArtifacts
     private static void MoveIntoPlace(string staging, string outputFolder)
     {
         File.Delete(Path.Combine(outputFolder, DescriptionFile));
-        foreach (string legacy in s_legacyDataFiles)
-        {
-            File.Delete(Path.Combine(outputFolder, legacy));
-        }
-
         foreach (string file in new[] { WeightsDataFile, TrainingModelFile, EvalModelFile, DescriptionFile })
         {
             File.Move(Path.Combine(staging, file), Path.Combine(outputFolder, file), overwrite: true);

@@ -1,9 +1,7 @@
 using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
 using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Resources;
 using Onnx.Lora.Graph.Serialization;
 using Onnx.Lora.Models;
 using Onnx.Lora.Trainer.Data;
@@ -23,7 +21,7 @@ namespace Onnx.Lora.Trainer.Generation;
 /// NOTE: runs use <c>Run(RunOptions, ...)</c>, not IOBinding: ORT ignores active adapters under IOBinding (DESIGN.md).
 /// Inputs wrap the generator's own reused arrays; per step only the small OrtValue wrappers are new, and the cache grows.
 /// </remarks>
-public sealed class TextGenerator : IDisposable
+public sealed partial class TextGenerator : IDisposable
 {
     /// <summary>Receives the logits of one position of a scored sequence (valid only during the call).</summary>
     public delegate void PositionLogitsHandler(int position, ReadOnlySpan<float> logits);
@@ -467,50 +465,6 @@ public sealed class TextGenerator : IDisposable
             {
                 _positions32[i] = i;
             }
-        }
-    }
-
-    private static void ValidateAdapters(Model model, IReadOnlyList<string> adapterPaths)
-    {
-        if (adapterPaths.Count == 0)
-        {
-            return;
-        }
-
-        var files = adapterPaths.Select(p => (p, OnnxAdapterFormat.Read(p))).ToList();
-        AdapterValidation.CheckNoSharedNames(files);
-        foreach ((string path, AdapterFile file) in files)
-        {
-            AdapterValidation.ValidateAgainstModel(file, model, path);
-            // ORT would run a NaN adapter and produce no text at all; merge refuses the same file.
-            AdapterValueCheck.EnsureFinite(file, path);
-        }
-    }
-
-    // ONNX Runtime copies every weight into its own buffers (external data included) and adds a working set for the
-    // activations and the cache; refusing up front turns an out-of-memory kill into a message with the numbers.
-    private static void EnsureMemory(Model model, string modelPath)
-    {
-        const long runtimeOverhead = 64L << 20;
-        long weights = model.Graph.Initializers.Values.Sum(v => v.Initializer!.ByteLength);
-        long needed = weights + (weights / 4) + runtimeOverhead;
-        MemoryBudget budget = SystemResources.AvailableMemory();
-        if (needed > budget.Bytes)
-        {
-            throw new ResourceLimitException(
-                $"Generating with model '{modelPath}' needs ~{SystemResources.FormatGiB(needed)} (weights {SystemResources.FormatGiB(weights)}) but {SystemResources.FormatGiB(budget.Bytes)} is available ({budget.Source}).");
-        }
-    }
-
-    private static OrtLoraAdapter LoadAdapter(string path)
-    {
-        try
-        {
-            return OrtLoraAdapter.Create(path, null);
-        }
-        catch (OnnxRuntimeException e)
-        {
-            throw new AdapterFormatException($"Adapter '{path}' was rejected by ONNX Runtime: {e.Message}", e);
         }
     }
 }

@@ -124,34 +124,6 @@ public interface IEvaluationMetricHead
     IReadOnlyList<Value> AttachMetrics(GraphBuilder builder, Value prediction);
 }
 
-/// <summary>Mean squared error against a float32 targets input shaped like the prediction; the count is the element count.</summary>
-public sealed class MseLoss : ILossHead
-{
-    /// <summary>Name of the targets input.</summary>
-    public string TargetsInput { get; init; } = "targets";
-
-    /// <inheritdoc />
-    public IReadOnlyList<string> LabelInputs => [TargetsInput];
-
-    /// <inheritdoc />
-    public LossOutputs Attach(GraphBuilder builder, Value prediction)
-    {
-        ArgumentNullException.ThrowIfNull(builder);
-        ArgumentNullException.ThrowIfNull(prediction);
-        Value p = LossMath.AsFloat(builder, prediction);
-        Value targets = builder.Input(TargetsInput, DataType.Float, prediction.Shape?.ToArray() ?? []);
-        if (prediction.Shape is null)
-        {
-            targets.Type = Onnx.Lora.Graph.ValueType.Tensor(DataType.Float);
-        }
-
-        Value diff = builder.Sub(p, targets);
-        Value loss = builder.Op("ReduceMean", [builder.Mul(diff, diff)], [Attr.Int("keepdims", 0)]);
-        Value count = builder.Cast(builder.Op("Size", [p]), DataType.Float);
-        return new LossOutputs(loss, count);
-    }
-}
-
 internal static class LossMath
 {
     /// <summary>Half-precision predictions are lifted to float32 for the loss; float32 and float64 stay as they are.</summary>

@@ -23,16 +23,6 @@ public sealed record AdamWOptions
     public float WeightDecay { get => _weightDecay; init => _weightDecay = value >= 0 ? value : throw new LoraException($"AdamW weight decay must be >= 0; got {value}."); }
 }
 
-/// <summary>Which implementation runs the AdamW update.</summary>
-public enum OptimizerImplementation
-{
-    /// <summary>Vectorized C# with System.Numerics.Tensors (the default: faster in BENCHMARKS.md).</summary>
-    Vectorized,
-
-    /// <summary>An ONNX model run by ONNX Runtime (on the session's execution provider).</summary>
-    Onnx,
-}
-
 /// <summary>One trainable tensor's buffers: values updated in place from gradients.</summary>
 /// <param name="Name">Tensor name.</param>
 /// <param name="Values">Parameter values (updated in place).</param>

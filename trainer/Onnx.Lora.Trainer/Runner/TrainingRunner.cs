@@ -33,7 +33,7 @@ namespace Onnx.Lora.Trainer.Runner;
 /// function of seed and epoch), and the schedule (a pure function of the step). LoRA dropout draws its masks inside
 /// ONNX Runtime and is therefore not reproducible across a resume.
 /// </remarks>
-public sealed class TrainingRunner
+public sealed partial class TrainingRunner
 {
     /// <summary>Folder of the LoRA model and training graphs inside the run folder.</summary>
     public const string ArtifactsFolder = "artifacts";
@@ -419,78 +419,6 @@ public sealed class TrainingRunner
         loop.LastEvaluatedStep = step;
         c.Metrics?.Write(new MetricRecord { Kind = "eval", Step = step, Loss = loss, TokensSeen = loop.TokensSeen, Metrics = metrics });
         _observer.OnEvaluation(new EvaluationReport(step, loss, Math.Exp(loss), improved) { Metrics = metrics });
-    }
-
-    private void Save(RunContext c)
-    {
-        if (!Distributed.IsRoot)
-        {
-            return; // Every rank holds the same parameters and state; rank 0 writes them.
-        }
-
-        LoopState loop = c.Loop;
-        var state = new TrainerState
-        {
-            GlobalStep = loop.Step,
-            DataPosition = c.Data.Train.Position,
-            RngState = new DeterministicRandom(c.Options.Seed).GetState(),
-            ScheduleKind = c.Schedule.Kind.ToString().ToLowerInvariant(),
-            PeakLearningRate = c.Schedule.PeakLearningRate,
-            WarmupSteps = c.Schedule.WarmupSteps,
-            TotalSteps = c.Schedule.TotalSteps,
-            LastLearningRate = loop.LastLearningRate,
-            OptimizerStep = (int)c.Session.OptimizerSteps,
-            TokensSeen = loop.TokensSeen,
-            BestEvalLoss = loop.BestEvalLoss,
-            EvaluationsWithoutImprovement = loop.EvaluationsWithoutImprovement,
-            OptionsFingerprint = Distributed.GlobalView(c.Options).ResumeFingerprint(),
-        };
-        List<NamedTensor> parameters = CurrentParameters(c.Session);
-        long stepsPerEpoch = Math.Max(1, (((c.Data.Train.RowCount + c.Options.BatchSize - 1) / c.Options.BatchSize) + c.Options.GradientAccumulationSteps - 1) / c.Options.GradientAccumulationSteps);
-        var run = new HfRunInfo
-        {
-            Epoch = c.Data.Train.Position.Epoch + ((double)c.Data.Train.Position.Index / c.Data.Train.RowCount),
-            NumTrainEpochs = (int)Math.Ceiling(c.Options.MaxSteps is null ? c.Options.Epochs : (double)c.TotalSteps / stepsPerEpoch),
-            TrainBatchSize = c.Options.BatchSize,
-            SaveSteps = c.Options.SaveSteps,
-            EvalSteps = c.Options.EvalSteps,
-            LogHistory = MetricsLog.ReadRecords(c.Metrics!.Path, loop.Step), // Save returned above on ranks without metrics.
-        };
-        var checkpoint = new TrainingCheckpoint(parameters, c.Session.ExportOptimizerMoments(), state, run);
-        string folder = CheckpointStore.Save(c.CheckpointsDir, checkpoint, c.Model.Manifest, c.Options.SaveTotalLimit, BaseModelReference.For(c.Options.Model), AfterCheckpointFileWritten, c.Task.PeftTaskType);
-        loop.LastSavedStep = loop.Step;
-        loop.LastCheckpoint = folder;
-        _observer.OnCheckpoint(loop.Step, folder);
-    }
-
-    private static void WriteTrainedModel(LoraTrainingSession session, string loraModelPath, string path)
-    {
-        using Model model = OnnxReader.Load(loraModelPath);
-        foreach (TrainableTensor t in session.Parameters)
-        {
-            model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Dims, session.GetParameter(t.Name)));
-        }
-
-        OnnxWriter.Save(model, path);
-    }
-
-    private static List<NamedTensor> CurrentParameters(LoraTrainingSession session) =>
-        session.Parameters.Select(p => new NamedTensor(p.Name, [.. p.Dims], session.GetParameter(p.Name).ToArray())).ToList();
-
-    private static string? ResolveResume(TrainOptions o, string checkpointsDir)
-    {
-        if (o.Resume is null)
-        {
-            return null;
-        }
-
-        if (o.Resume.Equals("latest", StringComparison.OrdinalIgnoreCase) || o.Resume.Length == 0)
-        {
-            return CheckpointStore.FindLatest(checkpointsDir);
-        }
-
-        return Directory.Exists(o.Resume) ? Path.GetFullPath(o.Resume)
-            : throw new CheckpointException($"--resume: checkpoint folder '{o.Resume}' does not exist.");
     }
 
     internal static TrainingBatch ToTrainingBatch(Batch b) => new()

@@ -27,6 +27,6 @@ public sealed class KvCacheRemovalTests
         using var plain = new ModelRunner(StoriesModels.Plain);
         long[] ids = [1, 403, 407, 261, 378, 17, 300, 98];
         // Same ops on the same shapes as the model converted without a cache: observed bit-identical.
-        Assert.IsLessThanOrEqualTo(1e-6f, OrtRunner.MaxAbsDiff(plain.Logits(ids), removed.Logits(ids)));
+        Assert.IsLessThanOrEqualTo(1e-6f, ErrorMetrics.MaxAbsDiff(plain.Logits(ids), removed.Logits(ids)));
     }
 }

@@ -25,13 +25,12 @@ public sealed class SharedWeightsTests
 
         string folder = temp.File("artifacts");
         Directory.CreateDirectory(folder);
-        File.WriteAllText(Path.Combine(folder, "training.onnx.data"), "left over by the old two-file layout");
         TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, folder);
 
         CollectionAssert.AreEquivalent(
             new[] { "training.onnx", "eval.onnx", "weights.data", "artifacts.json" },
             Directory.GetFileSystemEntries(folder).Select(Path.GetFileName).ToArray(),
-            "one data file, no staging folder, no legacy data file");
+            "one data file, no staging folder");
 
         using (Model training = OnnxReader.Load(artifacts.TrainingModelPath))
         using (Model eval = OnnxReader.Load(artifacts.EvalModelPath))

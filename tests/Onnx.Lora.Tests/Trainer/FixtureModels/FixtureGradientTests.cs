@@ -36,7 +36,7 @@ public sealed class FixtureGradientTests
         var rng = new Random(29);
         foreach (TrainableTensor t in session.Parameters.Where(t => t.Name.EndsWith(".lora_B.weight", StringComparison.Ordinal)))
         {
-            session.SetParameter(t.Name, Enumerable.Range(0, (int)t.ElementCount).Select(_ => (float)((rng.NextDouble() * 2) - 1) * 0.5f).ToArray());
+            session.SetParameter(t.Name, TestArrays.Uniform((int)t.ElementCount, rng, 0.5f));
         }
 
         TrainingBatch batch = FixtureTrainingTests.Batch(vocab, 9, leftPadding: false);
@@ -56,7 +56,7 @@ public sealed class FixtureGradientTests
         {
             if (session.GetParameter(t.Name).IndexOfAnyExcept(0f) < 0)
             {
-                session.SetParameter(t.Name, Enumerable.Range(0, (int)t.ElementCount).Select(_ => (float)((rng.NextDouble() * 2) - 1) * 0.5f).ToArray());
+                session.SetParameter(t.Name, TestArrays.Uniform((int)t.ElementCount, rng, 0.5f));
             }
         }
 

@@ -1,13 +1,16 @@
 using System.Globalization;
 
-namespace Onnx.Lora.TorchRef;
+namespace Onnx.Lora.Tools;
 
-/// <summary>Minimal <c>--name value</c> option parsing for this tool's verbs.</summary>
-internal sealed class Args
+/// <summary>
+/// <c>--name value</c> and <c>--flag</c> options of the developer tools' verbs (bench, torch reference); one source file
+/// compiled into both. The product CLI parses with System.CommandLine instead.
+/// </summary>
+public sealed class ToolArgs
 {
     private readonly Dictionary<string, string> _values = new(StringComparer.Ordinal);
 
-    public Args(IEnumerable<string> args)
+    public ToolArgs(IEnumerable<string> args)
     {
         string? key = null;
         foreach (string a in args)
@@ -48,4 +51,9 @@ internal sealed class Args
     public double Double(string name, double fallback) => _values.TryGetValue(name, out string? v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
     public bool Flag(string name) => _values.TryGetValue(name, out string? v) && v != "false";
+
+    public long Long(string name, long fallback) => _values.TryGetValue(name, out string? v) ? long.Parse(v, CultureInfo.InvariantCulture) : fallback;
+
+    /// <summary>The first option given that is not among <paramref name="known"/> (without its dashes), or null.</summary>
+    public string? FirstUnknown(params string[] known) => _values.Keys.FirstOrDefault(k => !known.Contains(k, StringComparer.Ordinal));
 }
