@@ -15,7 +15,8 @@ public sealed record RecomputationResult(int Layers, int RecomputedNodes, int Re
 /// does): a pass over a training graph whose backward nodes are already built. For each decoder layer L, every forward
 /// value of L that a backward node reads is recomputed from L's inputs just before L's backward, instead of being kept
 /// from the forward pass; the forward keeps only what crosses layer boundaries (the residual stream, the mask, the RoPE
-/// tables). The math is the same ops on the same inputs, so loss and gradients are bit-identical to the graph without it.
+/// tables). The math is the same ops on the same inputs: loss and gradients equal those without it up to the rounding of
+/// differently fused copies (tested: float64 to 1e-10, float32 to 1e-5 relative; a 135M-shape step's loss to 2e-7).
 /// </summary>
 /// <remarks>
 /// <para>Layers are told by node names (<c>/model/layers.N/…</c>, <c>/model/layers/N/…/lora/…</c>, <c>h.N</c>,
