@@ -43,7 +43,7 @@ internal static class FuzzCommand
 
         IReadOnlyList<string> targets = target == "all" ? FuzzTarget.Names : [target];
         var options = new FuzzOptions { Iterations = iterations, Seed = seed, PerInputTimeout = TimeSpan.FromMilliseconds(timeoutMs) };
-        Console.WriteLine($"| reader | executions | accepted | rejected (LoraException) | exec/s | crashes | distinct |");
+        Console.WriteLine($"| reader | executions | accepted | rejected (ToolchainException) | exec/s | crashes | distinct |");
         Console.WriteLine($"|---|---:|---:|---:|---:|---:|---:|");
         int total = 0;
         foreach (string name in targets)
@@ -96,7 +96,7 @@ internal static class FuzzCommand
 
             Console.WriteLine($"{file}: accepted in {clock.ElapsedMilliseconds} ms, {GC.GetTotalAllocatedBytes(precise: true) - before:N0} bytes allocated");
         }
-        catch (AggregateException e) when (e.InnerException is Onnx.Lora.Graph.LoraException rejected)
+        catch (AggregateException e) when (e.InnerException is Onnx.Lora.Graph.ToolchainException rejected)
         {
             Console.WriteLine($"{file}: rejected in {clock.ElapsedMilliseconds} ms, {GC.GetTotalAllocatedBytes(precise: true) - before:N0} bytes allocated: {rejected.GetType().Name}: {rejected.Message.Split('\n')[0]}");
         }

@@ -26,7 +26,7 @@ try
         _ => throw new ArgumentException($"Unknown verb '{args[0]}'."),
     };
 }
-catch (Exception e) when (e is LoraException or ArgumentException or IOException or NotSupportedException)
+catch (Exception e) when (e is ToolchainException or ArgumentException or IOException or NotSupportedException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;

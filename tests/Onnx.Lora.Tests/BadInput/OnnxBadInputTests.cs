@@ -367,7 +367,7 @@ public sealed class OnnxBadInputTests
             {
                 action();
             }
-            catch (Exception e) when (e is AssertFailedException or LoraException)
+            catch (Exception e) when (e is AssertFailedException or ToolchainException)
             {
                 failure = e;
             }

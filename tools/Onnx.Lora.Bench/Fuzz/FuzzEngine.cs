@@ -3,7 +3,7 @@ using Onnx.Lora.Graph;
 
 namespace Onnx.Lora.Bench.Fuzz;
 
-/// <summary>One input that crashed (an exception other than a LoraException subtype), hung, or allocated too much.</summary>
+/// <summary>One input that crashed (an exception other than a ToolchainException subtype), hung, or allocated too much.</summary>
 /// <param name="Iteration">The iteration that produced it (replay: same seed, same iteration).</param>
 /// <param name="Kind">Exception type name, "hang" or "allocation".</param>
 /// <param name="Message">The exception message (first line) or the measurement.</param>
@@ -45,7 +45,7 @@ public sealed record FuzzOptions
 /// <summary>
 /// A seeded mutation loop: each iteration mutates the seed (or, a quarter of the time, an earlier accepted input, so
 /// edits stack up behind the first checks) one to four times and runs the target on a worker thread with a time bound.
-/// Every input must load or throw a <see cref="LoraException"/> subtype; anything else is recorded as a crash.
+/// Every input must load or throw a <see cref="ToolchainException"/> subtype; anything else is recorded as a crash.
 /// </summary>
 public static class FuzzEngine
 {
@@ -116,7 +116,7 @@ public static class FuzzEngine
                 target.Execute(input);
                 return Checked(Outcome.Accepted);
             }
-            catch (LoraException e)
+            catch (ToolchainException e)
             {
                 Outcome rejected = Checked(Outcome.Rejected);
                 return rejected.Kind == OutcomeKind.Rejected

@@ -12,7 +12,7 @@ namespace Onnx.Lora.Bench.Fuzz;
 /// <summary>
 /// One reader under fuzzing: a valid seed file, a mutation that knows the format, and the code that reads an input the
 /// way the CLI does (open, then touch every tensor). <see cref="Execute"/> must return or throw a
-/// <see cref="LoraException"/> subtype; anything else is a crash.
+/// <see cref="ToolchainException"/> subtype; anything else is a crash.
 /// </summary>
 public abstract class FuzzTarget : IDisposable
 {

@@ -29,7 +29,7 @@ internal static class DistributedTraining
         catch (Exception e) when (e is not RankFailedException and not TrainingGuardException and not OperationCanceledException)
         {
             // A guard trips on every rank at the same step (it reads reduced values), so it ends like one process.
-            int code = e is LoraException or IOException or UnauthorizedAccessException or OutOfMemoryException ? LoraCommandExitCode(e) : ExitCodes.InternalError;
+            int code = e is ToolchainException or IOException or UnauthorizedAccessException or OutOfMemoryException ? LoraCommandExitCode(e) : ExitCodes.InternalError;
             if (!run.SetupComplete)
             {
                 throw run.FailTogether(e, code);

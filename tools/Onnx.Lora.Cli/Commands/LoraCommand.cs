@@ -64,7 +64,7 @@ internal abstract class LoraCommand : Command
             await error.WriteLineAsync($"onnx-lora {Name}: cancelled.").ConfigureAwait(false);
             return ExitCodes.Cancelled;
         }
-        catch (Exception e) when (e is LoraException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException)
+        catch (Exception e) when (e is ToolchainException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException)
         {
             await error.WriteLineAsync($"onnx-lora {Name}: error: {OneLine(e.Message)}").ConfigureAwait(false);
             await WriteDetailsAsync(error, e, verbose).ConfigureAwait(false);
