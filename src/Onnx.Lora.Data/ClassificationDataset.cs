@@ -68,7 +68,7 @@ public sealed record ClassLabels(int ClassCount, IReadOnlyDictionary<string, int
 /// <remarks>
 /// NOTE: an example is returned in the trainer's row layout so that the loader, shuffling, sharding and resume work
 /// unchanged: <c>Labels[0]</c> holds the class id and every other position −100. The classification loss reads that
-/// column (<see cref="Loss.SequenceClassificationLoss.LabelColumn"/>). Text is encoded as the tokenizer's own
+/// column (the trainer's SequenceClassificationLoss.LabelColumn). Text is encoded as the tokenizer's own
 /// <c>tokenizer(text)</c> does: BOS ([CLS] for BERT-style tokenizers) and EOS ([SEP]) when the tokenizer adds them.
 /// </remarks>
 public static class ClassificationDataset

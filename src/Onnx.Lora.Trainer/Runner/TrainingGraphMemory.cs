@@ -123,7 +123,7 @@ public static class TrainingGraphMemory
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(trainable);
         Onnx.Lora.Graph.Graph graph = model.Graph;
-        var facts = new ValueFacts();
+        var facts = new ValueFacts(OpTable.Default);
         var symbols = BindSymbols(graph, batch, seq);
         var trainableSet = new HashSet<string>(trainable, StringComparer.Ordinal);
 

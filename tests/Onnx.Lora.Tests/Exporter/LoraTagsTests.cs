@@ -100,7 +100,7 @@ public sealed class LoraTagsTests
         // The Gemm model's rows are a free dim 'n'; -1 leaves the others to OrtRunner's defaults.
         Func<string, long> dims = d => d == "n" ? 3 : -1;
         Dictionary<string, float[]> unmerged = OrtRunner.Run(reference, dimFor: dims), merged = OrtRunner.Run(mergedPath, dimFor: dims), baseline = OrtRunner.Run(basePath, dimFor: dims);
-        double error = LoraTestSupport.RelativeError(merged, unmerged), effect = LoraTestSupport.RelativeError(baseline, unmerged);
+        double error = ErrorMetrics.RelativeError(merged, unmerged), effect = ErrorMetrics.RelativeError(baseline, unmerged);
         Console.WriteLine($"{kind}: merged vs LoRA model (ORT) max rel error {error:E2}; adapter effect {effect:E2}");
         // int4: the merged weight is re-quantized to the same grid (its exactness is QuantizedMergeTests'); it must keep most of the effect.
         Assert.IsLessThanOrEqualTo(kind == "int4" ? effect / 4 : Tolerances.MergedRelFp32, error);
@@ -145,7 +145,7 @@ public sealed class LoraTagsTests
         Assert.AreEqual(0, CliRunner.Run("export-adapter", legacyPath, "--peft", dir.File("peft")).ExitCode);
         Assert.AreEqual(0, CliRunner.Run("merge", basePath, "--adapter", dir.File("peft"), "-o", dir.File("merged.onnx")).ExitCode);
         AssertBaseGraph(basePath, dir.File("merged.onnx"));
-        double error = LoraTestSupport.RelativeError(OrtRunner.Run(dir.File("merged.onnx")), OrtRunner.Run(legacyPath));
+        double error = ErrorMetrics.RelativeError(OrtRunner.Run(dir.File("merged.onnx")), OrtRunner.Run(legacyPath));
         Assert.IsLessThanOrEqualTo(Tolerances.MergedRelFp32, error);
     }
 

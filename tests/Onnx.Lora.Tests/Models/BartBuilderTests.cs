@@ -75,20 +75,20 @@ public sealed class BartBuilderTests
 
             Assert.IsFalse(manifest.Modules.Any(m => m.Module.Contains("lm_head", StringComparison.Ordinal)), "all-linear leaves the output head out");
             Dictionary<string, float[]> expected = OrtRunner.Run(basePath, dimFor: Dims);
-            Assert.AreEqual(0f, LoraTestSupport.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, name + "-b0.onnx"), dimFor: Dims), expected), name + ": B = 0");
+            Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(OrtRunner.Run(LoraTestSupport.Save(lora, dir, name + "-b0.onnx"), dimFor: Dims), expected), name + ": B = 0");
 
             int seed = 11;
             foreach (LoraModuleInfo m in manifest.Modules)
             {
-                lora.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], LoraTestSupport.Random(m.Rank * (int)m.OutFeatures, seed++, 0.2f)));
+                lora.Graph.Initializers.SetData(m.LoraB, InMemoryTensor.FromFloats(m.LoraB, [m.Rank, m.OutFeatures], TestArrays.Uniform(m.Rank * (int)m.OutFeatures, seed++, 0.2f)));
             }
 
             string loraPath = LoraTestSupport.Save(lora, dir, name + "-lora.onnx");
             string mergedPath = dir.File(name + "-merged.onnx");
             LoraMerger.Merge(loraPath, mergedPath);
             Dictionary<string, float[]> unmerged = OrtRunner.Run(loraPath, dimFor: Dims);
-            Assert.IsLessThanOrEqualTo(MergedRel, LoraTestSupport.RelativeError(OrtRunner.Run(mergedPath, dimFor: Dims), unmerged), name + ": merged vs unmerged");
-            Assert.IsGreaterThan(100 * MergedRel, LoraTestSupport.RelativeError(expected, unmerged), name + ": the adapter changes the output");
+            Assert.IsLessThanOrEqualTo(MergedRel, ErrorMetrics.RelativeError(OrtRunner.Run(mergedPath, dimFor: Dims), unmerged), name + ": merged vs unmerged");
+            Assert.IsGreaterThan(100 * MergedRel, ErrorMetrics.RelativeError(expected, unmerged), name + ": the adapter changes the output");
         }
     }
 

@@ -98,8 +98,8 @@ public sealed class SequenceClassificationTrainingTests
         float[] mergedLogits = Logits(merged);
         float[] baseLogits = Logits(model);
         double scale = unmergedLogits.Max(MathF.Abs);
-        Assert.IsLessThanOrEqualTo(MergedRel, OrtRunner.MaxAbsDiff(unmergedLogits, mergedLogits) / scale, "merged vs unmerged");
-        Assert.IsGreaterThan(1e-2, OrtRunner.MaxAbsDiff(unmergedLogits, baseLogits) / scale, "training changed the logits");
+        Assert.IsLessThanOrEqualTo(MergedRel, ErrorMetrics.MaxAbsDiff(unmergedLogits, mergedLogits) / scale, "merged vs unmerged");
+        Assert.IsGreaterThan(1e-2, ErrorMetrics.MaxAbsDiff(unmergedLogits, baseLogits) / scale, "training changed the logits");
     }
 
     [TestMethod]

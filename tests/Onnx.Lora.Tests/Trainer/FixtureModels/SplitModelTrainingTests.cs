@@ -2,6 +2,7 @@ using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Graph;
 using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
@@ -65,7 +66,7 @@ public sealed class SplitModelTrainingTests
         float[] actual = RunChained(chained, out var feeds);
         float[] expected = RunParts(s_text, feeds);
         // The same ops on the same values in the same order: nothing may differ, not even in the last bit.
-        Assert.AreEqual(0f, OrtRunner.MaxAbsDiff(expected, actual));
+        Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(expected, actual));
     }
 
     [TestMethod]
@@ -104,9 +105,7 @@ public sealed class SplitModelTrainingTests
             BatchSize = 4,
             MaxSteps = 30,
             LearningRate = 5e-2,
-            LoraRank = 4,
-            LoraAlpha = 8,
-            LoraTargets = ["all-linear"],
+            Lora = new LoraConfig { Rank = 4, Alpha = 8, Targets = ["all-linear"] },
             SaveSteps = 0,
             IntraOpThreads = 1,
             Seed = 20261203,
@@ -129,8 +128,8 @@ public sealed class SplitModelTrainingTests
         float[] actual = RunParts(merged, feeds);
         float[] untrained = RunParts(s_text, feeds);
         double scale = expected.Max(v => Math.Abs((double)v));
-        double mergeError = OrtRunner.MaxAbsDiff(expected, actual) / scale;
-        double trainedShift = OrtRunner.MaxAbsDiff(expected, untrained) / scale;
+        double mergeError = ErrorMetrics.MaxAbsDiff(expected, actual) / scale;
+        double trainedShift = ErrorMetrics.MaxAbsDiff(expected, untrained) / scale;
         TestContext.WriteLine($"merged text.onnx vs trained chained LoRA model: max rel error {mergeError:E2}; trained vs base {trainedShift:E2}");
         // fp16 weights: the merge rounds W + s·BA to fp16 once (the repo's fp16 merge tolerance, 1e-2 of the largest logit).
         Assert.IsLessThanOrEqualTo(1e-2, mergeError);
