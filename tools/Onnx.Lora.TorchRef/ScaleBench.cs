@@ -69,7 +69,7 @@ internal static class ScaleBench
             TrainingMemoryEstimate estimate;
             using (Model baseModel = OnnxReader.Load(basePath))
             {
-                estimate = TrainingMemoryEstimate.Estimate(new TrainOptions { BatchSize = batch, SeqLength = seq, LoraRank = rank }, TrainingMemoryEstimate.ShapeOf(baseModel), 0);
+                estimate = TrainingMemoryEstimate.Estimate(new TrainOptions { BatchSize = batch, SeqLength = seq, Lora = new LoraConfig { Rank = rank } }, TrainingMemoryEstimate.ShapeOf(baseModel), 0);
             }
 
             string common = string.Create(inv, $"--model {loraPath} --vocab {vocab} --steps {a.Int("steps", 2)} --warmup {a.Int("warmup", 1)} --batch {batch} --seq {seq} --threads {threads}");

@@ -141,7 +141,7 @@ internal static class Verbs
     }
 
     /// <summary><c>graph-memory --model LORA.onnx --batch B --seq S [--recompute]</c>: the training graph's memory walk (TrainingGraphMemory).</summary>
-    public static int GraphMemory(Args a)
+    public static int GraphMemory(ToolArgs a)
     {
         var clock = Stopwatch.StartNew();
         GraphMemoryProfile p;
