@@ -1,7 +1,5 @@
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
 
 namespace Onnx.Lora;
 

@@ -1,11 +1,10 @@
-using Onnx.Lora.Exporter;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Conversion;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
 
 namespace Onnx.Lora;
 

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
 
@@ -49,7 +49,7 @@ public static class LoraTrainer
     /// </summary>
     /// <param name="configFile">The config file, or null for defaults only.</param>
     /// <param name="overrides">snake_case key → value pairs, applied in order after the file.</param>
-    /// <exception cref="Trainer.ConfigException">An unknown key, a bad value or an unreadable file (named with its line).</exception>
+    /// <exception cref="Onnx.Lora.Data.ConfigException">An unknown key, a bad value or an unreadable file (named with its line).</exception>
     public static TrainOptions LoadOptions(string? configFile, IEnumerable<KeyValuePair<string, string>>? overrides = null) =>
         TrainOptionsLoader.Load(configFile, overrides);
 

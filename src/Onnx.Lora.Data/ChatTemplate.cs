@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 using static ChatTemplateSyntax;
 

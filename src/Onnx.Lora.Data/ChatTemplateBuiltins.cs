@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>The values a chat template computes with, and the methods, filters and tests it may call on them.</summary>
 internal static class ChatTemplateBuiltins

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// Cuts a chat template into text, <c>{{ expr }}</c> and <c>{% stmt %}</c> parts (comments dropped), applying

@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 using static ChatTemplateSyntax;
 

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Text;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 using static ChatTemplateBuiltins;
 using static ChatTemplateSyntax;

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>The syntax tree <see cref="ChatTemplateParser"/> builds and <see cref="ChatTemplateRenderer"/> walks; positions are char offsets in the template.</summary>
 internal static class ChatTemplateSyntax

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>The label side of a sequence-classification dataset: how many classes the model's head has, and their names.</summary>
 /// <param name="ClassCount">Classes of the model's head (the last axis of its logits [batch, classes]).</param>

@@ -1,9 +1,9 @@
 using System.Globalization;
 using System.Text.Json;
 using Microsoft.ML.Tokenizers;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 // Loading: a SentencePiece .model or a tokenizer.json, then the special tokens of tokenizer_config.json /
 // special_tokens_map.json beside it.

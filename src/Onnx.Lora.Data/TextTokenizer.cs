@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// The tokenizer the trainer uses: a SentencePiece <c>.model</c> (through Microsoft.ML.Tokenizers'

@@ -3,7 +3,7 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// Translates tokenizer.json's normalizer and pre-tokenizer sections into what <see cref="BpeTokenizer"/> takes:

@@ -1,10 +1,9 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Resources;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Resources;
 
-namespace Onnx.Lora.Trainer.Generation;
+namespace Onnx.Lora.Generation;
 
 // What Create checks before ONNX Runtime opens anything: the adapters fit the model and are finite, the memory suffices.
 public sealed partial class TextGenerator

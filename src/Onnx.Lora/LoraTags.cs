@@ -14,9 +14,9 @@
 // and writer keep them bit for bit, and ONNX Runtime loads and runs a tagged model unchanged (it reads no node or
 // tensor metadata). Node names and doc_strings would not do: exporters and optimizers rename nodes and overwrite
 // doc_strings, and a name is no statement of ownership.
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>The metadata keys that mark what inject added to a graph, and how to read and write them.</summary>
 public static class LoraTags
@@ -71,7 +71,7 @@ public static class LoraTags
     }
 
     /// <summary>True when some node of <paramref name="graph"/> carries a module tag (the model was written by a tagging inject).</summary>
-    public static bool HasTags(Onnx.Lora.Graph.Graph graph)
+    public static bool HasTags(Onnx.Lora.Ir.Graph graph)
     {
         ArgumentNullException.ThrowIfNull(graph);
         return graph.Nodes.Any(n => ModuleOf(n) is not null);
@@ -81,7 +81,7 @@ public static class LoraTags
     /// Remembers what <paramref name="graph"/> holds now; <see cref="AddedSince.TagAdded"/> later tags every node and
     /// initializer added since with a module.
     /// </summary>
-    public static AddedSince Snapshot(Onnx.Lora.Graph.Graph graph) => new(graph);
+    public static AddedSince Snapshot(Onnx.Lora.Ir.Graph graph) => new(graph);
 
     private static string? Get(List<KeyValuePair<string, string>> props, string key)
     {
@@ -107,11 +107,11 @@ public static class LoraTags
     /// <summary>The nodes and initializers of a graph at one moment, to tag what is added after it.</summary>
     public sealed class AddedSince
     {
-        private readonly Onnx.Lora.Graph.Graph _graph;
+        private readonly Onnx.Lora.Ir.Graph _graph;
         private readonly HashSet<Node> _nodes;
         private readonly HashSet<string> _initializers;
 
-        internal AddedSince(Onnx.Lora.Graph.Graph graph)
+        internal AddedSince(Onnx.Lora.Ir.Graph graph)
         {
             ArgumentNullException.ThrowIfNull(graph);
             _graph = graph;

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json;
-using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
 using Onnx.Lora.Tools;

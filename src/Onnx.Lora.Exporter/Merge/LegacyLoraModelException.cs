@@ -1,5 +1,4 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Exporter.Merge;
 

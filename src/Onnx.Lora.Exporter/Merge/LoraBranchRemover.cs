@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Formats;
 
 namespace Onnx.Lora.Exporter.Merge;
 
@@ -14,7 +14,7 @@ internal static class LoraBranchRemover
     /// <summary>Removes every module of <paramref name="manifest"/> from <paramref name="graph"/>; returns the nodes removed.</summary>
     /// <exception cref="LegacyLoraModelException">The model was injected by a version that did not tag its nodes.</exception>
     /// <exception cref="AdapterMismatchException">A tag is inconsistent with the graph (a tagged value read by the base graph names no base value).</exception>
-    public static int Remove(Onnx.Lora.Graph.Graph graph, LoraManifest manifest, string source)
+    public static int Remove(Onnx.Lora.Ir.Graph graph, LoraManifest manifest, string source)
     {
         var byModule = new Dictionary<string, List<Node>>(StringComparer.Ordinal);
         foreach (Node node in graph.Nodes)
@@ -46,7 +46,7 @@ internal static class LoraBranchRemover
         return removed;
     }
 
-    private static int RemoveModule(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, List<Node> nodes, string source)
+    private static int RemoveModule(Onnx.Lora.Ir.Graph graph, LoraModuleInfo info, List<Node> nodes, string source)
     {
         var branch = new HashSet<Node>(nodes);
         foreach (Node node in nodes)
@@ -99,7 +99,7 @@ internal static class LoraBranchRemover
     }
 
     /// <summary>The base graph reads <paramref name="output"/> of a branch node: give it back the base value the node's tag names.</summary>
-    private static void HandBack(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, Node node, Value output, string source)
+    private static void HandBack(Onnx.Lora.Ir.Graph graph, LoraModuleInfo info, Node node, Value output, string source)
     {
         string baseName = LoraTags.ReplacedValueOf(node)
             ?? throw new AdapterMismatchException($"Model '{source}': value '{output.Name}' of LoRA node '{node.Name}' (module '{info.Module}') is read outside its branch, but the node names no base value ({LoraTags.ReplacesKey}).");

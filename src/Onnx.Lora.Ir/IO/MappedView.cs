@@ -1,7 +1,7 @@
 using System.IO.MemoryMappedFiles;
 using Microsoft.Win32.SafeHandles;
 
-namespace Onnx.Lora.Graph.IO;
+namespace Onnx.Lora.Ir.IO;
 
 /// <summary>
 /// A read-only memory map of a whole file with its first byte pinned as a pointer: the one place that creates the

@@ -1,6 +1,6 @@
 using System.Buffers;
 
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// One external data file of a model. The file is memory-mapped on first access to tensor bytes, so opening a

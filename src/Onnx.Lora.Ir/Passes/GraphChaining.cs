@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph.Passes;
+namespace Onnx.Lora.Ir.Passes;
 
 /// <summary>
 /// Joins two models that exporters split at a named value — e.g. ORT GenAI's <c>embedding.onnx</c> (input_ids →

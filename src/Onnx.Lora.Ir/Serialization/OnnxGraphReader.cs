@@ -1,7 +1,7 @@
 using Google.Protobuf;
-using Onnx.Lora.Graph.Proto;
+using Onnx.Lora.Ir.Proto;
 
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>Reads a graph and its subgraphs (If/Loop/Scan bodies) into the IR, resolving names through nested scopes.</summary>
 internal sealed class OnnxGraphReader(OnnxTensorReader tensors, string displayPath)

@@ -1,8 +1,8 @@
 using System.Runtime.InteropServices;
-using Onnx.Lora.Graph.IO;
-using Onnx.Lora.Graph.Proto;
+using Onnx.Lora.Ir.IO;
+using Onnx.Lora.Ir.Proto;
 
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>
 /// Reads the tensors of one model load and owns the external data files they map, so the loader can hand them to the

@@ -1,6 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Artifacts;
 
@@ -58,7 +58,7 @@ public static partial class ActivationRecomputation
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(forwardNodes);
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         var layers = new SortedDictionary<int, List<Node>>();
         foreach (Node node in graph.Nodes)
         {

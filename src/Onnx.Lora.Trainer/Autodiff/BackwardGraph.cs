@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Autodiff;
 
@@ -38,7 +38,7 @@ public static class BackwardGraph
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
         ArgumentNullException.ThrowIfNull(table);
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         graph.SortTopologically();
         var facts = new ValueFacts(table);
         var builder = new GraphBuilder(model) { NamePrefix = "grad/" };

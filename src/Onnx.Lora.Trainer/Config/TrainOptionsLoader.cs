@@ -1,10 +1,10 @@
 using System.Globalization;
 using System.Text.Json;
-using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer.Schedules;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Trainer.Config;
 

@@ -1,8 +1,8 @@
 using System.Text.Json;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.IO;
-using Onnx.Lora.Graph.Passes;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.IO;
+using Onnx.Lora.Ir.Passes;
+using Onnx.Lora.Ir.Serialization;
 
 namespace Onnx.Lora.Trainer.Runner;
 
@@ -29,7 +29,7 @@ public static class EmbeddingChain
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(modelPath);
-        Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         if (!graph.Inputs.Any(v => v.Name == EmbedsInput) || graph.Inputs.Any(v => v.Name == "input_ids"))
         {
             return null;

@@ -1,7 +1,6 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Resources;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Resources;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Autodiff;
 using Onnx.Lora.Trainer.Config;
@@ -122,7 +121,7 @@ public static class TrainingGraphMemory
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(trainable);
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         var facts = new ValueFacts(OpTable.Default);
         var symbols = BindSymbols(graph, batch, seq);
         var trainableSet = new HashSet<string>(trainable, StringComparer.Ordinal);
@@ -239,7 +238,7 @@ public static class TrainingGraphMemory
     /// depth-first walk from the nodes nothing reads, taking inputs in node-index order (lowest first), each node
     /// emitted after its inputs. Node indices are the file's node order.
     /// </summary>
-    private static List<Node> ExecutionOrder(Onnx.Lora.Graph.Graph graph)
+    private static List<Node> ExecutionOrder(Onnx.Lora.Ir.Graph graph)
     {
         var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
         for (int i = 0; i < graph.Nodes.Count; i++)
@@ -292,7 +291,7 @@ public static class TrainingGraphMemory
     }
 
     /// <summary>Symbol → size: the first two axes of the batch inputs (input_ids, attention_mask, labels) are batch and sequence.</summary>
-    private static Dictionary<string, long> BindSymbols(Onnx.Lora.Graph.Graph graph, int batch, int seq)
+    private static Dictionary<string, long> BindSymbols(Onnx.Lora.Ir.Graph graph, int batch, int seq)
     {
         var symbols = new Dictionary<string, long>(StringComparer.Ordinal);
         foreach (Value input in graph.Inputs.Where(i => i.Initializer is null && i.Shape is { Count: >= 2 }))

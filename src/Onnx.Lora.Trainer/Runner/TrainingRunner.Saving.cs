@@ -1,12 +1,11 @@
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 using Onnx.Lora.Trainer.Metrics;
 
 namespace Onnx.Lora.Trainer.Runner;

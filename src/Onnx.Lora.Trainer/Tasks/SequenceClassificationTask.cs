@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Data;
 using Onnx.Lora.Trainer.Loss;
 using Onnx.Lora.Trainer.Runner;
 

@@ -13,13 +13,13 @@
 // Every node and initializer a branch adds is tagged with its module, and the node whose output takes over the base
 // value's uses names that value (LoraTags): merge and the serving export remove exactly what was tagged.
 // NOTE: no weight bytes are read unless DoRA (magnitude init) or PiSSA (SVD) needs them.
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Passes;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Passes;
+using Onnx.Lora.Targets;
 
-namespace Onnx.Lora.Rewriter.Injection;
+namespace Onnx.Lora.Injection;
 
-using Graph = Onnx.Lora.Graph.Graph;
+using Graph = Onnx.Lora.Ir.Graph;
 
 /// <summary>Inserts LoRA adapters into the layers <see cref="LoraOptions"/> selects and writes the <see cref="LoraManifest"/>.</summary>
 public sealed class InsertLoraAdaptersPass : InPlacePass

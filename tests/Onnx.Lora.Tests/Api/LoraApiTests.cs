@@ -1,4 +1,3 @@
-using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
@@ -127,7 +126,7 @@ public sealed class LoraApiTests
         Assert.ThrowsExactly<InvalidOperationException>(() => model.Merge());
         model.Inject(new LoraOptions());
         Assert.ThrowsExactly<InvalidOperationException>(() => model.Inject(new LoraOptions()));
-        Assert.ThrowsExactly<global::Onnx.Lora.Graph.OutputConflictException>(() => model.Save(s_base));
+        Assert.ThrowsExactly<global::Onnx.Lora.Ir.OutputConflictException>(() => model.Save(s_base));
     }
 
     private static TrainOptions Options(string folder, int maxSteps) => LoraTrainer.LoadOptions(null, new Dictionary<string, string>

@@ -1,8 +1,8 @@
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Passes;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Passes;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Graph;
@@ -76,7 +76,7 @@ public sealed class GraphChainingTests
     public void Prepend_JoinTypesDiffer_Throws()
     {
         (Model front, Model back) = Pair();
-        back.Graph.Inputs[0].Type = Onnx.Lora.Graph.ValueType.Tensor(DataType.Float16, Shape.Of(new Dim(2), new Dim(2)));
+        back.Graph.Inputs[0].Type = Onnx.Lora.Ir.ValueType.Tensor(DataType.Float16, Shape.Of(new Dim(2), new Dim(2)));
         var e = Assert.ThrowsExactly<GraphValidationException>(() => GraphChaining.Prepend(back, front, "h", "front.onnx"));
         StringAssert.Contains(e.Message, "makes 'h' as");
         front.Dispose();

@@ -3,9 +3,8 @@ using System.Globalization;
 using System.Text.Json;
 using System.Xml.Linq;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;

@@ -1,5 +1,5 @@
 using System.Reflection;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer.Autodiff;
 
 namespace Onnx.Lora.Tests.Trainer;

@@ -1,9 +1,8 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Loss;
@@ -95,7 +94,7 @@ public sealed class ActivationRecomputationTests
     public void Apply_OnStories_LayerValuesReachTheBackwardOnlyThroughGatedCopies()
     {
         using Training on = Stories64(recompute: true);
-        Onnx.Lora.Graph.Graph g = on.Model.Graph;
+        Onnx.Lora.Ir.Graph g = on.Model.Graph;
         var forward = on.Forward;
 
         // No backward node reads a value computed inside a layer that only the backward needed: those come from copies.

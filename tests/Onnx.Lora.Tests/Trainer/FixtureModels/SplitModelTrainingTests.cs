@@ -1,8 +1,7 @@
 using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;

@@ -1,10 +1,10 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
-using Onnx.Lora.Rewriter;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Runner;
 
