@@ -3,7 +3,7 @@ using Onnx.Lora.TorchRef;
 
 if (args.Length == 0)
 {
-    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|scale|make-model> [--options]");
+    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|scale|startup|make-model> [--options]");
     return 2;
 }
 
@@ -21,6 +21,7 @@ try
         "make-model" => Verbs.MakeModel(options),
         "bench" => Verbs.Bench(options),
         "scale" => ScaleBench.Run(options),
+        "startup" => StartupBench.Run(options),
         _ => throw new ArgumentException($"Unknown verb '{args[0]}'."),
     };
 }

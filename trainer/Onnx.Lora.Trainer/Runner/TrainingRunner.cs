@@ -126,8 +126,9 @@ public sealed class TrainingRunner
             }
         }
 
-        // One cheap read of the model serves the memory check and the data checks.
-        ModelLimits limits = ModelPreparation.ReadLimits(o);
+        // The one read of the model (weights left on disk) serves the memory check, the data checks and the preparation.
+        using ModelSource source = ModelPreparation.Open(o);
+        ModelLimits limits = source.Limits;
         CheckMemory(o, limits.Shape);
 
         // Data first: a bad row or tokenizer is reported before any conversion, injection or graph building.
@@ -142,8 +143,12 @@ public sealed class TrainingRunner
         Distributed.Shard(data);
         Distributed.Agree(); // A rank that cannot read its data stops every rank here, before the model is prepared.
         string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
-        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, artifactsDir, _observer), m => m.LoraModelPath,
+        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, source, artifactsDir, _observer), m => m.LoraModelPath,
             loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
+        if (model.LoraModel is null)
+        {
+            source.Release();
+        }
 
         int totalSteps = Distributed.GlobalView(o).TotalOptimizerSteps(data.Train.RowCount);
         LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
@@ -215,7 +220,7 @@ public sealed class TrainingRunner
             PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model));
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
-            WriteTrainedModel(session, model.LoraModelPath, trainedModel);
+            WriteTrainedModel(session, model, trainedModel);
         }
 
         string? plot = null;
@@ -451,15 +456,18 @@ public sealed class TrainingRunner
         _observer.OnCheckpoint(loop.Step, folder);
     }
 
-    private static void WriteTrainedModel(LoraTrainingSession session, string loraModelPath, string path)
+    // The LoRA model prepared in memory (its frozen weights mapped from the artifacts) gets the trained tensors; it is
+    // written as its source was: external data in one new file, or inline.
+    private static void WriteTrainedModel(LoraTrainingSession session, PreparedModel prepared, string path)
     {
-        using Model model = OnnxReader.Load(loraModelPath);
+        using Model? reloaded = prepared.LoraModel is null ? OnnxReader.Load(prepared.LoraModelPath) : null;
+        Model model = prepared.LoraModel ?? reloaded!;
         foreach (TrainableTensor t in session.Parameters)
         {
             model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Dims, session.GetParameter(t.Name)));
         }
 
-        OnnxWriter.Save(model, path);
+        OnnxWriter.Save(model, path, SaveOptions.Like(path, reloaded?.DataFiles.Count > 0 || prepared.ExternalData));
     }
 
     private static List<NamedTensor> CurrentParameters(LoraTrainingSession session) =>
