@@ -108,14 +108,16 @@ public sealed partial class LoraTrainingSession : IDisposable
         IReadOnlyList<TrainableTensor> trainable = artifacts.Trainable;
         _values = new float[trainable.Count][];
         _gradients = new float[trainable.Count][];
-        using (Model model = OnnxReader.Load(artifacts.TrainingModelPath))
+        // Artifacts built by this process carry their initial values; only artifacts opened from a folder are parsed.
+        Model? model = Enumerable.Range(0, trainable.Count).All(i => artifacts.InitialValue(i) is not null) ? null : OnnxReader.Load(artifacts.TrainingModelPath);
+        using (model)
         {
             for (int i = 0; i < trainable.Count; i++)
             {
                 TrainableTensor t = trainable[i];
-                Onnx.Lora.Ir.Tensor init = model.Graph.Initializers.TryGetValue(t.Name, out Value? v) ? v.Initializer!
+                _values[i] = artifacts.InitialValue(i) is { } initial ? (float[])initial.Clone()
+                    : model!.Graph.Initializers.TryGetValue(t.Name, out Value? v) ? v.Initializer!.ToArray<float>()
                     : throw new LoraException($"Training model '{artifacts.TrainingModelPath}' has no initial value for '{t.Name}'.");
-                _values[i] = init.ToArray<float>();
                 _gradients[i] = new float[_values[i].Length];
                 _index[t.Name] = i;
             }

@@ -4,7 +4,7 @@ using Onnx.Lora.Tools;
 
 if (args.Length == 0)
 {
-    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|scale|make-model|graph-memory> [--options]");
+    Console.Error.WriteLine("usage: onnx-lora-torchref <inject|forward|train|train-ours|parity|sgemm|bench|scale|make-model|graph-memory|startup> [--options]");
     return 2;
 }
 
@@ -23,6 +23,7 @@ try
         "bench" => Verbs.Bench(options),
         "scale" => ScaleBench.Run(options),
         "graph-memory" => Verbs.GraphMemory(options),
+        "startup" => StartupBench.Run(options),
         _ => throw new ArgumentException($"Unknown verb '{args[0]}'."),
     };
 }

@@ -249,9 +249,7 @@ internal static class Verbs
         };
         using Model model = TorchLlamaBuilder.Build(config);
         bool external = a.Flag("external-data") || config.ParameterCount * sizeof(float) >= (2L << 30) - (64L << 20);
-        OnnxWriter.Save(model, a.Str("out"), external
-            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(a.Str("out")) + ".data" }
-            : null);
+        OnnxWriter.Save(model, a.Str("out"), external ? SaveOptions.Like(a.Str("out"), externalData: true) : null);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {a.Str("out")}: {config.ParameterCount / 1e6:F2} M parameters"));
         return 0;
     }

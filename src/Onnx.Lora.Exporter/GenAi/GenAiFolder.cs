@@ -103,10 +103,9 @@ public static class GenAiFolder
         try
         {
             var files = new List<string>();
-            var save = model.DataFiles.Count > 0
-                ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = options.ModelFileName + ".data" }
-                : new SaveOptions { ExternalData = ExternalDataMode.Inline };
-            OnnxWriter.Save(model, Path.Combine(staging, options.ModelFileName), save);
+            string modelOut = Path.Combine(staging, options.ModelFileName);
+            SaveOptions save = SaveOptions.Like(modelOut, model);
+            OnnxWriter.Save(model, modelOut, save);
             files.Add(options.ModelFileName);
             if (save.ExternalData == ExternalDataMode.SingleFile)
             {

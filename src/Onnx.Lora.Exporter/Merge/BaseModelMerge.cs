@@ -30,13 +30,32 @@ public static class BaseModelMerge
             throw new OutputConflictException($"Refusing to merge into '{basePath}' itself: the base is never modified in place.");
         }
 
-        LoraWeights weights = AdapterLoader.Load(adapterPath);
         using Model model = OnnxReader.Load(basePath);
+        return Merge(model, basePath, adapterPath, outputPath, options);
+    }
+
+    /// <summary>
+    /// Merges <paramref name="adapterPath"/> into the loaded base <paramref name="model"/> (read from
+    /// <paramref name="basePath"/>, which names it in messages) and writes <paramref name="outputPath"/> atomically;
+    /// <paramref name="model"/> is rewritten in memory (dispose it afterwards).
+    /// </summary>
+    /// <exception cref="AdapterMismatchException">An adapter module matches no linear layer of the base (the message lists the closest names), or shapes differ.</exception>
+    /// <exception cref="AdapterFormatException">The adapter file is malformed.</exception>
+    /// <exception cref="OutputConflictException">The output is the base model.</exception>
+    public static MergeReport Merge(Model model, string basePath, string adapterPath, string outputPath, MergeOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(basePath);
+        ArgumentNullException.ThrowIfNull(adapterPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        if (Path.GetFullPath(basePath) == Path.GetFullPath(outputPath))
+        {
+            throw new OutputConflictException($"Refusing to merge into '{basePath}' itself: the base is never modified in place.");
+        }
+
+        LoraWeights weights = AdapterLoader.Load(adapterPath);
         MergeReport report = MergeInto(model, weights, basePath, adapterPath, options);
-        bool external = model.DataFiles.Count > 0;
-        OnnxWriter.Save(model, outputPath, external
-            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default }
-            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default });
+        OnnxWriter.Save(model, outputPath, SaveOptions.Like(outputPath, model, options?.Progress, options?.CancellationToken ?? default));
         return report;
     }
 

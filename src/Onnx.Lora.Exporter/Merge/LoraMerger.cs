@@ -45,6 +45,27 @@ public static class LoraMerger
         }
 
         using Model model = OnnxReader.Load(loraModelPath);
+        return Merge(model, loraModelPath, outputPath, adapterPath, options);
+    }
+
+    /// <summary>
+    /// Merges the loaded LoRA model <paramref name="model"/> (read from <paramref name="loraModelPath"/>, which names it
+    /// in messages) into <paramref name="outputPath"/>, as <see cref="Merge(string, string, string?, MergeOptions?)"/>;
+    /// <paramref name="model"/> is rewritten in memory (dispose it afterwards).
+    /// </summary>
+    /// <exception cref="AdapterMismatchException">The model has no manifest, or the adapter does not fit it.</exception>
+    /// <exception cref="OutputConflictException">The output is the input.</exception>
+    /// <exception cref="OutputWriteException">The output cannot be written.</exception>
+    public static MergeReport Merge(Model model, string loraModelPath, string outputPath, string? adapterPath = null, MergeOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(loraModelPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        if (Path.GetFullPath(loraModelPath) == Path.GetFullPath(outputPath))
+        {
+            throw new OutputConflictException($"Refusing to merge '{loraModelPath}' into itself: the input is never modified in place.");
+        }
+
         LoraManifest manifest = LoraManifest.Read(model)
             ?? throw new AdapterMismatchException($"Model '{loraModelPath}' has no LoRA manifest (metadata '{LoraManifest.MetadataKey}'); it was not written by the rewriter.");
         LoraWeights weights = adapterPath switch
@@ -55,11 +76,7 @@ public static class LoraMerger
             _ => ModuleMatcher.Match(AdapterLoader.Load(adapterPath), manifest.Modules.Select(m => m.Module).ToList(), loraModelPath, adapterPath),
         };
         MergeReport report = MergeInto(model, manifest, weights, loraModelPath, options);
-        bool external = model.DataFiles.Count > 0;
-        var save = external
-            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default }
-            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = options?.Progress, CancellationToken = options?.CancellationToken ?? default };
-        OnnxWriter.Save(model, outputPath, save);
+        OnnxWriter.Save(model, outputPath, SaveOptions.Like(outputPath, model, options?.Progress, options?.CancellationToken ?? default));
         return report;
     }
 

@@ -58,6 +58,21 @@ public static class ServingExport
         ArgumentNullException.ThrowIfNull(modelPath);
         ArgumentNullException.ThrowIfNull(options);
         using Model model = OnnxReader.Load(modelPath);
+        return Export(model, modelPath, options);
+    }
+
+    /// <summary>
+    /// As <see cref="Export(string, ServingExportOptions)"/> for the loaded <paramref name="model"/> (read from
+    /// <paramref name="modelPath"/>, which names it in messages); <paramref name="model"/> is rewritten in memory into
+    /// the serving model (dispose it afterwards).
+    /// </summary>
+    /// <exception cref="AdapterMismatchException">An adapter does not fit, uses DoRA (not expressible by additive slots), or the LoRA model used PiSSA.</exception>
+    /// <exception cref="AdapterFormatException">An adapter file is malformed.</exception>
+    public static ServingExportReport Export(Model model, string modelPath, ServingExportOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(options);
         LoraManifest? trained = LoraManifest.Read(model);
         var adapters = new List<(string Name, LoraWeights Weights, string Source)>();
         IReadOnlyList<string> modules;
@@ -112,9 +127,7 @@ public static class ServingExport
 
         Directory.CreateDirectory(options.OutputFolder);
         string modelOut = Path.Combine(options.OutputFolder, options.ModelFileName);
-        OnnxWriter.Save(model, modelOut, model.DataFiles.Count > 0
-            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = options.ModelFileName + ".data" }
-            : new SaveOptions { ExternalData = ExternalDataMode.Inline });
+        OnnxWriter.Save(model, modelOut, SaveOptions.Like(modelOut, model));
         foreach ((string path, AdapterFile file) in files)
         {
             OnnxAdapterFormat.Write(file, path);

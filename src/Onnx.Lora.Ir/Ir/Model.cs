@@ -71,6 +71,12 @@ public sealed class Model : IDisposable
 
     internal void AdoptDataFile(ExternalDataFile file) => _dataFiles.Add(file);
 
+    /// <summary>
+    /// A copy of the graph structure that shares this model's tensors (no weight is copied or read). The copy reads
+    /// external data through this model's files: keep this model undisposed while the copy is used.
+    /// </summary>
+    public Model Copy() => ModelCopy.Create(this);
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -32,6 +32,7 @@ public static class OnnxReader
     {
         ArgumentNullException.ThrowIfNull(path);
         string full = Path.GetFullPath(path);
+        OnnxReadCounter.Record(full);
         ModelProto proto;
         try
         {
@@ -50,6 +51,7 @@ public static class OnnxReader
     /// <summary>Loads a model from bytes; external data locations resolve against <paramref name="baseDirectory"/>.</summary>
     public static Model Load(ReadOnlyMemory<byte> bytes, string? baseDirectory = null)
     {
+        OnnxReadCounter.Record("<memory>");
         ModelProto proto;
         try
         {

@@ -17,7 +17,8 @@ public static class OnnxWriter
     /// <summary>Saves <paramref name="model"/> to <paramref name="path"/> (and its data file, if any) atomically.</summary>
     /// <exception cref="OnnxSerializationException">The model cannot be written as asked; nothing is left at the destination.</exception>
     /// <exception cref="ResourceLimitException">The destination's file system has less free space than the tensors need; nothing is written.</exception>
-    public static void Save(Model model, string path, SaveOptions? options = null)
+    /// <returns>Where the tensors went: lets a second graph of the same tensors reference the new data file (<see cref="SavedModel.ReferenceWrittenData"/>).</returns>
+    public static SavedModel Save(Model model, string path, SaveOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(path);
@@ -36,11 +37,15 @@ public static class OnnxWriter
             // Both names before any work: neither may be an input (the input's own data file given as -o included).
             batch.Reserve(mode == ExternalDataMode.SingleFile ? [Path.Combine(folder, dataName), fullPath] : [fullPath]);
             ModelProto proto;
+            TensorSink? dataSink = null;
             if (mode == ExternalDataMode.SingleFile)
             {
                 ModelProto? built = null;
                 batch.Add(Path.Combine(folder, dataName), stream =>
-                    built = ToProto(model, new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress, Cancellation = options.CancellationToken }));
+                {
+                    dataSink = new TensorSink(mode, stream, dataName, options.SizeThreshold, folder) { Progress = progress, Cancellation = options.CancellationToken };
+                    built = ToProto(model, dataSink);
+                });
                 proto = built!;
             }
             else
@@ -55,6 +60,9 @@ public static class OnnxWriter
             });
             batch.Commit();
             progress?.Finish();
+            return dataSink is null
+                ? new SavedModel(fullPath, null, null, new Dictionary<Tensor, (long, long)>(ReferenceEqualityComparer.Instance))
+                : new SavedModel(fullPath, Path.Combine(folder, dataName), dataName, dataSink.Written);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or GraphValidationException)
         {
@@ -331,6 +339,9 @@ public static class OnnxWriter
 
         public long InlineBytes { get; private set; }
 
+        /// <summary>Tensors written into the data file, by identity: offset and length of each.</summary>
+        public Dictionary<Tensor, (long Offset, long Length)> Written { get; } = new(ReferenceEqualityComparer.Instance);
+
         public ProgressCounter? Progress { get; init; }
 
         public CancellationToken Cancellation { get; init; }
@@ -364,6 +375,7 @@ public static class OnnxWriter
 
                 tensor.WriteTo(data);
                 AddExternal(proto, dataLocation!, offset, tensor.ByteLength);
+                Written[tensor] = (offset, tensor.ByteLength);
                 Progress?.Add(tensor.ByteLength);
             }
             else

@@ -22,6 +22,30 @@ public sealed record SaveOptions
     /// <summary>Default options: keep external data when possible.</summary>
     public static SaveOptions Default { get; } = new();
 
+    /// <summary>
+    /// How every verb writes a model derived from a loaded one (merged, serving, trained, GenAI): when the source kept
+    /// its weights in external data (real models, past protobuf's 2 GiB), all of them go into one new data file
+    /// "&lt;output file name&gt;.data" beside the output, streamed tensor by tensor; otherwise inline, as the source was.
+    /// </summary>
+    /// <param name="outputPath">The model file to write (its file name names the data file).</param>
+    /// <param name="source">The model the output was derived from (in memory, possibly rewritten).</param>
+    /// <param name="progress">Told after each tensor.</param>
+    /// <param name="cancellationToken">Stops the save between tensors.</param>
+    public static SaveOptions Like(string outputPath, Model source, IProgress<SaveProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        return Like(outputPath, source.DataFiles.Count > 0, progress, cancellationToken);
+    }
+
+    /// <summary>As <see cref="Like(string, Model, IProgress{SaveProgress}?, CancellationToken)"/>, with the choice of external data given.</summary>
+    public static SaveOptions Like(string outputPath, bool externalData, IProgress<SaveProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(outputPath);
+        return externalData
+            ? new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = Path.GetFileName(outputPath) + ".data", Progress = progress, CancellationToken = cancellationToken }
+            : new SaveOptions { ExternalData = ExternalDataMode.Inline, Progress = progress, CancellationToken = cancellationToken };
+    }
+
     /// <summary>Where tensor bytes go.</summary>
     public ExternalDataMode ExternalData { get; init; } = ExternalDataMode.Auto;
 

@@ -52,10 +52,11 @@ public sealed class TrainingArtifacts
 
     private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
-    private TrainingArtifacts(string folder, ArtifactDescription description)
+    private TrainingArtifacts(string folder, ArtifactDescription description, float[][]? initialValues = null)
     {
         Folder = folder;
         Description = description;
+        _initialValues = initialValues;
     }
 
     /// <summary>The artifacts folder.</summary>
@@ -78,6 +79,16 @@ public sealed class TrainingArtifacts
 
     internal ArtifactDescription Description { get; }
 
+    // Initial values of the trainable tensors, in Trainable order, when this process built the artifacts (null when
+    // opened with Load): the session then starts from them instead of parsing training.onnx again.
+    private readonly float[][]? _initialValues;
+
+    /// <summary>
+    /// The initial value of trainable tensor <paramref name="index"/> when these artifacts were built in this process;
+    /// null when they were opened from a folder (read it from <see cref="TrainingModelPath"/>).
+    /// </summary>
+    internal float[]? InitialValue(int index) => _initialValues?[index];
+
     /// <summary>Builds the artifacts of the model at <paramref name="modelPath"/> into <paramref name="outputFolder"/>.</summary>
     /// <exception cref="LoraException">The model has no LoRA manifest and no trainable tensors were given, a tensor is
     /// missing, or an op on a training path has no gradient rule.</exception>
@@ -85,7 +96,31 @@ public sealed class TrainingArtifacts
     {
         ArgumentException.ThrowIfNullOrEmpty(modelPath);
         ArgumentException.ThrowIfNullOrEmpty(outputFolder);
-        TrainingArtifacts artifacts = BuildCore(modelPath, outputFolder, options ?? new TrainingArtifactsOptions());
+        TrainingArtifacts artifacts;
+        using (Model model = OnnxReader.Load(modelPath))
+        {
+            artifacts = BuildCore(model, modelPath, outputFolder, options ?? new TrainingArtifactsOptions());
+        }
+
+        ReleaseBuildMemory();
+        return artifacts;
+    }
+
+    /// <summary>
+    /// Builds the artifacts of the loaded <paramref name="model"/> (named <paramref name="source"/> in messages) into
+    /// <paramref name="outputFolder"/>. The model is not changed: the training and the evaluation graph are built on
+    /// copies of its graph that share its tensors, so the file is read once. Afterwards every initializer of
+    /// <paramref name="model"/> whose bytes went into <see cref="WeightsDataFile"/> reads them from there
+    /// (memory-mapped): a caller that keeps the model through training holds no second copy of the weights.
+    /// </summary>
+    /// <exception cref="LoraException">The model has no LoRA manifest and no trainable tensors were given, a tensor is
+    /// missing, or an op on a training path has no gradient rule.</exception>
+    public static TrainingArtifacts Build(Model model, string source, string outputFolder, TrainingArtifactsOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentException.ThrowIfNullOrEmpty(source);
+        ArgumentException.ThrowIfNullOrEmpty(outputFolder);
+        TrainingArtifacts artifacts = BuildCore(model, source, outputFolder, options ?? new TrainingArtifactsOptions());
         ReleaseBuildMemory();
         return artifacts;
     }
@@ -102,7 +137,7 @@ public sealed class TrainingArtifacts
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
     }
 
-    private static TrainingArtifacts BuildCore(string modelPath, string outputFolder, TrainingArtifactsOptions options)
+    private static TrainingArtifacts BuildCore(Model model, string modelPath, string outputFolder, TrainingArtifactsOptions options)
     {
         Directory.CreateDirectory(outputFolder);
 
@@ -113,14 +148,12 @@ public sealed class TrainingArtifacts
         Directory.CreateDirectory(staging);
         try
         {
-            ArtifactDescription description = WriteTrainingModel(modelPath, options, staging);
-            // The training model's weights are garbage once it is written: give them back before the evaluation model
-            // loads its own copy, so the build peaks near one model in memory, not two.
-            ReleaseBuildMemory();
-            WriteEvalModel(modelPath, options, description.Trainable.Select(t => t.Name).ToArray(), staging);
+            (ArtifactDescription description, SavedModel saved, float[][] initial) = WriteTrainingModel(model, modelPath, options, staging);
+            WriteEvalModel(model, modelPath, options, description.Trainable.Select(t => t.Name).ToArray(), saved, staging);
             AtomicFile.WriteAllText(Path.Combine(staging, DescriptionFile), JsonSerializer.Serialize(description, s_json));
             MoveIntoPlace(staging, outputFolder);
-            return new TrainingArtifacts(Path.GetFullPath(outputFolder), description);
+            saved.MovedTo(outputFolder).ReferenceWrittenData(model);
+            return new TrainingArtifacts(Path.GetFullPath(outputFolder), description, initial);
         }
         finally
         {
@@ -128,10 +161,10 @@ public sealed class TrainingArtifacts
         }
     }
 
-    /// <summary>Builds training.onnx from the model at <paramref name="modelPath"/> into <paramref name="folder"/>, with the frozen weights in <see cref="WeightsDataFile"/>.</summary>
-    private static ArtifactDescription WriteTrainingModel(string modelPath, TrainingArtifactsOptions options, string folder)
+    /// <summary>Builds training.onnx from a copy of <paramref name="source"/> into <paramref name="folder"/>, with the frozen weights in <see cref="WeightsDataFile"/>.</summary>
+    private static (ArtifactDescription Description, SavedModel Saved, float[][] Initial) WriteTrainingModel(Model source, string modelPath, TrainingArtifactsOptions options, string folder)
     {
-        using Model training = OnnxReader.Load(modelPath);
+        using Model training = source.Copy();
         IReadOnlyList<string> trainable = options.TrainableTensors
             ?? LoraManifest.Read(training)?.TrainableTensors().ToArray()
             ?? throw new LoraException($"Model '{modelPath}' has no LoRA manifest (metadata '{LoraManifest.MetadataKey}'); inject LoRA first or name the trainable tensors.");
@@ -153,19 +186,22 @@ public sealed class TrainingArtifacts
             tensors.Add(new TrainableTensor(name, [.. init.Initializer.Dims]));
         }
 
+        float[][] initial = [.. trainable.Select(name => training.Graph.Initializers[name].Initializer!.ToArray<float>())];
+
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss, out _);
         Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations);
-        OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
-        return new ArtifactDescription
+        SavedModel saved = OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
+        var description = new ArtifactDescription
         {
             Trainable = tensors,
             EmptyPastInputs = [.. emptyPast],
             LabelInputs = [.. options.Loss.LabelInputs],
             MetricOutputs = options.Loss is IEvaluationMetricHead m ? [.. m.MetricOutputs] : [],
         };
+        return (description, saved, initial);
     }
 
-    /// <summary>Opens artifacts written by <see cref="Build"/>.</summary>
+    /// <summary>Opens artifacts written by <see cref="Build(string, string, TrainingArtifactsOptions?)"/>.</summary>
     /// <exception cref="LoraException">The folder has no valid <c>artifacts.json</c>.</exception>
     public static TrainingArtifacts Load(string folder)
     {
@@ -190,40 +226,24 @@ public sealed class TrainingArtifacts
 
     /// <summary>
     /// Writes eval.onnx beside training.onnx, referencing the same bytes of <see cref="WeightsDataFile"/>: the weights
-    /// are on disk once, not once per model.
+    /// are on disk once, not once per model. Both graphs are copies of one source sharing its tensor objects, so a
+    /// tensor the training save wrote is matched by identity (no name guess, no byte comparison).
     /// </summary>
-    private static void WriteEvalModel(string modelPath, TrainingArtifactsOptions options, IReadOnlyList<string> trainable, string folder)
+    private static void WriteEvalModel(Model source, string modelPath, TrainingArtifactsOptions options, IReadOnlyList<string> trainable, SavedModel training, string folder)
     {
-        string trainingPath = Path.Combine(folder, TrainingModelFile);
-        using Model eval = OnnxReader.Load(modelPath);
+        using Model eval = source.Copy();
         Prepare(eval, options, modelPath, out LossOutputs evalLoss, out Value prediction);
         DisableDropout(eval);
         IReadOnlyList<(string, Value)>? metrics = options.Loss is IEvaluationMetricHead head
             ? head.MetricOutputs.Zip(head.AttachMetrics(new GraphBuilder(eval), prediction)).ToArray()
             : null;
         Trainer.Artifacts.TrainingGraph.MakeEvaluation(eval, evalLoss.Loss, evalLoss.TokenCount, trainable, metrics);
-
-        using Model written = OnnxReader.Load(trainingPath);
-        foreach (Value init in eval.Graph.Initializers.Values.ToArray())
-        {
-            if (written.Graph.Initializers.TryGetValue(init.Name, out Value? stored)
-                && stored.Initializer is ExternalTensor external
-                && SameData(init.Initializer!, external))
-            {
-                eval.Graph.Initializers.SetData(init.Name, external);
-            }
-        }
+        training.ReferenceWrittenData(eval);
 
         // Tensors the training model does not hold (none for the loss heads we build) stay inline; Keep writes every
         // external tensor as a reference to the shared data file.
         OnnxWriter.Save(eval, Path.Combine(folder, EvalModelFile), new SaveOptions { ExternalData = ExternalDataMode.Keep });
     }
-
-    /// <summary>Whether two tensors hold the same element type, dims and bytes (the eval graph is built separately, so
-    /// names alone do not prove it).</summary>
-    private static bool SameData(Onnx.Lora.Ir.Tensor a, Onnx.Lora.Ir.Tensor b) =>
-        a.DataType == b.DataType && a.ByteLength == b.ByteLength && a.Dims.SequenceEqual(b.Dims)
-        && a.GetBytes().Span.SequenceEqual(b.GetBytes().Span);
 
     /// <summary>
     /// Moves the staged files into <paramref name="outputFolder"/>. The description goes last and the old one first:

@@ -14,7 +14,18 @@ namespace Onnx.Lora.Trainer.Runner;
 /// <param name="Artifacts">Training and evaluation graphs.</param>
 /// <param name="VocabSize">Rows of the token embedding (size of the logits' last axis).</param>
 /// <param name="MaxPositions">Longest sequence the model supports, when known.</param>
-public sealed record PreparedModel(string Name, string LoraModelPath, LoraManifest Manifest, TrainingArtifacts Artifacts, int VocabSize, int? MaxPositions);
+public sealed record PreparedModel(string Name, string LoraModelPath, LoraManifest Manifest, TrainingArtifacts Artifacts, int VocabSize, int? MaxPositions)
+{
+    /// <summary>
+    /// The LoRA model in memory (owned by the run's <see cref="ModelSource"/>; its frozen weights read from the
+    /// artifacts' data file), for writing the trained model without parsing the file again; null on ranks that
+    /// opened what rank 0 prepared.
+    /// </summary>
+    public Model? LoraModel { get; init; }
+
+    /// <summary>Whether the LoRA model came with external data (the trained model is then written the same way).</summary>
+    public bool ExternalData { get; init; }
+}
 
 /// <summary>What the data checks need to know about a model, read without converting or injecting anything.</summary>
 /// <param name="Name">The model's file name.</param>
@@ -34,11 +45,12 @@ public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions, 
 public static class ModelPreparation
 {
     /// <summary>
-    /// Reads vocabulary size and position limit of <c>model</c> cheaply (a llama2.c header, or the ONNX graph with
-    /// its weights left on disk), so the data can be validated before the expensive preparation.
+    /// Reads the model of <paramref name="options"/> once, with its weights left on disk (or a llama2.c header), and
+    /// its vocabulary size and position limit, so the data can be validated before the expensive preparation; the same
+    /// loaded graph is then prepared by <see cref="Prepare"/>.
     /// </summary>
     /// <exception cref="LoraException">The model cannot be read.</exception>
-    public static ModelLimits ReadLimits(TrainOptions options)
+    public static ModelSource Open(TrainOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         string source = options.Model;
@@ -50,44 +62,59 @@ public static class ModelPreparation
         if (source.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
         {
             Llama2cHeader header = Llama2cCheckpoint.Open(source).Header;
-            return new ModelLimits(Path.GetFileName(source), header.Vocab, header.SeqLen, TrainingMemoryEstimate.ShapeOf(header));
+            return new ModelSource(source, null, new ModelLimits(Path.GetFileName(source), header.Vocab, header.SeqLen, TrainingMemoryEstimate.ShapeOf(header)));
         }
 
-        using Model model = OnnxReader.Load(source);
-        using Model? embedding = EmbeddingChain.AttachIfNeeded(model, source);
-        return new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model))
+        Model model = OnnxReader.Load(source);
+        Model? embedding = null;
+        try
         {
-            ClassCount = ClassCount(model),
-        };
+            embedding = EmbeddingChain.AttachIfNeeded(model, source);
+            var limits = new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model))
+            {
+                ClassCount = ClassCount(model),
+            };
+            return new ModelSource(source, model, limits) { ChainedEmbedding = embedding };
+        }
+        catch
+        {
+            embedding?.Dispose();
+            model.Dispose();
+            throw;
+        }
     }
 
-    /// <summary>Prepares the model of <paramref name="options"/> into <paramref name="artifactsDir"/>.</summary>
-    /// <exception cref="LoraException">The model cannot be read, converted or injected, or has no usable logits.</exception>
-    public static PreparedModel Prepare(TrainOptions options, string artifactsDir, ITrainingObserver observer)
+    /// <summary>
+    /// Prepares the model of <paramref name="source"/> into <paramref name="artifactsDir"/>, on the graph
+    /// <see cref="Open"/> read (injected in place when it carries no LoRA yet): no second read of the file.
+    /// </summary>
+    /// <exception cref="LoraException">The model cannot be converted or injected, or has no usable logits.</exception>
+    public static PreparedModel Prepare(TrainOptions options, ModelSource source, string artifactsDir, ITrainingObserver observer)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(observer);
         Directory.CreateDirectory(artifactsDir);
-        string source = options.Model;
-        if (!File.Exists(source))
-        {
-            throw new LoraException($"Model '{source}' does not exist.");
-        }
-
-        string name = Path.GetFileName(source);
-        string modelPath = source;
+        string name = Path.GetFileName(source.Path);
+        string modelPath = source.Path;
         int? maxPositions = null;
-        if (source.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
+        if (source.Model is null)
         {
-            maxPositions = Llama2cCheckpoint.Open(source).Header.SeqLen;
+            maxPositions = Llama2cCheckpoint.Open(source.Path).Header.SeqLen;
 
-            modelPath = Path.Combine(artifactsDir, Path.GetFileNameWithoutExtension(source) + ".onnx");
-            observer.OnMessage($"converting llama2.c checkpoint {source} → {modelPath}");
-            Llama2cConverter.ConvertToFile(source, modelPath);
+            modelPath = Path.Combine(artifactsDir, Path.GetFileNameWithoutExtension(source.Path) + ".onnx");
+            observer.OnMessage($"converting llama2.c checkpoint {source.Path} → {modelPath}");
+            Llama2cConverter.ConvertToFile(source.Path, modelPath);
+            source.Model = OnnxReader.Load(modelPath);
         }
 
-        using Model model = OnnxReader.Load(modelPath);
-        using Model? embedding = EmbeddingChain.AttachIfNeeded(model, modelPath, observer.OnMessage);
+        Model model = source.Model;
+        if (source.ChainedEmbedding is not null)
+        {
+            observer.OnMessage($"{name} takes inputs_embeds: its embedding model is chained in front (token ids → inputs_embeds)");
+        }
+
+        bool external = model.DataFiles.Count > 0;
         maxPositions ??= ModelMetadataKeys.ReadMaxPositions(model);
         LoraManifest? manifest = LoraManifest.Read(model);
         string loraPath = modelPath;
@@ -105,9 +132,9 @@ public static class ModelPreparation
             observer.OnMessage(options.Lora is not null
                 ? $"{name} already carries LoRA ({manifest.Modules.Count} modules); the lora_* options are ignored"
                 : $"{name} already carries LoRA ({manifest.Modules.Count} modules)");
-            if (embedding is not null)
+            if (source.ChainedEmbedding is not null)
             {
-                // The artifacts are built from a file: the chained graph must be one.
+                // Other ranks and a reload read the LoRA model from its file: the chained graph must be that file.
                 loraPath = Path.Combine(artifactsDir, TrainingRunner.LoraModelFile);
                 OnnxWriter.Save(model, loraPath);
             }
@@ -115,13 +142,13 @@ public static class ModelPreparation
 
         if (manifest.Placement != LoraPlacement.Initializers)
         {
-            throw new LoraException($"Model '{source}' holds empty adapter slots (a serving model); train a model injected with trainable initializers.");
+            throw new LoraException($"Model '{source.Path}' holds empty adapter slots (a serving model); train a model injected with trainable initializers.");
         }
 
-        int vocab = VocabSize(model, source);
+        int vocab = VocabSize(model, source.Path);
         observer.OnMessage($"building training graphs in {artifactsDir}");
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraPath, artifactsDir, new TrainingArtifactsOptions { Loss = Tasks.TrainingTasks.LossHead(options.Task), RecomputeActivations = options.GradientCheckpointing });
-        return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions);
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(model, loraPath, artifactsDir, new TrainingArtifactsOptions { Loss = Tasks.TrainingTasks.LossHead(options.Task), RecomputeActivations = options.GradientCheckpointing });
+        return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions) { LoraModel = model, ExternalData = external };
     }
 
     /// <summary>

@@ -88,7 +88,7 @@ public static class TrainingGraphMemory
 
     /// <summary>
     /// Builds the training graph of the LoRA model at <paramref name="loraModelPath"/> in memory (as
-    /// <see cref="TrainingArtifacts.Build"/> does, causal-LM loss, nothing written; external weights stay on disk) and walks it.
+    /// <see cref="TrainingArtifacts.Build(Onnx.Lora.Ir.Model, string, string, TrainingArtifactsOptions?)"/> does, causal-LM loss, nothing written; external weights stay on disk) and walks it.
     /// </summary>
     /// <exception cref="LoraException">The model has no LoRA manifest or cannot be differentiated.</exception>
     public static GraphMemoryProfile ForModel(string loraModelPath, int batch, int seq, bool recomputeActivations)

@@ -55,15 +55,18 @@ public sealed partial class TrainingRunner
         _observer.OnCheckpoint(loop.Step, folder);
     }
 
-    private static void WriteTrainedModel(LoraTrainingSession session, string loraModelPath, string path)
+    // The LoRA model prepared in memory (its frozen weights mapped from the artifacts) gets the trained tensors; it is
+    // written as its source was: external data in one new file, or inline.
+    private static void WriteTrainedModel(LoraTrainingSession session, PreparedModel prepared, string path)
     {
-        using Model model = OnnxReader.Load(loraModelPath);
+        using Model? reloaded = prepared.LoraModel is null ? OnnxReader.Load(prepared.LoraModelPath) : null;
+        Model model = prepared.LoraModel ?? reloaded!;
         foreach (TrainableTensor t in session.Parameters)
         {
             model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Dims, session.GetParameter(t.Name)));
         }
 
-        OnnxWriter.Save(model, path);
+        OnnxWriter.Save(model, path, SaveOptions.Like(path, reloaded?.DataFiles.Count > 0 || prepared.ExternalData));
     }
 
     private static List<NamedTensor> CurrentParameters(LoraTrainingSession session) =>

@@ -126,8 +126,9 @@ public sealed partial class TrainingRunner
             }
         }
 
-        // One cheap read of the model serves the memory check and the data checks.
-        ModelLimits limits = ModelPreparation.ReadLimits(o);
+        // The one read of the model (weights left on disk) serves the memory check, the data checks and the preparation.
+        using ModelSource source = ModelPreparation.Open(o);
+        ModelLimits limits = source.Limits;
         CheckMemory(o, limits.Shape);
         ITrainingTask task = TrainingTasks.Create(o.Task, o.Model, limits);
 
@@ -143,9 +144,13 @@ public sealed partial class TrainingRunner
         Distributed.Shard(data);
         Distributed.Agree(); // A rank that cannot read its data stops every rank here, before the model is prepared.
         string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
-        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, artifactsDir, _observer), m => m.LoraModelPath,
+        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, source, artifactsDir, _observer), m => m.LoraModelPath,
             loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
         TrainingGraphMemory.Check(o, model.Artifacts, limits.Shape, _observer.OnMessage); // the graph's own walk, before any step
+        if (model.LoraModel is null)
+        {
+            source.Release();
+        }
 
         int totalSteps = Distributed.GlobalView(o).TotalOptimizerSteps(data.Train.RowCount);
         LearningRateSchedule schedule = o.CreateSchedule(totalSteps);
@@ -217,7 +222,7 @@ public sealed partial class TrainingRunner
             PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model), task.PeftTaskType);
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
-            WriteTrainedModel(session, model.LoraModelPath, trainedModel);
+            WriteTrainedModel(session, model, trainedModel);
         }
 
         string? plot = null;
@@ -420,15 +425,6 @@ public sealed partial class TrainingRunner
         _observer.OnEvaluation(new EvaluationReport(step, loss, Math.Exp(loss), improved) { Metrics = metrics });
     }
 
-    internal static TrainingBatch ToTrainingBatch(Batch b) => new()
-    {
-        InputIds = b.InputIds,
-        AttentionMask = b.AttentionMask,
-        Labels = b.Labels,
-        BatchSize = b.BatchSize,
-        SequenceLength = b.SeqLength,
-    };
-
     private sealed record RunContext(TrainOptions Options, LoraTrainingSession Session, PreparedData Data, PreparedModel Model,
         LearningRateSchedule Schedule, MetricsLog? Metrics, string CheckpointsDir, int TotalSteps, LoopState Loop)
     {
@@ -454,35 +450,6 @@ public sealed partial class TrainingRunner
         public string? LastCheckpoint { get; set; }
 
         public int Skipped { get; set; }
-    }
-
-    /// <summary>
-    /// The loader reuses one buffer set per column count, so micro-batch k of a step must be copied before
-    /// micro-batch k+1 is loaded; each k keeps its own reusable set per column count (allocated once).
-    /// </summary>
-    private sealed class MicroBatchBuffers(int count)
-    {
-        private readonly Dictionary<int, (long[] Ids, long[] Mask, long[] Labels)>[] _sets =
-            Enumerable.Range(0, count).Select(_ => new Dictionary<int, (long[], long[], long[])>()).ToArray();
-
-        public TrainingBatch Hold(int k, Batch b)
-        {
-            if (_sets.Length == 1)
-            {
-                return ToTrainingBatch(b); // Consumed before the next Next(): no copy needed.
-            }
-
-            if (!_sets[k].TryGetValue(b.SeqLength, out var set))
-            {
-                set = (new long[b.InputIds.Length], new long[b.InputIds.Length], new long[b.InputIds.Length]);
-                _sets[k][b.SeqLength] = set;
-            }
-
-            b.InputIds.CopyTo(set.Ids, 0);
-            b.AttentionMask.CopyTo(set.Mask, 0);
-            b.Labels.CopyTo(set.Labels, 0);
-            return new TrainingBatch { InputIds = set.Ids, AttentionMask = set.Mask, Labels = set.Labels, BatchSize = b.BatchSize, SequenceLength = b.SeqLength };
-        }
     }
 
     private sealed class NullObserver : ITrainingObserver

@@ -6,15 +6,10 @@ namespace Onnx.Lora.Tests.Conventions;
 [TestClass]
 public sealed class SourceFileSizeTests
 {
-    // NOTE: Autodiff/ValueFacts.cs is being replaced by the op table (issue 19, helper "optable"); drop this entry
-    // once that lands. Matched by file name so that moving folders does not silently widen it.
-    private static readonly string[] s_pending = ["ValueFacts.cs"];
-
     [TestMethod]
     public void LongFiles_InRepository_AreNone()
     {
         string[] offenders = SourceFileSize.LongFiles(Fixtures.RepoRoot)
-            .Where(f => !s_pending.Contains(Path.GetFileName(f.Path), StringComparer.Ordinal))
             .Select(f => $"{f.Path} ({f.Lines} lines)")
             .ToArray();
         Assert.AreEqual(0, offenders.Length,

@@ -53,9 +53,10 @@ internal sealed class ExportAdapterCommand : LoraCommand
             throw new UsageException("Give --output NAME.onnx_adapter, --peft DIR and/or --serving DIR.");
         }
 
+        // Read once: the adapter and PEFT exports only read the model; the serving export then rewrites the same graph.
+        using Model model = OnnxReader.Load(path);
         if (adapterOut is not null || peft is not null)
         {
-            using Model model = OnnxReader.Load(path);
             LoraManifest manifest = LoraManifest.Read(model) ?? throw new UsageException($"Model '{path}' has no LoRA manifest; --output and --peft export a trained LoRA model's adapter.");
             LoraWeights weights = LoraWeights.FromModel(model, manifest, path);
             if (adapterOut is not null)
@@ -81,7 +82,7 @@ internal sealed class ExportAdapterCommand : LoraCommand
         if (serving is not null)
         {
             var adapters = (parse.GetValue(s_adapters) ?? []).Select(ParseAdapter).ToList();
-            ServingExportReport report = ServingExport.Export(path, new ServingExportOptions { OutputFolder = serving, Adapters = adapters });
+            ServingExportReport report = ServingExport.Export(model, path, new ServingExportOptions { OutputFolder = serving, Adapters = adapters });
             output.WriteLine($"wrote serving model with {report.Manifest.Modules.Count} adapter slots → {report.ModelPath}");
             foreach ((string name, string file) in report.AdapterPaths)
             {

@@ -50,12 +50,9 @@ internal sealed class MergeCommand : LoraCommand
             ConstantsAsInitializers = parse.GetValue(s_constantsAsInitializers),
             CancellationToken = cancellationToken,
         };
-        bool hasManifest;
-        using (Model probe = OnnxReader.Load(model))
-        {
-            hasManifest = LoraManifest.Read(probe) is not null;
-        }
-
+        // Read once: the manifest decides which merge runs, on the same loaded graph (weights stay on disk until written).
+        using Model loaded = OnnxReader.Load(model);
+        bool hasManifest = LoraManifest.Read(loaded) is not null;
         if (!hasManifest && adapter is null)
         {
             throw new UsageException($"Model '{model}' has no LoRA adapters; give the adapter to merge with --adapter.");
@@ -63,8 +60,8 @@ internal sealed class MergeCommand : LoraCommand
 
         MergeReport report = ConsoleProgress.WithBytesBar(output, $"merging → {Path.GetFileName(target)}", progress =>
             hasManifest
-                ? LoraMerger.Merge(model, target, adapter, options with { Progress = progress })
-                : BaseModelMerge.Merge(model, adapter!, target, options with { Progress = progress }));
+                ? LoraMerger.Merge(loaded, model, target, adapter, options with { Progress = progress })
+                : BaseModelMerge.Merge(loaded, model, adapter!, target, options with { Progress = progress }));
 
         output.WriteLine($"merged {report.MergedModules} modules, removed {report.RemovedNodes} LoRA nodes → {target}");
         foreach (QuantizationError q in report.Quantization)
