@@ -1,7 +1,7 @@
 using System.Text;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// Reads a text file line by line without ever holding more than <c>maxChars</c> of one line: a hostile or broken

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Trainer;
+namespace Onnx.Lora.Data;
 
 /// <summary>A training option is invalid; the message names the file (when it came from one) and the key.</summary>
 public class ConfigException : ToolchainException

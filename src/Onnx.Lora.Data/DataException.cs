@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Trainer;
+namespace Onnx.Lora.Data;
 
 /// <summary>Training data or a tokenizer is unusable; the message names the file and, for data, the line.</summary>
 public class DataException : ToolchainException

@@ -1,6 +1,4 @@
-using Onnx.Lora.Trainer.Checkpoints;
-
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// One micro-batch as int64 tensors [<see cref="BatchSize"/>, <see cref="SeqLength"/>], row-major. The arrays are

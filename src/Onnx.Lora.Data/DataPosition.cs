@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Checkpoints;
+namespace Onnx.Lora.Data;
 
 /// <summary>Where the data loader stands: the next row to read is row <see cref="Index"/> of epoch <see cref="Epoch"/>'s order.</summary>
 /// <param name="Epoch">Zero-based epoch.</param>

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// xoshiro256** generator whose whole state is four 64-bit words, so a checkpoint can store it and a resumed run

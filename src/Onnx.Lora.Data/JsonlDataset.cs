@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>How <see cref="JsonlDataset.Load(string, TextTokenizer, DatasetOptions)"/> turns rows into examples.</summary>
 public sealed record DatasetOptions

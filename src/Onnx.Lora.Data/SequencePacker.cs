@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>A training row: one example, or several packed ones, at most seq_length tokens (unpadded).</summary>
 /// <param name="InputIds">Token ids.</param>

@@ -3,9 +3,9 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// The tokenizer the trainer uses: a SentencePiece <c>.model</c> (through Microsoft.ML.Tokenizers'

@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.Json;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// The <c>decoder</c> section of a Hugging Face <c>tokenizer.json</c>: turns token strings back into text the way the

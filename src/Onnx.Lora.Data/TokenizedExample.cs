@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>The JSONL row formats the trainer reads.</summary>
 public enum ExampleFormat

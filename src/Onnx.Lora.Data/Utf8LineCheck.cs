@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Data;
 
 /// <summary>
 /// Strict UTF-8 for text data: the default decoder turns invalid bytes into U+FFFD silently, so a Latin-1 or binary

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>One named tensor of an adapter file.</summary>
 /// <param name="Name">Tensor name; equals the serving model's input name.</param>

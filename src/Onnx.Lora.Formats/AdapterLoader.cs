@@ -1,9 +1,8 @@
 using System.Text.RegularExpressions;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Formats.Peft;
 
-namespace Onnx.Lora.Exporter;
+namespace Onnx.Lora.Formats;
 
 /// <summary>
 /// Loads an adapter from whichever file the user has, by module name (no model needed): a PEFT folder, a PEFT

@@ -1,10 +1,10 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>Checks that adapters fit a serving model, and that adapters activated together do not collide.</summary>
 public static partial class AdapterValidation

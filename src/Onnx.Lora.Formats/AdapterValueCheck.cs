@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>Refuses adapter files whose weights are not finite, before any runtime consumes them.</summary>
 public static class AdapterValueCheck

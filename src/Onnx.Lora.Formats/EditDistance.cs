@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Exporter;
+namespace Onnx.Lora.Formats;
 
 /// <summary>Edit distance for "did you mean" suggestions (module names, CLI verbs and flags).</summary>
 public static class EditDistance

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Exporter;
+namespace Onnx.Lora.Formats;
 
 /// <summary>An adapter or tensor file (safetensors, .onnx_adapter, PEFT folder) is malformed; the message names the file and the tensor.</summary>
 public class AdapterFormatException : LoraException

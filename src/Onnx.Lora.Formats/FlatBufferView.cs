@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>
 /// A bounds-checked reader of FlatBuffers tables. Hand-written (there is no flatc here) and stricter than generated

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>
 /// The element types a LoRA tensor (A, B, DoRA magnitude) may have in any adapter file. Every reader that turns an

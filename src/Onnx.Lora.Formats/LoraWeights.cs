@@ -1,8 +1,6 @@
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Exporter;
+namespace Onnx.Lora.Formats;
 
 /// <summary>
 /// The trained numbers of one adapted module, in MatMul layout: A [in, r], B [r, out], and the scale applied to A·B

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Exporter;
+namespace Onnx.Lora.Formats;
 
 /// <summary>Matches an adapter's module names to a model's module names.</summary>
 public static class ModuleMatcher

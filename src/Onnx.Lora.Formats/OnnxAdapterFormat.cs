@@ -1,9 +1,9 @@
 using Google.FlatBuffers;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>Reads and writes <c>.onnx_adapter</c> files (and reads ORT GenAI's legacy "GAIL" files).</summary>
 public static class OnnxAdapterFormat

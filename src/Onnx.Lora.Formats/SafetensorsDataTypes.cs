@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>Maps safetensors dtype strings ("F32", "BF16"...) to ONNX element types and back.</summary>
 public static class SafetensorsDataTypes

@@ -2,10 +2,10 @@ using System.Buffers.Binary;
 using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>One tensor entry of a safetensors header; offsets are relative to the start of the data section.</summary>
 /// <param name="Name">Tensor name.</param>

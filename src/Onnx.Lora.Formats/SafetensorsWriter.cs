@@ -1,10 +1,10 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 
-namespace Onnx.Lora.Exporter.Formats;
+namespace Onnx.Lora.Formats;
 
 /// <summary>A tensor to write into a safetensors file.</summary>
 /// <param name="Name">Tensor name (the key).</param>

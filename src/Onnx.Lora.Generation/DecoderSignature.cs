@@ -1,8 +1,8 @@
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Trainer.Generation;
+namespace Onnx.Lora.Generation;
 
 /// <summary>What a decoder input carries; generation computes each kind from the running sequence.</summary>
 internal enum DecoderInputKind

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Trainer.Generation;
+namespace Onnx.Lora.Generation;
 
 /// <summary>
 /// How the next token is picked from the logits: greedy (arg-max) when <see cref="Temperature"/> is 0, otherwise a

@@ -1,6 +1,6 @@
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
-namespace Onnx.Lora.Trainer.Generation;
+namespace Onnx.Lora.Generation;
 
 /// <summary>
 /// Turns a growing id list into text pieces: decodes the whole list and hands out what is new, holding back while the

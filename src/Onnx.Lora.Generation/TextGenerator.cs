@@ -1,14 +1,12 @@
 using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Resources;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Models;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Resources;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Data;
 
-namespace Onnx.Lora.Trainer.Generation;
+namespace Onnx.Lora.Generation;
 
 /// <summary>
 /// Generates text with a causal LM in ONNX Runtime (batch 1, CPU). A model with a KV cache (Optimum's decoder with past:

@@ -1,6 +1,6 @@
 using System.Numerics.Tensors;
 
-namespace Onnx.Lora.Trainer.Generation;
+namespace Onnx.Lora.Generation;
 
 /// <summary>
 /// Picks tokens from logits as <see cref="SamplingOptions"/> say, with its own seeded <see cref="Random"/> (the same

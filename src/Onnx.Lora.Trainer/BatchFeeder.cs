@@ -1,5 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer.Artifacts;
 
 namespace Onnx.Lora.Trainer;

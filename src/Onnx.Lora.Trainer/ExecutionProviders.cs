@@ -1,5 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer.Gpu;
 
 namespace Onnx.Lora.Trainer;

@@ -1,7 +1,7 @@
 using System.Numerics.Tensors;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Gpu;
@@ -116,7 +116,7 @@ public sealed partial class LoraTrainingSession : IDisposable
             for (int i = 0; i < trainable.Count; i++)
             {
                 TrainableTensor t = trainable[i];
-                Onnx.Lora.Graph.Tensor init = model.Graph.Initializers.TryGetValue(t.Name, out Value? v) ? v.Initializer!
+                Onnx.Lora.Ir.Tensor init = model.Graph.Initializers.TryGetValue(t.Name, out Value? v) ? v.Initializer!
                     : throw new LoraException($"Training model '{artifacts.TrainingModelPath}' has no initial value for '{t.Name}'.");
                 _values[i] = init.ToArray<float>();
                 _gradients[i] = new float[_values[i].Length];

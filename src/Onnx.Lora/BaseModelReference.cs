@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>
 /// What an adapter records as PEFT's base_model_name_or_path for a model file: the folder of an exported Hugging Face

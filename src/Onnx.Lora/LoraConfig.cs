@@ -15,7 +15,7 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>
 /// PEFT's LoraConfig: rank, alpha, rsLoRA, DoRA, init, target selection, exclusions, layers and rank/alpha patterns.

@@ -2,7 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>
 /// <see cref="LoraConfig"/> in PEFT's adapter_config.json field names, both ways: the manifest stores it so, and the

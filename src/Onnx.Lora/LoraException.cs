@@ -1,4 +1,6 @@
-namespace Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
+
+namespace Onnx.Lora;
 
 /// <summary>An error about LoRA itself (configuration, injection, training, adapters); the message names the file or tensor.</summary>
 public class LoraException : ToolchainException

@@ -1,8 +1,8 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>How the frozen base weight of an adapted linear layer is stored.</summary>
 [JsonConverter(typeof(JsonStringEnumConverter<WeightLayout>))]

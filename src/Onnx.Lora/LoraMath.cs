@@ -1,7 +1,6 @@
 using System.Numerics.Tensors;
-using Onnx.Lora.Rewriter;
 
-namespace Onnx.Lora.Exporter.Merge;
+namespace Onnx.Lora;
 
 /// <summary>
 /// Merge arithmetic on float32 spans. W' = W + s·A·B (A [in,r], B [r,out]), written into W stored [in,out] or

@@ -1,7 +1,7 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Targets;
 
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>What <c>onnx-lora inspect</c> reports about a model: ops, parameters and targetable linear layers. Reads no weight bytes.</summary>
 public sealed record ModelSummary

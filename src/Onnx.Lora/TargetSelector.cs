@@ -1,6 +1,6 @@
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Targets;
 
-namespace Onnx.Lora.Rewriter;
+namespace Onnx.Lora;
 
 /// <summary>One selected layer with the rank and alpha it gets.</summary>
 /// <param name="Target">The layer.</param>

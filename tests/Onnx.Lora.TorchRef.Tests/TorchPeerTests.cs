@@ -1,6 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 using static TorchSharp.torch;
 
@@ -163,7 +162,7 @@ public sealed class TorchPeerTests
             {
                 float[] changed = (float[])original.Clone();
                 changed[i] += delta;
-                Onnx.Lora.Graph.Tensor init = model.Graph.Initializers[name].Initializer!;
+                Onnx.Lora.Ir.Tensor init = model.Graph.Initializers[name].Initializer!;
                 model.Graph.Initializers.SetData(name, InMemoryTensor.FromFloats(name, init.Dims, changed));
                 try
                 {

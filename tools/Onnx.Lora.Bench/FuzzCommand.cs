@@ -93,7 +93,7 @@ internal static class FuzzCommand
 
             Console.WriteLine($"{file}: accepted in {clock.ElapsedMilliseconds} ms, {GC.GetTotalAllocatedBytes(precise: true) - before:N0} bytes allocated");
         }
-        catch (AggregateException e) when (e.InnerException is Onnx.Lora.Graph.ToolchainException rejected)
+        catch (AggregateException e) when (e.InnerException is Onnx.Lora.Ir.ToolchainException rejected)
         {
             Console.WriteLine($"{file}: rejected in {clock.ElapsedMilliseconds} ms, {GC.GetTotalAllocatedBytes(precise: true) - before:N0} bytes allocated: {rejected.GetType().Name}: {rejected.Message.Split('\n')[0]}");
         }

@@ -1,7 +1,7 @@
 using System.Globalization;
 using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Models.Conversion;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Bench;
 

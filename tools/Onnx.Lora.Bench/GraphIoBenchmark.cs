@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
 
 namespace Onnx.Lora.Bench;

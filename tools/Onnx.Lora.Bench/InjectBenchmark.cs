@@ -1,9 +1,8 @@
 using System.Diagnostics;
 using System.Globalization;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 
 namespace Onnx.Lora.Bench;
 

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir.Serialization;
 using Spectre.Console;
 
 namespace Onnx.Lora.Cli;

@@ -35,7 +35,7 @@ internal static class Suggestions
         ArgumentNullException.ThrowIfNull(candidates);
         int limit = Math.Max(2, typed.Length / 3);
         return candidates.Distinct(StringComparer.Ordinal)
-            .Select(c => (Name: c, Distance: Exporter.EditDistance.Levenshtein(typed, c)))
+            .Select(c => (Name: c, Distance: Onnx.Lora.Formats.EditDistance.Levenshtein(typed, c)))
             .Where(c => c.Distance <= limit && c.Distance > 0)
             .OrderBy(c => c.Distance).ThenBy(c => c.Name, StringComparer.Ordinal)
             .Select(c => c.Name)

@@ -1,5 +1,4 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.TorchRef;
 
@@ -43,7 +42,7 @@ internal sealed class LlamaGraphFacts
     public static LlamaGraphFacts Read(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        Onnx.Lora.Graph.Graph g = model.Graph;
+        Onnx.Lora.Ir.Graph g = model.Graph;
         LoraManifest? manifest = LoraManifest.Read(model);
         var loraTensors = new HashSet<string>(manifest?.TrainableTensors() ?? [], StringComparer.Ordinal);
 
@@ -168,7 +167,7 @@ internal sealed class LlamaGraphFacts
     private static LinearWeight Linear(IReadOnlyDictionary<string, LinearWeight> linears, string module) =>
         linears.TryGetValue(module, out LinearWeight? w) ? w : throw Fail($"no MatMul node for module '{module}' (looked for node '/{module.Replace('.', '/')}/MatMul')");
 
-    private static long[] ReshapeShape(LinearWeight linear, Onnx.Lora.Graph.Graph g)
+    private static long[] ReshapeShape(LinearWeight linear, Onnx.Lora.Ir.Graph g)
     {
         Node matmul = g.Nodes.First(n => n.Name == linear.NodeName);
         Value output = matmul.Outputs[0];
@@ -194,7 +193,7 @@ internal sealed class LlamaGraphFacts
         throw Fail($"the output of '{linear.NodeName}' is not reshaped by a constant shape (cannot read the head count)");
     }
 
-    private static Tensor RotaryTable(Onnx.Lora.Graph.Graph g, string which) =>
+    private static Tensor RotaryTable(Onnx.Lora.Ir.Graph g, string which) =>
         g.Nodes.Where(n => n.Is("Gather") && n.Name.Contains("rotary", StringComparison.Ordinal))
             .Select(n => n.Inputs[0]?.Initializer)
             .FirstOrDefault(t => t is not null && t.Name.Contains(which, StringComparison.Ordinal))

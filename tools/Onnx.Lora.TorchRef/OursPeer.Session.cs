@@ -99,7 +99,7 @@ internal sealed class ProfiledArtifactPeer : ITrainingPeer
     public ProfiledArtifactPeer(string loraModelPath, AdamWSettings adamw, int threads, string profilePrefix, bool spin)
     {
         TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path);
-        using (Onnx.Lora.Graph.Model lora = Onnx.Lora.Graph.Serialization.OnnxReader.Load(loraModelPath))
+        using (Onnx.Lora.Ir.Model lora = Onnx.Lora.Ir.Serialization.OnnxReader.Load(loraModelPath))
         {
             _buffers = artifacts.Trainable.Select(t => lora.Graph.Initializers[t.Name].Initializer!.ToFloat32())
                 .Select((v, i) => new ParameterBuffer(artifacts.Trainable[i].Name, v, new float[v.Length])).ToArray();

@@ -1,6 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Injection;
 
 namespace Onnx.Lora.TorchRef;
 

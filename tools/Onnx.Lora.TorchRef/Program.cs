@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.TorchRef;
 
 if (args.Length == 0)

@@ -1,6 +1,6 @@
 using System.Globalization;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
 

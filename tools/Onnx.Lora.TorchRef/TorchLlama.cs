@@ -74,7 +74,7 @@ internal sealed class TorchLlama : IDisposable
             {
                 if (!_weights.ContainsKey(m.Module))
                 {
-                    throw new Graph.GraphValidationException($"LoRA module '{m.Module}' (target node '{m.TargetNode}') has no frozen MatMul weight in the graph.");
+                    throw new Onnx.Lora.Ir.GraphValidationException($"LoRA module '{m.Module}' (target node '{m.TargetNode}') has no frozen MatMul weight in the graph.");
                 }
 
                 Tensor a = tensor(facts.LoraInitial[m.LoraA], [m.InFeatures, m.Rank], ScalarType.Float32);

@@ -7,6 +7,8 @@
 //           (PEFT puts S on lora_B too); the Frobenius error is √(Σ_{j>k} σ_j²).
 // The result carries scale 1 (PEFT writes lora_alpha = r for the combined adapter).
 
+using Onnx.Lora.Formats;
+
 namespace Onnx.Lora.Exporter.Combine;
 
 /// <summary>How adapters are combined; the names are PEFT's combination_type values.</summary>

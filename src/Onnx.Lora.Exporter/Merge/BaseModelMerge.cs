@@ -2,11 +2,11 @@
 // names modules (the rewriter's TargetDiscovery), the adapter's modules are matched to them by name, the rewriter
 // adds empty adapter slots for exactly those modules (no weight bytes read), and the usual merge folds the adapter in
 // and removes the slots again. Reusing inject → merge keeps one code path for names, layouts and branch shapes.
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
+using Onnx.Lora.Formats;
 
 namespace Onnx.Lora.Exporter.Merge;
 

@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Formats;
 
 namespace Onnx.Lora.Exporter.Merge;
 
@@ -13,7 +13,7 @@ internal static class LoraBranchRemover
 {
     private const int BranchDepth = 8;
 
-    public static int Remove(Onnx.Lora.Graph.Graph graph, LoraManifest manifest, string source)
+    public static int Remove(Onnx.Lora.Ir.Graph graph, LoraManifest manifest, string source)
     {
         int removed = 0;
         foreach (LoraModuleInfo info in manifest.Modules)
@@ -48,7 +48,7 @@ internal static class LoraBranchRemover
         return removed;
     }
 
-    private static int RemoveBranch(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, HashSet<string> seeds, string source)
+    private static int RemoveBranch(Onnx.Lora.Ir.Graph graph, LoraModuleInfo info, HashSet<string> seeds, string source)
     {
         Node target = graph.Nodes.FirstOrDefault(n => n.Name == info.TargetNode)
             ?? throw new AdapterMismatchException($"Model '{source}' has no node '{info.TargetNode}' (target of module '{info.Module}').");

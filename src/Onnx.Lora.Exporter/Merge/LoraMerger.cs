@@ -1,11 +1,10 @@
 // Merge: W' = W + s·A·B written into the base initializer (DoRA: then each output feature rescaled to m_j / ‖W'_j‖),
 // fp16/bf16 weights accumulated in fp32 and rounded once. Every node that reads a LoRA tensor, directly or not, is
 // removed and its result replaced by the base path, so the merged graph is the base graph.
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Targets;
 
 namespace Onnx.Lora.Exporter.Merge;
 
@@ -75,7 +74,7 @@ public static class LoraMerger
         ArgumentNullException.ThrowIfNull(manifest);
         ArgumentNullException.ThrowIfNull(weights);
         options ??= new MergeOptions();
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         int merged = 0;
         var quantization = new List<QuantizationError>();
         var floatCopies = new List<(LoraModuleInfo Info, LoraModuleWeights Weights)>();
@@ -125,7 +124,7 @@ public static class LoraMerger
     }
 
     // Weights that injection lifted from Constant nodes go back to Constant nodes: the merged graph is the base graph.
-    private static void RestoreConstantNodes(Onnx.Lora.Graph.Graph graph, LoraManifest manifest)
+    private static void RestoreConstantNodes(Onnx.Lora.Ir.Graph graph, LoraManifest manifest)
     {
         foreach (string name in manifest.Modules.Where(m => m.BaseWeightStorage == ConstantWeights.ConstantNode).Select(m => m.BaseWeight).Distinct(StringComparer.Ordinal))
         {
@@ -186,7 +185,7 @@ public static class LoraMerger
         }
     }
 
-    private static void ReplaceWeight(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, LoraModuleWeights w, string source)
+    private static void ReplaceWeight(Onnx.Lora.Ir.Graph graph, LoraModuleInfo info, LoraModuleWeights w, string source)
     {
         if (!graph.Initializers.TryGetValue(info.BaseWeight, out Value? value) || value.Initializer is not { } original)
         {

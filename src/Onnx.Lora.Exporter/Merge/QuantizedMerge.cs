@@ -7,10 +7,10 @@
 //               step is the block's scale) and is reported per module from the bytes actually stored.
 //   FloatCopy:  the MatMulNBits node is REPLACED by MatMul(x, W') (+ Add(bias)): exact, but the graph changes (an
 //               fp32/fp16 weight 4–8× larger than the int4 one, and a different kernel) — only when asked.
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Models.Quantization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Ir.Quantization;
+using Onnx.Lora.Formats;
 
 namespace Onnx.Lora.Exporter.Merge;
 
@@ -53,7 +53,7 @@ public sealed record QuantizationError(string Module, double MaxAbs, double MaxR
 /// <summary>Merging into MatMulNBits bases.</summary>
 internal static class QuantizedMerge
 {
-    public static void Requantize(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, LoraModuleWeights w, string source, List<QuantizationError> errors)
+    public static void Requantize(Onnx.Lora.Ir.Graph graph, LoraModuleInfo info, LoraModuleWeights w, string source, List<QuantizationError> errors)
     {
         QuantizedBase q = QuantizedBase.Read(graph, info, source);
         var once = new ComputeOnce<(byte[] Packed, byte[] Scales, byte[]? ZeroPoints)>(partCount: q.ZeroPoints is null ? 2 : 3, () =>
@@ -96,7 +96,7 @@ internal static class QuantizedMerge
     /// <summary>Replaces the target MatMulNBits node by MatMul(x, W') (+ Add(bias)); call after the LoRA branch is removed.</summary>
     public static void ReplaceWithFloatMatMul(Model model, LoraModuleInfo info, LoraModuleWeights w, string source)
     {
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         QuantizedBase q = QuantizedBase.Read(graph, info, source);
         Node node = q.Node;
         DataType type = q.Scales.DataType;
@@ -138,7 +138,7 @@ internal static class QuantizedMerge
     /// <summary>The quantized weight of one module, checked against the manifest and the node.</summary>
     private sealed record QuantizedBase(Node Node, Tensor Packed, Tensor Scales, Tensor? ZeroPoints, int K, int N, int BlockSize)
     {
-        public static QuantizedBase Read(Onnx.Lora.Graph.Graph graph, LoraModuleInfo info, string source)
+        public static QuantizedBase Read(Onnx.Lora.Ir.Graph graph, LoraModuleInfo info, string source)
         {
             Node node = graph.Nodes.FirstOrDefault(n => n.Name == info.TargetNode)
                 ?? throw new AdapterMismatchException($"Model '{source}' has no node '{info.TargetNode}' (target of module '{info.Module}').");
@@ -202,7 +202,7 @@ internal static class QuantizedMerge
             return merged;
         }
 
-        private static Tensor Get(Onnx.Lora.Graph.Graph graph, string name, LoraModuleInfo info, string source) =>
+        private static Tensor Get(Onnx.Lora.Ir.Graph graph, string name, LoraModuleInfo info, string source) =>
             graph.Initializers.TryGetValue(name, out Value? v) && v.Initializer is { } t
                 ? t
                 : throw new AdapterMismatchException($"Model '{source}' has no initializer '{name}' for MatMulNBits module '{info.Module}'.");

@@ -5,13 +5,12 @@
 // (<module>.lora_rank, as the injector declares it), so an adapter may also give modules different ranks.
 //   from a LoRA model: its branches are removed (the base graph comes back) and slots are added for its modules;
 //   from a base model: slots are added for the union of the adapters' modules (or the given targets).
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
 
 namespace Onnx.Lora.Exporter.Serving;
 

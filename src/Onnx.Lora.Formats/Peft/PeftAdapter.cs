@@ -1,13 +1,11 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Exporter.Peft;
+namespace Onnx.Lora.Formats.Peft;
 
 /// <summary>An adapter_config.json as read: PEFT's LoRA configuration and the fields beside it.</summary>
 public sealed record PeftConfig

@@ -1,6 +1,4 @@
-using Onnx.Lora.Rewriter;
-
-namespace Onnx.Lora.Exporter.Peft;
+namespace Onnx.Lora.Formats.Peft;
 
 /// <summary>
 /// PEFT's <c>target_modules</c> selection (tuners_utils <c>check_target_module_exists</c>): a string is a regex that

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Exporter.Peft;
+namespace Onnx.Lora.Formats.Peft;
 
 /// <summary>
 /// The keys and shapes PEFT writes per module kind. Linear: lora_A.weight [r, in], lora_B.weight [out, r].

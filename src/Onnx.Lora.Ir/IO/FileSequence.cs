@@ -3,7 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
-namespace Onnx.Lora.Graph.IO;
+namespace Onnx.Lora.Ir.IO;
 
 /// <summary>
 /// A whole file as a <see cref="ReadOnlySequence{T}"/> whose 1 MiB segments are read only when a parser reaches them,

@@ -1,6 +1,6 @@
 using Microsoft.Win32.SafeHandles;
 
-namespace Onnx.Lora.Graph.IO;
+namespace Onnx.Lora.Ir.IO;
 
 /// <summary>
 /// Opens input files the one safe way: a non-blocking open (a FIFO never hangs the reader), a check that what was

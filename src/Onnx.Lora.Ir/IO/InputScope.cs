@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph.IO;
+namespace Onnx.Lora.Ir.IO;
 
 /// <summary>
 /// The files one verb has read (recorded by <see cref="InputFile"/> and by external data files as they open), so every

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
-namespace Onnx.Lora.Graph.IO;
+namespace Onnx.Lora.Ir.IO;
 
 /// <summary>What a path or an open handle is: its kind, its identity (device + inode) and its size.</summary>
 /// <param name="Kind">Regular file, directory, FIFO, device...</param>

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Win32.SafeHandles;
 
-namespace Onnx.Lora.Graph.IO;
+namespace Onnx.Lora.Ir.IO;
 
 /// <summary>
 /// An exclusive lock on one output, held from before its temporary file is written until after it is renamed into

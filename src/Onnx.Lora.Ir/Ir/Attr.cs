@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>Attribute kinds, numbered as AttributeProto.AttributeType.</summary>
 public enum AttrType

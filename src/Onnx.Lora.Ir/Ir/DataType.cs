@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>ONNX tensor element types, numbered as TensorProto.DataType.</summary>
 public enum DataType

@@ -1,6 +1,6 @@
 using System.Buffers;
 
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// A tensor whose bytes are computed only when they are written (e.g. a merged weight): saving a model streams each

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// Base of every error this toolchain raises on purpose (the CLI maps each kind to an exit code; anything else is a bug).

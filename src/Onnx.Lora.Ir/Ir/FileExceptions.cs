@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// An output file could not be written: the disk is full, the folder is read-only, a path component is a regular

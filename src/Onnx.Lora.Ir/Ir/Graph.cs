@@ -1,6 +1,6 @@
 using System.Collections.ObjectModel;
 
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// A computation graph: inputs, initializers, nodes and outputs, with producer/use links kept consistent by

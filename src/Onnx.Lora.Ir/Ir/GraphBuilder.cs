@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// Fluent construction of graphs: <c>var y = b.MatMul(x, b.Initializer(w));</c>. Node and value names are made

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// An ONNX model: the main graph, opset imports and metadata. A model loaded from a file owns the external

@@ -1,7 +1,6 @@
 using System.Globalization;
-using Onnx.Lora.Graph;
 
-namespace Onnx.Lora.Models;
+namespace Onnx.Lora.Ir;
 
 /// <summary>Model metadata (ONNX metadata_props) that builders write and the trainer and generator read.</summary>
 public static class ModelMetadataKeys

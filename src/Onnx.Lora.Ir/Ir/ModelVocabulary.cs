@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>What a language model's graph says about its vocabulary (read by training and by generation).</summary>
 public static class ModelVocabulary

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>
 /// An operator application. Inputs are values (null for an omitted optional input); outputs are values this

@@ -1,6 +1,6 @@
 using System.Collections.ObjectModel;
 
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>One dimension of a shape: a fixed size, a symbolic name, or unknown.</summary>
 public readonly record struct Dim

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>Conversions between raw tensor bytes of each element type and float32.</summary>
 public static class TensorConvert

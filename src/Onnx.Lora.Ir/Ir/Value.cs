@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph;
+namespace Onnx.Lora.Ir;
 
 /// <summary>A use of a value: input <see cref="InputIndex"/> of <see cref="Node"/>.</summary>
 public readonly record struct Usage(Node Node, int InputIndex);

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph.Passes;
+namespace Onnx.Lora.Ir.Passes;
 
 /// <summary>What a pass returns: the (possibly new) model and whether anything changed.</summary>
 /// <param name="Model">The model after the pass.</param>

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Models.Quantization;
+namespace Onnx.Lora.Ir.Quantization;
 
 /// <summary>
 /// Blockwise 4-bit weights laid out as ORT's <c>com.microsoft.MatMulNBits</c> reads them, for a MatMul weight

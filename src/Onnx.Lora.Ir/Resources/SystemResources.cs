@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Onnx.Lora.Graph.Resources;
+namespace Onnx.Lora.Ir.Resources;
 
 /// <summary>Memory a job may still use, and where that number came from.</summary>
 /// <param name="Bytes">Bytes this process may still allocate.</param>

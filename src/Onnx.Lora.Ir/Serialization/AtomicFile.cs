@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Globalization;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
 
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>
 /// Writes files atomically: content goes to a temporary file in the destination folder, which is renamed over

@@ -1,9 +1,9 @@
 using System.Runtime.InteropServices;
 using Google.Protobuf;
-using Onnx.Lora.Graph.IO;
-using Onnx.Lora.Graph.Proto;
+using Onnx.Lora.Ir.IO;
+using Onnx.Lora.Ir.Proto;
 
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>
 /// Reads an ONNX file into the IR. External tensors are validated (location inside the model's folder, file

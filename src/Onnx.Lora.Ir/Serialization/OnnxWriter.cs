@@ -1,9 +1,9 @@
 using System.Globalization;
 using Google.Protobuf;
-using Onnx.Lora.Graph.Proto;
-using Onnx.Lora.Graph.Resources;
+using Onnx.Lora.Ir.Proto;
+using Onnx.Lora.Ir.Resources;
 
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>Writes the IR to ONNX files, atomically, with inline or external tensor data.</summary>
 public static class OnnxWriter

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>
 /// Plain-words reasons for an output path that cannot be written, checked before any temporary file exists: the

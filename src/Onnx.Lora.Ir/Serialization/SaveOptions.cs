@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>Where tensor bytes go when a model is saved.</summary>
 public enum ExternalDataMode

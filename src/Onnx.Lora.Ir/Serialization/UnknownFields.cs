@@ -1,7 +1,7 @@
 using Google.Protobuf;
 using Google.Protobuf.Reflection;
 
-namespace Onnx.Lora.Graph.Serialization;
+namespace Onnx.Lora.Ir.Serialization;
 
 /// <summary>
 /// Carries protobuf fields this schema does not know (written by a newer exporter) through the IR: they are

@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Models.Quantization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Quantization;
 
 namespace Onnx.Lora.Models.Builders;
 

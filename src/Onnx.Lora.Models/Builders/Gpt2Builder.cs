@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Models.Builders;
 

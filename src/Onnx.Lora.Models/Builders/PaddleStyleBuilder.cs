@@ -1,5 +1,5 @@
 using System.Globalization;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Models.Builders;
 

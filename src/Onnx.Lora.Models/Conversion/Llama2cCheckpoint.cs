@@ -1,8 +1,8 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
 
 namespace Onnx.Lora.Models.Conversion;
 
@@ -239,9 +239,9 @@ public static class Llama2cConverter
     /// <param name="options">Save options (e.g. external data); default inline for small models.</param>
     /// <param name="kvCache">True (default) for the decoder-with-past form, false for the plain form.</param>
     /// <exception cref="OnnxSerializationException">The checkpoint is malformed, or the model cannot be written (nothing is left at the destination).</exception>
-    public static void ConvertToFile(string checkpointPath, string onnxPath, InitializerNaming naming = InitializerNaming.Anonymous, Graph.Serialization.SaveOptions? options = null, bool kvCache = true)
+    public static void ConvertToFile(string checkpointPath, string onnxPath, InitializerNaming naming = InitializerNaming.Anonymous, Onnx.Lora.Ir.Serialization.SaveOptions? options = null, bool kvCache = true)
     {
         using Model model = Convert(checkpointPath, naming, kvCache);
-        Graph.Serialization.OnnxWriter.Save(model, onnxPath, options);
+        Onnx.Lora.Ir.Serialization.OnnxWriter.Save(model, onnxPath, options);
     }
 }

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Artifacts;
 
@@ -26,7 +26,7 @@ public static class KvCacheRemoval
     public static IReadOnlyList<string> Apply(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         graph.Outputs.RemoveAll(o => IsPresentOutput(o.Name));
         var kept = new List<string>();
         foreach (Value input in graph.Inputs.Where(i => IsPastInput(i.Name)).ToArray())

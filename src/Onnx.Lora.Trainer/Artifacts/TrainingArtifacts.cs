@@ -1,7 +1,6 @@
 using System.Text.Json;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Loss;
 
 namespace Onnx.Lora.Trainer.Artifacts;
@@ -215,7 +214,7 @@ public sealed class TrainingArtifacts
 
     /// <summary>Whether two tensors hold the same element type, dims and bytes (the eval graph is built separately, so
     /// names alone do not prove it).</summary>
-    private static bool SameData(Onnx.Lora.Graph.Tensor a, Onnx.Lora.Graph.Tensor b) =>
+    private static bool SameData(Onnx.Lora.Ir.Tensor a, Onnx.Lora.Ir.Tensor b) =>
         a.DataType == b.DataType && a.ByteLength == b.ByteLength && a.Dims.SequenceEqual(b.Dims)
         && a.GetBytes().Span.SequenceEqual(b.GetBytes().Span);
 
@@ -241,7 +240,7 @@ public sealed class TrainingArtifacts
     {
         OpsetUpgrade.Apply(model);
         IReadOnlyList<string> emptyPast = KvCacheRemoval.Apply(model);
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         Value prediction = (options.PredictionOutput is { } name
                 ? graph.Outputs.FirstOrDefault(o => o.Name == name)
                 : graph.Outputs.FirstOrDefault(o => o.Name == "logits") ?? graph.Outputs.FirstOrDefault())

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer.Autodiff;
 
 namespace Onnx.Lora.Trainer.Artifacts;
@@ -63,7 +63,7 @@ public static class TrainingGraph
 
     private static void Finish(Model model, List<Value> outputs, IReadOnlyList<string> trainable)
     {
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         graph.Outputs.Clear();
         graph.Outputs.AddRange(outputs);
         foreach (string name in trainable)
@@ -89,7 +89,7 @@ public static class GraphPruning
 {
     /// <summary>Removes nodes (and then initializers) that no graph output depends on.</summary>
     /// <returns>Number of nodes removed.</returns>
-    public static int RemoveUnused(Onnx.Lora.Graph.Graph graph)
+    public static int RemoveUnused(Onnx.Lora.Ir.Graph graph)
     {
         ArgumentNullException.ThrowIfNull(graph);
         var live = new HashSet<Node>(ReferenceEqualityComparer.Instance);

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Autodiff;
 
@@ -41,7 +41,7 @@ public static class BackwardGraph
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
         registry ??= GradientRuleRegistry.Default;
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         graph.SortTopologically();
         var facts = new ValueFacts();
         var builder = new GraphBuilder(model) { NamePrefix = "grad/" };

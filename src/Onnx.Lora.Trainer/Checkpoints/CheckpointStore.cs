@@ -1,11 +1,9 @@
 using System.Globalization;
 using System.Text.Json;
-using Onnx.Lora.Graph.Resources;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir.Resources;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Checkpoints;
 

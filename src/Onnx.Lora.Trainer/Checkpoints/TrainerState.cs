@@ -1,5 +1,5 @@
 using System.Text.Json.Serialization;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Trainer.Checkpoints;
 

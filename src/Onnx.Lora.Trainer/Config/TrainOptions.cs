@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph.Resources;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir.Resources;
 using Onnx.Lora.Trainer.Schedules;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Trainer.Config;
 

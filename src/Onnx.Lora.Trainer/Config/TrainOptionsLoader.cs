@@ -3,7 +3,8 @@ using System.Text.Json;
 using Onnx.Lora.Trainer.Schedules;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
-using Onnx.Lora.Graph.IO;
+using Onnx.Lora.Ir.IO;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Trainer.Config;
 
@@ -66,7 +67,7 @@ public static class TrainOptionsLoader
         ["lora_layers"] = (o, v) => o with { LoraLayers = v.IsNull ? null : string.Join(",", v.List()) },
         ["lora_rank_pattern"] = (o, v) => o with { LoraRankPattern = v.IsNull ? [] : v.List() },
         ["lora_alpha_pattern"] = (o, v) => o with { LoraAlphaPattern = v.IsNull ? [] : v.List() },
-        ["lora_init"] = (o, v) => o with { LoraInit = v.Enum<Rewriter.LoraInit>() },
+        ["lora_init"] = (o, v) => o with { LoraInit = v.Enum<Onnx.Lora.LoraInit>() },
     };
 
     /// <summary>Every key a file or flag may set, snake_case.</summary>

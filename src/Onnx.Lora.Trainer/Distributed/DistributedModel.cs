@@ -1,6 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;

@@ -1,7 +1,8 @@
 using System.Buffers.Binary;
 using System.Text;
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
+using Onnx.Lora.Trainer.Runner;
 
 namespace Onnx.Lora.Trainer.Distributed;
 
@@ -198,7 +199,7 @@ public sealed class DistributedRun : IDisposable
 /// <summary>
 /// A rank of a distributed run failed during set-up; every rank throws this with the same message and exit code.
 /// </summary>
-public sealed class RankFailedException : Onnx.Lora.Graph.LoraException
+public sealed class RankFailedException : Onnx.Lora.LoraException
 {
     /// <summary>Creates the exception.</summary>
     public RankFailedException(int exitCode, int failedRank, int ranks, string message, Exception? innerException)

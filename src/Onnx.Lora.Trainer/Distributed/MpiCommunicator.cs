@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Trainer.Distributed;
 

@@ -1,6 +1,7 @@
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Data;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Data;
+using Onnx.Lora.Generation;
+using Onnx.Lora.Trainer.Runner;
 
 namespace Onnx.Lora.Trainer.Evaluation;
 
@@ -34,7 +35,7 @@ public static class ModelEvaluator
     /// <param name="dataPath">The JSONL file.</param>
     /// <param name="tokenizer">The tokenizer.</param>
     /// <param name="options">seq_length, packing, truncate and completion_only_loss, as for training.</param>
-    /// <exception cref="Onnx.Lora.Graph.LoraException">The model, an adapter or the data is bad; the message names it.</exception>
+    /// <exception cref="Onnx.Lora.LoraException">The model, an adapter or the data is bad; the message names it.</exception>
     public static EvaluationResult Evaluate(string modelPath, IReadOnlyList<string> adapterPaths, string dataPath, TextTokenizer tokenizer, TrainOptions options)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Loss;
 
@@ -98,7 +98,7 @@ public sealed class MseLoss : ILossHead
         Value targets = builder.Input(TargetsInput, DataType.Float, prediction.Shape?.ToArray() ?? []);
         if (prediction.Shape is null)
         {
-            targets.Type = Onnx.Lora.Graph.ValueType.Tensor(DataType.Float);
+            targets.Type = Onnx.Lora.Ir.ValueType.Tensor(DataType.Float);
         }
 
         Value diff = builder.Sub(p, targets);

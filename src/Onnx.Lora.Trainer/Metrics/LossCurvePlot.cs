@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir.Serialization;
 using ScottPlot;
 
 namespace Onnx.Lora.Trainer.Metrics;

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir.Serialization;
 
 namespace Onnx.Lora.Trainer.Metrics;
 

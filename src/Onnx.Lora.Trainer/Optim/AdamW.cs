@@ -1,5 +1,5 @@
 using System.Numerics.Tensors;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Trainer.Optim;
 

@@ -1,6 +1,7 @@
 using Onnx.Lora.Trainer.Config;
+using Onnx.Lora.Data;
 
-namespace Onnx.Lora.Trainer.Data;
+namespace Onnx.Lora.Trainer.Runner;
 
 /// <summary>Everything the training loop reads: tokenizer and loaders, all rows already validated.</summary>
 /// <param name="Tokenizer">The run's tokenizer.</param>

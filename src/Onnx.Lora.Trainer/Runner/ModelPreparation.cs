@@ -1,9 +1,7 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Models;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Conversion;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Config;
 

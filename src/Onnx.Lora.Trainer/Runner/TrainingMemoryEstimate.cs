@@ -1,7 +1,7 @@
 using System.Globalization;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Resources;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Resources;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Conversion;
 using Onnx.Lora.Trainer.Config;
 
@@ -104,7 +104,7 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     public static ModelShape ShapeOf(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        Onnx.Lora.Graph.Graph g = model.Graph;
+        Onnx.Lora.Ir.Graph g = model.Graph;
         long weightBytes = g.Initializers.Values.Sum(v => v.Initializer!.ByteLength);
         Tensor? table = g.Nodes.Where(n => n.Is("Gather") && n.Inputs[0]?.Initializer is { Dims.Count: 2 }).Select(n => n.Inputs[0]!.Initializer!).MaxBy(t => t.ByteLength);
         int vocab = table is null ? 0 : (int)table.Dims[0];

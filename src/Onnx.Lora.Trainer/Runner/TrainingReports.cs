@@ -130,7 +130,7 @@ public sealed record TrainingSummary
 }
 
 /// <summary>A guard stopped training (NaN/Inf loss or gradient under <c>nan_policy: stop</c>); the message names the step.</summary>
-public class TrainingGuardException : Onnx.Lora.Graph.LoraException
+public class TrainingGuardException : Onnx.Lora.LoraException
 {
     /// <summary>Creates the exception.</summary>
     public TrainingGuardException() { }

@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Models.Families;
+namespace Onnx.Lora.Families;
 
 /// <summary>Where a linear layer sits in a transformer block; decides the PEFT container name when a graph lacks one.</summary>
 public enum ModuleRole

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 
-namespace Onnx.Lora.Models.Families;
+namespace Onnx.Lora.Families;
 
 /// <summary>A linear layer's module name as PEFT names it, with what the name says about the layer.</summary>
 /// <param name="Name">Dotted module path, e.g. <c>model.layers.3.self_attn.q_proj</c>.</param>

@@ -1,7 +1,7 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Targets;
 
-namespace Onnx.Lora.Rewriter.Injection;
+namespace Onnx.Lora.Injection;
 
 /// <summary>
 /// Reads a target's base weight as float32 in MatMul layout [in, out]. Only DoRA (magnitude) and PiSSA (SVD) call

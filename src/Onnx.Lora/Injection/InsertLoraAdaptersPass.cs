@@ -11,13 +11,13 @@
 // initializer defaults, and s is folded into B by whoever writes the adapter, as ORT/Olive adapters expect. The
 // branch runs in the activation dtype: fp16/bf16 bases Cast A and B.
 // NOTE: no weight bytes are read unless DoRA (magnitude init) or PiSSA (SVD) needs them.
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Passes;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Passes;
+using Onnx.Lora.Targets;
 
-namespace Onnx.Lora.Rewriter.Injection;
+namespace Onnx.Lora.Injection;
 
-using Graph = Onnx.Lora.Graph.Graph;
+using Graph = Onnx.Lora.Ir.Graph;
 
 /// <summary>Inserts LoRA adapters into the layers <see cref="LoraOptions"/> selects and writes the <see cref="LoraManifest"/>.</summary>
 public sealed class InsertLoraAdaptersPass : InPlacePass

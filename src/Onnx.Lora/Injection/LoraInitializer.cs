@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Rewriter.Injection;
+namespace Onnx.Lora.Injection;
 
 /// <summary>
 /// Initial values of A [in, r] (MatMul layout). Each module draws from its own generator seeded by the options'

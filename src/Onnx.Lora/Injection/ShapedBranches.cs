@@ -7,10 +7,10 @@
 //   Embedding:  y' = y + (gather(A, ids)·s)·B,  A [rows, r], B [r, dim]: PEFT's embedding(x, lora_embedding_A.T) @
 //               lora_embedding_B.T · s, and W' = W + s·A·B. PEFT initializes A = 0 and B ~ N(0, 1) for embeddings
 //               (the reverse of Linear), so a fresh adapter changes nothing; no dropout (PEFT applies none).
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Targets;
 
-namespace Onnx.Lora.Rewriter.Injection;
+namespace Onnx.Lora.Injection;
 
 /// <summary>Builds the Conv and Embedding LoRA branches (see the file header for the math).</summary>
 internal static class ShapedBranches

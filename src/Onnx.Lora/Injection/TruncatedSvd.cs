@@ -1,6 +1,6 @@
 using System.Numerics.Tensors;
 
-namespace Onnx.Lora.Rewriter.Injection;
+namespace Onnx.Lora.Injection;
 
 /// <summary>The top singular triplets of a matrix: W ≈ U·diag(S)·Vᵀ.</summary>
 /// <param name="U">Left singular vectors, row-major [rows, k].</param>

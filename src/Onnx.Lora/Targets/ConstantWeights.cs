@@ -2,11 +2,11 @@
 // Lift:  Constant(value=T) → %W   becomes   initializer %W = T         (same name, same bytes, same uses)
 // Lower: initializer %W = T      becomes   Constant(value=T) → %W      (the inverse, used by merge)
 // Neither changes any output of the graph: only where the same tensor is stored.
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
-using Graph = Onnx.Lora.Graph.Graph;
+using Graph = Onnx.Lora.Ir.Graph;
 
 /// <summary>Finds, lifts and lowers weights that a graph stores as <c>Constant</c> nodes.</summary>
 public static class ConstantWeights

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>
 /// Conv(x, W[, bias]) with a constant W [out, in, k…] and group = 1. The layer is read as a linear map of the flattened

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>
 /// com.microsoft Attention(input, weights, bias, ...) from ORT's transformers optimizer: the fused qkv projection

@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>Gemm(x, W, C) with a constant 2-D W, any transA/transB, alpha = 1 and an optional bias C (beta = 1).</summary>
 public sealed class GemmMatcher : ILoraTargetMatcher

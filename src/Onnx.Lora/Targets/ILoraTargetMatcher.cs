@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>Recognizes one kind of linear layer. Returns a failure with a reason instead of throwing.</summary>
 public interface ILoraTargetMatcher

@@ -1,7 +1,7 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Models.Families;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Families;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>The operator that computes a targetable linear layer.</summary>
 public enum LinearOpKind

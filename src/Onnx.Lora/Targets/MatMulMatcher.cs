@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>MatMul(x, W) where W is a constant 2-D weight, possibly behind Transpose / Cast / DequantizeLinear.</summary>
 public sealed class MatMulMatcher : ILoraTargetMatcher

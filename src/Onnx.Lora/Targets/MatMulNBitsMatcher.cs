@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>
 /// com.microsoft MatMulNBits(A, B, scales, zero_points?, g_idx?, bias?) with attributes K (in), N (out), bits and

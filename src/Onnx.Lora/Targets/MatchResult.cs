@@ -1,4 +1,4 @@
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>
 /// The outcome of matching a pattern: a success carrying what was bound, or a failure carrying the reason.

@@ -1,9 +1,9 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Models.Families;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Families;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
-using Graph = Onnx.Lora.Graph.Graph;
+using Graph = Onnx.Lora.Ir.Graph;
 
 /// <summary>
 /// Finds every linear layer LoRA can adapt in a model's main graph and names it as PEFT names modules.

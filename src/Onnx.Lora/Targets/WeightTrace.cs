@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
-namespace Onnx.Lora.Rewriter.Targets;
+namespace Onnx.Lora.Targets;
 
 /// <summary>
 /// Where a weight input comes from: an initializer or a <c>Constant</c> node, seen through Identity / Cast / Transpose /

@@ -1,10 +1,9 @@
 using System.Buffers.Binary;
 using System.Text;
 using Onnx.Lora.Bench.Fuzz;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.BadInput;

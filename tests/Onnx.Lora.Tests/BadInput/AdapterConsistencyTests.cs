@@ -1,9 +1,8 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json.Nodes;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
@@ -253,7 +252,7 @@ public sealed class AdapterConsistencyTests
         using var dir = new TempDir();
         AdapterFile file = AdapterLoader.ToNamedAdapter(LoraTestModels.RandomWeights(2, 4));
         AdapterParameter a = file.Parameters[0];
-        var ints = new AdapterParameter(a.Name, Onnx.Lora.Graph.DataType.Int32, a.Dims, a.Data);
+        var ints = new AdapterParameter(a.Name, Onnx.Lora.Ir.DataType.Int32, a.Dims, a.Data);
         OnnxAdapterFormat.Write(new AdapterFile { Parameters = [ints, .. file.Parameters.Skip(1)] }, dir.File("int.onnx_adapter"));
         var e = Assert.ThrowsExactly<AdapterFormatException>(() => AdapterLoader.Load(dir.File("int.onnx_adapter")));
         StringAssert.Contains(e.Message, a.Name);

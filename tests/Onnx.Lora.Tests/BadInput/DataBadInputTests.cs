@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.BadInput;
 

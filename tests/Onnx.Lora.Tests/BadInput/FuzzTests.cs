@@ -1,5 +1,5 @@
 using Onnx.Lora.Bench.Fuzz;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Tests.BadInput;
 

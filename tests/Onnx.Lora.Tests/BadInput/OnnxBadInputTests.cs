@@ -1,8 +1,8 @@
 using Google.Protobuf;
 using Onnx.Lora.Bench.Fuzz;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Proto;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Proto;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.BadInput;
@@ -184,7 +184,7 @@ public sealed class OnnxBadInputTests
         RunOnSmallStack(() =>
         {
             using Model model = OnnxReader.Load(dir.File("deep.onnx"));
-            for (Onnx.Lora.Graph.Graph? g = model.Graph; g is not null; g = g.Nodes.Count == 0 ? null : g.Nodes[0].Attributes.Values.Select(a => a.Value).OfType<Onnx.Lora.Graph.Graph>().FirstOrDefault())
+            for (Onnx.Lora.Ir.Graph? g = model.Graph; g is not null; g = g.Nodes.Count == 0 ? null : g.Nodes[0].Attributes.Values.Select(a => a.Value).OfType<Onnx.Lora.Ir.Graph>().FirstOrDefault())
             {
                 depth++;
             }

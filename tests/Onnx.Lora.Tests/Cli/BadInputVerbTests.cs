@@ -1,8 +1,7 @@
 using System.Buffers.Binary;
 using Onnx.Lora.Bench.Fuzz;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 
@@ -163,14 +162,14 @@ public sealed class BadInputVerbTests
     [TestMethod]
     public void ExitCodeFor_EachExceptionKind_MapsToItsDocumentedCode()
     {
-        Assert.AreEqual(4, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Graph.OnnxSerializationException("x")));
-        Assert.AreEqual(5, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Exporter.AdapterFormatException("x")));
-        Assert.AreEqual(5, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Exporter.AdapterMismatchException("x")));
-        Assert.AreEqual(6, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.DataException("x")));
-        Assert.AreEqual(7, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Graph.ResourceLimitException("x")));
+        Assert.AreEqual(4, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Ir.OnnxSerializationException("x")));
+        Assert.AreEqual(5, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Formats.AdapterFormatException("x")));
+        Assert.AreEqual(5, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Formats.AdapterMismatchException("x")));
+        Assert.AreEqual(6, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Data.DataException("x")));
+        Assert.AreEqual(7, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Ir.ResourceLimitException("x")));
         Assert.AreEqual(3, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.Runner.TrainingGuardException("x")));
         Assert.AreEqual(2, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new LoraOptionsException("x")));
-        Assert.AreEqual(2, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Trainer.ConfigException("x")));
+        Assert.AreEqual(2, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new Onnx.Lora.Data.ConfigException("x")));
         Assert.AreEqual(2, Onnx.Lora.Cli.Commands.LoraCommand.ExitCodeFor(new FileNotFoundException("x")));
     }
 }

@@ -1,8 +1,7 @@
 using System.Diagnostics;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 

@@ -3,7 +3,7 @@ using System.Reflection;
 using System.Text.RegularExpressions;
 using Onnx.Lora.Cli;
 using Onnx.Lora.Cli.Commands;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats.Peft;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 

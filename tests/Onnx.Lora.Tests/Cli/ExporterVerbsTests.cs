@@ -1,8 +1,6 @@
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 
@@ -65,7 +63,7 @@ public sealed class ExporterVerbsTests
     {
         using var dir = new TempDir();
         (string basePath, string loraPath, LoraWeights weights) = InjectedPair(dir);
-        Onnx.Lora.Exporter.Peft.PeftAdapter.Export(weights, dir.File("peft"));
+        Onnx.Lora.Formats.Peft.PeftAdapter.Export(weights, dir.File("peft"));
 
         var (code, output, error) = CliRunner.Run("merge", basePath, "--adapter", dir.File("peft"), "-o", dir.File("merged.onnx"));
 
@@ -102,7 +100,7 @@ public sealed class ExporterVerbsTests
         }
 
         string loraPath = LoraTestModels.Save(model, dir.File("lora.onnx"));
-        using Model saved = Onnx.Lora.Graph.Serialization.OnnxReader.Load(loraPath);
+        using Model saved = Onnx.Lora.Ir.Serialization.OnnxReader.Load(loraPath);
         return (basePath, loraPath, LoraWeights.FromModel(saved, LoraManifest.Read(saved)!, loraPath));
     }
 
@@ -157,7 +155,7 @@ public sealed class ExporterVerbsTests
         Assert.AreEqual(0, code, error);
         StringAssert.Contains(output, "adapter slots");
         string adapter = Path.Combine(dir.File("serving"), "adapter.onnx_adapter");
-        using Model serving = Onnx.Lora.Graph.Serialization.OnnxReader.Load(Path.Combine(dir.File("serving"), "base-with-slots.onnx"));
+        using Model serving = Onnx.Lora.Ir.Serialization.OnnxReader.Load(Path.Combine(dir.File("serving"), "base-with-slots.onnx"));
         AdapterValidation.ValidateAgainstModel(OnnxAdapterFormat.Read(adapter), serving, adapter);
         using var ortAdapter = Microsoft.ML.OnnxRuntime.OrtLoraAdapter.Create(adapter, null);
         using var options = new Microsoft.ML.OnnxRuntime.RunOptions();

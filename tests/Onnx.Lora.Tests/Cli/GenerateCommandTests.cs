@@ -1,7 +1,7 @@
 using System.Text.RegularExpressions;
 using Onnx.Lora.Tests.Generation;
 using Onnx.Lora.Tests.Support;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Tests.Cli;
 

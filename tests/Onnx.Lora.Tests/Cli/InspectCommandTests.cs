@@ -53,7 +53,7 @@ public sealed class InspectCommandTests
     public void Inspect_QuantizedModel_ReportsMatMulNBitsAsQuantized()
     {
         using var dir = new TempDir();
-        (Onnx.Lora.Graph.Model model, _) = NBitsGraph.Build();
+        (Onnx.Lora.Ir.Model model, _) = NBitsGraph.Build();
         string path;
         using (model)
         {

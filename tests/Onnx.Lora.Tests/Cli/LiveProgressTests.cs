@@ -2,8 +2,7 @@ using System.Text.Json;
 using Onnx.Lora.Cli;
 using Onnx.Lora.Cli.Commands;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
@@ -51,7 +50,7 @@ public sealed class LiveProgressTests
     {
         using var dir = new TempDir();
         string lora = dir.File("lora.onnx");
-        Onnx.Lora.Exporter.LoraWeights weights = LoraTestModels.RandomWeights(4, 8);
+        Onnx.Lora.Formats.LoraWeights weights = LoraTestModels.RandomWeights(4, 8);
         OnnxWriter.Save(LoraTestModels.WithLora(LoraTestModels.Base(), weights, LoraPlacement.Initializers), lora,
             new SaveOptions { ExternalData = ExternalDataMode.SingleFile, SizeThreshold = 16 });
         using var screen = new StringWriter();

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats.Peft;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Cli;

@@ -1,4 +1,4 @@
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Distributed;
 

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Checkpoints;

@@ -1,4 +1,4 @@
-using Onnx.Lora.Exporter;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Combine;
 
 namespace Onnx.Lora.Tests.Exporter;

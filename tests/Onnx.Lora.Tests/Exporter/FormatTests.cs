@@ -1,12 +1,10 @@
 using System.Buffers.Binary;
 using System.Text;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;

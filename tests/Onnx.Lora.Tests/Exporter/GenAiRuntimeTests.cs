@@ -1,13 +1,12 @@
 using Microsoft.ML.OnnxRuntimeGenAI;
 using GenAiModel = Microsoft.ML.OnnxRuntimeGenAI.Model;
-using Model = Onnx.Lora.Graph.Model;
+using Model = Onnx.Lora.Ir.Model;
 using Onnx.Lora.Exporter.GenAi;
 using Onnx.Lora.Exporter.Merge;
 using Onnx.Lora.Exporter.Serving;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;

@@ -1,7 +1,6 @@
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 
 namespace Onnx.Lora.Tests.Exporter;
 

@@ -1,10 +1,8 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;

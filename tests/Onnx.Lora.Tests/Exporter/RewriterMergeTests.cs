@@ -1,9 +1,8 @@
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;

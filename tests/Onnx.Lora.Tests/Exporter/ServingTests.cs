@@ -1,15 +1,13 @@
 using System.Text.Json.Nodes;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.GenAi;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats.Peft;
 using Onnx.Lora.Exporter.Serving;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Exporter;

@@ -1,13 +1,12 @@
-using Onnx.Lora.Exporter;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
 using Onnx.Lora.Exporter.Serving;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Tests.Generation;
 

@@ -1,11 +1,10 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Models;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Models.Conversion;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Generation;
 using Onnx.Lora.Trainer.Runner;
 
 namespace Onnx.Lora.Tests.Generation;
@@ -88,7 +87,7 @@ public sealed class ContextLimitTests
         };
 
         // An option value beyond the model, not bad data: exit 2 (issue 16).
-        var e = Assert.ThrowsExactly<Onnx.Lora.Trainer.ConfigException>(() => new TrainingRunner(options).Run(TestContext.CancellationToken));
+        var e = Assert.ThrowsExactly<Onnx.Lora.Data.ConfigException>(() => new TrainingRunner(options).Run(TestContext.CancellationToken));
 
         StringAssert.Contains(e.Message, "seq_length 1024");
         StringAssert.Contains(e.Message, "512 positions");
@@ -101,7 +100,7 @@ public sealed class ContextLimitTests
         // (an environment variable) touches no other test.
         (int exit, string error) = Onnx.Lora.Tests.Support.CliProcess.RunCapturingErrors(
             ["generate", StoriesModels.KvCache, "--tokenizer", StoriesModels.TokenizerPath, "--prompt", "Once"],
-            new Dictionary<string, string> { [Onnx.Lora.Graph.Resources.SystemResources.MemoryLimitVariable] = "1MiB" });
+            new Dictionary<string, string> { [Onnx.Lora.Ir.Resources.SystemResources.MemoryLimitVariable] = "1MiB" });
 
         TestContext.WriteLine(error);
         Assert.AreEqual(7, exit, "ResourceLimit exit code");

@@ -1,7 +1,7 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Tests.Support;
-using Onnx.Lora.Trainer.Data;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Data;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Tests.Generation;
 

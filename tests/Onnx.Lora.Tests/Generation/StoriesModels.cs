@@ -1,6 +1,6 @@
 using Onnx.Lora.Models.Conversion;
 using Onnx.Lora.Tests.Support;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Generation;
 

@@ -1,6 +1,6 @@
 using Onnx.Lora.Tests.Models;
 using Onnx.Lora.Tests.Support;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Tests.Generation;
 
@@ -148,7 +148,7 @@ public sealed class TextGeneratorTests
     [TestMethod]
     public void Create_MissingModel_ThrowsNamingFile()
     {
-        var e = Assert.ThrowsExactly<Onnx.Lora.Graph.OnnxSerializationException>(() => TextGenerator.Create("/nonexistent/model.onnx"));
+        var e = Assert.ThrowsExactly<Onnx.Lora.Ir.OnnxSerializationException>(() => TextGenerator.Create("/nonexistent/model.onnx"));
         StringAssert.Contains(e.Message, "/nonexistent/model.onnx");
     }
 

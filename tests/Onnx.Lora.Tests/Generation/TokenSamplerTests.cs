@@ -1,5 +1,5 @@
 using System.Numerics.Tensors;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Tests.Generation;
 

@@ -1,4 +1,4 @@
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Generation;
 using Onnx.Lora.Tests.Support;

@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Tests.Graph;
 
@@ -70,7 +70,7 @@ public sealed class GraphMutationTests
     [TestMethod]
     public void SortTopologically_ReversedNodes_PullsProducersBeforeConsumers()
     {
-        var g = new Onnx.Lora.Graph.Graph("g");
+        var g = new Onnx.Lora.Ir.Graph("g");
         var x = new Value("x");
         g.Inputs.Add(x);
         var second = new Node("", "Neg", [], ["b"], name: "second");
@@ -99,7 +99,7 @@ public sealed class GraphMutationTests
     [TestMethod]
     public void SortTopologically_Cycle_ThrowsNamingANode()
     {
-        var g = new Onnx.Lora.Graph.Graph("g");
+        var g = new Onnx.Lora.Ir.Graph("g");
         var a = new Node("", "Relu", [], ["a"], name: "na");
         var b = new Node("", "Relu", [a.Outputs[0]], ["b"], name: "nb");
         a.AppendInput(b.Outputs[0]);
@@ -115,8 +115,8 @@ public sealed class GraphMutationTests
         var b = new GraphBuilder("main", 17);
         Value cond = b.Input("cond", DataType.Bool);
         Value x = b.Input("x", DataType.Float, 2);
-        var then = new Onnx.Lora.Graph.Graph("then");
-        var els = new Onnx.Lora.Graph.Graph("else");
+        var then = new Onnx.Lora.Ir.Graph("then");
+        var els = new Onnx.Lora.Ir.Graph("else");
         Node ifNode = new("", "If", [cond], ["out"], [Attr.Graph("then_branch", then), Attr.Graph("else_branch", els)], "if");
         b.Graph.Add(ifNode);
         Value doubled = b.Op("Add", [x, x], name: "outer_add");

@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Graph;
@@ -45,7 +45,7 @@ public sealed class RoundTripTests
         }
     }
 
-    internal static void AssertSameGraph(Onnx.Lora.Graph.Graph a, Onnx.Lora.Graph.Graph b)
+    internal static void AssertSameGraph(Onnx.Lora.Ir.Graph a, Onnx.Lora.Ir.Graph b)
     {
         Assert.AreEqual(a.Nodes.Count, b.Nodes.Count, "node count");
         for (int i = 0; i < a.Nodes.Count; i++)

@@ -1,7 +1,7 @@
 using Google.Protobuf;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Proto;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Proto;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Graph;

@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Graph;
@@ -17,11 +17,11 @@ public sealed class SubgraphTests
         Value cond = b.Op("Greater", [sum, zero]);
         Value doubled = b.Add(x, x);
 
-        var then = new Onnx.Lora.Graph.Graph("then");
+        var then = new Onnx.Lora.Ir.Graph("then");
         var neg = new Node("", "Neg", [doubled], ["then_out"], name: "then_neg");
         then.Add(neg);
         then.Outputs.Add(GraphBuilder.Typed(neg.Outputs[0], DataType.Float, 3));
-        var els = new Onnx.Lora.Graph.Graph("else");
+        var els = new Onnx.Lora.Ir.Graph("else");
         var abs = new Node("", "Abs", [x], ["else_out"], name: "else_abs");
         els.Add(abs);
         els.Outputs.Add(GraphBuilder.Typed(abs.Outputs[0], DataType.Float, 3));

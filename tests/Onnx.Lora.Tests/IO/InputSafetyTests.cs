@@ -1,6 +1,6 @@
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;

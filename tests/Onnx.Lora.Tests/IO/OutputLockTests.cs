@@ -1,6 +1,6 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.IO;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.IO;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 

@@ -1,6 +1,6 @@
 using Microsoft.ML.Tokenizers;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Models.Conversion;
 using Onnx.Lora.Tests.Support;

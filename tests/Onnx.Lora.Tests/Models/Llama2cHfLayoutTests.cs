@@ -1,12 +1,11 @@
 using System.Buffers.Binary;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Models.Conversion;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Exporter;
 using Onnx.Lora.Tests.Support;
 

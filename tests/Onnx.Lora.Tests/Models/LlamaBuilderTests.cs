@@ -1,8 +1,8 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Models.Quantization;
+using Onnx.Lora.Ir.Quantization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Models;

@@ -1,6 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Models;

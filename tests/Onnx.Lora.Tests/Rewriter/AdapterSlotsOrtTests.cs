@@ -1,9 +1,8 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 

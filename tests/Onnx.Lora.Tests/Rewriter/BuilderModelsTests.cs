@@ -1,8 +1,7 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;

@@ -1,10 +1,9 @@
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 
@@ -149,7 +148,7 @@ public sealed class ConstantWeightTests
         Assert.AreEqual(1, TargetDiscovery.Find(b.Model).Count, "a Reshape to [5, -1] of 12 elements is refused");
     }
 
-    private static Value Constant(GraphBuilder b, string name, Onnx.Lora.Graph.Tensor tensor)
+    private static Value Constant(GraphBuilder b, string name, Onnx.Lora.Ir.Tensor tensor)
     {
         Value v = b.Op("Constant", [], [Attr.Tensor("value", tensor)]);
         v.Name = name;

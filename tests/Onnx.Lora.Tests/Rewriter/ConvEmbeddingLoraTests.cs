@@ -1,13 +1,11 @@
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 

@@ -1,8 +1,7 @@
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
@@ -43,11 +42,11 @@ public sealed class ExporterContractTests
         int seed = 60;
         var parameters = manifest.Modules.SelectMany(m => new[]
         {
-            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], LoraTestSupport.Random((int)m.InFeatures * R, seed++, 0.1f)),
-            Onnx.Lora.Exporter.Formats.AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], LoraTestSupport.Random(R * (int)m.OutFeatures, seed++, 0.1f)),
+            Onnx.Lora.Formats.AdapterParameter.FromFloats(m.LoraA, [m.InFeatures, R], LoraTestSupport.Random((int)m.InFeatures * R, seed++, 0.1f)),
+            Onnx.Lora.Formats.AdapterParameter.FromFloats(m.LoraB, [R, m.OutFeatures], LoraTestSupport.Random(R * (int)m.OutFeatures, seed++, 0.1f)),
         }).ToList();
         string adapterPath = dir.File("task.onnx_adapter");
-        Onnx.Lora.Exporter.Formats.OnnxAdapterFormat.Write(new Onnx.Lora.Exporter.Formats.AdapterFile { Parameters = parameters }, adapterPath);
+        Onnx.Lora.Formats.OnnxAdapterFormat.Write(new Onnx.Lora.Formats.AdapterFile { Parameters = parameters }, adapterPath);
 
         Dictionary<string, float[]> viaOrt;
         using (var adapter = Microsoft.ML.OnnxRuntime.OrtLoraAdapter.Create(adapterPath, null))

@@ -1,8 +1,7 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
+using Onnx.Lora.Targets;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
@@ -123,7 +122,7 @@ public sealed class FixtureTargetsTests
     }
 
     /// <summary>A tensor with the shape of another whose bytes must not be read.</summary>
-    private sealed class UnreadableTensor(Onnx.Lora.Graph.Tensor original) : Onnx.Lora.Graph.Tensor(original.Name, original.DataType, original.Dims)
+    private sealed class UnreadableTensor(Onnx.Lora.Ir.Tensor original) : Onnx.Lora.Ir.Tensor(original.Name, original.DataType, original.Dims)
     {
         public override long ByteLength => original.ByteLength;
 

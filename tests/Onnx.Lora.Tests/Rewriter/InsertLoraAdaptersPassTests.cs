@@ -1,7 +1,6 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
@@ -311,7 +310,7 @@ public sealed class InsertLoraAdaptersPassTests
     {
         using Model m = TestGraphs.MatMul();
         LoraInjector.Inject(m, new LoraOptions());
-        Assert.ThrowsExactly<Onnx.Lora.Graph.PassException>(() => LoraInjector.Inject(m, new LoraOptions()));
+        Assert.ThrowsExactly<Onnx.Lora.Ir.PassException>(() => LoraInjector.Inject(m, new LoraOptions()));
     }
 
     [TestMethod]

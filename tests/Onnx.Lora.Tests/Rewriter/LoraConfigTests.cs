@@ -1,5 +1,4 @@
 using System.Text.Json.Nodes;
-using Onnx.Lora.Rewriter;
 
 namespace Onnx.Lora.Tests.Rewriter;
 

@@ -1,8 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
@@ -87,7 +86,7 @@ internal static class LoraTestSupport
     {
         foreach (LoraModuleInfo m in manifest.Modules)
         {
-            Onnx.Lora.Graph.Tensor stored = baseModel.Graph.Initializers[m.BaseWeight].Initializer!;
+            Onnx.Lora.Ir.Tensor stored = baseModel.Graph.Initializers[m.BaseWeight].Initializer!;
             float[] w = stored.ToFloat32();
             int inF = (int)m.InFeatures, outF = (int)m.OutFeatures;
             double s = m.UseRsLora ? m.Alpha / Math.Sqrt(m.Rank) : m.Alpha / m.Rank;

@@ -1,4 +1,4 @@
-using Onnx.Lora.Models.Families;
+using Onnx.Lora.Families;
 
 namespace Onnx.Lora.Tests.Rewriter;
 

@@ -1,7 +1,6 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Passes;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Passes;
+using Onnx.Lora.Injection;
 
 namespace Onnx.Lora.Tests.Rewriter;
 

@@ -1,7 +1,6 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Targets;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Targets;
 using Onnx.Lora.Tests.Support;
 
 namespace Onnx.Lora.Tests.Rewriter;
@@ -116,7 +115,7 @@ public sealed class TargetSelectorTests
     public void Find_LoraModel_DoesNotListLoraMatMuls()
     {
         using Model model = TestGraphs.MatMul();
-        Onnx.Lora.Rewriter.Injection.LoraInjector.Inject(model, new LoraOptions());
+        Onnx.Lora.Injection.LoraInjector.Inject(model, new LoraOptions());
         Assert.AreEqual(1, TargetDiscovery.Find(model).Count);
     }
 

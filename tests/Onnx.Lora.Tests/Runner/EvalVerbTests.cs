@@ -3,7 +3,7 @@ using System.Text.Json;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 using Onnx.Lora.Trainer.Evaluation;
 using Onnx.Lora.Trainer.Runner;
 

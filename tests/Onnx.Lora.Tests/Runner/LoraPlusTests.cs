@@ -1,6 +1,6 @@
 using System.Text.Json;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Config;

@@ -1,13 +1,14 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Resources;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Resources;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Builders;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Runner;
 
@@ -89,7 +90,7 @@ public sealed class ResourceLimitTests
         string lora = dir.File("lora.onnx");
         using (Model model = TorchLlamaBuilder.Build(new LlamaConfig { Hidden = 128, Intermediate = 256, Vocab = 1000, Naming = InitializerNaming.Named }))
         {
-            Onnx.Lora.Rewriter.Injection.LoraInjector.Inject(model, new Onnx.Lora.Rewriter.LoraOptions { Rank = 4, Alpha = 8 });
+            Onnx.Lora.Injection.LoraInjector.Inject(model, new Onnx.Lora.LoraOptions { Rank = 4, Alpha = 8 });
             OnnxWriter.Save(model, lora, new SaveOptions { ExternalData = ExternalDataMode.SingleFile });
         }
 

@@ -1,10 +1,9 @@
 using System.Text.Json;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Conversion;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;

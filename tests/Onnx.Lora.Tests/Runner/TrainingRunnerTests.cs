@@ -1,11 +1,10 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Onnx.Lora.Exporter;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;

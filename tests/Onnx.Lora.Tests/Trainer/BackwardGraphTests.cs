@@ -1,4 +1,4 @@
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer.Autodiff;
 
 namespace Onnx.Lora.Tests.Trainer;
@@ -42,7 +42,7 @@ public sealed class BackwardGraphTests
         Value a = b.Floats("a", [3], [1f, 2f, 3f]);
         Value loss = b.Op("ReduceSum", [b.Mul(b.StopGradient(a), a)], [Attr.Int("keepdims", 0)]);
         Onnx.Lora.Trainer.Artifacts.TrainingGraph.MakeTraining(b.Model, loss, null, ["a"]);
-        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(Onnx.Lora.Graph.Serialization.OnnxWriter.ToBytes(b.Model));
+        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(Onnx.Lora.Ir.Serialization.OnnxWriter.ToBytes(b.Model));
         using var results = session.Run(Array.Empty<Microsoft.ML.OnnxRuntime.NamedOnnxValue>(), ["a_grad"]);
         CollectionAssert.AreEqual(new[] { 1f, 2f, 3f }, ((Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<float>)results[0].Value).ToArray());
     }

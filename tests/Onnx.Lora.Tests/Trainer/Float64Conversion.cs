@@ -1,5 +1,5 @@
-using Onnx.Lora.Graph;
-using ValueType = Onnx.Lora.Graph.ValueType;
+using Onnx.Lora.Ir;
+using ValueType = Onnx.Lora.Ir.ValueType;
 
 namespace Onnx.Lora.Tests.Trainer;
 
@@ -11,7 +11,7 @@ internal static class Float64Conversion
 {
     public static void Apply(Model model)
     {
-        Onnx.Lora.Graph.Graph graph = model.Graph;
+        Onnx.Lora.Ir.Graph graph = model.Graph;
         foreach (Value init in graph.Initializers.Values.ToArray())
         {
             if (init.Initializer!.DataType == DataType.Float)

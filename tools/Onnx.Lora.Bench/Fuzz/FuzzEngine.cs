@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Bench.Fuzz;
 

@@ -1,7 +1,6 @@
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Bench.Fuzz;
 
@@ -23,11 +22,11 @@ public static class FuzzSeeds
         GraphBuilder.Typed(xw, DataType.Float, 2, 8);
         Value lin = b.Add(xw, bias, "add");
 
-        var then = new Onnx.Lora.Graph.Graph("then");
+        var then = new Onnx.Lora.Ir.Graph("then");
         var neg = new Node("", "Neg", [lin], ["then_out"], name: "then_neg");
         then.Add(neg);
         then.Outputs.Add(GraphBuilder.Typed(neg.Outputs[0], DataType.Float, 2, 8));
-        var els = new Onnx.Lora.Graph.Graph("else");
+        var els = new Onnx.Lora.Ir.Graph("else");
         var relu = new Node("", "LeakyRelu", [lin], ["else_out"], [Attr.Float("alpha", 0.1f)], "else_relu");
         els.Add(relu);
         els.Outputs.Add(GraphBuilder.Typed(relu.Outputs[0], DataType.Float, 2, 8));

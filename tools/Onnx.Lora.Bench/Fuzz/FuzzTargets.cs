@@ -1,11 +1,10 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json.Nodes;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 
 namespace Onnx.Lora.Bench.Fuzz;
 

@@ -1,8 +1,8 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Formats.Peft;
 
 namespace Onnx.Lora.Bench.Fuzz;
 
@@ -45,7 +45,7 @@ public static class TextFuzzSeeds
     /// <paramref name="folder"/> and returns a realistic adapter_config.json for it: r, lora_alpha, rank_pattern (a suffix
     /// and a regex key), alpha_pattern, use_rslora, use_dora, target_modules and the fields PEFT writes beside them.
     /// </summary>
-    public static byte[] PeftConfig(string folder, out IReadOnlyList<Onnx.Lora.Rewriter.LoraModuleInfo> modules)
+    public static byte[] PeftConfig(string folder, out IReadOnlyList<Onnx.Lora.LoraModuleInfo> modules)
     {
         var weights = new LoraWeights(
         [
@@ -54,9 +54,9 @@ public static class TextFuzzSeeds
             new LoraModuleWeights("model.layers.0.mlp.up_proj", 8, 12, 2, Ramp(16, 0.05f), Ramp(24, -0.02f), 1f, Ramp(12, 0.75f)),
         ]);
         PeftAdapter.Export(weights, folder);
-        modules = weights.Modules.Select(m => new Onnx.Lora.Rewriter.LoraModuleInfo
+        modules = weights.Modules.Select(m => new Onnx.Lora.LoraModuleInfo
         {
-            Module = m.Module, TargetNode = m.Module + "/MatMul", BaseWeight = m.Module + ".weight", Layout = Onnx.Lora.Rewriter.WeightLayout.InOut,
+            Module = m.Module, TargetNode = m.Module + "/MatMul", BaseWeight = m.Module + ".weight", Layout = Onnx.Lora.WeightLayout.InOut,
             InFeatures = m.InFeatures, OutFeatures = m.OutFeatures, Rank = m.Rank, Alpha = 8, LoraA = m.Module + ".lora_A", LoraB = m.Module + ".lora_B",
         }).ToList();
         var config = new JsonObject

@@ -1,7 +1,6 @@
 using System.Text;
-using Onnx.Lora.Exporter.Peft;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Formats.Peft;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Bench.Fuzz;
 

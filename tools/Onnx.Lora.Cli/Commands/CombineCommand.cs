@@ -1,9 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
-using Onnx.Lora.Exporter;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.Combine;
-using Onnx.Lora.Exporter.Formats;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats.Peft;
 
 namespace Onnx.Lora.Cli.Commands;
 

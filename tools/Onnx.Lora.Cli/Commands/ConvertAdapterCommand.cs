@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 
 namespace Onnx.Lora.Cli.Commands;
 

@@ -27,7 +27,7 @@ internal sealed class ConvertLlama2cCommand : LoraCommand
         string checkpoint = parse.GetValue(s_checkpoint)!;
         string target = parse.GetValue(s_output)!;
         InitializerNaming naming = parse.GetValue(s_named) ? InitializerNaming.Named : InitializerNaming.Anonymous;
-        Llama2cConverter.ConvertToFile(checkpoint, target, naming, new Graph.Serialization.SaveOptions { CancellationToken = cancellationToken }, kvCache: !parse.GetValue(s_noKvCache));
+        Llama2cConverter.ConvertToFile(checkpoint, target, naming, new Onnx.Lora.Ir.Serialization.SaveOptions { CancellationToken = cancellationToken }, kvCache: !parse.GetValue(s_noKvCache));
         await output.WriteLineAsync($"wrote {target}").ConfigureAwait(false);
         return ExitCodes.Success;
     }

@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 using Onnx.Lora.Trainer.Evaluation;
 
 namespace Onnx.Lora.Cli.Commands;

@@ -1,12 +1,10 @@
 using System.CommandLine;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Exporter.GenAi;
-using Onnx.Lora.Exporter.Peft;
+using Onnx.Lora.Formats.Peft;
 using Onnx.Lora.Exporter.Serving;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 
 namespace Onnx.Lora.Cli.Commands;
 

@@ -1,10 +1,10 @@
 using System.CommandLine;
 using System.Globalization;
 using Microsoft.ML.OnnxRuntime;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer;
-using Onnx.Lora.Trainer.Data;
-using Onnx.Lora.Trainer.Generation;
+using Onnx.Lora.Data;
+using Onnx.Lora.Generation;
 
 namespace Onnx.Lora.Cli.Commands;
 

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using Onnx.Lora.Exporter.Formats;
+using Onnx.Lora.Formats;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Checkpoints;

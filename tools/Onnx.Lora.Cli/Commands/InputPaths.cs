@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Ir;
 
 namespace Onnx.Lora.Cli.Commands;
 

@@ -1,8 +1,9 @@
 using System.CommandLine;
-using Onnx.Lora.Exporter;
-using Onnx.Lora.Graph;
+using Onnx.Lora.Formats;
+using Onnx.Lora.Ir;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Runner;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Cli.Commands;
 
@@ -52,7 +53,7 @@ internal abstract class LoraCommand : Command
         TextWriter error = parse.InvocationConfiguration.Error;
         bool verbose = parse.GetValue(GlobalOptions.Verbose);
         // Every file the verb reads is recorded here, so none of its outputs can replace one (cp's same-file check).
-        using var inputs = Graph.IO.InputScope.Begin();
+        using var inputs = Onnx.Lora.Ir.IO.InputScope.Begin();
         using var signals = new SignalCancellation(cancellationToken);
         try
         {

@@ -1,9 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
 using Onnx.Lora.Exporter.Merge;
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
 
 namespace Onnx.Lora.Cli.Commands;
 

@@ -1,7 +1,8 @@
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
+using Onnx.Lora.Trainer.Runner;
 
 namespace Onnx.Lora.Tests.Trainer.Data;
 

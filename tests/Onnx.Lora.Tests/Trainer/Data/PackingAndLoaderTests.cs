@@ -1,5 +1,5 @@
 using Onnx.Lora.Trainer.Checkpoints;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Data;
 

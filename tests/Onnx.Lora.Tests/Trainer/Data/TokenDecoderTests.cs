@@ -1,6 +1,6 @@
 using System.Text.Json;
 using Onnx.Lora.Trainer;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Data;
 

@@ -1,7 +1,6 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Artifacts;

@@ -1,11 +1,10 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
-using Onnx.Lora.Rewriter;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Checkpoints;
-using Onnx.Lora.Trainer.Data;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Runner;
 
@@ -283,7 +282,7 @@ public sealed class CheckpointStoreTests
         using JsonDocument config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, CheckpointStore.AdapterConfigFile)));
         Assert.IsTrue(config.RootElement.GetProperty("use_rslora").GetBoolean());
         Assert.AreEqual(4.0, config.RootElement.GetProperty("lora_alpha").GetDouble(), "the user's alpha, not alpha/√r·r");
-        Onnx.Lora.Exporter.LoraWeights back = Onnx.Lora.Exporter.Peft.PeftAdapter.Import(dir);
+        Onnx.Lora.Formats.LoraWeights back = Onnx.Lora.Formats.Peft.PeftAdapter.Import(dir);
         float[] ourB = cp.Parameters.Single(p => p.Name == "model.layers.0.self_attn.q_proj.lora_B.weight").Data;
         CollectionAssert.AreEqual(ourB, back.Find("model.layers.0.self_attn.q_proj")!.B, "B as trained: PEFT applies 4/√2 itself");
         Assert.AreEqual((float)(4 / Math.Sqrt(2)), back.Find("model.layers.0.self_attn.q_proj")!.Scale);

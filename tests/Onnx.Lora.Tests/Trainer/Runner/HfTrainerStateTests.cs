@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Onnx.Lora.Trainer.Checkpoints;
 using Onnx.Lora.Trainer.Metrics;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Runner;
 

@@ -1,12 +1,12 @@
-using Onnx.Lora.Graph;
-using Onnx.Lora.Graph.Serialization;
-using Onnx.Lora.Rewriter;
-using Onnx.Lora.Rewriter.Injection;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Injection;
 using Onnx.Lora.Tests.Cli;
 using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Runner;
 

@@ -2,6 +2,7 @@ using Onnx.Lora.Tests.Support;
 using Onnx.Lora.Trainer;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Schedules;
+using Onnx.Lora.Data;
 
 namespace Onnx.Lora.Tests.Trainer.Runner;
 
