@@ -47,7 +47,7 @@ public sealed class LoraModel : IDisposable
     /// </summary>
     /// <param name="path">An <c>.onnx</c> file or a llama2.c <c>.bin</c> checkpoint.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
-    /// <exception cref="LoraException">The file is not a readable model (<see cref="OnnxSerializationException"/>) or checkpoint.</exception>
+    /// <exception cref="ToolchainException">The file is not a readable model (<see cref="OnnxSerializationException"/>) or checkpoint.</exception>
     public static LoraModel Load(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);

@@ -21,7 +21,7 @@ public static class LoraTrainer
     /// <param name="cancellationToken">Stops after the current step, with a checkpoint (see remarks).</param>
     /// <returns>How the run ended, its losses and where its outputs are.</returns>
     /// <exception cref="TrainingGuardException">A non-finite loss or gradient under <c>nan_policy: stop</c>.</exception>
-    /// <exception cref="LoraException">Bad options, model, data, tokenizer or checkpoint; raised before training starts.</exception>
+    /// <exception cref="ToolchainException">Bad options, model, data, tokenizer or checkpoint; raised before training starts.</exception>
     public static Task<TrainingSummary> TrainAsync(TrainOptions options, IProgress<StepReport>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -36,7 +36,7 @@ public static class LoraTrainer
     /// <param name="cancellationToken">Stops after the current step, with a checkpoint (see remarks).</param>
     /// <returns>How the run ended, its losses and where its outputs are.</returns>
     /// <exception cref="TrainingGuardException">A non-finite loss or gradient under <c>nan_policy: stop</c>.</exception>
-    /// <exception cref="LoraException">Bad options, model, data, tokenizer or checkpoint; raised before training starts.</exception>
+    /// <exception cref="ToolchainException">Bad options, model, data, tokenizer or checkpoint; raised before training starts.</exception>
     public static TrainingSummary Train(TrainOptions options, ITrainingObserver? observer = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);

@@ -19,6 +19,12 @@ public sealed record TrainingArtifactsOptions
 
     /// <summary>Gradient checkpointing: each decoder layer's activations are recomputed in the backward pass (<see cref="ActivationRecomputation"/>).</summary>
     public bool RecomputeActivations { get; init; }
+
+    /// <summary>
+    /// Called with the finished training graph and its trainable tensor names while it is still in memory (the memory
+    /// walk reads it here rather than parsing training.onnx again).
+    /// </summary>
+    public Action<Model, IReadOnlyList<string>>? InspectTrainingGraph { get; init; }
 }
 
 /// <summary>A trainable tensor of the artifacts: name and dims.</summary>
@@ -190,6 +196,7 @@ public sealed class TrainingArtifacts
 
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss, out _);
         Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations);
+        options.InspectTrainingGraph?.Invoke(training, trainable);
         SavedModel saved = OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
         var description = new ArtifactDescription
         {

@@ -16,6 +16,9 @@ namespace Onnx.Lora.Trainer.Runner;
 /// <param name="MaxPositions">Longest sequence the model supports, when known.</param>
 public sealed record PreparedModel(string Name, string LoraModelPath, LoraManifest Manifest, TrainingArtifacts Artifacts, int VocabSize, int? MaxPositions)
 {
+    /// <summary>The memory walk of the training graph, taken while the build held it (null when the artifacts were loaded).</summary>
+    public GraphMemoryProfile? MemoryProfile { get; init; }
+
     /// <summary>
     /// The LoRA model in memory (owned by the run's <see cref="ModelSource"/>; its frozen weights read from the
     /// artifacts' data file), for writing the trained model without parsing the file again; null on ranks that
@@ -147,8 +150,14 @@ public static class ModelPreparation
 
         int vocab = VocabSize(model, source.Path);
         observer.OnMessage($"building training graphs in {artifactsDir}");
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(model, loraPath, artifactsDir, new TrainingArtifactsOptions { Loss = Tasks.TrainingTasks.LossHead(options.Task), RecomputeActivations = options.GradientCheckpointing });
-        return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions) { LoraModel = model, ExternalData = external };
+        GraphMemoryProfile? memory = null;
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(model, loraPath, artifactsDir, new TrainingArtifactsOptions
+        {
+            Loss = Tasks.TrainingTasks.LossHead(options.Task),
+            RecomputeActivations = options.GradientCheckpointing,
+            InspectTrainingGraph = (graph, trainable) => memory = TrainingGraphMemory.Analyze(graph, options.BatchSize, options.SeqLength, trainable),
+        });
+        return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions) { LoraModel = model, ExternalData = external, MemoryProfile = memory };
     }
 
     /// <summary>

@@ -41,7 +41,12 @@ public static class TrainingGraphMemory
     /// estimate of <paramref name="shape"/>) does not fit the memory limit.
     /// </summary>
     /// <exception cref="ResourceLimitException">The estimate exceeds the limit.</exception>
-    public static TrainingMemoryEstimate? Check(TrainOptions options, TrainingArtifacts artifacts, ModelShape shape, Action<string> message)
+    /// <param name="options">The run's options (batch, sequence length, limit).</param>
+    /// <param name="artifacts">The built artifacts.</param>
+    /// <param name="shape">The model's sizes for the per-token estimate.</param>
+    /// <param name="message">Where the figures are reported.</param>
+    /// <param name="walked">The walk taken while the build held the graph; null reads training.onnx to take it.</param>
+    public static TrainingMemoryEstimate? Check(TrainOptions options, TrainingArtifacts artifacts, ModelShape shape, Action<string> message, GraphMemoryProfile? walked = null)
     {
         ArgumentNullException.ThrowIfNull(shape);
         ArgumentNullException.ThrowIfNull(options);
@@ -52,20 +57,21 @@ public static class TrainingGraphMemory
             return null;
         }
 
-        GraphMemoryProfile profile;
-        using (Model training = OnnxReader.Load(artifacts.TrainingModelPath))
+        GraphMemoryProfile? profile = walked;
+        if (profile is null)
         {
+            using Model training = OnnxReader.Load(artifacts.TrainingModelPath);
             profile = Analyze(training, options.BatchSize, options.SeqLength, artifacts.Trainable.Select(t => t.Name).ToArray());
         }
 
         // NOTE: the walk counts every live value and replays the arena, yet ONNX Runtime was measured to hold 1.3x (no
         // recomputation) to 4.4x (recomputation) more (BENCHMARKS.md, "Real model sizes"); until that is explained, the
         // check takes the larger of the walk and the per-token estimate, so it is never the low one.
-        TrainingMemoryEstimate walked = TrainingMemoryEstimate.FromGraph(profile, DataBytes(options));
+        TrainingMemoryEstimate walk = TrainingMemoryEstimate.FromGraph(profile, DataBytes(options));
         TrainingMemoryEstimate perToken = TrainingMemoryEstimate.Estimate(options, shape, DataBytes(options));
-        TrainingMemoryEstimate estimate = walked.Total >= perToken.Total ? walked : perToken;
+        TrainingMemoryEstimate estimate = walk.Total >= perToken.Total ? walk : perToken;
         MemoryBudget budget = Budget(options);
-        message($"memory: the training graph walk gives {SystemResources.FormatGiB(walked.Total)}, the per-token estimate {SystemResources.FormatGiB(perToken.Total)}; checking {estimate}; {SystemResources.FormatGiB(budget.Bytes)} available ({budget.Source})");
+        message($"memory: the training graph walk gives {SystemResources.FormatGiB(walk.Total)}, the per-token estimate {SystemResources.FormatGiB(perToken.Total)}; checking {estimate}; {SystemResources.FormatGiB(budget.Bytes)} available ({budget.Source})");
         estimate.EnsureFits(budget);
         return estimate;
     }

@@ -146,7 +146,7 @@ public sealed partial class TrainingRunner
         string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
         PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, source, artifactsDir, _observer), m => m.LoraModelPath,
             loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
-        TrainingGraphMemory.Check(o, model.Artifacts, limits.Shape, _observer.OnMessage); // the graph's own walk, before any step
+        TrainingGraphMemory.Check(o, model.Artifacts, limits.Shape, _observer.OnMessage, model.MemoryProfile); // the graph's own walk, before any step
         if (model.LoraModel is null)
         {
             source.Release();

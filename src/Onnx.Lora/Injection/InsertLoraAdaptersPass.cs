@@ -295,7 +295,9 @@ public sealed class InsertLoraAdaptersPass : InPlacePass
         {
             Value ratio = b.Initializer(ScalarTensor(_t.Module + ".lora_dropout_ratio", options.Dropout));
             Value training = b.Initializer(InMemoryTensor.From<bool>(b.FreshName("training_mode"), DataType.Bool, [], [true]));
-            return b.Op("Dropout", [x, ratio, training], [Attr.Int("seed", options.Seed)]);
+            // The mask output is what the trainer's Dropout gradient multiplies by: x needs a gradient whenever an earlier
+            // layer is adapted too, so the branch must expose it.
+            return b.OpMulti("Dropout", [x, ratio, training], 2, [Attr.Int("seed", options.Seed)])[0];
         }
 
         private Value Dora(Value y, Value xd, bool dropped, Value aAct, Value bAct, Value scale, Value scaled, string magnitudeName)

@@ -13,7 +13,7 @@ namespace Onnx.Lora.Tests.Packaging;
 /// <summary>
 /// The packages as a user gets them: <c>dotnet pack</c> of the solution (once for the class) into a folder feed, the CLI
 /// installed from it with <c>dotnet tool install --add-source</c> and run, and README's "Use it from .NET" sample compiled
-/// in a fresh console project against the packed <c>Onnx.Lora</c> package (no project reference) and run.
+/// in a fresh console project against the packed <c>Onnx.Lora.Api</c> package (no project reference) and run.
 /// </summary>
 [TestClass]
 public sealed class PackagingTests
@@ -51,7 +51,7 @@ public sealed class PackagingTests
         }
 
         CollectionAssert.AreEqual(expected.Order(StringComparer.Ordinal).ToList(), Feed.PackageIds.ToList());
-        CollectionAssert.IsSubsetOf(new[] { "Onnx.Lora", "Onnx.Lora.Cli" }, Feed.PackageIds.ToList());
+        CollectionAssert.IsSubsetOf(new[] { "Onnx.Lora", "Onnx.Lora.Api", "Onnx.Lora.Cli" }, Feed.PackageIds.ToList());
         foreach (string id in Feed.PackageIds)
         {
             XElement metadata = XDocument.Parse(Feed.ReadNuspec(id)).Root!.Elements().Single(e => e.Name.LocalName == "metadata");
@@ -121,16 +121,16 @@ public sealed class PackagingTests
                 <Nullable>enable</Nullable>
               </PropertyGroup>
               <ItemGroup>
-                <PackageReference Include="Onnx.Lora" Version="{Feed.Version}" />
+                <PackageReference Include="Onnx.Lora.Api" Version="{Feed.Version}" />
               </ItemGroup>
             </Project>
             """);
         var clock = Stopwatch.StartNew();
         (int code, string output, string error) = DotnetCommand.Run(project, s_limit, "build", "-c", "Release", "-nologo", "-v", "quiet");
-        Assert.AreEqual(0, code, $"the README sample does not build against the packed Onnx.Lora:\n{output}\n{error}");
+        Assert.AreEqual(0, code, $"the README sample does not build against the packed Onnx.Lora.Api:\n{output}\n{error}");
         Console.WriteLine($"sample restore + build: {clock.Elapsed.TotalSeconds:F1} s");
         // The library came from the feed as a package, not from this repository's projects.
-        Assert.IsTrue(Directory.Exists(Path.Combine(Feed.Work, "packages", "onnx.lora", Feed.Version)), "Onnx.Lora was not restored from the packed feed");
+        Assert.IsTrue(Directory.Exists(Path.Combine(Feed.Work, "packages", "onnx.lora.api", Feed.Version)), "Onnx.Lora.Api was not restored from the packed feed");
 
         // The sample's relative paths name the embedded model and data: give it a copy of them in its own folder.
         string run = Path.Combine(Feed.Work, "run");
