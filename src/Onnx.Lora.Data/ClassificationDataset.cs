@@ -73,8 +73,6 @@ public sealed record ClassLabels(int ClassCount, IReadOnlyDictionary<string, int
 /// </remarks>
 public static class ClassificationDataset
 {
-    private const int MaxErrorChars = 240;
-
     /// <summary>Loads, tokenizes and validates every row of <paramref name="path"/>.</summary>
     /// <param name="path">The JSONL file.</param>
     /// <param name="tokenizer">The run's tokenizer.</param>
@@ -96,8 +94,7 @@ public static class ClassificationDataset
         }
 
         var examples = new List<TokenizedExample>();
-        var errors = new List<string>();
-        int errorCount = 0;
+        var errors = new BadRowReport(path, options.MaxReportedErrors);
         var ids = new List<int>();
         foreach ((int lineNumber, string? line) in BoundedLineReader.Read(path, options.MaxRowChars))
         {
@@ -150,20 +147,11 @@ public static class ClassificationDataset
             }
             catch (DataException e)
             {
-                errorCount++;
-                if (errors.Count < options.MaxReportedErrors)
-                {
-                    string message = e.Message.StartsWith(where, StringComparison.Ordinal) ? e.Message : $"{where}: {e.Message}";
-                    errors.Add(message.Length <= MaxErrorChars ? message : message[..(MaxErrorChars - 1)] + "…");
-                }
+                errors.Add(where, e);
             }
         }
 
-        if (errorCount > 0)
-        {
-            string more = errorCount > errors.Count ? $"{Environment.NewLine}  ... and {errorCount - errors.Count} more" : "";
-            throw new DataException($"{errorCount} bad row(s) in '{path}':{Environment.NewLine}  " + string.Join(Environment.NewLine + "  ", errors) + more);
-        }
+        errors.ThrowIfAny();
 
         return examples.Count > 0 ? examples : throw new DataException($"Data file '{path}' holds no examples (it is empty or only blank lines).");
     }

@@ -49,9 +49,6 @@ public sealed record DatasetOptions
 /// </remarks>
 public static class JsonlDataset
 {
-    // One row's error (a JSON parser message can quote much of the row) is cut to this many chars.
-    private const int MaxErrorChars = 240;
-
     private static readonly CompositeFormat s_alpacaWithInput = CompositeFormat.Parse(
         "Below is an instruction that describes a task, paired with an input that provides further context. " +
         "Write a response that appropriately completes the request.\n\n### Instruction:\n{0}\n\n### Input:\n{1}\n\n### Response:\n");
@@ -87,8 +84,7 @@ public static class JsonlDataset
 
         ChatTemplate? template = null;
         var examples = new List<TokenizedExample>();
-        var errors = new List<string>();
-        int errorCount = 0;
+        var errors = new BadRowReport(path, options.MaxReportedErrors);
         int overlong = 0;
         var ids = new List<int>();
         var offsets = new List<int>();
@@ -133,21 +129,11 @@ public static class JsonlDataset
             catch (DataException e)
             {
                 overlong += e is TooManyCharsException ? 1 : 0;
-                errorCount++;
-                if (errors.Count < options.MaxReportedErrors)
-                {
-                    string message = e.Message.StartsWith(where, StringComparison.Ordinal) ? e.Message : $"{where}: {e.Message}";
-                    errors.Add(message.Length <= MaxErrorChars ? message : message[..(MaxErrorChars - 1)] + "…");
-                }
+                errors.Add(where, e);
             }
         }
 
-        if (errorCount > 0)
-        {
-            string more = errorCount > errors.Count ? $"{Environment.NewLine}  ... and {errorCount - errors.Count} more" : "";
-            string hint = overlong > 0 ? $"{Environment.NewLine}{overlong} example(s) are longer than seq_length {options.MaxTokens}." : "";
-            throw new DataException($"{errorCount} bad row(s) in '{path}':{Environment.NewLine}  " + string.Join(Environment.NewLine + "  ", errors) + more + hint);
-        }
+        errors.ThrowIfAny(overlong > 0 ? $"{Environment.NewLine}{overlong} example(s) are longer than seq_length {options.MaxTokens}." : "");
 
         if (examples.Count == 0)
         {
