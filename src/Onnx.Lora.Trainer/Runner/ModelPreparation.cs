@@ -100,11 +100,8 @@ public static class ModelPreparation
         Directory.CreateDirectory(artifactsDir);
         string name = Path.GetFileName(source.Path);
         string modelPath = source.Path;
-        int? maxPositions = null;
         if (source.Model is null)
         {
-            maxPositions = Llama2cCheckpoint.Open(source.Path).Header.SeqLen;
-
             modelPath = Path.Combine(artifactsDir, Path.GetFileNameWithoutExtension(source.Path) + ".onnx");
             observer.OnMessage($"converting llama2.c checkpoint {source.Path} → {modelPath}");
             Llama2cConverter.ConvertToFile(source.Path, modelPath);
@@ -118,7 +115,6 @@ public static class ModelPreparation
         }
 
         bool external = model.DataFiles.Count > 0;
-        maxPositions ??= ModelMetadataKeys.ReadMaxPositions(model);
         LoraManifest? manifest = LoraManifest.Read(model);
         string loraPath = modelPath;
         if (manifest is null)
@@ -148,16 +144,18 @@ public static class ModelPreparation
             throw new LoraException($"Model '{source.Path}' holds empty adapter slots (a serving model); train a model injected with trainable initializers.");
         }
 
-        int vocab = VocabSize(model, source.Path);
         observer.OnMessage($"building training graphs in {artifactsDir}");
         GraphMemoryProfile? memory = null;
         TrainingArtifacts artifacts = TrainingArtifacts.Build(model, loraPath, artifactsDir, new TrainingArtifactsOptions
         {
             Loss = Tasks.TrainingTasks.LossHead(options.Task),
             RecomputeActivations = options.GradientCheckpointing,
-            InspectTrainingGraph = (graph, trainable) => memory = TrainingGraphMemory.Analyze(graph, options.BatchSize, options.SeqLength, trainable),
+            // The walk serves only the memory check, which --memory-limit none turns off.
+            InspectTrainingGraph = TrainingGraphMemory.IsOff(options) ? null
+                : (graph, trainable) => memory = TrainingGraphMemory.Analyze(graph, options.BatchSize, options.SeqLength, trainable),
         });
-        return new PreparedModel(name, loraPath, manifest, artifacts, vocab, maxPositions) { LoraModel = model, ExternalData = external, MemoryProfile = memory };
+        // Open read the vocabulary and the position limit (from the graph, or the llama2.c header the conversion keeps).
+        return new PreparedModel(name, loraPath, manifest, artifacts, source.Limits.VocabSize, source.Limits.MaxPositions) { LoraModel = model, ExternalData = external, MemoryProfile = memory };
     }
 
     /// <summary>

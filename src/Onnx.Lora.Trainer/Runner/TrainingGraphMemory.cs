@@ -52,7 +52,7 @@ public static class TrainingGraphMemory
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(artifacts);
         ArgumentNullException.ThrowIfNull(message);
-        if (options.MemoryLimit?.Equals("none", StringComparison.OrdinalIgnoreCase) == true)
+        if (IsOff(options))
         {
             return null;
         }
@@ -76,11 +76,18 @@ public static class TrainingGraphMemory
         return estimate;
     }
 
+    /// <summary>Whether the user turned the memory checks off (<c>--memory-limit none</c>).</summary>
+    public static bool IsOff(TrainOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options.MemoryLimit?.Equals("none", StringComparison.OrdinalIgnoreCase) == true;
+    }
+
     /// <summary>The memory a run may use: <c>--memory-limit</c>, else what the machine has available.</summary>
     public static MemoryBudget Budget(TrainOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return options.MemoryLimit is { } limit && !limit.Equals("none", StringComparison.OrdinalIgnoreCase)
+        return options.MemoryLimit is { } limit && !IsOff(options)
             ? new MemoryBudget(SystemResources.ParseSize(limit, "memory_limit"), "--memory-limit")
             : SystemResources.AvailableMemory();
     }

@@ -266,7 +266,7 @@ public sealed partial class TrainingRunner
     /// <summary>Estimates the run's peak memory and stops before anything is allocated when it cannot fit.</summary>
     private void CheckMemory(TrainOptions o, ModelShape shape)
     {
-        if (o.MemoryLimit?.Equals("none", StringComparison.OrdinalIgnoreCase) == true)
+        if (TrainingGraphMemory.IsOff(o))
         {
             return;
         }
