@@ -86,117 +86,39 @@ public static class ClassificationDataset
         ArgumentNullException.ThrowIfNull(tokenizer);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(labels);
-        overlongExamples = 0;
         VocabularyGuard.Check(tokenizer, options.ModelVocabSize);
-        if (!File.Exists(path))
-        {
-            throw new DataException($"Data file '{path}' does not exist.");
-        }
-
-        var examples = new List<TokenizedExample>();
-        var errors = new BadRowReport(path, options.MaxReportedErrors);
         var ids = new List<int>();
-        foreach ((int lineNumber, string? line) in BoundedLineReader.Read(path, options.MaxRowChars))
+        int overlong = 0;
+        List<TokenizedExample> examples = JsonlRows.Read(path, options, "\"text\" and \"label\"", (row, where) =>
         {
-            if (line is not null && string.IsNullOrWhiteSpace(line))
+            string text = JsonlRows.RequiredText(row, "text", where);
+            if (!row.TryGetProperty("label", out JsonElement l) || l.ValueKind == JsonValueKind.Null)
             {
-                continue;
+                throw new DataException($"{where}: \"label\" is missing (expected a class id 0..{labels.ClassCount - 1}{NamesHint(labels)})");
             }
 
-            string where = $"{path}:{lineNumber}";
-            try
+            int label = LabelOf(l, where, labels);
+            ids.Clear();
+            JsonlRows.EncodeWithSpecialTokens(tokenizer, text, ids);
+            if (ids.Count > options.MaxTokens)
             {
-                if (line is null)
+                if (!options.Truncate)
                 {
-                    throw new DataException($"{where}: the row is longer than {options.MaxRowChars:N0} characters (is this a JSONL file?)");
+                    throw new DataException($"{where}: the example has {ids.Count} tokens, more than the sequence length {options.MaxTokens} (raise seq_length up to the model's limit, or set truncate)");
                 }
 
-                (string text, int label) = ParseRow(line, where, labels);
-                ids.Clear();
-                if (tokenizer.AddBos && tokenizer.BosId is int bos)
-                {
-                    ids.Add(bos);
-                }
-
-                tokenizer.Encode(text, ids);
-                if (tokenizer.AddEos && tokenizer.EosId is int eos)
-                {
-                    ids.Add(eos);
-                }
-
-                if (ids.Count > options.MaxTokens)
-                {
-                    if (!options.Truncate)
-                    {
-                        throw new DataException($"{where}: the example has {ids.Count} tokens, more than the sequence length {options.MaxTokens} (raise seq_length up to the model's limit, or set truncate)");
-                    }
-
-                    overlongExamples++;
-                    ids.RemoveRange(options.MaxTokens, ids.Count - options.MaxTokens);
-                }
-
-                if (ids.FindIndex(id => id >= options.ModelVocabSize) is int bad and >= 0)
-                {
-                    throw new DataException($"{where}: token id {ids[bad]} is outside the model's embedding ({options.ModelVocabSize} rows)");
-                }
-
-                int[] rowLabels = new int[ids.Count];
-                Array.Fill(rowLabels, TokenizedExample.IgnoreIndex);
-                rowLabels[0] = label;
-                examples.Add(new TokenizedExample([.. ids], rowLabels, where));
+                overlong++;
+                ids.RemoveRange(options.MaxTokens, ids.Count - options.MaxTokens);
             }
-            catch (DataException e)
-            {
-                errors.Add(where, e);
-            }
-        }
 
-        errors.ThrowIfAny();
-
-        return examples.Count > 0 ? examples : throw new DataException($"Data file '{path}' holds no examples (it is empty or only blank lines).");
-    }
-
-    private static (string Text, int Label) ParseRow(string line, string where, ClassLabels labels)
-    {
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(line);
-        }
-        catch (JsonException e)
-        {
-            throw new DataException($"{where}: invalid JSON: {e.Message}");
-        }
-
-        using (doc)
-        {
-            JsonElement row = doc.RootElement;
-            try
-            {
-                if (row.ValueKind != JsonValueKind.Object)
-                {
-                    throw new DataException($"{where}: expected a JSON object with \"text\" and \"label\"");
-                }
-
-                string text = row.TryGetProperty("text", out JsonElement t) && t.ValueKind == JsonValueKind.String ? t.GetString()!
-                    : throw new DataException($"{where}: \"text\" is missing or not a string");
-                if (text.Length == 0)
-                {
-                    throw new DataException($"{where}: \"text\" is empty");
-                }
-
-                if (!row.TryGetProperty("label", out JsonElement l) || l.ValueKind == JsonValueKind.Null)
-                {
-                    throw new DataException($"{where}: \"label\" is missing (expected a class id 0..{labels.ClassCount - 1}{NamesHint(labels)})");
-                }
-
-                return (text, LabelOf(l, where, labels));
-            }
-            catch (InvalidOperationException e)
-            {
-                throw new DataException($"{where}: a field name or value is not valid text ({e.Message})");
-            }
-        }
+            JsonlRows.CheckVocabulary(ids, options.ModelVocabSize, where);
+            int[] rowLabels = new int[ids.Count];
+            Array.Fill(rowLabels, TokenizedExample.IgnoreIndex);
+            rowLabels[0] = label;
+            return new TokenizedExample([.. ids], rowLabels, where);
+        });
+        overlongExamples = overlong;
+        return examples;
     }
 
     private static int LabelOf(JsonElement label, string where, ClassLabels labels)

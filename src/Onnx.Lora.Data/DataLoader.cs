@@ -197,10 +197,11 @@ public sealed class DataLoader
         {
             TrainingRow row = _rows[_order[first + r]];
             int offset = r * columns;
+            int attended = row.AttendedTokens ?? row.InputIds.Length;
             for (int c = 0; c < row.InputIds.Length; c++)
             {
                 ids[offset + c] = row.InputIds[c];
-                mask[offset + c] = 1;
+                mask[offset + c] = c < attended ? 1 : 0;
                 labels[offset + c] = row.Labels[c];
                 targets += row.Labels[c] == TokenizedExample.IgnoreIndex ? 0 : 1;
             }

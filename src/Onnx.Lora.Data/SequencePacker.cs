@@ -4,7 +4,11 @@ namespace Onnx.Lora.Data;
 /// <param name="InputIds">Token ids.</param>
 /// <param name="Labels">Targets (−100 where no loss), HF convention.</param>
 /// <param name="ExampleCount">Examples in this row.</param>
-public sealed record TrainingRow(int[] InputIds, int[] Labels, int ExampleCount);
+public sealed record TrainingRow(int[] InputIds, int[] Labels, int ExampleCount)
+{
+    /// <summary>Positions of <see cref="InputIds"/> that are attended (the rest is padding); null for all of them.</summary>
+    public int? AttendedTokens { get; init; }
+}
 
 /// <summary>Turns examples into rows, one per example or packed.</summary>
 /// <remarks>
@@ -23,7 +27,7 @@ public static class SequencePacker
     public static List<TrainingRow> Unpacked(IReadOnlyList<TokenizedExample> examples)
     {
         ArgumentNullException.ThrowIfNull(examples);
-        return examples.Select(e => new TrainingRow(e.InputIds, e.Labels, 1)).ToList();
+        return examples.Select(e => new TrainingRow(e.InputIds, e.Labels, 1) { AttendedTokens = e.AttendedTokens }).ToList();
     }
 
     /// <summary>Packs examples into rows of at most <paramref name="seqLength"/> tokens, splitting longer ones.</summary>
@@ -31,6 +35,11 @@ public static class SequencePacker
     {
         ArgumentNullException.ThrowIfNull(examples);
         ArgumentOutOfRangeException.ThrowIfLessThan(seqLength, 2);
+        if (examples.FirstOrDefault(e => e.AttendedTokens is not null) is { } padded)
+        {
+            throw new ArgumentException($"Example {padded.Source} carries padding (an encoder-decoder row); such rows cannot be packed.", nameof(examples));
+        }
+
         var rows = new List<TrainingRow>();
         var ids = new List<int>(seqLength);
         var labels = new List<int>(seqLength);

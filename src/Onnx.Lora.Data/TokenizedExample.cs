@@ -29,6 +29,13 @@ public sealed record TokenizedExample(int[] InputIds, int[] Labels, string Sourc
     /// <summary>The label value that carries no loss (PyTorch's ignore_index).</summary>
     public const int IgnoreIndex = -100;
 
+    /// <summary>
+    /// Positions of <see cref="InputIds"/> that are real tokens (attention 1); null for all of them. An encoder-decoder
+    /// row holds the source in input_ids and the target in labels, each padded to the longer of the two: the source's
+    /// padding is not attended.
+    /// </summary>
+    public int? AttendedTokens { get; init; }
+
     /// <summary>Number of positions with a target.</summary>
     public int TrainableTokens => Labels.Count(l => l != IgnoreIndex);
 }
