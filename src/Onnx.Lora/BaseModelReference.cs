@@ -16,6 +16,11 @@ public static class BaseModelReference
         }
 
         string full = Path.GetFullPath(modelPath);
+        if (Directory.Exists(full))
+        {
+            return Path.TrimEndingDirectorySeparator(full); // An encoder-decoder export is named by its folder.
+        }
+
         string? folder = Path.GetDirectoryName(full);
         return folder is not null && File.Exists(Path.Combine(folder, "config.json")) ? folder : full;
     }

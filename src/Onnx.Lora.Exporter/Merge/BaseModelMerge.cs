@@ -71,7 +71,8 @@ public static class BaseModelMerge
         }
 
         IReadOnlyList<string> modules = TargetDiscovery.FindAll(model).Select(t => t.Module).ToList();
-        LoraWeights matched = ModuleMatcher.Match(weights, modules, baseSource, adapterSource);
+        LoraWeights part = EncoderDecoderPart.Select(model, weights, modules, out int otherPart);
+        LoraWeights matched = ModuleMatcher.Match(part, modules, baseSource, adapterSource);
         var slots = new LoraOptions
         {
             Targets = matched.Modules.Select(m => m.Module).ToList(),
@@ -80,6 +81,6 @@ public static class BaseModelMerge
             Alpha = 1,
         };
         LoraManifest manifest = LoraInjector.Inject(model, slots);
-        return LoraMerger.MergeInto(model, manifest, matched, baseSource, options);
+        return LoraMerger.MergeInto(model, manifest, matched, baseSource, options) with { OtherPartModules = otherPart };
     }
 }

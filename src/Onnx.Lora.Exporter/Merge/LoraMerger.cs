@@ -21,6 +21,12 @@ public sealed record MergeReport(int MergedModules, int RemovedNodes)
 
     /// <summary>MatMulNBits nodes replaced by float MatMul (<see cref="QuantizedMergeMode.FloatCopy"/>): the graph differs from the base there.</summary>
     public IReadOnlyList<string> ReplacedNodes { get; init; } = [];
+
+    /// <summary>
+    /// Adapter modules left out because they belong to the other part of an encoder-decoder export (merge the same
+    /// adapter into that part's file); 0 otherwise.
+    /// </summary>
+    public int OtherPartModules { get; init; }
 }
 
 /// <summary>Folds LoRA adapters into the base weights of a model written by the rewriter.</summary>

@@ -24,7 +24,16 @@ public static class GraphChaining
     /// <returns>Names of the inputs the chained graph took over from <paramref name="front"/>.</returns>
     /// <exception cref="GraphValidationException">The models do not meet at <paramref name="joinName"/>, disagree on its
     /// type or on an opset, or front holds subgraphs.</exception>
-    public static IReadOnlyList<string> Prepend(Model back, Model front, string joinName, string frontLabel)
+    public static IReadOnlyList<string> Prepend(Model back, Model front, string joinName, string frontLabel) =>
+        Prepend(back, front, joinName, frontLabel, shareEqualInitializers: false);
+
+    /// <summary>
+    /// <see cref="Prepend(Model, Model, string, string)"/>, optionally sharing weights: with
+    /// <paramref name="shareEqualInitializers"/>, a front initializer whose name, type, shape and bytes equal one of
+    /// back's is read from back's (the token embedding both halves of an encoder-decoder export hold) instead of
+    /// being copied in under a prefixed name.
+    /// </summary>
+    public static IReadOnlyList<string> Prepend(Model back, Model front, string joinName, string frontLabel, bool shareEqualInitializers)
     {
         ArgumentNullException.ThrowIfNull(back);
         ArgumentNullException.ThrowIfNull(front);
@@ -94,6 +103,12 @@ public static class GraphChaining
             }
 
             Tensor tensor = init.Initializer!;
+            if (shareEqualInitializers && target.Initializers.TryGetValue(init.Name, out Value? twin) && SameTensor(twin.Initializer!, tensor))
+            {
+                map[init] = twin;
+                continue;
+            }
+
             var copy = new Value(Fresh(init.Name), init.Type) { DocString = init.DocString };
             target.Initializers.Add(copy, tensor);
             map[init] = copy;
@@ -124,6 +139,9 @@ public static class GraphChaining
         target.Inputs.Remove(joined);
         return takenInputs;
     }
+
+    private static bool SameTensor(Tensor a, Tensor b) =>
+        a.DataType == b.DataType && a.Dims.SequenceEqual(b.Dims) && a.ByteLength == b.ByteLength && a.GetBytes().Span.SequenceEqual(b.GetBytes().Span);
 
     // Front's nodes keep the meaning their opset gave them only if the chained model imports the same versions.
     private static void MergeOpsets(Model back, Model front, string frontLabel)

@@ -35,9 +35,10 @@ public sealed record EncoderDecoderModels(Model Encoder, Model Decoder) : IDispo
 /// Builds a BART-style encoder-decoder in the two graphs Optimum exports for <c>BartForConditionalGeneration</c>:
 /// shared token embedding, learned positions, post-LayerNorm layers (self-attention, the decoder's causal
 /// self-attention and cross-attention over the encoder's states, GELU MLP), linears as MatMul + Add with weights
-/// [in, out], and an untied lm_head. Nodes are named as torch.onnx names BART's modules
-/// (<c>/model/encoder/layers.0/self_attn/q_proj/MatMul</c>, <c>/model/decoder/layers.0/encoder_attn/k_proj/MatMul</c>),
-/// so the LoRA module names are PEFT's (<c>model.decoder.layers.0.encoder_attn.k_proj</c>).
+/// [in, out], and an untied lm_head. Nodes are named as Optimum's torch.onnx export names them: the decoder from the
+/// whole model (<c>/model/decoder/layers.0/encoder_attn/k_proj/MatMul</c>, PEFT's
+/// <c>model.decoder.layers.0.encoder_attn.k_proj</c>), the encoder from the encoder module alone
+/// (<c>/layers.0/self_attn/q_proj/MatMul</c>, which training and merging map to <c>model.encoder.layers.0…</c>).
 /// </summary>
 /// <remarks>
 /// NOTE: simplifications against HF BART, which the reference forward in the tests shares: positions start at 0 (BART
@@ -67,11 +68,12 @@ public static class BartBuilder
         var constants = new ConstantCache(b);
         Value ids = b.Input("input_ids", DataType.Int64, "batch_size", "encoder_sequence_length");
         Value mask = b.Input("attention_mask", DataType.Int64, "batch_size", "encoder_sequence_length");
-        Value x = Embed(b, constants, weights, c, ids, "encoder");
-        Value bias = Gpt2Builder.PaddingBias(b, constants, "/model/encoder", mask, MaskValue);
+        // Optimum exports the encoder module alone: its node paths start below model.encoder ("/layers.0/…").
+        Value x = Embed(b, constants, weights, c, ids, "encoder", scope: string.Empty);
+        Value bias = Gpt2Builder.PaddingBias(b, constants, string.Empty, mask, MaskValue);
         for (int layer = 0; layer < c.Layers; layer++)
         {
-            string scope = $"/model/encoder/layers.{layer}";
+            string scope = $"/layers.{layer}";
             string key = $"model.encoder.layers.{layer}";
             x = Residual(b, weights, c, x, Attend(b, constants, weights, c, x, x, bias, $"{scope}/self_attn", $"{key}.self_attn"), $"{scope}/self_attn_layer_norm", $"{key}.self_attn_layer_norm");
             x = Residual(b, weights, c, x, Mlp(b, constants, weights, c, x, scope, key), $"{scope}/final_layer_norm", $"{key}.final_layer_norm");
@@ -88,7 +90,7 @@ public static class BartBuilder
         Value ids = b.Input("input_ids", DataType.Int64, "batch_size", "decoder_sequence_length");
         Value encoderMask = b.Input("encoder_attention_mask", DataType.Int64, "batch_size", "encoder_sequence_length");
         Value encoderStates = b.Input("encoder_hidden_states", DataType.Float, "batch_size", "encoder_sequence_length", c.Hidden);
-        Value y = Embed(b, constants, weights, c, ids, "decoder");
+        Value y = Embed(b, constants, weights, c, ids, "decoder", "/model/decoder");
         Value causal = CausalBias(b, constants, c.MaxPositions, ids);
         Value crossBias = Gpt2Builder.PaddingBias(b, constants, "/model/decoder", encoderMask, MaskValue);
         for (int layer = 0; layer < c.Layers; layer++)
@@ -106,9 +108,8 @@ public static class BartBuilder
     }
 
     /// <summary>Shared token embedding + the stack's learned positions, then layernorm_embedding.</summary>
-    private static Value Embed(GraphBuilder b, ConstantCache constants, IWeightSource weights, BartConfig c, Value ids, string stack)
+    private static Value Embed(GraphBuilder b, ConstantCache constants, IWeightSource weights, BartConfig c, Value ids, string stack, string scope)
     {
-        string scope = $"/model/{stack}";
         Value tokens = b.Weight(weights, "model.shared.weight", new("model.shared.weight", WeightRole.Embedding, [c.Vocab, c.Hidden]));
         Value table = b.Weight(weights, $"model.{stack}.embed_positions.weight", new($"model.{stack}.embed_positions.weight", WeightRole.Embedding, [c.MaxPositions, c.Hidden]));
         Value seq = b.Node(scope, "Gather", [b.Node(scope, "Shape", [ids]), constants.Int64Scalar("const_i1", 1)], [Attr.Int("axis", 0)]);

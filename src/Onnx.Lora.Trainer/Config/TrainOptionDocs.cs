@@ -48,9 +48,9 @@ public static class TrainOptionDocs
 
     private static readonly TrainOptionDoc[] s_docs =
     [
-        Doc("model", OptionValueKind.Text, "Base .onnx (LoRA injected from the lora_* keys), an already injected .onnx, or a llama2.c .bin (converted first). Required.", o => o.Model, "Inputs and outputs"),
-        Doc("task", OptionValueKind.Choice, "causal-lm (next-token prediction) or seq-cls (sequence classification with the model's own head: logits [batch, classes]; rows {text, label}, label a class id or a name from label2id in the config.json beside the model; eval reports accuracy).", o => o.Task, "Inputs and outputs"),
-        Doc("data", OptionValueKind.Text, "Training JSONL: {text} | {prompt, completion} | {messages} | alpaca {instruction, input, output}; seq-cls: {text, label}. Required.", o => o.Data, "Inputs and outputs"),
+        Doc("model", OptionValueKind.Text, "Base .onnx (LoRA injected from the lora_* keys), an already injected .onnx, or a llama2.c .bin (converted first); seq2seq-lm: the encoder-decoder export's folder (or either part). Required.", o => o.Model, "Inputs and outputs"),
+        Doc("task", OptionValueKind.Choice, "causal-lm (next-token prediction), seq-cls (sequence classification with the model's own head: logits [batch, classes]; rows {text, label}, label a class id or a name from label2id in the config.json beside the model; eval reports accuracy), or seq2seq-lm (an encoder-decoder export: model is its folder or either part, encoder_model.onnx + decoder_model.onnx with config.json giving decoder_start_token_id and pad_token_id; rows {source, target}; the decoder reads the target shifted right, teacher forcing; one adapter for both parts).", o => o.Task, "Inputs and outputs"),
+        Doc("data", OptionValueKind.Text, "Training JSONL: {text} | {prompt, completion} | {messages} | alpaca {instruction, input, output}; seq-cls: {text, label}; seq2seq-lm: {source, target}. Required.", o => o.Data, "Inputs and outputs"),
         Doc("eval_data", OptionValueKind.Text, "Held-out JSONL for eval loss / perplexity (same formats).", o => o.EvalData, "Inputs and outputs"),
         Doc("tokenizer", OptionValueKind.Text, "SentencePiece .model, tokenizer.json, or a folder holding one. Required.", o => o.Tokenizer, "Inputs and outputs"),
         Doc("output_dir", OptionValueKind.Text, "Run folder: artifacts/, checkpoints/, adapter/, lora-trained.onnx, metrics.jsonl, loss.png, summary.json.", o => o.OutputDir, "Inputs and outputs"),

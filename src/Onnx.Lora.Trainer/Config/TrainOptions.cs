@@ -27,7 +27,7 @@ public sealed record TrainOptions
     /// <summary><c>model</c>: base ONNX model (LoRA injected on the fly) or an already injected one. Required.</summary>
     public string Model { get; init; } = "";
 
-    /// <summary><c>task</c>: what the model is trained to do, one of <see cref="Tasks.TrainingTasks.Known"/> (causal-lm, seq-cls).</summary>
+    /// <summary><c>task</c>: what the model is trained to do, one of <see cref="Tasks.TrainingTasks.Known"/> (causal-lm, seq-cls, seq2seq-lm).</summary>
     public string Task { get; init; } = Tasks.TrainingTasks.CausalLm;
 
     /// <summary><c>data</c>: training JSONL file. Required.</summary>
@@ -184,6 +184,7 @@ public sealed record TrainOptions
         Require(!string.IsNullOrWhiteSpace(Data), "data", "is required");
         Require(Tasks.TrainingTasks.Known.Contains(Task), "task", $"is '{Task}'; expected one of {string.Join(", ", Tasks.TrainingTasks.Known)}");
         Require(!(Packing && Task == Tasks.TrainingTasks.SequenceClassification), "packing", "does not apply to seq-cls (one example per row, one label per example)");
+        Require(!(Packing && Task == Tasks.TrainingTasks.Seq2SeqLm), "packing", "does not apply to seq2seq-lm (one source and one target per row)");
         Require(!string.IsNullOrWhiteSpace(Tokenizer), "tokenizer", "is required");
         Require(!string.IsNullOrWhiteSpace(OutputDir), "output_dir", "must not be empty");
         Require(SeqLength >= 2, "seq_length", $"is {SeqLength}; expected ≥ 2 (a next-token target needs two tokens)");

@@ -4,6 +4,7 @@ using Onnx.Lora.Models.Conversion;
 using Onnx.Lora.Injection;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Config;
+using Onnx.Lora.Trainer.Loss;
 
 namespace Onnx.Lora.Trainer.Runner;
 
@@ -39,6 +40,9 @@ public sealed record ModelLimits(string Name, int VocabSize, int? MaxPositions, 
 {
     /// <summary>Classes of a classifier's head: the fixed last axis of logits [batch, classes]; null for a language model.</summary>
     public int? ClassCount { get; init; }
+
+    /// <summary>The decoder start and pad ids of an encoder-decoder (teacher forcing); null for other models.</summary>
+    public DecoderTokens? DecoderTokens { get; init; }
 }
 
 /// <summary>
@@ -57,6 +61,11 @@ public static class ModelPreparation
     {
         ArgumentNullException.ThrowIfNull(options);
         string source = options.Model;
+        if (options.Task == Tasks.TrainingTasks.Seq2SeqLm)
+        {
+            return OpenEncoderDecoder(source);
+        }
+
         if (!File.Exists(source))
         {
             throw new LoraException($"Model '{source}' does not exist.");
@@ -77,7 +86,11 @@ public static class ModelPreparation
             {
                 ClassCount = ClassCount(model),
             };
-            return new ModelSource(source, model, limits) { ChainedEmbedding = embedding };
+            return new ModelSource(source, model, limits)
+            {
+                ChainedPart = embedding,
+                ChainedPartNote = embedding is null ? null : "takes inputs_embeds: its embedding model is chained in front (token ids → inputs_embeds)",
+            };
         }
         catch
         {
@@ -91,14 +104,20 @@ public static class ModelPreparation
     /// Prepares the model of <paramref name="source"/> into <paramref name="artifactsDir"/>, on the graph
     /// <see cref="Open"/> read (injected in place when it carries no LoRA yet): no second read of the file.
     /// </summary>
+    /// <param name="options">The run's options.</param>
+    /// <param name="source">The model <see cref="Open"/> read.</param>
+    /// <param name="artifactsDir">Where the LoRA model and the training graphs go.</param>
+    /// <param name="observer">Receives progress messages.</param>
+    /// <param name="loss">The task's loss head (<see cref="Tasks.ITrainingTask.LossHead"/>).</param>
     /// <exception cref="LoraException">The model cannot be converted or injected, or has no usable logits.</exception>
-    public static PreparedModel Prepare(TrainOptions options, ModelSource source, string artifactsDir, ITrainingObserver observer)
+    public static PreparedModel Prepare(TrainOptions options, ModelSource source, string artifactsDir, ITrainingObserver observer, ILossHead loss)
     {
+        ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(observer);
         Directory.CreateDirectory(artifactsDir);
-        string name = Path.GetFileName(source.Path);
+        string name = source.Limits.Name;
         string modelPath = source.Path;
         if (source.Model is null)
         {
@@ -109,9 +128,9 @@ public static class ModelPreparation
         }
 
         Model model = source.Model;
-        if (source.ChainedEmbedding is not null)
+        if (source.ChainedPartNote is { } chained)
         {
-            observer.OnMessage($"{name} takes inputs_embeds: its embedding model is chained in front (token ids → inputs_embeds)");
+            observer.OnMessage($"{name} {chained}");
         }
 
         bool external = model.DataFiles.Count > 0;
@@ -131,7 +150,7 @@ public static class ModelPreparation
             observer.OnMessage(options.Lora is not null
                 ? $"{name} already carries LoRA ({manifest.Modules.Count} modules); the lora_* options are ignored"
                 : $"{name} already carries LoRA ({manifest.Modules.Count} modules)");
-            if (source.ChainedEmbedding is not null)
+            if (source.ChainedPart is not null)
             {
                 // Other ranks and a reload read the LoRA model from its file: the chained graph must be that file.
                 loraPath = Path.Combine(artifactsDir, TrainingRunner.LoraModelFile);
@@ -148,7 +167,7 @@ public static class ModelPreparation
         GraphMemoryProfile? memory = null;
         TrainingArtifacts artifacts = TrainingArtifacts.Build(model, loraPath, artifactsDir, new TrainingArtifactsOptions
         {
-            Loss = Tasks.TrainingTasks.LossHead(options.Task),
+            Loss = loss,
             RecomputeActivations = options.GradientCheckpointing,
             // The walk serves only the memory check, which --memory-limit none turns off.
             InspectTrainingGraph = TrainingGraphMemory.IsOff(options) ? null
@@ -176,6 +195,32 @@ public static class ModelPreparation
             Seed = options.Seed,
             TrainingGraph = lora.Dropout > 0,
         };
+    }
+
+    private static ModelSource OpenEncoderDecoder(string source)
+    {
+        EncoderDecoderChain.FindParts(source); // Names the missing part before the config is looked at.
+        DecoderTokens tokens = EncoderDecoderChain.ReadDecoderTokens(source);
+        (Model joined, Model encoder) = EncoderDecoderChain.Load(source);
+        try
+        {
+            string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Directory.Exists(source) ? Path.GetFullPath(source) : Path.GetDirectoryName(Path.GetFullPath(source))!));
+            var limits = new ModelLimits(name, VocabSize(joined, source), ModelMetadataKeys.ReadMaxPositions(joined), TrainingMemoryEstimate.ShapeOf(joined))
+            {
+                DecoderTokens = tokens,
+            };
+            return new ModelSource(source, joined, limits)
+            {
+                ChainedPart = encoder,
+                ChainedPartNote = $"is an encoder-decoder: {EncoderDecoderChain.EncoderFile} is chained in front of {EncoderDecoderChain.DecoderFile} (one graph, one adapter; decoder start id {tokens.DecoderStart}, pad id {tokens.Pad})",
+            };
+        }
+        catch
+        {
+            encoder.Dispose();
+            joined.Dispose();
+            throw;
+        }
     }
 
     // The logits' last axis is the vocabulary; when it is symbolic, the embedding Gather's table has one row per token.

@@ -16,7 +16,7 @@ public sealed class ModelSource : IDisposable
         Limits = limits;
     }
 
-    /// <summary>The model file as given (an ONNX model or a llama2.c checkpoint).</summary>
+    /// <summary>The model as given (an ONNX model, a llama2.c checkpoint, or an encoder-decoder export's folder).</summary>
     public string Path { get; }
 
     /// <summary>What the data checks and the memory estimate need.</summary>
@@ -26,17 +26,21 @@ public sealed class ModelSource : IDisposable
     public Model? Model { get; internal set; }
 
     /// <summary>
-    /// The embedding part chained in front of a decoder that takes inputs_embeds (<see cref="EmbeddingChain"/>): the
+    /// The part chained in front of the model: the embedding part of a decoder that takes inputs_embeds
+    /// (<see cref="EmbeddingChain"/>) or the encoder of an encoder-decoder (<see cref="EncoderDecoderChain"/>). The
     /// graph reads its tensors, so it lives as long as <see cref="Model"/>.
     /// </summary>
-    internal Model? ChainedEmbedding { get; init; }
+    internal Model? ChainedPart { get; init; }
+
+    /// <summary>What <see cref="ChainedPart"/> is, for the run's messages (e.g. "its embedding model").</summary>
+    internal string? ChainedPartNote { get; init; }
 
     /// <summary>Drops the loaded graph (a rank that trains on what rank 0 prepared does not keep it through training).</summary>
     public void Release()
     {
         Model?.Dispose();
         Model = null;
-        ChainedEmbedding?.Dispose();
+        ChainedPart?.Dispose();
     }
 
     /// <inheritdoc />

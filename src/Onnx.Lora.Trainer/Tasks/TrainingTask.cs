@@ -35,17 +35,11 @@ public static class TrainingTasks
     /// <summary>Sequence classification with the model's own head.</summary>
     public const string SequenceClassification = "seq-cls";
 
-    /// <summary>Every task name, the default first.</summary>
-    public static IReadOnlyList<string> Known { get; } = [CausalLm, SequenceClassification];
+    /// <summary>Encoder-decoder generation with teacher forcing (Optimum's encoder_model.onnx + decoder_model.onnx).</summary>
+    public const string Seq2SeqLm = "seq2seq-lm";
 
-    /// <summary>The loss head of task <paramref name="name"/> (what the training graphs are built with).</summary>
-    /// <exception cref="ArgumentException">Unknown task (options are validated before this is called).</exception>
-    public static ILossHead LossHead(string name) => name switch
-    {
-        CausalLm => new CausalLmLoss(),
-        SequenceClassification => SequenceClassificationTask.CreateLossHead(),
-        _ => throw new ArgumentException($"Unknown task '{name}'; expected one of {string.Join(", ", Known)}.", nameof(name)),
-    };
+    /// <summary>Every task name, the default first.</summary>
+    public static IReadOnlyList<string> Known { get; } = [CausalLm, SequenceClassification, Seq2SeqLm];
 
     /// <summary>The task of a run, with what it needs to know of the model (its classes, for classification).</summary>
     /// <exception cref="LoraException">The model does not fit the task (e.g. no [batch, classes] logits for seq-cls).</exception>
@@ -56,6 +50,8 @@ public static class TrainingTasks
         {
             CausalLm => CausalLmTask.Instance,
             SequenceClassification => SequenceClassificationTask.Create(modelPath, limits),
+            Seq2SeqLm => new Seq2SeqLmTask(limits.DecoderTokens
+                ?? throw new GraphValidationException($"Model '{modelPath}' was not opened as an encoder-decoder export.")),
             _ => throw new ArgumentException($"Unknown task '{name}'; expected one of {string.Join(", ", Known)}.", nameof(name)),
         };
     }
@@ -83,4 +79,25 @@ public sealed class CausalLmTask : ITrainingTask
     /// <inheritdoc />
     public List<TokenizedExample> LoadExamples(string path, TextTokenizer tokenizer, DatasetOptions options, out int overlongExamples) =>
         JsonlDataset.Load(path, tokenizer, options, out overlongExamples);
+}
+
+/// <summary>
+/// Encoder-decoder generation (PEFT's SEQ_2_SEQ_LM): <c>{"source", "target"}</c> rows, the encoder reading the source,
+/// the decoder the target shifted right behind its start token, and the loss over the target's tokens.
+/// </summary>
+/// <param name="tokens">The decoder start and pad ids of the export.</param>
+public sealed class Seq2SeqLmTask(DecoderTokens tokens) : ITrainingTask
+{
+    /// <inheritdoc />
+    public string Name => TrainingTasks.Seq2SeqLm;
+
+    /// <inheritdoc />
+    public string PeftTaskType => "SEQ_2_SEQ_LM";
+
+    /// <inheritdoc />
+    public ILossHead LossHead { get; } = new Seq2SeqLmLoss(tokens.DecoderStart, tokens.Pad);
+
+    /// <inheritdoc />
+    public List<TokenizedExample> LoadExamples(string path, TextTokenizer tokenizer, DatasetOptions options, out int overlongExamples) =>
+        Seq2SeqDataset.Load(path, tokenizer, options, out overlongExamples);
 }

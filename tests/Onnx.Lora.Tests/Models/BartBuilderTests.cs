@@ -65,7 +65,7 @@ public sealed class BartBuilderTests
             LoraManifest manifest = LoraInjector.Inject(lora, new LoraOptions { Rank = 4, Alpha = 8, Targets = [LoraOptions.AllLinear], Seed = 5 });
             Assert.AreEqual(modules, manifest.Modules.Count, name);
             string[] expectedNames = name == "encoder"
-                ? ["model.encoder.layers.0.self_attn.q_proj", "model.encoder.layers.1.fc2"]
+                ? ["layers.0.self_attn.q_proj", "layers.1.fc2"] // Optimum's encoder file names its layers below model.encoder.
                 : ["model.decoder.layers.0.self_attn.k_proj", "model.decoder.layers.1.encoder_attn.v_proj", "model.decoder.layers.1.encoder_attn.out_proj"];
             foreach (string module in expectedNames)
             {

@@ -64,6 +64,11 @@ internal sealed class MergeCommand : LoraCommand
                 : BaseModelMerge.Merge(loaded, model, adapter!, target, options with { Progress = progress }));
 
         output.WriteLine($"merged {report.MergedModules} modules, removed {report.RemovedNodes} LoRA nodes → {target}");
+        if (report.OtherPartModules > 0)
+        {
+            output.WriteLine($"  {report.OtherPartModules} adapter module(s) belong to the other part of this encoder-decoder export: merge the same adapter into that part's file.");
+        }
+
         foreach (QuantizationError q in report.Quantization)
         {
             output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  re-quantized {q.Module}: max abs error {q.MaxAbs:E3} (max rel {q.MaxRel:E3}, step {q.MaxStep:E3})"));

@@ -95,7 +95,8 @@ internal sealed class TrainCommand : LoraCommand
 
     private static TrainOptions EnsureInputsExist(TrainOptions options)
     {
-        InputPaths.EnsureExists(options.Model, "Model", folderAllowed: false);
+        // An encoder-decoder export is named by its folder (or either part's file).
+        InputPaths.EnsureExists(options.Model, "Model", folderAllowed: options.Task == Onnx.Lora.Trainer.Tasks.TrainingTasks.Seq2SeqLm);
         InputPaths.EnsureExists(options.Data, "Data file", folderAllowed: false);
         InputPaths.EnsureExists(options.EvalData, "Eval data file", folderAllowed: false);
         InputPaths.EnsureExists(options.Tokenizer, "Tokenizer");
