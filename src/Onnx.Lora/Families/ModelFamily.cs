@@ -39,11 +39,42 @@ public sealed record ModelFamily
 
     /// <summary>Module path of decoder layer N when the graph names none: format with the index.</summary>
     public string LayerPrefixFormat { get; init; } = "model.layers.{0}";
+
+    /// <summary>
+    /// When set, the family names a projection only inside one of these containers (the path component before it):
+    /// T5's <c>q</c> and <c>wo</c> are its own names in <c>SelfAttention</c> / <c>DenseReluDense</c>, while a bare
+    /// <c>q</c> elsewhere is a compact graph's alias of q_proj.
+    /// </summary>
+    public IReadOnlySet<string>? Containers { get; init; }
 }
 
 /// <summary>The families this toolchain knows, in lookup order.</summary>
 public static class KnownFamilies
 {
+    /// <summary>
+    /// T5 / mT5 / Flan-T5 (encoder-decoder): PEFT names their layers as the torch modules are named, q/k/v/o in
+    /// SelfAttention and EncDecAttention, wi/wo (wi_0/wi_1 gated) in DenseReluDense.
+    /// </summary>
+    public static ModelFamily T5 { get; } = new()
+    {
+        Name = "t5",
+        Projections = new Dictionary<string, ModuleRole>(StringComparer.Ordinal)
+        {
+            ["q"] = ModuleRole.Attention,
+            ["k"] = ModuleRole.Attention,
+            ["v"] = ModuleRole.Attention,
+            ["o"] = ModuleRole.Attention,
+            ["wi"] = ModuleRole.Mlp,
+            ["wi_0"] = ModuleRole.Mlp,
+            ["wi_1"] = ModuleRole.Mlp,
+            ["wo"] = ModuleRole.Mlp,
+        },
+        AttentionContainer = "SelfAttention",
+        MlpContainer = "DenseReluDense",
+        LayerPrefixFormat = "encoder.block.{0}",
+        Containers = new HashSet<string>(StringComparer.Ordinal) { "SelfAttention", "EncDecAttention", "DenseReluDense" },
+    };
+
     /// <summary>Llama, Mistral, Qwen, Phi-3 and the GenAI model builder (torch module names).</summary>
     public static ModelFamily Llama { get; } = new()
     {
@@ -120,7 +151,7 @@ public static class KnownFamilies
     };
 
     /// <summary>Every family, in lookup order.</summary>
-    public static IReadOnlyList<ModelFamily> All { get; } = [Llama, Gpt2, Encoder];
+    public static IReadOnlyList<ModelFamily> All { get; } = [T5, Llama, Gpt2, Encoder];
 
     /// <summary>Names of output heads: excluded from all-linear (PEFT excludes the output embedding layer).</summary>
     public static IReadOnlySet<string> OutputHeads { get; } = new HashSet<string>(StringComparer.Ordinal)

@@ -140,6 +140,11 @@ public static partial class ModuleNaming
         ModuleRole role = ModuleRole.Unknown;
         foreach (ModelFamily f in KnownFamilies.All)
         {
+            if (f.Containers is { } containers && (parts.Count < 2 || !containers.Contains(parts[^2])))
+            {
+                continue;
+            }
+
             string canonical = f.Aliases.GetValueOrDefault(last, last);
             if (f.Projections.TryGetValue(canonical, out ModuleRole r))
             {

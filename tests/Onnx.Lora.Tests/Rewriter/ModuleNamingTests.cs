@@ -29,6 +29,9 @@ public sealed class ModuleNamingTests
     [DataRow("", "MatMul", "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj", 0)]
     [DataRow("", "MatMul", "l1.dn.w", "model.layers.1.mlp.down_proj", 1)]
     [DataRow("", "MatMul", "l0.q.w", "model.layers.0.self_attn.q_proj", 0)]
+    [DataRow("/decoder/block.1/layer.1/EncDecAttention/q/MatMul", "MatMul", "onnx::MatMul_2201", "decoder.block.1.layer.1.EncDecAttention.q", 1)]
+    [DataRow("/encoder/block.0/layer.1/DenseReluDense/wo/MatMul", "MatMul", "onnx::MatMul_990", "encoder.block.0.layer.1.DenseReluDense.wo", 0)]
+    [DataRow("/block.2/layer.0/SelfAttention/o/MatMul", "MatMul", "onnx::MatMul_77", "block.2.layer.0.SelfAttention.o", 2)]
     [DataRow("/lm_head/MatMul", "MatMul", "onnx::MatMul_135", "lm_head", null)]
     [DataRow("", "MatMul", "lm_head_weight", "lm_head", null)]
     public void Resolve_ExporterNames_GivesPeftModuleName(string node, string op, string weight, string expected, int? layer)
