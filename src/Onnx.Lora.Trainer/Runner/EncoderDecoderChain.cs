@@ -32,7 +32,10 @@ public static class EncoderDecoderChain
     /// <summary>Optimum's file name of the decoder without past.</summary>
     public const string DecoderFile = "decoder_model.onnx";
 
-    /// <summary>Optimum's file name of the decoder with and without past in one graph (an If on use_cache_branch).</summary>
+    /// <summary>
+    /// Optimum's file name of the decoder with and without past in one graph (an If on use_cache_branch); read when
+    /// <see cref="DecoderFile"/> is not there, with its branch without past taken.
+    /// </summary>
     public const string MergedDecoderFile = "decoder_model_merged.onnx";
 
     private const string HiddenStates = "encoder_hidden_states";
@@ -48,11 +51,14 @@ public static class EncoderDecoderChain
         string folder = Directory.Exists(modelPath) ? modelPath : Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
         string encoder = Path.Combine(folder, EncoderFile);
         string decoder = Path.Combine(folder, DecoderFile);
+        if (!File.Exists(decoder) && File.Exists(Path.Combine(folder, MergedDecoderFile)))
+        {
+            decoder = Path.Combine(folder, MergedDecoderFile);
+        }
+
         if (!File.Exists(encoder) || !File.Exists(decoder))
         {
-            string merged = File.Exists(Path.Combine(folder, MergedDecoderFile)) && !File.Exists(decoder)
-                ? $" ({MergedDecoderFile} is there, but training reads the decoder without past: keep {DecoderFile} from the export)" : "";
-            throw new FileNotFoundException($"Model '{modelPath}': --task seq2seq-lm needs an encoder-decoder export with {EncoderFile} and {DecoderFile} in one folder (as Optimum writes them){merged}.");
+            throw new FileNotFoundException($"Model '{modelPath}': --task seq2seq-lm needs an encoder-decoder export with {EncoderFile} and {DecoderFile} (or {MergedDecoderFile}) in one folder (as Optimum writes them).", File.Exists(encoder) ? decoder : encoder);
         }
 
         return (encoder, decoder);
@@ -71,6 +77,7 @@ public static class EncoderDecoderChain
         Model? encoder = null;
         try
         {
+            WithoutCacheBranch(decoder, decoderPath);
             encoder = OnnxReader.Load(encoderPath);
             Join(decoder, encoder, decoderPath, encoderPath);
             return (decoder, encoder);
@@ -160,6 +167,30 @@ public static class EncoderDecoderChain
 
         return start is long s && pad is long p ? new DecoderTokens(s, p)
             : throw new OnnxSerializationException($"Model '{modelPath}': teacher forcing needs decoder_start_token_id and pad_token_id, and config.json / generation_config.json in {folder} do not give {(start is null ? "decoder_start_token_id" : "pad_token_id")} (Optimum copies the model's config.json beside the export).");
+    }
+
+    /// <summary>
+    /// A merged decoder (with and without past behind <c>If(use_cache_branch)</c>) becomes the decoder without past: a
+    /// training step sees whole sequences. The past inputs only the other branch read go with it.
+    /// </summary>
+    private static void WithoutCacheBranch(Model decoder, string decoderLabel)
+    {
+        try
+        {
+            if (IfBranchInlining.Inline(decoder, "use_cache_branch", value: false) == 0)
+            {
+                return;
+            }
+        }
+        catch (GraphValidationException ex)
+        {
+            throw new OnnxSerializationException($"Decoder '{decoderLabel}': cannot take its branch without past: {ex.Message}", ex);
+        }
+
+        foreach (Value unread in decoder.Graph.Inputs.Where(v => v.Name.StartsWith("past_key_values", StringComparison.Ordinal) && v.Uses.Count == 0).ToArray())
+        {
+            decoder.Graph.Inputs.Remove(unread);
+        }
     }
 
     private static long? Id(JsonElement root, string key) =>

@@ -194,6 +194,40 @@ public sealed class Seq2SeqTrainingTests
         StringAssert.Contains(stderr, "encoder_model.onnx and decoder_model.onnx");
     }
 
+    [TestMethod]
+    public void Train_Seq2SeqExportWithMergedDecoderOnly_TrainsItsBranchWithoutPast()
+    {
+        using var dir = new TempDir();
+        string plain = WriteExport(dir);
+        string export = dir.File("merged-export");
+        Directory.CreateDirectory(export);
+        File.Copy(Path.Combine(plain, EncoderDecoderModels.EncoderFile), Path.Combine(export, EncoderDecoderModels.EncoderFile));
+        File.Copy(Path.Combine(plain, "config.json"), Path.Combine(export, "config.json"));
+        string merged = Path.Combine(export, "decoder_model_merged.onnx");
+        using (Model decoder = OnnxReader.Load(Path.Combine(plain, EncoderDecoderModels.DecoderFile)))
+        {
+            MergedDecoder.Wrap(decoder);
+            OnnxWriter.Save(decoder, merged);
+        }
+
+        Batch b = Batch.Padded();
+        float[] parts = RunParts(plain, b);
+        Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(MergedDecoder.Run(Path.Combine(plain, EncoderDecoderModels.EncoderFile), merged, b), parts), "the merged file's branch without past is the decoder");
+
+        string run = dir.File("run");
+        (int code, _, string stderr) = CliRunner.Run(TrainArgs(export, WriteRows(dir, "train.jsonl", 8, 3), null, run, "--max-steps", "2"));
+        Assert.AreEqual(0, code, stderr);
+        string loraModel = Path.Combine(run, "artifacts", "model.lora.onnx");
+        using (Model model = OnnxReader.Load(loraModel))
+        {
+            Assert.IsFalse(model.Graph.AllNodes().Any(n => n.Is("If")), "the cache branch is gone");
+            CollectionAssert.AreEquivalent(new[] { "input_ids", "attention_mask", "decoder_input_ids" }, model.Graph.Inputs.Select(v => v.Name).ToArray());
+        }
+
+        Assert.IsLessThanOrEqualTo(1e-6, ErrorMetrics.MaxAbsDiff(RunJoined(loraModel, b), parts) / parts.Max(MathF.Abs), "B = 0: the joined graph is the encoder then the decoder");
+        Assert.IsTrue(File.Exists(Path.Combine(run, "adapter", "adapter_model.safetensors")));
+    }
+
     /// <summary>Token-weighted mean cross-entropy of every eval row, each run alone (no padding) through the base parts.</summary>
     private static double ReferenceLoss(string export, string evalPath)
     {
@@ -266,6 +300,71 @@ public sealed class Seq2SeqTrainingTests
             long[] mask = [.. Enumerable.Range(0, Rows * SourceLength).Select(i => i >= SourceLength + 6 ? 0L : 1L)];
             long[] decoderIds = [.. Enumerable.Range(0, Rows * DecoderLength).Select(i => i % DecoderLength == 0 ? DecoderStart : rng.Next(3, 512))];
             return new Batch(Rows, SourceLength, DecoderLength, source, mask, decoderIds);
+        }
+    }
+
+    /// <summary>
+    /// Optimum's decoder_model_merged.onnx layout: the decoder behind <c>If(use_cache_branch)</c>, its graph the
+    /// branch without past, the other branch reading a past input (here a stand-in computation of the same type).
+    /// </summary>
+    private static class MergedDecoder
+    {
+        public static void Wrap(Model decoder)
+        {
+            Onnx.Lora.Ir.Graph main = decoder.Graph;
+            Value logits = main.Outputs.Single(o => o.Name == "logits");
+            var withoutPast = new Onnx.Lora.Ir.Graph("decoder_without_past");
+            var map = new Dictionary<Value, Value>(ReferenceEqualityComparer.Instance);
+            foreach (Node n in main.Nodes)
+            {
+                var copy = new Node(n.Domain, n.OpType, n.Inputs.Select(v => v is null ? null : map.GetValueOrDefault(v, v)), n.Outputs.Select(o => "else/" + o.Name), n.Attributes.Values, "else/" + n.Name);
+                for (int i = 0; i < n.Outputs.Count; i++)
+                {
+                    copy.Outputs[i].Type = n.Outputs[i].Type;
+                    map[n.Outputs[i]] = copy.Outputs[i];
+                }
+
+                withoutPast.Add(copy);
+            }
+
+            withoutPast.Outputs.Add(map[logits]);
+            main.Outputs.Clear();
+            foreach (Node n in main.Nodes.Reverse().ToArray())
+            {
+                main.Remove(n, safe: false);
+            }
+
+            Value useCache = new("use_cache_branch", Onnx.Lora.Ir.ValueType.Tensor(DataType.Bool, new Shape([new Dim(1)])));
+            Value past = new("past_key_values.0.decoder.key", Onnx.Lora.Ir.ValueType.Tensor(DataType.Float, new Shape([new Dim("batch_size"), new Dim(4), new Dim("past_sequence_length"), new Dim(8)])));
+            main.Inputs.Add(useCache);
+            main.Inputs.Add(past);
+            var withPast = new Onnx.Lora.Ir.Graph("decoder_with_past");
+            Value pastSum = withPast.Add(new Node("", "ReduceSum", [past], ["then/past_sum"], [Attr.Int("keepdims", 0)], "then/ReduceSum")).Outputs[0];
+            Value negated = withPast.Add(new Node("", "Neg", [main.Inputs.Single(v => v.Name == "encoder_hidden_states")], ["then/neg"], null, "then/Neg")).Outputs[0];
+            Value stand = withPast.Add(new Node("", "Add", [negated, pastSum], ["then/logits"], null, "then/Add")).Outputs[0];
+            stand.Type = logits.Type;
+            withPast.Outputs.Add(stand);
+            Node ifNode = main.Add(new Node("", "If", [useCache], ["logits"], [Attr.Graph("then_branch", withPast), Attr.Graph("else_branch", withoutPast)], "optimum::if"));
+            ifNode.Outputs[0].Type = logits.Type;
+            main.Outputs.Add(ifNode.Outputs[0]);
+        }
+
+        /// <summary>Logits of the encoder then the merged decoder with use_cache_branch = false and an empty past.</summary>
+        public static float[] Run(string encoderPath, string mergedPath, Batch b)
+        {
+            using var options = new SessionOptions { IntraOpNumThreads = 1 };
+            using var encoder = new InferenceSession(encoderPath, options);
+            using var decoder = new InferenceSession(mergedPath, options);
+            using var run = new RunOptions();
+            using OrtValue ids = OrtValue.CreateTensorValueFromMemory(b.Source, [b.Rows, b.SourceLength]);
+            using OrtValue mask = OrtValue.CreateTensorValueFromMemory(b.Mask, [b.Rows, b.SourceLength]);
+            using IDisposableReadOnlyCollection<OrtValue> states = encoder.Run(run, ["input_ids", "attention_mask"], [ids, mask], ["last_hidden_state"]);
+            using OrtValue decoderIds = OrtValue.CreateTensorValueFromMemory(b.DecoderIds, [b.Rows, b.DecoderLength]);
+            using OrtValue useCache = OrtValue.CreateTensorValueFromMemory(new[] { false }, [1]);
+            using OrtValue past = OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), [b.Rows, 4, 0, 8]);
+            using IDisposableReadOnlyCollection<OrtValue> logits = decoder.Run(run, ["input_ids", "encoder_attention_mask", "encoder_hidden_states", "use_cache_branch", "past_key_values.0.decoder.key"],
+                [decoderIds, mask, states[0], useCache, past], ["logits"]);
+            return logits[0].GetTensorDataAsSpan<float>().ToArray();
         }
     }
 }
