@@ -132,6 +132,17 @@ public sealed class Seq2SeqTrainingTests
         // The encoder's LoRA matters on its own: the merged encoder with the base decoder differs from the base.
         float[] encoderOnly = RunParts(merged, b, decoderFolder: export);
         Assert.IsGreaterThan(1e-3, ErrorMetrics.MaxAbsDiff(encoderOnly, baseLogits) / scale, "the encoder's modules were trained and merged");
+
+        // `eval` scores the shipped files (each row alone, encoder then decoder): the base export gives the untrained
+        // eval loss, the merged export the trained one.
+        File.Copy(Path.Combine(export, "config.json"), Path.Combine(merged, "config.json"));
+        foreach ((string folder, double expected) in new[] { (export, evals[0]), (merged, evals[^1]) })
+        {
+            (code, string json, stderr) = CliRunner.Run("eval", "--task", "seq2seq-lm", folder, "--data", eval, "--tokenizer", s_tokenizer, "--seq-length", "32", "--json");
+            Assert.AreEqual(0, code, stderr);
+            double loss = JsonDocument.Parse(json).RootElement.GetProperty("loss").GetDouble();
+            Assert.IsLessThanOrEqualTo(LossRel, Math.Abs(loss - expected) / expected, $"eval {folder}: {loss} vs training's {expected}");
+        }
     }
 
     [TestMethod]
@@ -215,8 +226,20 @@ public sealed class Seq2SeqTrainingTests
         Assert.AreEqual(0f, ErrorMetrics.MaxAbsDiff(MergedDecoder.Run(Path.Combine(plain, EncoderDecoderModels.EncoderFile), merged, b), parts), "the merged file's branch without past is the decoder");
 
         string run = dir.File("run");
-        (int code, _, string stderr) = CliRunner.Run(TrainArgs(export, WriteRows(dir, "train.jsonl", 8, 3), null, run, "--max-steps", "2"));
+        string rows = WriteRows(dir, "train.jsonl", 8, 3);
+        (int code, _, string stderr) = CliRunner.Run(TrainArgs(export, rows, null, run, "--max-steps", "2"));
         Assert.AreEqual(0, code, stderr);
+
+        // eval feeds the merged file use_cache_branch = false and empty past: the plain decoder's loss.
+        double[] losses = new double[2];
+        foreach ((string folder, int i) in new[] { (plain, 0), (export, 1) })
+        {
+            (code, string json, stderr) = CliRunner.Run("eval", "--task", "seq2seq-lm", folder, "--data", rows, "--tokenizer", s_tokenizer, "--seq-length", "32", "--json");
+            Assert.AreEqual(0, code, stderr);
+            losses[i] = JsonDocument.Parse(json).RootElement.GetProperty("loss").GetDouble();
+        }
+
+        Assert.AreEqual(losses[0], losses[1], "eval of the merged-decoder export");
         string loraModel = Path.Combine(run, "artifacts", "model.lora.onnx");
         using (Model model = OnnxReader.Load(loraModel))
         {

@@ -15,7 +15,8 @@ namespace Onnx.Lora.Cli.Commands;
 internal sealed class EvalCommand : LoraCommand
 {
     private static readonly TrainOptions s_defaults = new();
-    private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM: a base, LoRA (e.g. run/lora-trained.onnx), merged, or base-with-slots model." };
+    private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM: a base, LoRA (e.g. run/lora-trained.onnx), merged, or base-with-slots model; with --task seq2seq-lm an encoder-decoder export's folder (encoder_model.onnx + decoder_model.onnx, base or merged)." };
+    private static readonly Option<string> s_task = new("--task") { Description = "causal-lm (next-token loss) or seq2seq-lm ({source, target} rows through the export's encoder then decoder). [default: causal-lm]", DefaultValueFactory = _ => Trainer.Tasks.TrainingTasks.CausalLm };
     private static readonly Option<string> s_data = new("--data", "-d") { Description = "JSONL file (the formats train reads).", Required = true };
     private static readonly Option<string> s_tokenizer = new("--tokenizer", "-t") { Description = "SentencePiece .model or tokenizer.json.", Required = true };
     private static readonly Option<string[]> s_adapters = new("--adapter") { Description = ".onnx_adapter file activated through ONNX Runtime's adapter API (repeatable; the model needs adapter slots).", AllowMultipleArgumentsPerToken = false };
@@ -28,7 +29,7 @@ internal sealed class EvalCommand : LoraCommand
     public EvalCommand() : base("eval", "Loss, perplexity and token count of a model (optionally with .onnx_adapter files) on a JSONL file, with train's data handling.")
     {
         Arguments.Add(s_model);
-        foreach (Option o in new Option[] { s_data, s_tokenizer, s_adapters, s_seqLength, s_packing, s_truncate, s_completionOnly, s_json })
+        foreach (Option o in new Option[] { s_task, s_data, s_tokenizer, s_adapters, s_seqLength, s_packing, s_truncate, s_completionOnly, s_json })
         {
             Options.Add(o);
         }
@@ -48,9 +49,18 @@ internal sealed class EvalCommand : LoraCommand
             Truncate = parse.GetValue(s_truncate),
             CompletionOnlyLoss = parse.GetValue(s_completionOnly),
         };
+        string task = parse.GetValue(s_task)!;
+        if (task is not (Trainer.Tasks.TrainingTasks.CausalLm or Trainer.Tasks.TrainingTasks.Seq2SeqLm))
+        {
+            throw new UsageException($"--task {task}: eval scores causal-lm and seq2seq-lm models.");
+        }
+
+        options = options with { Task = task };
         options.Validate("command line");
         TextTokenizer tokenizer = TextTokenizer.Load(options.Tokenizer);
-        EvaluationResult r = ModelEvaluator.Evaluate(options.Model, parse.GetValue(s_adapters) ?? [], data, tokenizer, options);
+        EvaluationResult r = task == Trainer.Tasks.TrainingTasks.Seq2SeqLm
+            ? EvaluateSeq2Seq(parse, options, tokenizer)
+            : ModelEvaluator.Evaluate(options.Model, parse.GetValue(s_adapters) ?? [], data, tokenizer, options);
         if (parse.GetValue(s_json))
         {
             await output.WriteLineAsync(JsonSerializer.Serialize(new
@@ -68,5 +78,16 @@ internal sealed class EvalCommand : LoraCommand
         await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
             $"loss {r.Loss:F4}  perplexity {r.Perplexity:F3}  target tokens {r.TargetTokens:N0}  ({r.Examples} examples, {r.Rows} rows{(r.Overlong > 0 ? $", {r.Overlong} longer than seq_length {(options.Packing ? "split" : "truncated")}" : "")})")).ConfigureAwait(false);
         return ExitCodes.Success;
+    }
+
+    private static EvaluationResult EvaluateSeq2Seq(ParseResult parse, TrainOptions options, TextTokenizer tokenizer)
+    {
+        if (parse.GetValue(s_adapters) is { Length: > 0 })
+        {
+            throw new UsageException("--adapter applies to causal-lm models with adapter slots; merge the adapter into each part of the encoder-decoder export instead.");
+        }
+
+        var dataset = new DatasetOptions { MaxTokens = options.SeqLength, Truncate = options.Truncate, ModelVocabSize = tokenizer.VocabSize };
+        return Seq2SeqEvaluator.Evaluate(options.Model, options.Data, tokenizer, dataset);
     }
 }
