@@ -15,6 +15,9 @@ public sealed record EvaluationResult(double Loss, long TargetTokens, int Exampl
 {
     /// <summary>exp(loss).</summary>
     public double Perplexity => Math.Exp(Loss);
+
+    /// <summary>Share of rows classified as their label (sequence classification); null for language models.</summary>
+    public double? Accuracy { get; init; }
 }
 
 /// <summary>

@@ -33,8 +33,8 @@ public static class Seq2SeqEvaluator
         (string encoderPath, string decoderPath) = EncoderDecoderChain.FindParts(modelPath);
         DecoderTokens tokens = EncoderDecoderChain.ReadDecoderTokens(modelPath);
         using var sessionOptions = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
-        using InferenceSession encoder = Open(encoderPath, sessionOptions);
-        using InferenceSession decoder = Open(decoderPath, sessionOptions);
+        using InferenceSession encoder = EvaluationSession.Open(encoderPath, sessionOptions);
+        using InferenceSession decoder = EvaluationSession.Open(decoderPath, sessionOptions);
         int vocab = decoder.OutputMetadata.TryGetValue("logits", out NodeMetadata? logitsMeta) && logitsMeta.Dimensions is [.., > 0 and var v] ? v
             : throw new OnnxSerializationException($"Decoder '{decoderPath}' has no logits output with a fixed vocabulary axis.");
         List<TokenizedExample> rows = Seq2SeqDataset.Load(dataPath, tokenizer, options with { ModelVocabSize = vocab }, out int overlong);
@@ -68,18 +68,6 @@ public static class Seq2SeqEvaluator
 
         return counted > 0 ? new EvaluationResult(lossSum / counted, counted, rows.Count, rows.Count, overlong)
             : throw new DataException($"Data file '{dataPath}' has no target tokens to score.");
-    }
-
-    private static InferenceSession Open(string path, SessionOptions options)
-    {
-        try
-        {
-            return new InferenceSession(path, options);
-        }
-        catch (OnnxRuntimeException e)
-        {
-            throw new OnnxSerializationException($"ONNX Runtime cannot load '{path}': {e.Message}", e);
-        }
     }
 
     private static double CrossEntropy(ReadOnlySpan<float> logits, long target, string where)

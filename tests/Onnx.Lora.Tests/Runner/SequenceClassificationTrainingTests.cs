@@ -100,6 +100,13 @@ public sealed class SequenceClassificationTrainingTests
         double scale = unmergedLogits.Max(MathF.Abs);
         Assert.IsLessThanOrEqualTo(MergedRel, ErrorMetrics.MaxAbsDiff(unmergedLogits, mergedLogits) / scale, "merged vs unmerged");
         Assert.IsGreaterThan(1e-2, ErrorMetrics.MaxAbsDiff(unmergedLogits, baseLogits) / scale, "training changed the logits");
+
+        // `eval --task seq-cls` scores the shipped merged model row by row: train's last evaluation, loss and accuracy.
+        (code, string json, stderr) = CliRunner.Run("eval", "--task", "seq-cls", merged, "--data", Path.Combine(dir.Path, "eval.jsonl"), "--tokenizer", s_tokenizer, "--seq-length", "32", "--json");
+        Assert.AreEqual(0, code, stderr);
+        JsonElement result = JsonDocument.Parse(json).RootElement;
+        Assert.AreEqual(evals[^1].Accuracy, result.GetProperty("accuracy").GetDouble(), 1e-12, "accuracy");
+        Assert.IsLessThanOrEqualTo(1e-5, Math.Abs(result.GetProperty("loss").GetDouble() - evals[^1].Loss) / evals[^1].Loss, $"loss {json} vs {evals[^1].Loss}");
     }
 
     [TestMethod]

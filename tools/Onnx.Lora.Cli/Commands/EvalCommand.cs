@@ -16,7 +16,7 @@ internal sealed class EvalCommand : LoraCommand
 {
     private static readonly TrainOptions s_defaults = new();
     private static readonly Argument<string> s_model = new("MODEL") { Description = "An .onnx causal LM: a base, LoRA (e.g. run/lora-trained.onnx), merged, or base-with-slots model; with --task seq2seq-lm an encoder-decoder export's folder (encoder_model.onnx + decoder_model.onnx, base or merged)." };
-    private static readonly Option<string> s_task = new("--task") { Description = "causal-lm (next-token loss) or seq2seq-lm ({source, target} rows through the export's encoder then decoder). [default: causal-lm]", DefaultValueFactory = _ => Trainer.Tasks.TrainingTasks.CausalLm };
+    private static readonly Option<string> s_task = new("--task") { Description = "causal-lm (next-token loss), seq-cls ({text, label} rows: loss and accuracy of a classifier) or seq2seq-lm ({source, target} rows through the export's encoder then decoder). [default: causal-lm]", DefaultValueFactory = _ => Trainer.Tasks.TrainingTasks.CausalLm };
     private static readonly Option<string> s_data = new("--data", "-d") { Description = "JSONL file (the formats train reads).", Required = true };
     private static readonly Option<string> s_tokenizer = new("--tokenizer", "-t") { Description = "SentencePiece .model or tokenizer.json.", Required = true };
     private static readonly Option<string[]> s_adapters = new("--adapter") { Description = ".onnx_adapter file activated through ONNX Runtime's adapter API (repeatable; the model needs adapter slots).", AllowMultipleArgumentsPerToken = false };
@@ -50,17 +50,20 @@ internal sealed class EvalCommand : LoraCommand
             CompletionOnlyLoss = parse.GetValue(s_completionOnly),
         };
         string task = parse.GetValue(s_task)!;
-        if (task is not (Trainer.Tasks.TrainingTasks.CausalLm or Trainer.Tasks.TrainingTasks.Seq2SeqLm))
+        if (!Trainer.Tasks.TrainingTasks.Known.Contains(task))
         {
-            throw new UsageException($"--task {task}: eval scores causal-lm and seq2seq-lm models.");
+            throw new UsageException($"--task {task}: expected one of {string.Join(", ", Trainer.Tasks.TrainingTasks.Known)}.");
         }
 
         options = options with { Task = task };
         options.Validate("command line");
         TextTokenizer tokenizer = TextTokenizer.Load(options.Tokenizer);
-        EvaluationResult r = task == Trainer.Tasks.TrainingTasks.Seq2SeqLm
-            ? EvaluateSeq2Seq(parse, options, tokenizer)
-            : ModelEvaluator.Evaluate(options.Model, parse.GetValue(s_adapters) ?? [], data, tokenizer, options);
+        EvaluationResult r = task switch
+        {
+            Trainer.Tasks.TrainingTasks.Seq2SeqLm => EvaluateSeq2Seq(parse, options, tokenizer),
+            Trainer.Tasks.TrainingTasks.SequenceClassification => EvaluateClassifier(parse, options, tokenizer),
+            _ => ModelEvaluator.Evaluate(options.Model, parse.GetValue(s_adapters) ?? [], data, tokenizer, options),
+        };
         if (parse.GetValue(s_json))
         {
             await output.WriteLineAsync(JsonSerializer.Serialize(new
@@ -71,23 +74,36 @@ internal sealed class EvalCommand : LoraCommand
                 examples = r.Examples,
                 rows = r.Rows,
                 overlong_examples = r.Overlong,
+                accuracy = r.Accuracy,
             })).ConfigureAwait(false);
             return ExitCodes.Success;
         }
 
         await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
-            $"loss {r.Loss:F4}  perplexity {r.Perplexity:F3}  target tokens {r.TargetTokens:N0}  ({r.Examples} examples, {r.Rows} rows{(r.Overlong > 0 ? $", {r.Overlong} longer than seq_length {(options.Packing ? "split" : "truncated")}" : "")})")).ConfigureAwait(false);
+            $"loss {r.Loss:F4}  perplexity {r.Perplexity:F3}{(r.Accuracy is double accuracy ? $"  accuracy {accuracy:F4}" : "")}  target tokens {r.TargetTokens:N0}  ({r.Examples} examples, {r.Rows} rows{(r.Overlong > 0 ? $", {r.Overlong} longer than seq_length {(options.Packing ? "split" : "truncated")}" : "")})")).ConfigureAwait(false);
         return ExitCodes.Success;
     }
 
     private static EvaluationResult EvaluateSeq2Seq(ParseResult parse, TrainOptions options, TextTokenizer tokenizer)
     {
+        RefuseAdapters(parse, "merge the adapter into each part of the encoder-decoder export");
+        return Seq2SeqEvaluator.Evaluate(options.Model, options.Data, tokenizer, DatasetOptionsOf(options, tokenizer));
+    }
+
+    private static EvaluationResult EvaluateClassifier(ParseResult parse, TrainOptions options, TextTokenizer tokenizer)
+    {
+        RefuseAdapters(parse, "merge the adapter into the classifier");
+        return ClassifierEvaluator.Evaluate(options.Model, options.Data, tokenizer, DatasetOptionsOf(options, tokenizer));
+    }
+
+    private static void RefuseAdapters(ParseResult parse, string instead)
+    {
         if (parse.GetValue(s_adapters) is { Length: > 0 })
         {
-            throw new UsageException("--adapter applies to causal-lm models with adapter slots; merge the adapter into each part of the encoder-decoder export instead.");
+            throw new UsageException($"--adapter applies to causal-lm models with adapter slots; {instead} instead.");
         }
-
-        var dataset = new DatasetOptions { MaxTokens = options.SeqLength, Truncate = options.Truncate, ModelVocabSize = tokenizer.VocabSize };
-        return Seq2SeqEvaluator.Evaluate(options.Model, options.Data, tokenizer, dataset);
     }
+
+    private static DatasetOptions DatasetOptionsOf(TrainOptions options, TextTokenizer tokenizer) =>
+        new() { MaxTokens = options.SeqLength, Truncate = options.Truncate, ModelVocabSize = tokenizer.VocabSize };
 }
