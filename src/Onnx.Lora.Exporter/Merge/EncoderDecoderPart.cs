@@ -27,7 +27,8 @@ public static class EncoderDecoderPart
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(modelModules);
         otherPart = 0;
-        bool coversBoth = weights.Modules.Any(m => IsEncoderModule(m.Module)) && weights.Modules.Any(m => !IsEncoderModule(m.Module));
+        // Both stacks by name: an encoder-only model's adapter (BERT's encoder.layer.N plus a classifier) is not split.
+        bool coversBoth = weights.Modules.Any(m => IsEncoderModule(m.Module)) && weights.Modules.Any(m => HasComponent(m.Module, "decoder"));
         Graph graph = model.Graph;
         bool decoder = graph.Inputs.Any(v => v.Name == "encoder_hidden_states");
         bool encoder = !decoder && graph.Outputs.Any(v => v.Name == "last_hidden_state") && !graph.Outputs.Any(v => v.Name == "logits");
@@ -52,7 +53,9 @@ public static class EncoderDecoderPart
         return new LoraWeights(selected);
     }
 
-    private static bool IsEncoderModule(string module) => module.Split('.').Contains("encoder", StringComparer.Ordinal);
+    private static bool IsEncoderModule(string module) => HasComponent(module, "encoder");
+
+    private static bool HasComponent(string module, string component) => module.Split('.').Contains(component, StringComparer.Ordinal);
 
     // "model.encoder.layers.0.self_attn.q_proj" → "layers.0.self_attn.q_proj".
     private static string? WithoutEncoderScope(string module)

@@ -51,21 +51,8 @@ public static class ClassifierEvaluator
                 using IDisposableReadOnlyCollection<OrtValue> outputs = session.Run(run, names, owned, ["logits"]);
                 ReadOnlySpan<float> logits = outputs[0].GetTensorDataAsSpan<float>();
                 int label = row.Labels[0];
-                double max = double.NegativeInfinity;
-                int best = 0;
-                for (int c = 0; c < logits.Length; c++)
-                {
-                    (max, best) = logits[c] > max ? (logits[c], c) : (max, best);
-                }
-
-                double sum = 0;
-                foreach (float l in logits)
-                {
-                    sum += Math.Exp(l - max);
-                }
-
-                lossSum += max + Math.Log(sum) - logits[label];
-                correct += best == label ? 1 : 0;
+                lossSum += CrossEntropy.Of(logits, label);
+                correct += CrossEntropy.ArgMax(logits) == label ? 1 : 0;
             }
             finally
             {

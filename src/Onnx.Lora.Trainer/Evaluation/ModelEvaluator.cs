@@ -60,7 +60,7 @@ public static class ModelEvaluator
                 int next = position + 1;
                 if (next < labels.Length && labels[next] != TokenizedExample.IgnoreIndex)
                 {
-                    lossSum += CrossEntropy(logits, labels[next]);
+                    lossSum += CrossEntropy.Of(logits, labels[next]);
                     tokens++;
                 }
             });
@@ -72,28 +72,5 @@ public static class ModelEvaluator
         }
 
         return new EvaluationResult(lossSum / tokens, tokens, examples, rows.Count, overlong);
-    }
-
-    // log Σ exp(l) − l[target], in double with the max subtracted (logits of fp16 models span tens).
-    private static double CrossEntropy(ReadOnlySpan<float> logits, int target)
-    {
-        if ((uint)target >= (uint)logits.Length)
-        {
-            throw new DataException($"Token id {target} is outside the model's {logits.Length} logits.");
-        }
-
-        double max = double.NegativeInfinity;
-        foreach (float l in logits)
-        {
-            max = Math.Max(max, l);
-        }
-
-        double sum = 0;
-        foreach (float l in logits)
-        {
-            sum += Math.Exp(l - max);
-        }
-
-        return max + Math.Log(sum) - logits[target];
     }
 }

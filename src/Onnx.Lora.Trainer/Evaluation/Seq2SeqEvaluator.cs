@@ -61,35 +61,13 @@ public static class Seq2SeqEvaluator
             ReadOnlySpan<float> logits = outputs[0].GetTensorDataAsSpan<float>();
             for (int t = 0; t < labels.Length; t++)
             {
-                lossSum += CrossEntropy(logits.Slice(t * vocab, vocab), labels[t], row.Source);
+                lossSum += CrossEntropy.Of(logits.Slice(t * vocab, vocab), labels[t]);
                 counted++;
             }
         }
 
         return counted > 0 ? new EvaluationResult(lossSum / counted, counted, rows.Count, rows.Count, overlong)
             : throw new DataException($"Data file '{dataPath}' has no target tokens to score.");
-    }
-
-    private static double CrossEntropy(ReadOnlySpan<float> logits, long target, string where)
-    {
-        if ((ulong)target >= (ulong)logits.Length)
-        {
-            throw new DataException($"{where}: token id {target} is outside the model's {logits.Length} logits.");
-        }
-
-        double max = double.NegativeInfinity;
-        foreach (float l in logits)
-        {
-            max = Math.Max(max, l);
-        }
-
-        double sum = 0;
-        foreach (float l in logits)
-        {
-            sum += Math.Exp(l - max);
-        }
-
-        return max + Math.Log(sum) - logits[(int)target];
     }
 
     /// <summary>What Optimum's decoders take: token ids, the cross-attention mask, the encoder's states, and for a

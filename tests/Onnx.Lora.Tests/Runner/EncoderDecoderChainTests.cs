@@ -76,5 +76,16 @@ public sealed class EncoderDecoderChainTests
         Assert.AreEqual(0, other);
     }
 
+    [TestMethod]
+    public void Select_EncoderOnlyAdapterWithHeadOnFeatureExtractor_Unchanged()
+    {
+        // A BERT adapter (encoder layers + a pooler) on a model whose output is last_hidden_state: not an encoder-decoder part.
+        using EncoderDecoderModels parts = BartBuilder.Build(s_config);
+        var weights = new LoraWeights([Module("bert.encoder.layer.0.attention.self.query"), Module("bert.pooler.dense")]);
+        LoraWeights selected = EncoderDecoderPart.Select(parts.Encoder, weights, ["bert.encoder.layer.0.attention.self.query"], out int other);
+        Assert.AreSame(weights, selected);
+        Assert.AreEqual(0, other);
+    }
+
     private static LoraModuleWeights Module(string name) => new(name, 16, 16, 1, new float[16], new float[16], 1f);
 }
