@@ -98,23 +98,18 @@ public static class IfBranchInlining
         for (int i = 0; i < ifNode.Outputs.Count; i++)
         {
             Value result = ifNode.Outputs[i];
-            bool madeInBranch = map.ContainsKey(branch.Outputs[i]) && branch.Outputs[i].Producer is not null;
-            Value made = Mapped(branch.Outputs[i]);
-            string name = result.Name;
+            if (!map.TryGetValue(branch.Outputs[i], out Value? made) || branch.Outputs[i].Producer is null)
+            {
+                // ONNX Runtime refuses such a model too: a branch must make its outputs (an Identity for an outer value).
+                throw new GraphValidationException($"If '{ifNode.Name}': branch output '{branch.Outputs[i].Name}' is not made by the branch.");
+            }
+
             if (graph.Outputs.Contains(result))
             {
-                // The graph output keeps its name (logits, present.*): the branch's value takes it over, or an Identity
-                // names a value the branch passes through from outside.
+                // The graph output keeps its name (logits, present.*): the branch's value takes it over.
+                string name = result.Name;
                 result.Name = Fresh("inlined/" + name);
-                if (madeInBranch)
-                {
-                    made.Name = name;
-                }
-                else
-                {
-                    made = graph.InsertBefore(ifNode, new Node("", "Identity", [made], [name], null, Fresh(name + "/Identity"))).Outputs[0];
-                }
-
+                made.Name = name;
                 made.Type ??= result.Type;
             }
 
