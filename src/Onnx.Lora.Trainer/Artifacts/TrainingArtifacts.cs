@@ -3,6 +3,8 @@ using Onnx.Lora.Ir;
 using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Loss;
 
+using Onnx.Lora.Trainer.Autodiff;
+
 namespace Onnx.Lora.Trainer.Artifacts;
 
 /// <summary>How to build training artifacts.</summary>
@@ -25,6 +27,9 @@ public sealed record TrainingArtifactsOptions
     /// walk reads it here rather than parsing training.onnx again).
     /// </summary>
     public Action<Model, IReadOnlyList<string>>? InspectTrainingGraph { get; init; }
+
+    /// <summary>Called with what gradient checkpointing recomputed (when <see cref="RecomputeActivations"/> is on).</summary>
+    public Action<RecomputationResult>? Recomputed { get; init; }
 }
 
 /// <summary>A trainable tensor of the artifacts: name and dims.</summary>
@@ -195,7 +200,12 @@ public sealed class TrainingArtifacts
         float[][] initial = [.. trainable.Select(name => training.Graph.Initializers[name].Initializer!.ToArray<float>())];
 
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss, out _);
-        Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations);
+        BackwardResult backward = Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations);
+        if (backward.Recomputation is { } recomputed)
+        {
+            options.Recomputed?.Invoke(recomputed);
+        }
+
         options.InspectTrainingGraph?.Invoke(training, trainable);
         SavedModel saved = OnnxWriter.Save(training, Path.Combine(folder, TrainingModelFile), new SaveOptions { ExternalData = ExternalDataMode.SingleFile, DataFileName = WeightsDataFile });
         var description = new ArtifactDescription

@@ -38,7 +38,7 @@ public static class TrainingGraph
         BackwardResult result = BackwardGraph.Build(model, loss, trainable);
         if (recomputeActivations)
         {
-            ActivationRecomputation.Apply(model, forward);
+            result = result with { Recomputation = ActivationRecomputation.Apply(model, forward) };
         }
 
         var builder = new GraphBuilder(model);

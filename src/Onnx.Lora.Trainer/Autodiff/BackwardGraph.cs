@@ -5,7 +5,11 @@ namespace Onnx.Lora.Trainer.Autodiff;
 /// <summary>What <see cref="BackwardGraph.Build(Model, Value, IReadOnlyList{string}, Value)"/> produced: the gradient value of each trainable tensor.</summary>
 /// <param name="Gradients">Gradient value per trainable tensor name, in the order asked for.</param>
 /// <param name="DifferentiatedNodes">How many forward nodes got backward nodes.</param>
-public sealed record BackwardResult(IReadOnlyDictionary<string, Value> Gradients, int DifferentiatedNodes);
+public sealed record BackwardResult(IReadOnlyDictionary<string, Value> Gradients, int DifferentiatedNodes)
+{
+    /// <summary>What gradient checkpointing recomputed; null when it was off.</summary>
+    public Artifacts.RecomputationResult? Recomputation { get; init; }
+}
 
 /// <summary>
 /// Reverse-mode automatic differentiation over the graph IR. Appends to the model's main graph the nodes that compute

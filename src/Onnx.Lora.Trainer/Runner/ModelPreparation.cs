@@ -169,6 +169,9 @@ public static class ModelPreparation
         {
             Loss = loss,
             RecomputeActivations = options.GradientCheckpointing,
+            Recomputed = r => observer.OnMessage(r.Layers > 0
+                ? $"gradient checkpointing: {r.Layers} layers recompute their activations in the backward pass ({r.RecomputedValues} saved values, {r.RecomputedNodes} nodes copied)"
+                : "gradient checkpointing: no layer of this graph could be set to recompute (the layer's backward reads no gradient from above that does not pass through the layer itself, e.g. a bias gradient reshaped to an in-layer value's shape); training runs as without it"),
             // The walk serves only the memory check, which --memory-limit none turns off.
             InspectTrainingGraph = TrainingGraphMemory.IsOff(options) ? null
                 : (graph, trainable) => memory = TrainingGraphMemory.Analyze(graph, options.BatchSize, options.SeqLength, trainable),

@@ -169,6 +169,27 @@ public sealed class Seq2SeqTrainingTests
     }
 
     [TestMethod]
+    public void Train_Seq2SeqWithGradientCheckpointing_SaysNoLayerRecomputesAndTrainsAlike()
+    {
+        // BART's linears are MatMul + Add: the bias gradient is reshaped to an in-layer value's shape, so no gradient
+        // reaches a layer's backward from above without passing through the layer; the run says so and trains as without.
+        using var dir = new TempDir();
+        string export = WriteExport(dir);
+        string rows = WriteRows(dir, "train.jsonl", 32, 5);
+        var losses = new List<double[]>();
+        foreach (bool checkpointing in new[] { false, true })
+        {
+            string run = dir.File(checkpointing ? "on" : "off");
+            (int code, string stdout, string stderr) = CliRunner.Run(TrainArgs(export, rows, null, run, checkpointing ? ["--max-steps", "4", "--gradient-checkpointing"] : ["--max-steps", "4"]));
+            Assert.AreEqual(0, code, stderr);
+            Assert.AreEqual(checkpointing, stdout.Contains("gradient checkpointing: no layer of this graph could be set to recompute", StringComparison.Ordinal), stdout);
+            losses.Add([.. File.ReadLines(Path.Combine(run, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).Select(e => e.GetProperty("loss").GetDouble())]);
+        }
+
+        CollectionAssert.AreEqual(losses[0], losses[1]);
+    }
+
+    [TestMethod]
     [DataRow("{\"source\": \"a cat\"}", "\"target\" is missing")]
     [DataRow("{\"source\": \"\", \"target\": \"a cat\"}", "\"source\" is empty")]
     [DataRow("[1, 2]", "expected a JSON object with \"source\" and \"target\"")]

@@ -181,6 +181,34 @@ public sealed class TrainingRunnerTests
     }
 
     [TestMethod]
+    public void Train_GradientCheckpointingFromCli_SaysEveryLayerRecomputesAndLossesMatch()
+    {
+        using var dir = new TempDir();
+        TrainOptions o = Options(dir, 3);
+        var losses = new List<double[]>();
+        foreach (bool checkpointing in new[] { false, true })
+        {
+            string run = dir.File(checkpointing ? "on" : "off");
+            // The torch export of stories260K (the llama2.c conversion has no shape facts: see README, gradient checkpointing).
+            string[] args = ["train", "--model", Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx"), "--tokenizer", o.Tokenizer, "--data", o.Data, "--output-dir", run, "--seq-length", "32", "--batch-size", "4",
+                "--max-steps", "3", "--lora-targets", "all-linear", "--lora-dropout", "0", "--save-steps", "0", .. (checkpointing ? new[] { "--gradient-checkpointing" } : [])];
+            (int code, string output, string error) = CliRunner.Run(args);
+            Assert.AreEqual(0, code, error);
+            // stories260K has 5 layers: each recomputes.
+            Assert.AreEqual(checkpointing, output.Contains("gradient checkpointing: 5 layers recompute their activations", StringComparison.Ordinal), output);
+            losses.Add([.. File.ReadLines(Path.Combine(run, "metrics.jsonl")).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement)
+                .Where(e => e.GetProperty("kind").GetString() == "train").Select(e => e.GetProperty("loss").GetDouble())]);
+        }
+
+        Assert.HasCount(3, losses[1]);
+        for (int i = 0; i < 3; i++)
+        {
+            // float32: a recomputed copy may round differently in the last bits (ActivationRecomputationTests bound).
+            Assert.AreEqual(losses[0][i], losses[1][i], 1e-5 * losses[0][i], $"step {i + 1}");
+        }
+    }
+
+    [TestMethod]
     public void Train_NanPolicySkip_SkipsNonFiniteStepsAndFinishes()
     {
         using var dir = new TempDir();
