@@ -248,8 +248,9 @@ public static class TrainingGraphMemory
 
     /// <summary>
     /// The order ONNX Runtime's sequential executor runs the nodes in (its default, GraphViewer's topological order): a
-    /// depth-first walk from the nodes nothing reads, taking inputs in node-index order (lowest first), each node
-    /// emitted after its inputs. Node indices are the file's node order.
+    /// depth-first walk from the nodes nothing reads, the highest node index first, among a node's inputs too (ORT sorts
+    /// them by index and pushes them on its stack), each node emitted after its inputs. Node indices are the file's node
+    /// order.
     /// </summary>
     private static List<Node> ExecutionOrder(Onnx.Lora.Ir.Graph graph)
     {
@@ -259,8 +260,12 @@ public static class TrainingGraphMemory
             index[graph.Nodes[i]] = i;
         }
 
+        // The leaves, lowest index first (the last pushed is taken first). ORT removes an Identity that names a graph
+        // output and lets its producer write the output, so that producer is the leaf, at its own index.
         var stack = new Stack<(Node Node, bool Leave)>();
-        foreach (Node node in graph.Nodes.Where(n => n.Outputs.All(o => o.Uses.Count == 0)))
+        foreach (Node node in graph.Nodes.Where(n => n.Outputs.All(o => o.Uses.Count == 0))
+                     .Select(n => n.Outputs.All(o => o.IsGraphOutput) && GradientOutputOrder.ExclusiveProducer(n) is { } p ? p : n)
+                     .Distinct().OrderBy(n => index[n]))
         {
             stack.Push((node, false));
         }
@@ -282,7 +287,7 @@ public static class TrainingGraphMemory
 
             stack.Push((entry.Node, true));
             foreach (Node producer in entry.Node.Inputs.Concat(entry.Node.ImplicitInputs())
-                         .Select(v => v?.Producer).OfType<Node>().Where(index.ContainsKey).Distinct().OrderByDescending(n => index[n]))
+                         .Select(v => v?.Producer).OfType<Node>().Where(index.ContainsKey).Distinct().OrderBy(n => index[n]))
             {
                 stack.Push((producer, false));
             }
