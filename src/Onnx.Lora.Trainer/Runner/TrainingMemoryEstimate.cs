@@ -101,22 +101,25 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     }
 
     /// <summary>
-    /// Floats per token alive at the peak of a step with gradient checkpointing (<c>ActivationRecomputation</c>):
+    /// Floats per token alive at the peak of a step with gradient checkpointing (<c>ActivationRecomputation</c>), from
+    /// what ONNX Runtime's profiler shows such a step allocate (SmolLM-135M shape, seq 1024, BENCHMARKS.md):
     /// <code>
-    /// L · h                                  every layer's input (the residual stream), kept from the forward for the re-run
-    /// + 17·h + 7·i + 3 · heads·s             one layer recomputed, with its backward: the attention probabilities, their
-    ///                                        gradient and the product of the two (softmax's gradient) alive together
-    /// + 2·V                                  the loss: logits and one softmax-sized buffer
+    /// L · h                          every layer's input (the residual stream), kept from the forward for the re-run
+    /// + 4 · V                        the loss: ORT runs SoftmaxCrossEntropyLoss as its function body, a LogSoftmax over
+    ///                                axis 1 of [tokens, V, 1], which it transposes: the logits, a transposed copy, the
+    ///                                output and its transposed copy alive together
+    /// + 17·h + 7·i + 3 · heads·s     one layer recomputed, with its backward: the attention probabilities, their
+    ///                                gradient and the product of the two (softmax's gradient) alive together
     /// </code>
-    /// Only one layer's activations are alive at a time because the training graph also runs each layer's weight
-    /// gradients right after that layer's backward (<c>GradientOutputOrder</c>); the three [heads, s, s] buffers are what
-    /// ONNX Runtime's profiler shows at the peak of the attention backward.
+    /// The loss and the layer term come one after the other in a step; their sum bounds either. Only one layer's
+    /// activations are alive at a time because the training graph also runs each layer's weight gradients right after
+    /// that layer's backward (<c>GradientOutputOrder</c>).
     /// </summary>
     public static double RecomputedActivationsPerToken(ModelShape shape, int seqLength)
     {
         ArgumentNullException.ThrowIfNull(shape);
         double attention = (double)shape.Heads * seqLength;
-        return ((double)shape.Layers * shape.Hidden) + LayerActivationsPerToken(shape, seqLength) + (2 * attention) + (2.0 * shape.Vocab);
+        return ((double)shape.Layers * shape.Hidden) + (4.0 * shape.Vocab) + LayerActivationsPerToken(shape, seqLength) + (2 * attention);
     }
 
     /// <summary>
