@@ -64,9 +64,12 @@ public static class TrainingGraphMemory
             profile = Analyze(training, options.BatchSize, options.SeqLength, artifacts.Trainable.Select(t => t.Name).ToArray());
         }
 
-        // NOTE: the walk counts every live value and replays the arena, yet ONNX Runtime was measured to hold 1.3x (no
-        // recomputation) to 4.4x (recomputation) more (BENCHMARKS.md, "Real model sizes"); until that is explained, the
-        // check takes the larger of the walk and the per-token estimate, so it is never the low one.
+        // NOTE: the walk reads low against ONNX Runtime (BENCHMARKS.md, "Real model sizes"). Found with ORT's profiler:
+        // ORT ran every weight gradient at the end of the step (now fixed at the source, GradientOutputOrder, and the walk
+        // takes ORT's leaf order); values whose shapes ValueFacts cannot tell (thousands in a training graph: shapes
+        // computed at run time) are sized from their inputs, so e.g. the attention-score gradients and the loss softmax
+        // count small; ORT runs SoftmaxCrossEntropyLoss as a LogSoftmax it transposes (3 more [tokens, vocab] buffers).
+        // So the check takes the larger of the walk and the per-token estimate, which is never the low one.
         TrainingMemoryEstimate walk = TrainingMemoryEstimate.FromGraph(profile, DataBytes(options));
         TrainingMemoryEstimate perToken = TrainingMemoryEstimate.Estimate(options, shape, DataBytes(options));
         TrainingMemoryEstimate estimate = walk.Total >= perToken.Total ? walk : perToken;
