@@ -228,11 +228,29 @@ public sealed record LoraManifest
         }
     }
 
+    /// <summary>The manifest as the JSON stored in a model's metadata.</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, s_json);
+
+    /// <summary>Reads a manifest from the JSON <see cref="ToJson"/> writes.</summary>
+    /// <exception cref="GraphValidationException">The text is not a valid manifest.</exception>
+    public static LoraManifest FromJson(string json)
+    {
+        ArgumentNullException.ThrowIfNull(json);
+        try
+        {
+            return JsonSerializer.Deserialize<LoraManifest>(json, s_json) ?? throw new JsonException("null");
+        }
+        catch (JsonException e)
+        {
+            throw new GraphValidationException($"Not a valid LoRA manifest: {e.Message}", e);
+        }
+    }
+
     /// <summary>Stores this manifest in <paramref name="model"/>'s metadata (replacing an older one).</summary>
     public void Write(Model model)
     {
         ArgumentNullException.ThrowIfNull(model);
         model.MetadataProps.RemoveAll(p => p.Key == MetadataKey);
-        model.MetadataProps.Add(KeyValuePair.Create(MetadataKey, JsonSerializer.Serialize(this, s_json)));
+        model.MetadataProps.Add(KeyValuePair.Create(MetadataKey, ToJson()));
     }
 }

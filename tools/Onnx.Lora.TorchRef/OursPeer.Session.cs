@@ -14,7 +14,7 @@ internal static class OursPeer
     /// SessionOptions), with the trainer's session settings (ORT_ENABLE_ALL, the same thread count).
     /// </summary>
     public static ITrainingPeer Create(string loraModelPath, AdamWSettings adamw, int threads, string? profilePrefix = null, bool spin = false, bool prepack = false, bool recompute = false) =>
-        profilePrefix is null ? new SessionPeer(loraModelPath, adamw, threads, spin, prepack, recompute) : new ProfiledArtifactPeer(loraModelPath, adamw, threads, profilePrefix, spin);
+        profilePrefix is null ? new SessionPeer(loraModelPath, adamw, threads, spin, prepack, recompute) : new ProfiledArtifactPeer(loraModelPath, adamw, threads, profilePrefix, spin, recompute);
 
     /// <summary>Ends ORT profiling of <paramref name="peer"/> and returns the profile file, or null when it is not profiled.</summary>
     public static string? EndProfiling(ITrainingPeer peer) => (peer as ProfiledArtifactPeer)?.EndProfiling();
@@ -96,9 +96,9 @@ internal sealed class ProfiledArtifactPeer : ITrainingPeer
     private readonly string[] _outputNames;
     private readonly float[] _loss = new float[1];
 
-    public ProfiledArtifactPeer(string loraModelPath, AdamWSettings adamw, int threads, string profilePrefix, bool spin)
+    public ProfiledArtifactPeer(string loraModelPath, AdamWSettings adamw, int threads, string profilePrefix, bool spin, bool recompute = false)
     {
-        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path);
+        TrainingArtifacts artifacts = TrainingArtifacts.Build(loraModelPath, _folder.Path, new TrainingArtifactsOptions { RecomputeActivations = recompute });
         using (Onnx.Lora.Ir.Model lora = Onnx.Lora.Ir.Serialization.OnnxReader.Load(loraModelPath))
         {
             _buffers = artifacts.Trainable.Select(t => lora.Graph.Initializers[t.Name].Initializer!.ToFloat32())
@@ -115,8 +115,10 @@ internal sealed class ProfiledArtifactPeer : ITrainingPeer
             LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
             EnableProfiling = true,
             ProfileOutputPathPrefix = profilePrefix,
+            EnableMemoryPattern = false, // as LoraTrainingSession runs it, so the profile's arena figures are the product's
         };
         options.AddSessionConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
+        options.AddSessionConfigEntry("session.disable_prepacking", "1");
         _session = new InferenceSession(artifacts.TrainingModelPath, options);
         _inputNames = ["input_ids", "attention_mask", "labels", .. _buffers.Select(p => p.Name)];
         _outputNames = [TrainingGraph.LossOutput, .. _buffers.Select(p => TrainingGraph.GradientOutput(p.Name))];

@@ -3,6 +3,7 @@ using System.Globalization;
 using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Ir;
 using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Tools;
 using Onnx.Lora.Trainer.Artifacts;
 
 namespace Onnx.Lora.TorchRef;
@@ -25,7 +26,7 @@ internal static class StartupBench
         ("disabled", GraphOptimizationLevel.ORT_DISABLE_ALL),
     ];
 
-    public static int Run(Args a)
+    public static int Run(ToolArgs a)
     {
         var inv = CultureInfo.InvariantCulture;
         string path = a.Str("model");

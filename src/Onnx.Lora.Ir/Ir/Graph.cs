@@ -79,6 +79,19 @@ public sealed class Graph
     }
 
     /// <summary>
+    /// Moves <paramref name="node"/> to the end of the node list, links unchanged (ONNX Runtime numbers nodes in file
+    /// order, and that order steers its execution order). The caller keeps the order topological: every reader of the
+    /// node's outputs must be moved after it.
+    /// </summary>
+    /// <exception cref="GraphValidationException">The node is not in this graph.</exception>
+    public void MoveToEnd(Node node)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        _nodes.RemoveAt(IndexOf(node));
+        _nodes.Add(node);
+    }
+
+    /// <summary>
     /// Removes a node. With <paramref name="safe"/>, refuses (before changing anything) when an output of the node is
     /// still read by another node or is a graph output.
     /// </summary>

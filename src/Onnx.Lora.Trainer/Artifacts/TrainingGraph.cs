@@ -49,6 +49,7 @@ public static class TrainingGraph
         }
 
         Finish(model, outputs, trainable);
+        GradientOutputOrder.Apply(model.Graph, outputs.Skip(2));
         return result;
     }
 

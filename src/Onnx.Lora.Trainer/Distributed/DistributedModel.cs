@@ -1,5 +1,3 @@
-using Onnx.Lora.Ir;
-using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Trainer.Artifacts;
 using Onnx.Lora.Trainer.Config;
 using Onnx.Lora.Trainer.Runner;
@@ -13,27 +11,35 @@ namespace Onnx.Lora.Trainer.Distributed;
 /// </summary>
 public static class DistributedModel
 {
-    /// <summary>Opens the prepared model: the LoRA model rank 0 used and the artifacts in <paramref name="artifactsDir"/>.</summary>
+    /// <summary>
+    /// What rank 0 sends the other ranks once it has prepared the model: the LoRA model's path and its manifest, so
+    /// that they need not parse that model again (each rank has already read the source model once).
+    /// </summary>
+    public static string Describe(PreparedModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return model.LoraModelPath + "\n" + model.Manifest.ToJson();
+    }
+
+    /// <summary>Opens the prepared model from rank 0's <see cref="Describe"/>: its manifest and the artifacts in <paramref name="artifactsDir"/>.</summary>
     /// <param name="options">The run's options.</param>
-    /// <param name="loraModelPath">The LoRA model rank 0 prepared (sent by it).</param>
+    /// <param name="description">What rank 0 sent (<see cref="Describe"/>).</param>
     /// <param name="artifactsDir">The run's artifacts folder.</param>
     /// <param name="limits">Vocabulary and position limits read from the model before preparation.</param>
     /// <exception cref="LoraException">The files are missing (e.g. output_dir is not shared between machines) or unreadable.</exception>
-    public static PreparedModel Load(TrainOptions options, string loraModelPath, string artifactsDir, ModelLimits limits)
+    public static PreparedModel Load(TrainOptions options, string description, string artifactsDir, ModelLimits limits)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(description);
         ArgumentNullException.ThrowIfNull(limits);
+        int newline = description.IndexOf('\n', StringComparison.Ordinal);
+        string loraModelPath = newline < 0 ? description : description[..newline];
         if (!File.Exists(loraModelPath))
         {
             throw new LoraException($"Rank 0 prepared the LoRA model '{loraModelPath}', which this rank cannot see: put output_dir on a file system shared by all machines.");
         }
 
-        LoraManifest manifest;
-        using (Model model = OnnxReader.Load(loraModelPath))
-        {
-            manifest = LoraManifest.Read(model) ?? throw new LoraException($"'{loraModelPath}' carries no LoRA manifest.");
-        }
-
+        LoraManifest manifest = newline < 0 ? throw new LoraException($"Rank 0 sent no LoRA manifest with '{loraModelPath}'.") : LoraManifest.FromJson(description[(newline + 1)..]);
         return new PreparedModel(Path.GetFileName(options.Model), loraModelPath, manifest, TrainingArtifacts.Load(artifactsDir), limits.VocabSize, limits.MaxPositions);
     }
 }

@@ -64,9 +64,12 @@ public static class TrainingGraphMemory
             profile = Analyze(training, options.BatchSize, options.SeqLength, artifacts.Trainable.Select(t => t.Name).ToArray());
         }
 
-        // NOTE: the walk counts every live value and replays the arena, yet ONNX Runtime was measured to hold 1.3x (no
-        // recomputation) to 4.4x (recomputation) more (BENCHMARKS.md, "Real model sizes"); until that is explained, the
-        // check takes the larger of the walk and the per-token estimate, so it is never the low one.
+        // NOTE: the walk reads low against ONNX Runtime (BENCHMARKS.md, "Real model sizes"). Found with ORT's profiler:
+        // ORT ran every weight gradient at the end of the step (now fixed at the source, GradientOutputOrder, and the walk
+        // takes ORT's leaf order); values whose shapes ValueFacts cannot tell (thousands in a training graph: shapes
+        // computed at run time) are sized from their inputs, so e.g. the attention-score gradients and the loss softmax
+        // count small; ORT runs SoftmaxCrossEntropyLoss as a LogSoftmax it transposes (3 more [tokens, vocab] buffers).
+        // So the check takes the larger of the walk and the per-token estimate, which is never the low one.
         TrainingMemoryEstimate walk = TrainingMemoryEstimate.FromGraph(profile, DataBytes(options));
         TrainingMemoryEstimate perToken = TrainingMemoryEstimate.Estimate(options, shape, DataBytes(options));
         TrainingMemoryEstimate estimate = walk.Total >= perToken.Total ? walk : perToken;
@@ -248,8 +251,9 @@ public static class TrainingGraphMemory
 
     /// <summary>
     /// The order ONNX Runtime's sequential executor runs the nodes in (its default, GraphViewer's topological order): a
-    /// depth-first walk from the nodes nothing reads, taking inputs in node-index order (lowest first), each node
-    /// emitted after its inputs. Node indices are the file's node order.
+    /// depth-first walk from the nodes nothing reads, the highest node index first, among a node's inputs too (ORT sorts
+    /// them by index and pushes them on its stack), each node emitted after its inputs. Node indices are the file's node
+    /// order.
     /// </summary>
     private static List<Node> ExecutionOrder(Onnx.Lora.Ir.Graph graph)
     {
@@ -259,8 +263,12 @@ public static class TrainingGraphMemory
             index[graph.Nodes[i]] = i;
         }
 
+        // The leaves, lowest index first (the last pushed is taken first). ORT removes an Identity that names a graph
+        // output and lets its producer write the output, so that producer is the leaf, at its own index.
         var stack = new Stack<(Node Node, bool Leave)>();
-        foreach (Node node in graph.Nodes.Where(n => n.Outputs.All(o => o.Uses.Count == 0)))
+        foreach (Node node in graph.Nodes.Where(n => n.Outputs.All(o => o.Uses.Count == 0))
+                     .Select(n => n.Outputs.All(o => o.IsGraphOutput) && GradientOutputOrder.ExclusiveProducer(n) is { } p ? p : n)
+                     .Distinct().OrderBy(n => index[n]))
         {
             stack.Push((node, false));
         }
@@ -282,7 +290,7 @@ public static class TrainingGraphMemory
 
             stack.Push((entry.Node, true));
             foreach (Node producer in entry.Node.Inputs.Concat(entry.Node.ImplicitInputs())
-                         .Select(v => v?.Producer).OfType<Node>().Where(index.ContainsKey).Distinct().OrderByDescending(n => index[n]))
+                         .Select(v => v?.Producer).OfType<Node>().Where(index.ContainsKey).Distinct().OrderBy(n => index[n]))
             {
                 stack.Push((producer, false));
             }

@@ -75,16 +75,51 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// The coefficients are fitted to the measured peak RSS (VmHWM) of random-weight Llamas in the SmolLM-135M shape at
     /// seq×batch 256×2, 512×1 and 64×4 (17·h + 7·i: the seq-independent part; heads·s: how the peak grows with s at a
     /// fixed token count); BENCHMARKS.md, "Real model sizes", has the estimate / peak ratios.
+    /// With gradient checkpointing the activation term is <see cref="RecomputedActivationsPerToken"/>.
     /// </summary>
     public static TrainingMemoryEstimate Estimate(TrainOptions options, ModelShape shape, long dataBytes)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(shape);
         double tokens = (double)options.BatchSize * options.SeqLength;
-        double perToken = (shape.Layers * ((17.0 * shape.Hidden) + (7.0 * shape.Intermediate) + ((double)shape.Heads * options.SeqLength))) + (2.0 * shape.Vocab);
+        double perToken = options.GradientCheckpointing
+            ? RecomputedActivationsPerToken(shape, options.SeqLength)
+            : (shape.Layers * LayerActivationsPerToken(shape, options.SeqLength)) + (2.0 * shape.Vocab);
         long activations = (long)(ActivationSafetyFactor * 4 * tokens * perToken);
         long adapter = 4L * options.LoraOrDefault.Rank * shape.LinearInOutSum * 8;
         return new TrainingMemoryEstimate(shape.WeightBytes, activations, adapter, 10 * dataBytes, RuntimeBytes);
+    }
+
+    /// <summary>
+    /// Floats per token one decoder layer keeps for its backward: norms, q/k/v/o, RoPE, residuals and LoRA branches
+    /// ≈ 17·h, the MLP ≈ 7·i, the attention probabilities heads·s (fitted, see <see cref="Estimate"/>).
+    /// </summary>
+    public static double LayerActivationsPerToken(ModelShape shape, int seqLength)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        return (17.0 * shape.Hidden) + (7.0 * shape.Intermediate) + ((double)shape.Heads * seqLength);
+    }
+
+    /// <summary>
+    /// Floats per token alive at the peak of a step with gradient checkpointing (<c>ActivationRecomputation</c>), from
+    /// what ONNX Runtime's profiler shows such a step allocate (SmolLM-135M shape, seq 1024, BENCHMARKS.md):
+    /// <code>
+    /// L · h                          every layer's input (the residual stream), kept from the forward for the re-run
+    /// + 4 · V                        the loss: ORT runs SoftmaxCrossEntropyLoss as its function body, a LogSoftmax over
+    ///                                axis 1 of [tokens, V, 1], which it transposes: the logits, a transposed copy, the
+    ///                                output and its transposed copy alive together
+    /// + 17·h + 7·i + 3 · heads·s     one layer recomputed, with its backward: the attention probabilities, their
+    ///                                gradient and the product of the two (softmax's gradient) alive together
+    /// </code>
+    /// The loss and the layer term come one after the other in a step; their sum bounds either. Only one layer's
+    /// activations are alive at a time because the training graph also runs each layer's weight gradients right after
+    /// that layer's backward (<c>GradientOutputOrder</c>).
+    /// </summary>
+    public static double RecomputedActivationsPerToken(ModelShape shape, int seqLength)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        double attention = (double)shape.Heads * seqLength;
+        return ((double)shape.Layers * shape.Hidden) + (4.0 * shape.Vocab) + LayerActivationsPerToken(shape, seqLength) + (2 * attention);
     }
 
     /// <summary>

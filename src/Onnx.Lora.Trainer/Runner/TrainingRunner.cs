@@ -144,8 +144,8 @@ public sealed partial class TrainingRunner
         Distributed.Shard(data);
         Distributed.Agree(); // A rank that cannot read its data stops every rank here, before the model is prepared.
         string artifactsDir = Path.Combine(outputDir, ArtifactsFolder);
-        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, source, artifactsDir, _observer, task.LossHead), m => m.LoraModelPath,
-            loraModel => DistributedModel.Load(o, loraModel, artifactsDir, limits));
+        PreparedModel model = Distributed.RootFirst(() => ModelPreparation.Prepare(o, source, artifactsDir, _observer, task.LossHead), DistributedModel.Describe,
+            prepared => DistributedModel.Load(o, prepared, artifactsDir, limits));
         TrainingGraphMemory.Check(o, model.Artifacts, limits.Shape, _observer.OnMessage, model.MemoryProfile); // the graph's own walk, before any step
         if (model.LoraModel is null)
         {

@@ -44,6 +44,23 @@ public sealed class ResourceLimitTests
     }
 
     [TestMethod]
+    public void Run_WithGradientCheckpointing_ChecksTheRecomputationEstimate()
+    {
+        using var dir = new TempDir();
+        TrainOptions options = Options(dir) with { SeqLength = 512, BatchSize = 64, MemoryLimit = "1GiB", GradientCheckpointing = true };
+
+        var e = Assert.ThrowsExactly<ResourceLimitException>(() => new TrainingRunner(options).Run(TestContext.CancellationToken));
+
+        TestContext.WriteLine(e.Message);
+        Assert.IsFalse(Directory.Exists(dir.File("run")), "nothing was written");
+        // Same shape as above with recomputation: 1.1 · 4 B · 64·512 · (5·64 layer inputs + 4·512 loss + 17·64 + 7·172
+        // + 3·8·512 one layer) = 2.28 GiB of activations, + 0.2 GiB runtime; not the 4.43 GiB that keeps every layer.
+        double needed = double.Parse(e.Message["Training needs ~".Length..e.Message.IndexOf(" GiB", StringComparison.Ordinal)], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.IsGreaterThan(2.28, needed);
+        Assert.IsLessThan(2.7, needed);
+    }
+
+    [TestMethod]
     public void TrainVerb_WhenTheEstimateExceedsTheMemoryLimit_ExitsWithResourceLimitAndWritesNothing()
     {
         using var dir = new TempDir();

@@ -58,6 +58,36 @@ public sealed class TrainingGraphMemoryTests
     }
 
     [TestMethod]
+    public void Analyze_OutputsNamedByIdentity_TakesTheWritersInOrtsLeafOrder()
+    {
+        // a = x·Wa is read by c = a·Wc and by ga (a "weight gradient"); gc comes from e = c·We. ORT removes the Identity
+        // that names each output, so its leaves are the writers ga (index 1) and gc (4), and it takes the higher index
+        // first: gc's cone runs while a waits for ga, and a, c and e are alive together at e. Walked from the
+        // Identities instead (out_a's is last), ga would run first and the peak would be two buffers, not three.
+        var b = new GraphBuilder("leaves");
+        Value x = b.Input("x", DataType.Float, "batch", "seq", 8);
+        Value a = b.MatMul(x, b.Floats("Wa", [8, 64], new float[8 * 64]));
+        Value ga = b.Op("ReduceSum", [a], [Attr.Ints("axes", 2), Attr.Int("keepdims", 1)]);
+        Value c = b.MatMul(a, b.Floats("Wc", [64, 64], new float[64 * 64]));
+        Value e = b.MatMul(c, b.Floats("We", [64, 64], new float[64 * 64]));
+        Value gc = b.Op("ReduceSum", [e], [Attr.Ints("axes", 2), Attr.Int("keepdims", 1)]);
+        foreach ((Value v, long w) in new[] { (a, 64L), (c, 64L), (e, 64L), (ga, 1L), (gc, 1L) })
+        {
+            GraphBuilder.Typed(v, DataType.Float, new Dim("batch"), new Dim("seq"), new Dim(w));
+        }
+
+        Value outC = b.Op("Identity", [gc]);
+        Value outA = b.Op("Identity", [ga]);
+        b.Output(outC, "out_c", DataType.Float, "batch", "seq", 1);
+        b.Output(outA, "out_a", DataType.Float, "batch", "seq", 1);
+
+        GraphMemoryProfile p = TrainingGraphMemory.Analyze(b.Model, batch: 2, seq: 4, trainable: []);
+
+        // 2·4·64·4 B = 2048 B a buffer: a + c + e at e.
+        Assert.AreEqual(3 * 2048, p.PeakActivationBytes, p.PeakNode);
+    }
+
+    [TestMethod]
     public void ForModel_WithRecomputation_WalksALowerPeakOnStories()
     {
         string path = Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx");

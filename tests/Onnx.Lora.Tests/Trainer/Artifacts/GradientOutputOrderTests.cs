@@ -1,0 +1,151 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Microsoft.ML.OnnxRuntime;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Tests.Support;
+using Onnx.Lora.Trainer.Artifacts;
+using Onnx.Lora.Trainer.Loss;
+
+namespace Onnx.Lora.Tests.Trainer.Artifacts;
+
+/// <summary>
+/// <see cref="GradientOutputOrder"/>: where the training graph puts the nodes that write the gradient outputs, and what
+/// that order does to ONNX Runtime's memory, read off ORT's own profiler (arena bytes in use after each kernel).
+/// </summary>
+[TestClass]
+public sealed partial class GradientOutputOrderTests
+{
+    private const int Batch = 8, Seq = 128;
+
+    public TestContext TestContext { get; set; } = null!;
+
+    [TestMethod]
+    public void MakeTraining_GradientProducers_SitAtTheEndWithTheLastLayerLast()
+    {
+        using Model model = StoriesTraining(recompute: false, out string[] trainable);
+        IReadOnlyList<Node> nodes = model.Graph.Nodes;
+        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < nodes.Count; i++)
+        {
+            index[nodes[i]] = i;
+        }
+
+        var producers = trainable.Select(name => model.Graph.Outputs.Single(o => o.Name == TrainingGraph.GradientOutput(name)).Producer!)
+            .Select(named => (Named: named, Writer: GradientOutputOrder.ExclusiveProducer(named) ?? named)).ToArray();
+
+        // Every gradient writer and its naming Identity are in the last 2·k places: nothing else runs after them.
+        int tail = nodes.Count - (2 * trainable.Length);
+        Assert.IsTrue(producers.All(p => index[p.Writer] >= tail && index[p.Named] >= tail), "the gradient writers close the graph");
+        Assert.IsTrue(producers.All(p => GradientOutputOrder.ExclusiveProducer(p.Named) is not null), "each gradient has a writer ORT lets name the output");
+
+        // A later layer's gradient is finished earlier by the backward pass, so it gets a higher index (ORT takes it first).
+        int[] layers = trainable.Select(n => int.Parse(LayerNumber().Match(n).Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        for (int i = 0; i < trainable.Length; i++)
+        {
+            for (int j = 0; j < trainable.Length; j++)
+            {
+                if (layers[i] < layers[j])
+                {
+                    Assert.IsLessThan(index[producers[j].Writer], index[producers[i].Writer], $"{trainable[i]} (layer {layers[i]}) before {trainable[j]} (layer {layers[j]})");
+                }
+            }
+        }
+    }
+
+    [TestMethod]
+    public void MakeTraining_WithRecomputation_OrtHoldsLessThanWithTheFirstLayersGradientTakenFirst()
+    {
+        using Model ordered = StoriesTraining(recompute: true, out string[] trainable);
+        byte[] good = OnnxWriter.ToBytes(ordered);
+
+        // The same graph with the gradient writers in the opposite order: the first layer's, which the backward reaches
+        // last, gets the highest index, as the backward builder emits them.
+        Node[] writers = [.. ordered.Graph.Nodes.TakeLast(2 * trainable.Length)];
+        foreach (Node n in writers.Take(trainable.Length).Reverse().Concat(writers.Skip(trainable.Length).Reverse()))
+        {
+            ordered.Graph.MoveToEnd(n);
+        }
+
+        byte[] reversed = OnnxWriter.ToBytes(ordered);
+        using var temp = new TempDir();
+        (double goodLoss, long goodPeak) = RunProfiled(good, trainable, ordered, temp.File("good"));
+        (double reversedLoss, long reversedPeak) = RunProfiled(reversed, trainable, ordered, temp.File("reversed"));
+
+        Console.WriteLine($"GRADORDER | ORT arena in use at peak: {goodPeak >> 10} KiB ordered, {reversedPeak >> 10} KiB reversed; loss {goodLoss:F6} / {reversedLoss:F6}");
+        Assert.AreEqual(reversedLoss, goodLoss, 1e-6 * Math.Abs(goodLoss), "only the order changes");
+        Assert.IsLessThan(0.8 * reversedPeak, goodPeak, "each layer's weight gradients run right after its backward, not all at the end");
+    }
+
+    [GeneratedRegex(@"layers[./](\d+)")]
+    private static partial Regex LayerNumber();
+
+    /// <summary>stories260K + all-linear LoRA r=4 (float32) made a training graph in memory.</summary>
+    private static Model StoriesTraining(bool recompute, out string[] trainable)
+    {
+        Model model = OnnxReader.Load(Fixtures.Path("stories260K", "reference-onnx", "model_named_weights.onnx"));
+        trainable = [.. LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 11, nonZeroB: true).TrainableTensors()];
+        LossOutputs loss = new CausalLmLoss().Attach(new GraphBuilder(model), model.Graph.Outputs.Single(o => o.Name == "logits"));
+        TrainingGraph.MakeTraining(model, loss.Loss, loss.TokenCount, trainable, recompute);
+        return model;
+    }
+
+    /// <summary>One step of <paramref name="graph"/> in a profiled session (arena on, memory pattern off, as the trainer runs it): loss, and the most arena bytes in use after any kernel.</summary>
+    private static (double Loss, long PeakInUse) RunProfiled(byte[] graph, string[] trainable, Model model, string prefix)
+    {
+        using var options = new SessionOptions
+        {
+            IntraOpNumThreads = 1,
+            LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
+            EnableMemoryPattern = false,
+            EnableProfiling = true,
+            ProfileOutputPathPrefix = prefix,
+        };
+        options.AddSessionConfigEntry("session.disable_prepacking", "1");
+        using var session = new InferenceSession(graph, options);
+        var rng = new Random(20261203);
+        long[] ids = Enumerable.Range(0, Batch * Seq).Select(_ => (long)rng.Next(3, 512)).ToArray();
+        var names = new List<string> { "input_ids", "attention_mask", "labels" };
+        var values = new List<OrtValue>
+        {
+            OrtValue.CreateTensorValueFromMemory(ids, [Batch, Seq]),
+            OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, Batch * Seq).ToArray(), [Batch, Seq]),
+            OrtValue.CreateTensorValueFromMemory(ids.ToArray(), [Batch, Seq]),
+        };
+        foreach (string n in trainable)
+        {
+            Tensor t = model.Graph.Initializers[n].Initializer!;
+            names.Add(n);
+            values.Add(OrtValue.CreateTensorValueFromMemory(t.ToArray<float>(), [.. t.Dims]));
+        }
+
+        double loss;
+        try
+        {
+            using var runOptions = new RunOptions();
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, names, values, [TrainingGraph.LossOutput, .. trainable.Select(TrainingGraph.GradientOutput)]);
+            loss = results[0].GetTensorDataAsSpan<float>()[0];
+        }
+        finally
+        {
+            foreach (OrtValue v in values)
+            {
+                v.Dispose();
+            }
+        }
+
+        string profile = session.EndProfiling();
+        try
+        {
+            using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(profile));
+            long peak = doc.RootElement.EnumerateArray()
+                .Where(e => e.TryGetProperty("cat", out JsonElement c) && c.GetString() == "Node" && e.GetProperty("args").TryGetProperty("mem_in_use_peak", out _))
+                .Max(e => long.Parse(e.GetProperty("args").GetProperty("mem_in_use_peak").GetString()!, System.Globalization.CultureInfo.InvariantCulture));
+            return (loss, peak);
+        }
+        finally
+        {
+            File.Delete(profile);
+        }
+    }
+}
