@@ -29,7 +29,8 @@ public static class TrainingGraph
     /// backward pass instead of keeping them (<see cref="ActivationRecomputation"/>).</param>
     /// <returns>The backward result (gradient values by name).</returns>
     /// <exception cref="MissingGradientRuleException">An op on a path from a trainable tensor to the loss has no rule.</exception>
-    public static BackwardResult MakeTraining(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable, bool recomputeActivations = false)
+    /// <param name="orderGradientOutputs">Place the gradient writers at the end, deepest first (<see cref="GradientOutputOrder"/>).</param>
+    public static BackwardResult MakeTraining(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable, bool recomputeActivations = false, bool orderGradientOutputs = true)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
@@ -49,7 +50,11 @@ public static class TrainingGraph
         }
 
         Finish(model, outputs, trainable);
-        GradientOutputOrder.Apply(model.Graph, outputs.Skip(2));
+        if (orderGradientOutputs)
+        {
+            GradientOutputOrder.Apply(model.Graph, outputs.Skip(2));
+        }
+
         return result;
     }
 
