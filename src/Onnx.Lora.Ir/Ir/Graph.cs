@@ -92,6 +92,19 @@ public sealed class Graph
     }
 
     /// <summary>
+    /// Moves <paramref name="node"/> to just after <paramref name="anchor"/>, links unchanged. The caller keeps the order
+    /// topological: the node's inputs are produced at or before the anchor, and its readers come after it.
+    /// </summary>
+    /// <exception cref="GraphValidationException">Either node is not in this graph.</exception>
+    public void MoveAfter(Node anchor, Node node)
+    {
+        ArgumentNullException.ThrowIfNull(anchor);
+        ArgumentNullException.ThrowIfNull(node);
+        _nodes.RemoveAt(IndexOf(node));
+        _nodes.Insert(IndexOf(anchor) + 1, node);
+    }
+
+    /// <summary>
     /// Removes a node. With <paramref name="safe"/>, refuses (before changing anything) when an output of the node is
     /// still read by another node or is a graph output.
     /// </summary>

@@ -199,14 +199,8 @@ public sealed class TrainingArtifacts
 
         float[][] initial = [.. trainable.Select(name => training.Graph.Initializers[name].Initializer!.ToArray<float>())];
 
-        // Measured on stories260K at 512 × 16: moving the gradient writers to the end lowered the peak of decoders without
-        // a KV cache (torch export 1.50 → 1.39 GB, plain llama2.c conversion 1.54 → 1.50 GB, the 135M/Qwen benchmark
-        // models) and doubled it for the conversion with a KV cache (1.69 → 3.42 GB), the cause not found: the order is
-        // kept for decoders that had no past inputs.
-        bool hadPast = training.Graph.Inputs.Any(i => KvCacheRemoval.IsPastInput(i.Name));
         IReadOnlyList<string> emptyPast = Prepare(training, options, modelPath, out LossOutputs trainLoss, out _);
-        BackwardResult backward = Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations,
-            orderGradientOutputs: !hadPast);
+        BackwardResult backward = Trainer.Artifacts.TrainingGraph.MakeTraining(training, trainLoss.Loss, trainLoss.TokenCount, trainable, options.RecomputeActivations);
         if (backward.Recomputation is { } recomputed)
         {
             options.Recomputed?.Invoke(recomputed);

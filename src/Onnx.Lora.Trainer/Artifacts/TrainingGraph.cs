@@ -29,7 +29,8 @@ public static class TrainingGraph
     /// backward pass instead of keeping them (<see cref="ActivationRecomputation"/>).</param>
     /// <returns>The backward result (gradient values by name).</returns>
     /// <exception cref="MissingGradientRuleException">An op on a path from a trainable tensor to the loss has no rule.</exception>
-    /// <param name="orderGradientOutputs">Place the gradient writers at the end, deepest first (<see cref="GradientOutputOrder"/>).</param>
+    /// <param name="orderGradientOutputs">Place the gradient writers at the end, deepest first (<see cref="GradientOutputOrder"/>), and
+    /// have the backward's shape reads of forward values run in the forward (<see cref="ShapeReadsInForward"/>).</param>
     public static BackwardResult MakeTraining(Model model, Value loss, Value? tokenCount, IReadOnlyList<string> trainable, bool recomputeActivations = false, bool orderGradientOutputs = true)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -53,6 +54,7 @@ public static class TrainingGraph
         if (orderGradientOutputs)
         {
             GradientOutputOrder.Apply(model.Graph, outputs.Skip(2));
+            ShapeReadsInForward.Apply(model, forward);
         }
 
         return result;

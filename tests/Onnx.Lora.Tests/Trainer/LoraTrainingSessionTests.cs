@@ -111,11 +111,15 @@ public sealed class LoraTrainingSessionTests
         session.Step(TextBatch());
         session.Step(TextBatch());
 
-        // The training graph exposes no frozen weight: its only outputs are the loss, the count and adapter gradients.
+        // The training graph exposes no frozen weight: its only outputs are the loss, the count, adapter gradients and
+        // the int64 scalar ending the chain of shape reads (ShapeReadsInForward).
         using (var plain = new InferenceSession(Artifacts.TrainingModelPath))
         {
-            string[] expected = [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput, .. session.Parameters.Select(p => TrainingGraph.GradientOutput(p.Name))];
+            string[] expected = [TrainingGraph.LossOutput, TrainingGraph.TokenCountOutput, .. session.Parameters.Select(p => TrainingGraph.GradientOutput(p.Name)), ShapeReadsInForward.Output];
             CollectionAssert.AreEquivalent(expected, plain.OutputMetadata.Keys.ToArray());
+            NodeMetadata reads = plain.OutputMetadata[ShapeReadsInForward.Output];
+            Assert.AreEqual(Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Int64, reads.ElementDataType);
+            Assert.IsEmpty(reads.Dimensions, "a scalar");
         }
 
         foreach (TrainableTensor p in session.Parameters.Where(p => p.Name.EndsWith(".lora_B.weight", StringComparison.Ordinal)))

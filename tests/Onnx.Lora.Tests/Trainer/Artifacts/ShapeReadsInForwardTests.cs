@@ -1,0 +1,159 @@
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.Serialization;
+using Onnx.Lora.Tests.Support;
+using Onnx.Lora.Trainer.Artifacts;
+
+namespace Onnx.Lora.Tests.Trainer.Artifacts;
+
+/// <summary>
+/// <see cref="ShapeReadsInForward"/> on the llama2.c conversion with a KV cache (what `train` makes of the embedded
+/// .bin): where the reads go, that every output is unchanged, and what ONNX Runtime's profiler says it saves.
+/// </summary>
+[TestClass]
+public sealed class ShapeReadsInForwardTests
+{
+    private const int Batch = 8, Seq = 128;
+
+    public TestContext TestContext { get; set; } = null!;
+
+    [TestMethod]
+    public void Build_KvCacheConversion_MovesEveryBackwardShapeReadOfAForwardValueNextToItsProducer()
+    {
+        using var temp = new TempDir();
+        using Model training = OnnxReader.Load(BuildStories(temp, kvCache: true).TrainingModelPath);
+        IReadOnlyList<Node> nodes = training.Graph.Nodes;
+        Node chainEnd = training.Graph.Outputs.Single(o => o.Name == ShapeReadsInForward.Output).Producer!;
+        Assert.AreSame(nodes[^1], chainEnd, "the chain's end is the highest node index: ORT takes it first");
+
+        // Walk the chain back: every read it counts sits right after the node that makes the value it reads.
+        int reads = 0;
+        for (Node? add = chainEnd; add is not null && add.Is("Add"); add = add.Inputs[0]?.Producer)
+        {
+            Node count = add.Inputs[1]!.Producer!;
+            Node read = count.Is("Size") && count.Name.StartsWith(ShapeReadsInForward.NodePrefix, StringComparison.Ordinal) ? count.Inputs[0]!.Producer! : count;
+            Node producer = read.Inputs[0]!.Producer!;
+            int at = IndexOf(nodes, producer);
+            Assert.IsTrue(read.Is("Shape") || read.Is("Size"), $"{read.Name} is a shape read");
+            Assert.IsTrue(IndexOf(nodes, read) > at && IndexOf(nodes, read) <= at + 8, $"{read.Name} follows {producer.Name}");
+            reads++;
+        }
+
+        TestContext.WriteLine($"{reads} shape reads chained");
+        Assert.IsGreaterThan(50, reads, "the conversion's backward reads the shapes of many forward values");
+    }
+
+    [TestMethod]
+    public void Build_KvCacheConversion_OrtHoldsLessWithTheReadsInTheForwardAndComputesTheSame()
+    {
+        using var temp = new TempDir();
+        TrainingArtifacts artifacts = BuildStories(temp, kvCache: true);
+
+        // The same graph without the chain: ORT reaches each read only from the backward node that needs it.
+        string without = Path.Combine(Path.GetDirectoryName(artifacts.TrainingModelPath)!, "without.onnx");
+        using (Model model = OnnxReader.Load(artifacts.TrainingModelPath))
+        {
+            model.Graph.Outputs.RemoveAll(o => o.Name == ShapeReadsInForward.Output);
+            GraphPruning.RemoveUnused(model.Graph);
+            OnnxWriter.Save(model, without);
+        }
+
+        (Dictionary<string, float[]> a, long peakWith) = RunProfiled(artifacts.TrainingModelPath, temp.File("with"));
+        (Dictionary<string, float[]> b, long peakWithout) = RunProfiled(without, temp.File("without"));
+
+        TestContext.WriteLine($"SHAPEREADS | ORT arena in use at peak, {Batch} × {Seq}: {peakWith >> 10} KiB with the reads in the forward, {peakWithout >> 10} KiB without");
+        Assert.AreEqual(b.Count, a.Count);
+        foreach ((string name, float[] expected) in b)
+        {
+            CollectionAssert.AreEqual(expected, a[name], $"{name}: the same kernels on the same values, bit for bit");
+        }
+
+        // Each layer's attention scores, [8, 8, 128, 128] floats = 4 MiB, no longer wait for that layer's backward.
+        Assert.IsLessThan(peakWithout - (8L << 20), peakWith, "at least two layers' scores released in the forward");
+    }
+
+    private static TrainingArtifacts BuildStories(TempDir temp, bool kvCache)
+    {
+        string path = temp.File("model.onnx");
+        using (Model model = Onnx.Lora.Models.Conversion.Llama2cConverter.Convert(Fixtures.Path("stories260K", "stories260K.bin"), kvCache: kvCache))
+        {
+            LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 11, nonZeroB: true);
+            OnnxWriter.Save(model, path);
+        }
+
+        return TrainingArtifacts.Build(path, temp.File("artifacts"));
+    }
+
+    private static int IndexOf(IReadOnlyList<Node> nodes, Node node)
+    {
+        for (int i = 0; i < nodes.Count; i++)
+        {
+            if (ReferenceEquals(nodes[i], node))
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>One step (arena on, memory pattern and prepacking off, as the trainer runs): the float outputs, and the most arena bytes in use after any kernel.</summary>
+    private static (Dictionary<string, float[]> Outputs, long PeakInUse) RunProfiled(string path, string prefix)
+    {
+        using var options = new SessionOptions
+        {
+            IntraOpNumThreads = 1,
+            LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
+            EnableMemoryPattern = false,
+            EnableProfiling = true,
+            ProfileOutputPathPrefix = prefix,
+        };
+        options.AddSessionConfigEntry("session.disable_prepacking", "1");
+        using var session = new InferenceSession(path, options);
+        var rng = new Random(20261203);
+        long[] ids = [.. Enumerable.Range(0, Batch * Seq).Select(_ => (long)rng.Next(3, 512))];
+        var feeds = new Dictionary<string, OrtValue>
+        {
+            ["input_ids"] = OrtValue.CreateTensorValueFromMemory(ids, [Batch, Seq]),
+            ["attention_mask"] = OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, Batch * Seq).ToArray(), [Batch, Seq]),
+            ["position_ids"] = OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, Batch * Seq).Select(i => (long)(i % Seq)).ToArray(), [Batch, Seq]),
+            ["labels"] = OrtValue.CreateTensorValueFromMemory(ids.ToArray(), [Batch, Seq]),
+        };
+        var outputs = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        try
+        {
+            string[] names = [.. session.InputMetadata.Keys.Where(feeds.ContainsKey)];
+            string[] fetch = [.. session.OutputMetadata.Where(o => o.Value.ElementDataType == TensorElementType.Float).Select(o => o.Key)];
+            using var runOptions = new RunOptions();
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, names, [.. names.Select(n => feeds[n])], fetch);
+            for (int i = 0; i < fetch.Length; i++)
+            {
+                outputs[fetch[i]] = results[i].GetTensorDataAsSpan<float>().ToArray();
+            }
+        }
+        finally
+        {
+            foreach (OrtValue v in feeds.Values)
+            {
+                v.Dispose();
+            }
+        }
+
+        string profile = session.EndProfiling();
+        try
+        {
+            using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(profile));
+            long peak = doc.RootElement.EnumerateArray()
+                .Where(e => e.TryGetProperty("cat", out JsonElement c) && c.GetString() == "Node" && e.GetProperty("args").TryGetProperty("mem_in_use_peak", out _))
+                .Max(e => long.Parse(e.GetProperty("args").GetProperty("mem_in_use_peak").GetString()!, CultureInfo.InvariantCulture));
+            return (outputs, peak);
+        }
+        finally
+        {
+            File.Delete(profile);
+        }
+    }
+}
