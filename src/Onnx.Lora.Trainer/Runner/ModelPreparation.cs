@@ -82,7 +82,7 @@ public static class ModelPreparation
         try
         {
             embedding = EmbeddingChain.AttachIfNeeded(model, source);
-            var limits = new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model))
+            var limits = new ModelLimits(Path.GetFileName(source), VocabSize(model, source), ModelMetadataKeys.ReadMaxPositions(model), TrainingMemoryEstimate.ShapeOf(model, TrainingMemoryEstimate.HeadsFromConfig(source)))
             {
                 ClassCount = ClassCount(model),
             };

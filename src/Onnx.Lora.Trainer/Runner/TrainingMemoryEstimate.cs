@@ -37,6 +37,8 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// </summary>
     public const double ActivationSafetyFactor = 1.1;
 
+    private const long MaxConfigBytes = 16 << 20;
+
     /// <summary>
     /// What building the training artifacts holds at its peak, before training starts: the model read into memory and
     /// the eval model's weights compared with weights.data, 2 × the weights + runtime (measured on the 135M shape:
@@ -74,7 +76,8 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// </code>
     /// The coefficients are fitted to the measured peak RSS (VmHWM) of random-weight Llamas in the SmolLM-135M shape at
     /// seq×batch 256×2, 512×1 and 64×4 (17·h + 7·i: the seq-independent part; heads·s: how the peak grows with s at a
-    /// fixed token count); BENCHMARKS.md, "Real model sizes", has the estimate / peak ratios.
+    /// fixed token count); BENCHMARKS.md, "Real model sizes", has the estimate / peak ratios. Checked too where
+    /// attention dominates, stories260K (width 64, 8 heads) at 512 × 16: 0.98–1.17 of the peak over its three forms.
     /// With gradient checkpointing the activation term is <see cref="RecomputedActivationsPerToken"/>.
     /// </summary>
     public static TrainingMemoryEstimate Estimate(TrainOptions options, ModelShape shape, long dataBytes)
@@ -118,8 +121,17 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     public static double RecomputedActivationsPerToken(ModelShape shape, int seqLength)
     {
         ArgumentNullException.ThrowIfNull(shape);
-        double attention = (double)shape.Heads * seqLength;
-        return ((double)shape.Layers * shape.Hidden) + (4.0 * shape.Vocab) + LayerActivationsPerToken(shape, seqLength) + (2 * attention);
+        return ((double)shape.Layers * shape.Hidden) + (4.0 * shape.Vocab) + LayerActivationsPerToken(shape, seqLength) + AttentionBackwardPerToken(shape, seqLength);
+    }
+
+    /// <summary>
+    /// Floats per token that the attention backward of one layer holds beside the probabilities it kept: their gradient
+    /// and softmax's gradient, [heads, s, s] each, alive together at the softmax backward (ORT's profiler, BENCHMARKS.md).
+    /// </summary>
+    public static double AttentionBackwardPerToken(ModelShape shape, int seqLength)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        return 2.0 * shape.Heads * seqLength;
     }
 
     /// <summary>
@@ -163,7 +175,12 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     }
 
     /// <summary>The shape of an ONNX decoder, from its initializer dims (weights stay on disk).</summary>
-    public static ModelShape ShapeOf(Model model)
+    /// <param name="model">The decoder.</param>
+    /// <param name="configHeads">
+    /// Attention heads from the model's config (<see cref="HeadsFromConfig"/>), used when no fused attention op names
+    /// them: a graph of plain MatMul/Softmax attention does not say how many heads its reshapes split.
+    /// </param>
+    public static ModelShape ShapeOf(Model model, int? configHeads = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         Onnx.Lora.Ir.Graph g = model.Graph;
@@ -176,6 +193,53 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         int intermediate = linear.Count == 0 ? 4 * hidden : (int)linear.Max(t => Math.Max(t.Dims[0], t.Dims[1]));
         int layers = Math.Max(1, g.Nodes.Count(n => OpTable.Default.Find(n)?.Role == OpRole.Attention));
         long? heads = g.Nodes.Select(n => n.Attributes.TryGetValue("num_heads", out Attr? a) && a.Value is long v ? v : (long?)null).FirstOrDefault(h => h is > 0);
-        return new ModelShape(weightBytes, hidden, intermediate, layers, (int)(heads ?? Math.Max(1, hidden / 64)), vocab, linear.Sum(t => t.Dims[0] + t.Dims[1]));
+        return new ModelShape(weightBytes, hidden, intermediate, layers, (int)(heads ?? configHeads ?? ReshapeHeads(g, hidden) ?? Math.Max(1, hidden / 64)), vocab, linear.Sum(t => t.Dims[0] + t.Dims[1]));
     }
+
+    /// <summary>
+    /// Heads of plain attention from the constant shapes its Reshapes split the width into: [.., .., heads, head_dim]
+    /// with heads · head_dim = <paramref name="hidden"/> (the query's split; keys and values of grouped-query attention
+    /// split a narrower width). Null when no such Reshape exists.
+    /// </summary>
+    private static int? ReshapeHeads(Onnx.Lora.Ir.Graph g, int hidden) => g.Nodes
+        .Where(n => n.Is("Reshape") && n.Inputs.Count > 1 && n.Inputs[1]?.Initializer is { Dims: [4] } t && t.DataType == DataType.Int64)
+        .Select(n => n.Inputs[1]!.Initializer!.ToArray<long>())
+        .Where(d => d[2] > 1 && d[3] > 0 && d[2] * d[3] == hidden)
+        .Select(d => (int?)d[2])
+        .Max();
+
+    /// <summary>
+    /// num_attention_heads (n_head for GPT-2) from the Hugging Face config.json beside <paramref name="modelPath"/>, as
+    /// Optimum exports it; null when there is none or it does not say. A hint for the estimate, so a config that cannot
+    /// be read is ignored here (the readers that need it report it).
+    /// </summary>
+    public static int? HeadsFromConfig(string modelPath)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        string config = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "config.json");
+        try
+        {
+            if (!File.Exists(config) || new FileInfo(config).Length > MaxConfigBytes)
+            {
+                return null;
+            }
+
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(config));
+            foreach (string key in new[] { "num_attention_heads", "n_head" })
+            {
+                if (doc.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object && doc.RootElement.TryGetProperty(key, out var v)
+                    && v.TryGetInt32(out int heads) && heads > 0)
+                {
+                    return heads;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.Text.Json.JsonException)
+        {
+            return null;
+        }
+
+        return null;
+    }
+
 }
