@@ -143,7 +143,10 @@ public static partial class ActivationRecomputation
                         continue;
                     }
 
-                    Usage[] backward = v.Uses.Where(u => !forward.Contains(u.Node)).ToArray();
+                    // A backward Shape/Size read needs no recomputed copy: it keeps the original, and ShapeReadsInForward
+                    // runs it in the forward. Rewiring it would put the layer's gradient-reshaping downstream of the
+                    // copies and leave no gradient from above to release them.
+                    Usage[] backward = v.Uses.Where(u => !forward.Contains(u.Node) && !u.Node.Is("Shape") && !u.Node.Is("Size")).ToArray();
                     if (backward.Length > 0)
                     {
                         recomputed.Add(v);
