@@ -1,4 +1,3 @@
-using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.OnnxRuntime;
 using Onnx.Lora.Ir;
@@ -136,15 +135,7 @@ public sealed partial class GradientOutputOrderTests
     /// <summary>One step of <paramref name="graph"/> in a profiled session (arena on, memory pattern off, as the trainer runs it): loss, and the most arena bytes in use after any kernel.</summary>
     private static (double Loss, long PeakInUse) RunProfiled(byte[] graph, string[] trainable, Model model, string prefix)
     {
-        using var options = new SessionOptions
-        {
-            IntraOpNumThreads = 1,
-            LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
-            EnableMemoryPattern = false,
-            EnableProfiling = true,
-            ProfileOutputPathPrefix = prefix,
-        };
-        options.AddSessionConfigEntry("session.disable_prepacking", "1");
+        using SessionOptions options = OrtProfiling.Options(prefix);
         using var session = new InferenceSession(graph, options);
         var rng = new Random(20261203);
         long[] ids = Enumerable.Range(0, Batch * Seq).Select(_ => (long)rng.Next(3, 512)).ToArray();
@@ -177,18 +168,6 @@ public sealed partial class GradientOutputOrderTests
             }
         }
 
-        string profile = session.EndProfiling();
-        try
-        {
-            using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(profile));
-            long peak = doc.RootElement.EnumerateArray()
-                .Where(e => e.TryGetProperty("cat", out JsonElement c) && c.GetString() == "Node" && e.GetProperty("args").TryGetProperty("mem_in_use_peak", out _))
-                .Max(e => long.Parse(e.GetProperty("args").GetProperty("mem_in_use_peak").GetString()!, System.Globalization.CultureInfo.InvariantCulture));
-            return (loss, peak);
-        }
-        finally
-        {
-            File.Delete(profile);
-        }
+        return (loss, OrtProfiling.PeakArenaInUse(session));
     }
 }

@@ -1,5 +1,3 @@
-using System.Globalization;
-using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using Onnx.Lora.Ir;
@@ -103,15 +101,7 @@ public sealed class ShapeReadsInForwardTests
     /// <summary>One step (arena on, memory pattern and prepacking off, as the trainer runs): the float outputs, and the most arena bytes in use after any kernel.</summary>
     private static (Dictionary<string, float[]> Outputs, long PeakInUse) RunProfiled(string path, string prefix)
     {
-        using var options = new SessionOptions
-        {
-            IntraOpNumThreads = 1,
-            LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
-            EnableMemoryPattern = false,
-            EnableProfiling = true,
-            ProfileOutputPathPrefix = prefix,
-        };
-        options.AddSessionConfigEntry("session.disable_prepacking", "1");
+        using SessionOptions options = OrtProfiling.Options(prefix);
         using var session = new InferenceSession(path, options);
         var rng = new Random(20261203);
         long[] ids = [.. Enumerable.Range(0, Batch * Seq).Select(_ => (long)rng.Next(3, 512))];
@@ -142,18 +132,6 @@ public sealed class ShapeReadsInForwardTests
             }
         }
 
-        string profile = session.EndProfiling();
-        try
-        {
-            using JsonDocument doc = JsonDocument.Parse(File.ReadAllBytes(profile));
-            long peak = doc.RootElement.EnumerateArray()
-                .Where(e => e.TryGetProperty("cat", out JsonElement c) && c.GetString() == "Node" && e.GetProperty("args").TryGetProperty("mem_in_use_peak", out _))
-                .Max(e => long.Parse(e.GetProperty("args").GetProperty("mem_in_use_peak").GetString()!, CultureInfo.InvariantCulture));
-            return (outputs, peak);
-        }
-        finally
-        {
-            File.Delete(profile);
-        }
+        return (outputs, OrtProfiling.PeakArenaInUse(session));
     }
 }
