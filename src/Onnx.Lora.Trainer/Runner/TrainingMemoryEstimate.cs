@@ -128,11 +128,7 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// Floats per token that the attention backward of one layer holds beside the probabilities it kept: their gradient
     /// and softmax's gradient, [heads, s, s] each, alive together at the softmax backward (ORT's profiler, BENCHMARKS.md).
     /// </summary>
-    public static double AttentionBackwardPerToken(ModelShape shape, int seqLength)
-    {
-        ArgumentNullException.ThrowIfNull(shape);
-        return 2.0 * shape.Heads * seqLength;
-    }
+    private static double AttentionBackwardPerToken(ModelShape shape, int seqLength) => 2.0 * shape.Heads * seqLength;
 
     /// <summary>
     /// The estimate read off the training graph (<see cref="TrainingGraphMemory"/>): what one step really allocates
