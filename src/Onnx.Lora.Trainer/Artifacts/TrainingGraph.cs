@@ -43,6 +43,7 @@ public static class TrainingGraph
             result = result with { Recomputation = ActivationRecomputation.Apply(model, forward) };
         }
 
+        CrossEntropyLowering.Apply(model);
         var builder = new GraphBuilder(model);
         var outputs = new List<Value> { Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput) };
         foreach (string name in trainable)
@@ -71,6 +72,7 @@ public static class TrainingGraph
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
+        CrossEntropyLowering.Apply(model);
         var builder = new GraphBuilder(model);
         List<Value> outputs = [Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput)];
         outputs.AddRange((metrics ?? []).Select(m => Named(builder, m.Value, m.Name)));

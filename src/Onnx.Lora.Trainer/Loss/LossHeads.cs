@@ -134,6 +134,7 @@ internal static class LossMath
     public static LossOutputs MeanCrossEntropy(GraphBuilder builder, Value scores, Value labels, long ignoreIndex, DataType scoreType)
     {
         Value sum = builder.Op("SoftmaxCrossEntropyLoss", [scores, labels], [Attr.String("reduction", "sum"), Attr.Int("ignore_index", ignoreIndex)]);
+        Artifacts.CrossEntropyLowering.Mark(sum.Producer!, scoreType);
         Value counted = builder.Op("Not", [builder.Op("Equal", [labels, builder.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [ignoreIndex]))])]);
         Value count = builder.Op("ReduceSum", [builder.Cast(counted, DataType.Float)], [Attr.Int("keepdims", 0)]);
         Value denominator = builder.Op("Max", [count, builder.Scalar("one", 1f)]);
