@@ -142,4 +142,28 @@ internal static class OrtRunner
         DenseTensor<bool> b => b.Buffer.ToArray().Select(x => x ? 1f : 0f).ToArray(),
         _ => throw new NotSupportedException($"Output '{value.Name}' of {value.Value?.GetType().Name} is not supported by the test runner."),
     };
+
+    /// <summary>
+    /// Runs <paramref name="session"/> with the int64 batch tensors of <paramref name="feeds"/> that it takes (each of
+    /// <paramref name="shape"/>; inputs it does not name keep their initializer defaults) and returns the float32
+    /// <paramref name="outputs"/> in order.
+    /// </summary>
+    public static float[][] RunBatch(InferenceSession session, IReadOnlyDictionary<string, long[]> feeds, long[] shape, IReadOnlyCollection<string> outputs)
+    {
+        string[] names = [.. session.InputMetadata.Keys.Where(feeds.ContainsKey)];
+        OrtValue[] values = [.. names.Select(n => OrtValue.CreateTensorValueFromMemory(feeds[n], shape))];
+        try
+        {
+            using var runOptions = new RunOptions();
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, names, values, outputs);
+            return [.. results.Select(r => r.GetTensorDataAsSpan<float>().ToArray())];
+        }
+        finally
+        {
+            foreach (OrtValue v in values)
+            {
+                v.Dispose();
+            }
+        }
+    }
 }

@@ -108,20 +108,6 @@ public sealed class CrossEntropyLoweringTests
             ["attention_mask"] = [.. ids.Select((_, i) => i >= (Batch - 1) * Seq && i % Seq >= Seq - 5 ? 0L : 1L)],
             ["labels"] = [.. ids.Select((t, i) => i % Seq < 3 || (i >= (Batch - 1) * Seq && i % Seq >= Seq - 5) ? -100 : t)],
         };
-        string[] names = [.. session.InputMetadata.Keys.Where(feeds.ContainsKey)];
-        OrtValue[] values = [.. names.Select(n => OrtValue.CreateTensorValueFromMemory(feeds[n], [Batch, Seq]))];
-        try
-        {
-            using var runOptions = new RunOptions();
-            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, names, values, outputs);
-            return [.. results.Select(r => r.GetTensorDataAsSpan<float>().ToArray())];
-        }
-        finally
-        {
-            foreach (OrtValue v in values)
-            {
-                v.Dispose();
-            }
-        }
+        return OrtRunner.RunBatch(session, feeds, [Batch, Seq], outputs);
     }
 }

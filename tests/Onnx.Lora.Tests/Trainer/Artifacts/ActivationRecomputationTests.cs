@@ -120,33 +120,14 @@ public sealed class ActivationRecomputationTests
             ["position_ids"] = [.. ids.Select((_, i) => (long)(i % Seq))],
             ["labels"] = [.. ids.Select((t, i) => i % Seq < 2 ? -100 : t)],
         };
-        float[][] resultsOff = RunAll(sessionOff, feeds), resultsOn = RunAll(sessionOn, feeds);
+        // Every float output of one run (loss first), the LoRA tensors at their initial values.
+        string[] outputs = [TrainingGraph.LossOutput, .. sessionOff.OutputMetadata.Keys.Where(k => k.EndsWith("_grad", StringComparison.Ordinal)).Order(StringComparer.Ordinal)];
+        float[][] resultsOff = OrtRunner.RunBatch(sessionOff, feeds, [Batch, Seq], outputs), resultsOn = OrtRunner.RunBatch(sessionOn, feeds, [Batch, Seq], outputs);
 
         double worst = resultsOff.Zip(resultsOn, (a, b) => MaxRelative([.. a.Select(x => (double)x)], [.. b.Select(x => (double)x)])).Max();
         Console.WriteLine($"RECOMPUTEKV | loss {resultsOn[0][0]:F6} / {resultsOff[0][0]:F6} | max rel gradient difference on vs off {worst:E2}");
         Assert.AreEqual(resultsOff[0][0], resultsOn[0][0], 1e-6 * Math.Abs(resultsOff[0][0]));
         Assert.IsLessThan(1e-5, worst);
-    }
-
-    /// <summary>Every float output of one run (loss first), the LoRA tensors at their initial values.</summary>
-    private static float[][] RunAll(InferenceSession session, Dictionary<string, long[]> feeds)
-    {
-        string[] names = [.. session.InputMetadata.Keys.Where(feeds.ContainsKey)];
-        OrtValue[] values = [.. names.Select(n => OrtValue.CreateTensorValueFromMemory(feeds[n], [Batch, Seq]))];
-        try
-        {
-            string[] outputs = [TrainingGraph.LossOutput, .. session.OutputMetadata.Keys.Where(k => k.EndsWith("_grad", StringComparison.Ordinal)).Order(StringComparer.Ordinal)];
-            using var runOptions = new RunOptions();
-            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, names, values, outputs);
-            return [.. results.Select(r => r.GetTensorDataAsSpan<float>().ToArray())];
-        }
-        finally
-        {
-            foreach (OrtValue v in values)
-            {
-                v.Dispose();
-            }
-        }
     }
 
     [TestMethod]

@@ -105,31 +105,19 @@ public sealed class ShapeReadsInForwardTests
         using var session = new InferenceSession(path, options);
         var rng = new Random(20261203);
         long[] ids = [.. Enumerable.Range(0, Batch * Seq).Select(_ => (long)rng.Next(3, 512))];
-        var feeds = new Dictionary<string, OrtValue>
+        var feeds = new Dictionary<string, long[]>
         {
-            ["input_ids"] = OrtValue.CreateTensorValueFromMemory(ids, [Batch, Seq]),
-            ["attention_mask"] = OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, Batch * Seq).ToArray(), [Batch, Seq]),
-            ["position_ids"] = OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, Batch * Seq).Select(i => (long)(i % Seq)).ToArray(), [Batch, Seq]),
-            ["labels"] = OrtValue.CreateTensorValueFromMemory(ids.ToArray(), [Batch, Seq]),
+            ["input_ids"] = ids,
+            ["attention_mask"] = [.. Enumerable.Repeat(1L, Batch * Seq)],
+            ["position_ids"] = [.. Enumerable.Range(0, Batch * Seq).Select(i => (long)(i % Seq))],
+            ["labels"] = [.. ids],
         };
+        string[] fetch = [.. session.OutputMetadata.Where(o => o.Value.ElementDataType == TensorElementType.Float).Select(o => o.Key)];
+        float[][] results = OrtRunner.RunBatch(session, feeds, [Batch, Seq], fetch);
         var outputs = new Dictionary<string, float[]>(StringComparer.Ordinal);
-        try
+        for (int i = 0; i < fetch.Length; i++)
         {
-            string[] names = [.. session.InputMetadata.Keys.Where(feeds.ContainsKey)];
-            string[] fetch = [.. session.OutputMetadata.Where(o => o.Value.ElementDataType == TensorElementType.Float).Select(o => o.Key)];
-            using var runOptions = new RunOptions();
-            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, names, [.. names.Select(n => feeds[n])], fetch);
-            for (int i = 0; i < fetch.Length; i++)
-            {
-                outputs[fetch[i]] = results[i].GetTensorDataAsSpan<float>().ToArray();
-            }
-        }
-        finally
-        {
-            foreach (OrtValue v in feeds.Values)
-            {
-                v.Dispose();
-            }
+            outputs[fetch[i]] = results[i];
         }
 
         return (outputs, OrtProfiling.PeakArenaInUse(session));
