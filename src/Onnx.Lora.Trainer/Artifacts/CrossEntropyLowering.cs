@@ -37,7 +37,8 @@ public static class CrossEntropyLowering
             Value? ignored = node.GetAttribute("ignore_index")?.AsInt() is { } ignore
                 ? b.Op("Equal", [labels, b.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [ignore]))])
                 : null;
-            Value safe = ignored is null ? labels : b.Op("Where", [ignored, b.Initializer(InMemoryTensor.FromInt64s("label_zero", [], [0])), labels]);
+            Value zeroId = b.Initializer(InMemoryTensor.FromInt64s("zero", [], [0]));
+            Value safe = ignored is null ? labels : b.Op("Where", [ignored, zeroId, labels]);
             Value picked = b.Op("GatherElements", [scores, b.Op("Unsqueeze", [safe, axis])], [Attr.Int("axis", 1)]);
             Value logSumExp = opset >= 18
                 ? b.Op("ReduceLogSumExp", [scores, axis], [Attr.Int("keepdims", 1)])
@@ -46,7 +47,7 @@ public static class CrossEntropyLowering
             if (ignored is not null)
             {
                 // Where, not a multiply by the mask: an ignored row's label may be out of range, its term is exactly 0.
-                Value zero = b.Op("Cast", [b.Initializer(InMemoryTensor.FromInt64s("zero", [], [0]))], [Attr.Int("to", (long)ScoreType(node))]);
+                Value zero = b.Op("Cast", [zeroId], [Attr.Int("to", (long)ScoreType(node))]);
                 perRow = b.Op("Where", [b.Op("Unsqueeze", [ignored, axis]), zero, perRow]);
             }
 

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Onnx.Lora.Ir;
+using Onnx.Lora.Ir.IO;
 using Onnx.Lora.Ir.Resources;
 using Onnx.Lora.Ir.Serialization;
 using Onnx.Lora.Models.Conversion;
@@ -217,12 +218,12 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         string config = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "config.json");
         try
         {
-            if (!File.Exists(config) || new FileInfo(config).Length > MaxConfigBytes)
+            if (!File.Exists(config))
             {
                 return null;
             }
 
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(config));
+            using var doc = System.Text.Json.JsonDocument.Parse(InputFile.ReadAllBytes(config, "model config", MaxConfigBytes, m => new IOException(m)));
             foreach (string key in new[] { "num_attention_heads", "n_head" })
             {
                 if (doc.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object && doc.RootElement.TryGetProperty(key, out var v)
@@ -239,5 +240,4 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
 
         return null;
     }
-
 }
