@@ -67,6 +67,13 @@ public static class CrossEntropyLowering
         node.MetadataProps.Add(KeyValuePair.Create(Marker, ((int)type).ToString(System.Globalization.CultureInfo.InvariantCulture)));
     }
 
+    /// <summary>True for a SoftmaxCrossEntropyLoss the heads marked, over float scores.</summary>
+    public static bool IsMarkedFloat(Node node)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        return node.Is("SoftmaxCrossEntropyLoss") && node.MetadataProps.Any(p => p.Key == Marker) && ScoreType(node) == DataType.Float;
+    }
+
     private static DataType ScoreType(Node node) =>
         (DataType)int.Parse(node.MetadataProps.First(p => p.Key == Marker).Value, System.Globalization.CultureInfo.InvariantCulture);
 }

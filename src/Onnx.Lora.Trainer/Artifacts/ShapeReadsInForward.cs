@@ -34,8 +34,12 @@ public static class ShapeReadsInForward
     /// </summary>
     /// <param name="model">A training model in topological order, its gradient writers already placed.</param>
     /// <param name="forward">The nodes of the forward pass (before the backward was built).</param>
+    /// <param name="early">Values to compute at the end of the forward, before any of the backward (the loss and its
+    /// token count): their Sizes close the chain. Without this ORT reached the loss from its output leaf only after the
+    /// whole backward, so the forward loss's reads of the [N, V] scores outlived the backward's, which then could not
+    /// write its softmax over them in place.</param>
     /// <returns>How many shape reads were moved (0: the graph is unchanged).</returns>
-    public static int Apply(Model model, IReadOnlySet<Node> forward)
+    public static int Apply(Model model, IReadOnlySet<Node> forward, IReadOnlyList<Value>? early = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(forward);
@@ -52,7 +56,8 @@ public static class ShapeReadsInForward
             .Where(r => r.Producer is { } p && forward.Contains(p))
             .Select(r => (r.Read, r.Producer!))
             .OrderBy(r => index[r.Item2]).ThenBy(r => index[r.Read])];
-        if (reads.Count == 0)
+        List<Value> late = [.. (early ?? []).Where(v => v.Producer is not null)];
+        if (reads.Count == 0 && late.Count == 0)
         {
             return 0;
         }
@@ -75,6 +80,13 @@ public static class ShapeReadsInForward
                 graph.MoveAfter(read, count.Producer!);
             }
 
+            chain = builder.Op("Add", [chain, count]);
+        }
+
+        foreach (Value value in late)
+        {
+            Value count = builder.Op("Size", [value]);
+            graph.MoveAfter(value.Producer!, count.Producer!);
             chain = builder.Op("Add", [chain, count]);
         }
 

@@ -36,6 +36,7 @@ public static class TrainingGraph
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
+        LinearCrossEntropy.Fuse(model, [.. trainable]);
         var forward = new HashSet<Node>(model.Graph.Nodes, ReferenceEqualityComparer.Instance);
         BackwardResult result = BackwardGraph.Build(model, loss, trainable);
         if (recomputeActivations)
@@ -44,6 +45,7 @@ public static class TrainingGraph
         }
 
         CrossEntropyLowering.Apply(model);
+        LinearCrossEntropy.Lower(model);
         var builder = new GraphBuilder(model);
         var outputs = new List<Value> { Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput) };
         foreach (string name in trainable)
@@ -55,7 +57,7 @@ public static class TrainingGraph
         if (orderGradientOutputs)
         {
             GradientOutputOrder.Apply(model.Graph, outputs.Skip(2));
-            ShapeReadsInForward.Apply(model, forward);
+            ShapeReadsInForward.Apply(model, forward, [loss, .. tokenCount is null ? Array.Empty<Value>() : [tokenCount]]);
         }
 
         return result;
@@ -72,6 +74,8 @@ public static class TrainingGraph
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(loss);
         ArgumentNullException.ThrowIfNull(trainable);
+        LinearCrossEntropy.Fuse(model, [.. trainable]);
+        LinearCrossEntropy.Lower(model);
         CrossEntropyLowering.Apply(model);
         var builder = new GraphBuilder(model);
         List<Value> outputs = [Named(builder, loss, LossOutput), Named(builder, tokenCount ?? builder.Scalar("token_count_one", 1f), TokenCountOutput)];

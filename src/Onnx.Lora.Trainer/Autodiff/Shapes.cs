@@ -219,7 +219,10 @@ internal static class Shapes
         return [.. data[..axis], .. idx, .. data[(axis + 1)..]];
     }
 
-    /// <summary>ReduceSum / ReduceMean / ReduceMax over constant axes (attribute or input), keepdims or not.</summary>
+    /// <summary>LinearCrossEntropy: a scalar loss and the gradient of the rows, shaped like them.</summary>
+    public static Dim[]? LinearCrossEntropy(ValueFacts f, Node n, int o) => o == 0 ? [] : f.InputShape(n, 0);
+
+    /// <summary>ReduceSum / ReduceMean / ReduceMax / ReduceLogSumExp over constant axes (attribute or input), keepdims or not.</summary>
     public static Dim[]? Reduce(ValueFacts f, Node n, int o)
     {
         Dim[]? x = f.InputShape(n, 0);

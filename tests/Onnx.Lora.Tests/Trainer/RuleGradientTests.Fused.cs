@@ -1,4 +1,5 @@
 using Onnx.Lora.Ir;
+using Onnx.Lora.Trainer.Artifacts;
 
 namespace Onnx.Lora.Tests.Trainer;
 
@@ -139,6 +140,23 @@ public sealed partial class RuleGradientTests
         Value labels = c.B.Initializer(InMemoryTensor.FromInt64s("labels", [5], [1, -100, 3, 0, 3]));
         Value loss = Op(c, "SoftmaxCrossEntropyLoss", [scores, labels], Attr.String("reduction", reduction), Attr.Int("ignore_index", -100));
         Verify($"SoftmaxCrossEntropyLoss ({reduction})", c, c.B.Reshape(loss, [1]), [1]);
+    }
+
+    [TestMethod]
+    [ChecksGradientOf(LinearCrossEntropy.OpType, Domain = LinearCrossEntropy.Domain)]
+    [DataRow(7L)]
+    [DataRow(19L)]
+    public void LinearCrossEntropy_UnevenChunksAndIgnoredRows_MatchesFiniteDifferences(long rows)
+    {
+        // 7 rows in 8 chunks: one row each and an empty last chunk; 19 rows: chunks of 3 and a short last one.
+        var c = new GradCheck(DataType.Float);
+        Value h = c.Param("h", [rows, 4], -2, 2);
+        Value w = c.Const("w", [4, 6], -1.5, 1.5);
+        long[] labels = [.. Enumerable.Range(0, (int)rows).Select(i => i % 5 == 1 ? -100L : i % 6)];
+        Value label = c.B.Initializer(InMemoryTensor.FromInt64s("labels", [rows], labels));
+        IReadOnlyList<Value> outputs = c.B.OpMulti(LinearCrossEntropy.OpType, [h, w, label], 2,
+            [Attr.Int("chunks", LinearCrossEntropy.Chunks), Attr.Int("ignore_index", -100)], LinearCrossEntropy.Domain);
+        Verify($"LinearCrossEntropy ({rows} rows)", c, c.B.Reshape(outputs[0], [1]), [1]);
     }
 
     [TestMethod]

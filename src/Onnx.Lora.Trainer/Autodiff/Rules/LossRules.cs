@@ -9,7 +9,23 @@ internal static class LossOps
     public static OpEntry[] Entries =>
     [
         Op.Grad("SoftmaxCrossEntropyLoss", Shapes.SoftmaxCrossEntropyLoss, SoftmaxCrossEntropyLossGradient.Backward, 1),
+
+        // (Σ loss, ∂Σ loss/∂h) = LinearCrossEntropy(h, W frozen, labels): the forward computed the gradient; dh = output 1 · d loss.
+        Op.Grad(Artifacts.LinearCrossEntropy.Domain, Artifacts.LinearCrossEntropy.OpType, Shapes.LinearCrossEntropy, LinearCrossEntropyGradient, 1, 2),
     ];
+
+    private static void LinearCrossEntropyGradient(GradientContext context, BackwardStep step)
+    {
+        if (step.OutputGradient(1) is not null)
+        {
+            throw new LoraException($"Node '{step.Node.Name}': the gradient output of {Artifacts.LinearCrossEntropy.OpType} is not differentiable.");
+        }
+
+        if (step.NeedsGradient(0) && step.OutputGradient(0) is { } dloss)
+        {
+            step.SetInputGradient(0, context.Mul(step.Output(1), dloss));
+        }
+    }
 }
 
 /// <summary>

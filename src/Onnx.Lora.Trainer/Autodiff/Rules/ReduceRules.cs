@@ -16,6 +16,7 @@ internal static class ReduceOps
         // Y = mean_axes X: dX = expand(dY) · |Y| / |X|.
         Op.Grad("ReduceMean", Shapes.Reduce, (c, s) => Backward(c, s, axesInputOpset: 18, MeanScale), 1),
         Op.NoVjp(string.Empty, "ReduceMax", Shapes.Reduce),
+        Op.NoVjp(string.Empty, "ReduceLogSumExp", Shapes.Reduce),
         Op.Cut("ArgMax", Shapes.Unknown, Types.Int64),
         Op.Cut("ArgMin", Shapes.Unknown, Types.Int64),
     ];

@@ -27,9 +27,21 @@ public sealed class ShapeReadsInForwardTests
         Node chainEnd = training.Graph.Outputs.Single(o => o.Name == ShapeReadsInForward.Output).Producer!;
         Assert.AreSame(nodes[^1], chainEnd, "the chain's end is the highest node index: ORT takes it first");
 
-        // Walk the chain back: every read it counts sits right after the node that makes the value it reads.
+        // The chain closes with the Sizes of the token count and the loss (those values' readers are graph outputs, which
+        // ORT would otherwise reach after the backward), each right after the node that computes it.
+        Node? add = chainEnd;
+        foreach (string name in new[] { TrainingGraph.TokenCountOutput, TrainingGraph.LossOutput })
+        {
+            Value early = training.Graph.Outputs.Single(o => o.Name == name).Producer!.Inputs[0]!;
+            Node size = add!.Inputs[1]!.Producer!;
+            Assert.IsTrue(size.Is("Size") && ReferenceEquals(size.Inputs[0], early), $"the chain counts {name}");
+            Assert.AreEqual(IndexOf(nodes, early.Producer!) + 1, IndexOf(nodes, size), $"the Size of {name} follows its producer");
+            add = add.Inputs[0]?.Producer;
+        }
+
+        // Walk the rest back: every read it counts sits right after the node that makes the value it reads.
         int reads = 0;
-        for (Node? add = chainEnd; add is not null && add.Is("Add"); add = add.Inputs[0]?.Producer)
+        for (; add is not null && add.Is("Add"); add = add.Inputs[0]?.Producer)
         {
             Node count = add.Inputs[1]!.Producer!;
             Node read = count.Is("Size") && count.Name.StartsWith(ShapeReadsInForward.NodePrefix, StringComparison.Ordinal) ? count.Inputs[0]!.Producer! : count;
