@@ -348,6 +348,13 @@ public sealed partial class LoraTrainingSession : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        // The runner disposes the session before writing the trained model, then its using statement does again.
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
         foreach (OrtValue v in _valueOrt.Concat(_gradientOrt))
         {
             v.Dispose();
@@ -363,6 +370,8 @@ public sealed partial class LoraTrainingSession : IDisposable
         _training.Dispose();
         _eval?.Dispose();
     }
+
+    private bool _disposed;
 
     private SessionOptions CreateSessionOptions()
     {

@@ -31,6 +31,16 @@ public static class LinearCrossEntropy
     /// <summary>Row chunks the scores are computed in.</summary>
     public const int Chunks = 8;
 
+    /// <summary>
+    /// Node metadata key on the Slices that cut the row chunks. The shape facts then give their rows
+    /// <see cref="ChunkRowsSymbol"/>, which the training memory walk binds to ⌈rows / chunks⌉. (Not a value-info shape:
+    /// ONNX Runtime plans buffer reuse by symbolic dims, and the last chunks are shorter.)
+    /// </summary>
+    public const string ChunkRowsKey = "onnx_lora.chunk_rows";
+
+    /// <summary>The symbolic dim the shape facts give a chunk's rows.</summary>
+    public const string ChunkRowsSymbol = "onnx_lora_chunk_rows";
+
     /// <summary>Replaces every fusable marked cross-entropy of <paramref name="model"/> by the fused op.</summary>
     /// <param name="model">A model holding the loss heads.</param>
     /// <param name="trainable">Trainable initializer names (a head weight computed from one of them is not fused).</param>
@@ -161,6 +171,8 @@ public static class LinearCrossEntropy
                 Value end = _b.Op("Add", [start, size]);
                 Value h = _b.Op("Slice", [hidden, start, end, axis0]);
                 Value label = _b.Op("Slice", [labels, start, end, axis0]);
+                h.Producer!.MetadataProps.Add(KeyValuePair.Create(ChunkRowsKey, c.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+                label.Producer!.MetadataProps.Add(KeyValuePair.Create(ChunkRowsKey, c.ToString(System.Globalization.CultureInfo.InvariantCulture)));
                 Value scores = _b.Op("MatMul", [h, weight]);
                 Value? isIgnored = ignore is null ? null : _b.Op("Equal", [label, ignore]);
                 Value? ignored = isIgnored is null ? null : _b.Op("Unsqueeze", [isIgnored, axis1]);

@@ -288,6 +288,12 @@ internal static class Shapes
             return null;
         }
 
+        if (n.MetadataProps.Any(p => p.Key == Artifacts.LinearCrossEntropy.ChunkRowsKey))
+        {
+            // A row chunk of the fused head: its rows are a size the walk binds, the last chunks shorter.
+            return [new Dim(Artifacts.LinearCrossEntropy.ChunkRowsSymbol), .. x[1..]];
+        }
+
         long[]? starts = ValueFacts.ConstInts(n.Inputs.ElementAtOrDefault(1));
         Dim[]? endDims = f.SymbolicInts(n.Inputs.ElementAtOrDefault(2));
         long[]? ends = endDims?.Select(d => d.Value ?? long.MinValue).ToArray();

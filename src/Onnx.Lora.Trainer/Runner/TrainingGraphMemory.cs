@@ -329,6 +329,8 @@ public static class TrainingGraphMemory
             }
         }
 
+        // The fused head's row chunks (LinearCrossEntropy): a causal LM scores every position, batch · seq rows.
+        symbols[Artifacts.LinearCrossEntropy.ChunkRowsSymbol] = (((long)batch * seq) + Artifacts.LinearCrossEntropy.Chunks - 1) / Artifacts.LinearCrossEntropy.Chunks;
         return symbols;
     }
 

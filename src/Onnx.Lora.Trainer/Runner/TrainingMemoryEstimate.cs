@@ -40,14 +40,18 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
 
     private const long MaxConfigBytes = 16 << 20;
 
-    /// <summary>
-    /// What building the training artifacts holds at its peak, before training starts: the model read into memory and
-    /// the eval model's weights compared with weights.data, 2 × the weights + runtime (measured on the 135M shape:
-    /// 1.38–1.39 GiB for 0.62 GiB of weights; the earlier 3 × predates the build's release of the training model).
-    /// </summary>
-    public long Build => BuildBytes ?? ((2 * Weights) + Runtime);
+    // Per layer and token (see LayerActivationsPerToken), fitted in BENCHMARKS.md "Real model sizes".
+    private const double HiddenCoefficient = 13, IntermediateCoefficient = 6, AttentionCoefficient = 1.1;
 
-    /// <summary>The build's peak when it is known better than 3 × the weights (<see cref="FromGraph"/>).</summary>
+    /// <summary>
+    /// What a run holds outside its steps: building the artifacts (the model read once, in memory when its weights are
+    /// inline) and, at the end, writing the trained model from the weights' file mapping: 1.35 × the weights + runtime
+    /// (measured with `train` on the 135M shape at 64 × 1, where no step is larger: 830 MiB building, 1075 MiB writing,
+    /// against 1061 MiB; the earlier 2 × the weights + runtime predates the single read of the model).
+    /// </summary>
+    public long Build => BuildBytes ?? BuildPeak(Weights);
+
+    /// <summary>The build's peak when it is known better (<see cref="FromGraph"/>).</summary>
     public long? BuildBytes { get; init; }
 
     /// <summary>The whole estimate: the larger of the training peak and the build peak.</summary>
@@ -67,18 +71,19 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// allocates (LoraTrainingSession: no prepacked weight copies, no ORT memory pattern; the build's garbage returned):
     /// <code>
     /// weights     = W                                           (held once: ORT maps weights.data, and the eval session maps the same file)
-    /// activations = 1.1 · 4 B · b·s · [ L · (17·h + 7·i + heads·s) + 2·V ]
+    /// activations = 1.1 · 4 B · b·s · [ L · (CH·h + CI·i + CA·heads·s) + loss ]
     ///               (per layer and token, the forward values the backward graph keeps plus the backward's transients:
-    ///               norms, q/k/v/o, RoPE, residuals, LoRA branches ≈ 17·h, the MLP ≈ 7·i, the attention probabilities
-    ///               ≈ heads·s; the loss holds the logits and one softmax-sized buffer, 2·V)
+    ///               norms, q/k/v/o, RoPE, residuals, LoRA branches, the MLP, the attention probabilities; see
+    ///               <see cref="LayerActivationsPerToken"/>; the loss: <see cref="LossPerToken"/>)
     /// adapter     = 4 B · r·Σ(in+out) · 8                       (values, gradients, 2 moments, accumulators, 3 checkpoint copies)
     /// data        = 10 · JSONL bytes                            (≈ 1 token per 3 bytes, ids + mask + labels as int64 ≈ 30 B a token)
     /// runtime     = 200 MiB
     /// </code>
     /// The coefficients are fitted to the measured peak RSS (VmHWM) of random-weight Llamas in the SmolLM-135M shape at
-    /// seq×batch 256×2, 512×1 and 64×4 (17·h + 7·i: the seq-independent part; heads·s: how the peak grows with s at a
-    /// fixed token count); BENCHMARKS.md, "Real model sizes", has the estimate / peak ratios. Checked too where
-    /// attention dominates, stories260K (width 64, 8 heads) at 512 × 16: 0.98–1.17 of the peak over its three forms.
+    /// seq×batch 256×2, 512×2 and 1024×1, the Qwen2.5-0.5B shape at 256×1, and stories260K (width 64, 8 heads, where
+    /// attention dominates) at 512×16, 256×16 and 128×8 in its three forms; BENCHMARKS.md, "Real model sizes", has the
+    /// estimate / peak ratios. The spread they leave is ONNX Runtime's arena: it grows by doubling regions, and the
+    /// resident memory follows what it holds, 1.06× (135M, 256×2) to 1.5× (512×2) what the step has in use.
     /// With gradient checkpointing the activation term is <see cref="RecomputedActivationsPerToken"/>.
     /// </summary>
     public static TrainingMemoryEstimate Estimate(TrainOptions options, ModelShape shape, long dataBytes)
@@ -86,9 +91,10 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(shape);
         double tokens = (double)options.BatchSize * options.SeqLength;
+        double loss = LossPerToken(options, shape);
         double perToken = options.GradientCheckpointing
-            ? RecomputedActivationsPerToken(shape, options.SeqLength)
-            : (shape.Layers * LayerActivationsPerToken(shape, options.SeqLength)) + (2.0 * shape.Vocab);
+            ? RecomputedActivationsPerToken(shape, options.SeqLength, loss)
+            : (shape.Layers * LayerActivationsPerToken(shape, options.SeqLength)) + loss;
         long activations = (long)(ActivationSafetyFactor * 4 * tokens * perToken);
         long adapter = 4L * options.LoraOrDefault.Rank * shape.LinearInOutSum * 8;
         return new TrainingMemoryEstimate(shape.WeightBytes, activations, adapter, 10 * dataBytes, RuntimeBytes);
@@ -96,12 +102,26 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
 
     /// <summary>
     /// Floats per token one decoder layer keeps for its backward: norms, q/k/v/o, RoPE, residuals and LoRA branches
-    /// ≈ 17·h, the MLP ≈ 7·i, the attention probabilities heads·s (fitted, see <see cref="Estimate"/>).
+    /// ≈ CH·h, the MLP ≈ CI·i, the attention probabilities CA·heads·s (fitted, see <see cref="Estimate"/>).
     /// </summary>
     public static double LayerActivationsPerToken(ModelShape shape, int seqLength)
     {
         ArgumentNullException.ThrowIfNull(shape);
-        return (17.0 * shape.Hidden) + (7.0 * shape.Intermediate) + ((double)shape.Heads * seqLength);
+        return (HiddenCoefficient * shape.Hidden) + (IntermediateCoefficient * shape.Intermediate) + (AttentionCoefficient * shape.Heads * seqLength);
+    }
+
+    /// <summary>
+    /// Floats per token the loss holds at its peak. A frozen head is fused with its cross-entropy and computed in
+    /// <c>LinearCrossEntropy.Chunks</c> row chunks, each holding its scores, their exp and softmax − onehot at once:
+    /// 3 · V / chunks. An adapted head (a target selects <c>lm_head</c>) keeps whole logits: the base product, the LoRA
+    /// branch's and their sum, 3 · V (ORT's profiler, BENCHMARKS.md).
+    /// </summary>
+    public static double LossPerToken(TrainOptions options, ModelShape shape)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(shape);
+        bool adaptedHead = options.LoraOrDefault.Selects("lm_head", isOutputHead: true);
+        return adaptedHead ? 3.0 * shape.Vocab : 3.0 * shape.Vocab / Artifacts.LinearCrossEntropy.Chunks;
     }
 
     /// <summary>
@@ -109,22 +129,18 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// what ONNX Runtime's profiler shows such a step allocate (SmolLM-135M shape, seq 1024, BENCHMARKS.md):
     /// <code>
     /// L · h                          every layer's input (the residual stream), kept from the forward for the re-run
-    /// + 4 · V                        the loss: read when ORT ran SoftmaxCrossEntropyLoss as its function body (the
-    ///                                logits, a transposed copy, a LogSoftmax and its copy back alive together). Since
-    ///                                <c>CrossEntropyLowering</c> the loss holds the logits and, in the backward, their
-    ///                                softmax (2 · V); the term is kept: the 1024 × 1 step now peaks at 1.67 GiB
-    ///                                against 2.06 estimated (1.24), and without the 2 · V margin it would read 0.99
-    /// + 17·h + 7·i + 3 · heads·s     one layer recomputed, with its backward: the attention probabilities, their
+    /// + loss                         <see cref="LossPerToken"/>
+    /// + one layer + 2 · heads·s      one layer recomputed, with its backward: the attention probabilities, their
     ///                                gradient and the product of the two (softmax's gradient) alive together
     /// </code>
     /// The loss and the layer term come one after the other in a step; their sum bounds either. Only one layer's
     /// activations are alive at a time because the training graph also runs each layer's weight gradients right after
     /// that layer's backward (<c>GradientOutputOrder</c>).
     /// </summary>
-    public static double RecomputedActivationsPerToken(ModelShape shape, int seqLength)
+    public static double RecomputedActivationsPerToken(ModelShape shape, int seqLength, double lossPerToken)
     {
         ArgumentNullException.ThrowIfNull(shape);
-        return ((double)shape.Layers * shape.Hidden) + (4.0 * shape.Vocab) + LayerActivationsPerToken(shape, seqLength) + AttentionBackwardPerToken(shape, seqLength);
+        return ((double)shape.Layers * shape.Hidden) + lossPerToken + LayerActivationsPerToken(shape, seqLength) + AttentionBackwardPerToken(shape, seqLength);
     }
 
     /// <summary>
@@ -132,6 +148,8 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
     /// and softmax's gradient, [heads, s, s] each, alive together at the softmax backward (ORT's profiler, BENCHMARKS.md).
     /// </summary>
     private static double AttentionBackwardPerToken(ModelShape shape, int seqLength) => 2.0 * shape.Heads * seqLength;
+
+    private static long BuildPeak(long weights) => (long)(1.35 * weights) + RuntimeBytes;
 
     /// <summary>
     /// The estimate read off the training graph (<see cref="TrainingGraphMemory"/>): what one step really allocates
@@ -151,7 +169,7 @@ public sealed record TrainingMemoryEstimate(long Weights, long Activations, long
         ArgumentNullException.ThrowIfNull(profile);
         return new TrainingMemoryEstimate(profile.FrozenWeightBytes + profile.FoldedBytes, profile.PeakActivationBytes, 8 * profile.TrainableBytes, 10 * dataBytes, RuntimeBytes)
         {
-            BuildBytes = (2 * profile.FrozenWeightBytes) + RuntimeBytes,
+            BuildBytes = BuildPeak(profile.FrozenWeightBytes),
         };
     }
 

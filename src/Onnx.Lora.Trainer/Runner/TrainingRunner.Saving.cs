@@ -57,13 +57,13 @@ public sealed partial class TrainingRunner
 
     // The LoRA model prepared in memory (its frozen weights mapped from the artifacts) gets the trained tensors; it is
     // written as its source was: external data in one new file, or inline.
-    private static void WriteTrainedModel(LoraTrainingSession session, PreparedModel prepared, string path)
+    private static void WriteTrainedModel(IReadOnlyList<NamedTensor> trained, PreparedModel prepared, string path)
     {
         using Model? reloaded = prepared.LoraModel is null ? OnnxReader.Load(prepared.LoraModelPath) : null;
         Model model = prepared.LoraModel ?? reloaded!;
-        foreach (TrainableTensor t in session.Parameters)
+        foreach (NamedTensor t in trained)
         {
-            model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Dims, session.GetParameter(t.Name)));
+            model.Graph.Initializers.SetData(t.Name, InMemoryTensor.FromFloats(t.Name, t.Shape, t.Data));
         }
 
         OnnxWriter.Save(model, path, SaveOptions.Like(path, reloaded?.DataFiles.Count > 0 || prepared.ExternalData));

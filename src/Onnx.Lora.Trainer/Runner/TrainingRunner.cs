@@ -215,14 +215,21 @@ public sealed partial class TrainingRunner
         string? adapterDir = null;
         string? trainedModel = null;
         long adapterBytes = 0;
-        if (outcome != RunOutcome.Cancelled && loop.Step > 0 && Distributed.IsRoot)
+        bool export = outcome != RunOutcome.Cancelled && loop.Step > 0 && Distributed.IsRoot;
+        List<NamedTensor>? trained = export ? CurrentParameters(session) : null;
+
+        // The sessions' arena and their mapping of weights.data go before the trained model is written from the
+        // prepared model's own mapping: with both, the end of a run was its peak (135M shape at 256 x 2: 2.43 GiB RSS
+        // against 1.79 GiB in the step, the weights' pages mapped twice).
+        session.Dispose();
+        if (trained is not null)
         {
             adapterDir = Path.Combine(outputDir, AdapterFolder);
             Directory.CreateDirectory(adapterDir);
-            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, CurrentParameters(session)), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model), task.PeftTaskType);
+            PeftAdapter.Export(CheckpointStore.ToAdapterWeights(model.Manifest, trained), adapterDir, model.Manifest.ConfigOrDerived(), model.Manifest.Config?.BaseModelNameOrPath ?? BaseModelReference.For(o.Model), task.PeftTaskType);
             adapterBytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             trainedModel = Path.Combine(outputDir, TrainedModelFile);
-            WriteTrainedModel(session, model, trainedModel);
+            WriteTrainedModel(trained, model, trainedModel);
         }
 
         string? plot = null;

@@ -21,6 +21,10 @@ internal static class ShapeOps
         Op.Unary("Expand", Shapes.Expand, (c, x, y, dy) => c.Unbroadcast(dy, x, y), 1),
         Op.Grad("Slice", Shapes.Slice, SliceGradient.Backward, 1, 2, 3, 4),
         Op.Grad("Gather", Shapes.Gather, GatherBack, 1),
+
+        // Only the loss lowerings write these (label scores, softmax − onehot); the facts size their buffers.
+        Op.NoVjp(string.Empty, "GatherElements", (f, n, o) => o == 0 ? f.InputShape(n, 1) : null),
+        Op.NoVjp(string.Empty, "ScatterElements", Shapes.SameAsInput),
         Op.Grad("Concat", Shapes.Concat, ConcatBack),
         Op.Grad("Split", Shapes.Split, SplitBack, 1),
 
