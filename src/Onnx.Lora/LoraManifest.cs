@@ -218,14 +218,7 @@ public sealed record LoraManifest
             return null;
         }
 
-        try
-        {
-            return JsonSerializer.Deserialize<LoraManifest>(json, s_json);
-        }
-        catch (JsonException e)
-        {
-            throw new GraphValidationException($"Metadata '{MetadataKey}' of the model is not a valid LoRA manifest: {e.Message}", e);
-        }
+        return Parse(json, $"Metadata '{MetadataKey}' of the model");
     }
 
     /// <summary>The manifest as the JSON stored in a model's metadata.</summary>
@@ -236,13 +229,18 @@ public sealed record LoraManifest
     public static LoraManifest FromJson(string json)
     {
         ArgumentNullException.ThrowIfNull(json);
+        return Parse(json, "The manifest text") ?? throw new GraphValidationException("The manifest text is not a valid LoRA manifest: null.");
+    }
+
+    private static LoraManifest? Parse(string json, string source)
+    {
         try
         {
-            return JsonSerializer.Deserialize<LoraManifest>(json, s_json) ?? throw new JsonException("null");
+            return JsonSerializer.Deserialize<LoraManifest>(json, s_json);
         }
         catch (JsonException e)
         {
-            throw new GraphValidationException($"Not a valid LoRA manifest: {e.Message}", e);
+            throw new GraphValidationException($"{source} is not a valid LoRA manifest: {e.Message}", e);
         }
     }
 

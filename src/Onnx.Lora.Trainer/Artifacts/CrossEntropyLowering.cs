@@ -31,32 +31,46 @@ public static class CrossEntropyLowering
         foreach (Node node in losses)
         {
             var b = new GraphBuilder(model) { InsertionPoint = node, NamePrefix = "cross_entropy/" };
-            Value scores = node.Inputs[0]!;
-            Value labels = node.Inputs[1]!;
-            Value axis = b.Int64s("axis_one", 1);
-            Value? ignored = node.GetAttribute("ignore_index")?.AsInt() is { } ignore
-                ? b.Op("Equal", [labels, b.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [ignore]))])
-                : null;
+            Value? ignore = node.GetAttribute("ignore_index")?.AsInt() is { } ig ? b.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [ig])) : null;
             Value zeroId = b.Initializer(InMemoryTensor.FromInt64s("zero", [], [0]));
-            Value safe = ignored is null ? labels : b.Op("Where", [ignored, zeroId, labels]);
-            Value picked = b.Op("GatherElements", [scores, b.Op("Unsqueeze", [safe, axis])], [Attr.Int("axis", 1)]);
-            Value logSumExp = opset >= 18
-                ? b.Op("ReduceLogSumExp", [scores, axis], [Attr.Int("keepdims", 1)])
-                : b.Op("ReduceLogSumExp", [scores], [Attr.Ints("axes", [1]), Attr.Int("keepdims", 1)]);
-            Value perRow = b.Op("Sub", [logSumExp, picked]);
-            if (ignored is not null)
-            {
-                // Where, not a multiply by the mask: an ignored row's label may be out of range, its term is exactly 0.
-                Value zero = b.Op("Cast", [zeroId], [Attr.Int("to", (long)ScoreType(node))]);
-                perRow = b.Op("Where", [b.Op("Unsqueeze", [ignored, axis]), zero, perRow]);
-            }
-
-            Value sum = b.Op("ReduceSum", [perRow], [Attr.Int("keepdims", 0)]);
-            node.Outputs[0].ReplaceAllUsesWith(sum);
+            Value? zero = ignore is null ? null : b.Op("Cast", [zeroId], [Attr.Int("to", (long)ScoreType(node))]);
+            CrossEntropyTerms terms = SumOverRows(b, node.Inputs[0]!, node.Inputs[1]!, ignore, zeroId, zero, b.Int64s("axis_one", 1), opset);
+            node.Outputs[0].ReplaceAllUsesWith(terms.Sum);
             graph.Remove(node);
         }
 
         return losses.Length;
+    }
+
+    /// <summary>
+    /// Σ (ReduceLogSumExp(scores) − GatherElements(scores, label)) over the rows of [N, V] <paramref name="scores"/> whose
+    /// label is not <paramref name="ignoreIndex"/>, with the pieces the fused head's gradient reuses.
+    /// </summary>
+    /// <param name="b">Where the ops go.</param>
+    /// <param name="scores">Scores [N, V].</param>
+    /// <param name="labels">Labels [N].</param>
+    /// <param name="ignoreIndex">The ignored label (int64 scalar), or null.</param>
+    /// <param name="zeroId">Int64 scalar 0: the label an ignored row gathers (its own may be out of range).</param>
+    /// <param name="zero">A zero of the scores' type for an ignored row's term; needed with <paramref name="ignoreIndex"/>.</param>
+    /// <param name="axis1">Int64 [1] holding 1.</param>
+    /// <param name="opset">The model's default opset (ReduceLogSumExp takes its axes as an input from 18).</param>
+    internal static CrossEntropyTerms SumOverRows(GraphBuilder b, Value scores, Value labels, Value? ignoreIndex, Value zeroId, Value? zero, Value axis1, long opset)
+    {
+        Value? isIgnored = ignoreIndex is null ? null : b.Op("Equal", [labels, ignoreIndex]);
+        Value? ignored = isIgnored is null ? null : b.Op("Unsqueeze", [isIgnored, axis1]);
+        Value at = b.Op("Unsqueeze", [isIgnored is null ? labels : b.Op("Where", [isIgnored, zeroId, labels]), axis1]);
+        Value logSumExp = opset >= 18
+            ? b.Op("ReduceLogSumExp", [scores, axis1], [Attr.Int("keepdims", 1)])
+            : b.Op("ReduceLogSumExp", [scores], [Attr.Ints("axes", [1]), Attr.Int("keepdims", 1)]);
+        Value picked = b.Op("GatherElements", [scores, at], [Attr.Int("axis", 1)]);
+        Value perRow = b.Op("Sub", [logSumExp, picked]);
+        if (ignored is not null)
+        {
+            // Where, not a multiply by the mask: an ignored row's label may be out of range, its term is exactly 0.
+            perRow = b.Op("Where", [ignored, zero ?? throw new ArgumentNullException(nameof(zero)), perRow]);
+        }
+
+        return new CrossEntropyTerms(b.Op("ReduceSum", [perRow], [Attr.Int("keepdims", 0)]), at, ignored, logSumExp, picked);
     }
 
     /// <summary>Marks <paramref name="node"/> (scores [N, C] of <paramref name="scoreType"/>, labels [N], reduction sum, no weights) for lowering.</summary>
@@ -77,3 +91,6 @@ public static class CrossEntropyLowering
     private static DataType ScoreType(Node node) =>
         (DataType)int.Parse(node.MetadataProps.First(p => p.Key == Marker).Value, System.Globalization.CultureInfo.InvariantCulture);
 }
+
+/// <summary>What <see cref="CrossEntropyLowering.SumOverRows"/> builds: the sum, the gathered label index [N, 1], the ignored rows [N, 1] (or null), log-sum-exp and the label's score [N, 1].</summary>
+internal sealed record CrossEntropyTerms(Value Sum, Value At, Value? Ignored, Value LogSumExp, Value Picked);

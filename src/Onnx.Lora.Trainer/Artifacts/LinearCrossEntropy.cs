@@ -155,8 +155,8 @@ public static class LinearCrossEntropy
             long chunks = node.GetInt("chunks", Chunks);
             Value axis0 = _b.Int64s("axis_zero", 0);
             Value axis1 = _b.Int64s("axis_one", 1);
-            Value rows = _b.Op("Slice", [_b.Op("Shape", [hidden]), _b.Int64s("rows_start", 0), _b.Int64s("rows_end", 1)]);
-            Value size = _b.Op("Div", [_b.Op("Add", [rows, _b.Int64s("round_up", chunks - 1)]), _b.Int64s("chunk_count", chunks)]);
+            Value rowCount = _b.Op("Slice", [_b.Op("Shape", [hidden]), _b.Int64s("rows_start", 0), _b.Int64s("rows_end", 1)]);
+            Value size = _b.Op("Div", [_b.Op("Add", [rowCount, _b.Int64s("round_up", chunks - 1)]), _b.Int64s("chunk_count", chunks)]);
             Value? ignore = node.GetAttribute("ignore_index")?.AsInt() is { } ig ? _b.Initializer(InMemoryTensor.FromInt64s("ignore_index", [], [ig])) : null;
             Value zeroId = _b.Initializer(InMemoryTensor.FromInt64s("zero_id", [], [0]));
             Value zero = _b.Scalar("zero", 0f);
@@ -174,24 +174,11 @@ public static class LinearCrossEntropy
                 h.Producer!.MetadataProps.Add(KeyValuePair.Create(ChunkRowsKey, c.ToString(System.Globalization.CultureInfo.InvariantCulture)));
                 label.Producer!.MetadataProps.Add(KeyValuePair.Create(ChunkRowsKey, c.ToString(System.Globalization.CultureInfo.InvariantCulture)));
                 Value scores = _b.Op("MatMul", [h, weight]);
-                Value? isIgnored = ignore is null ? null : _b.Op("Equal", [label, ignore]);
-                Value? ignored = isIgnored is null ? null : _b.Op("Unsqueeze", [isIgnored, axis1]);
-                Value at = _b.Op("Unsqueeze", [isIgnored is null ? label : _b.Op("Where", [isIgnored, zeroId, label]), axis1]);
-                Value logSumExp = _opset >= 18
-                    ? _b.Op("ReduceLogSumExp", [scores, axis1], [Attr.Int("keepdims", 1)])
-                    : _b.Op("ReduceLogSumExp", [scores], [Attr.Ints("axes", [1]), Attr.Int("keepdims", 1)]);
-                Value picked = _b.Op("GatherElements", [scores, at], [Attr.Int("axis", 1)]);
-                Value perRow = _b.Op("Sub", [logSumExp, picked]);
-                if (ignored is not null)
-                {
-                    // Where, not a multiply: an ignored row's label may be out of range, its term is exactly 0.
-                    perRow = _b.Op("Where", [ignored, zero, perRow]);
-                }
-
-                Value chunkLoss = _b.Op("ReduceSum", [perRow], [Attr.Int("keepdims", 0)]);
+                CrossEntropyTerms terms = CrossEntropyLowering.SumOverRows(_b, scores, label, ignore, zeroId, zero, axis1, _opset);
+                Value chunkLoss = terms.Sum;
                 if (gradient)
                 {
-                    Value dHidden = Gradient(scores, weight, at, logSumExp, picked, ignored, one);
+                    Value dHidden = Gradient(scores, weight, terms, one);
                     gradients.Add(dHidden);
 
                     // The chunk's loss waits for its gradient (Where(c, x, x) is x), so ONNX Runtime's depth-first order
@@ -213,14 +200,14 @@ public static class LinearCrossEntropy
         }
 
         /// <summary>∂ Σ loss / ∂ h of one chunk: (softmax − onehot) · Wᵀ, ignored rows zero.</summary>
-        private Value Gradient(Value scores, Value weight, Value at, Value logSumExp, Value picked, Value? ignored, Value one)
+        private Value Gradient(Value scores, Value weight, CrossEntropyTerms terms, Value one)
         {
-            Value softmax = _b.Op("Exp", [_b.Op("Sub", [scores, logSumExp])]);
+            Value softmax = _b.Op("Exp", [_b.Op("Sub", [scores, terms.LogSumExp])]);
 
             // p[label] − 1 from the label's score (the same exp of the same difference as the entry it replaces).
-            Value atLabel = _b.Op("Sub", [_b.Op("Exp", [_b.Op("Sub", [picked, logSumExp])]), one]);
-            Value dScores = _b.Op("ScatterElements", [softmax, at, atLabel], [Attr.Int("axis", 1)]);
-            if (ignored is not null)
+            Value atLabel = _b.Op("Sub", [_b.Op("Exp", [_b.Op("Sub", [terms.Picked, terms.LogSumExp])]), one]);
+            Value dScores = _b.Op("ScatterElements", [softmax, terms.At, atLabel], [Attr.Int("axis", 1)]);
+            if (terms.Ignored is { } ignored)
             {
                 dScores = _b.Op("Mul", [dScores, _b.Op("Cast", [_b.Op("Not", [ignored])], [Attr.Int("to", (long)DataType.Float)])]);
             }

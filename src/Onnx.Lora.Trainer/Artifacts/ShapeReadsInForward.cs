@@ -36,9 +36,9 @@ public static class ShapeReadsInForward
     /// <param name="forward">The nodes of the forward pass (before the backward was built).</param>
     /// <param name="early">Values to compute at the end of the forward, before any of the backward (the loss and its
     /// token count): their Sizes close the chain. Without this ORT reached the loss from its output leaf only after the
-    /// whole backward, so the forward loss's reads of the [N, V] scores outlived the backward's, which then could not
-    /// write its softmax over them in place.</param>
-    /// <returns>How many shape reads were moved (0: the graph is unchanged).</returns>
+    /// whole backward, and the forward loss's reads kept the [N, V] scores alive through it (135M shape at 1024 × 1,
+    /// the loss lowered but not yet fused: 4976 → 4009 MiB).</param>
+    /// <returns>How many shape reads were moved (0 with no early values: the graph is unchanged).</returns>
     public static int Apply(Model model, IReadOnlySet<Node> forward, IReadOnlyList<Value>? early = null)
     {
         ArgumentNullException.ThrowIfNull(model);

@@ -102,23 +102,21 @@ public sealed class CrossEntropyLoweringTests
         return loss;
     }
 
+    /// <summary>All-linear LoRA but the head (PEFT's all-linear leaves it out), the training graph built.</summary>
     private static Model Training(bool lower, out string[] trainable)
     {
         Model model = TorchLlamaBuilder.Build(new LlamaConfig { Layers = 1, Vocab = Vocab, TiedEmbeddings = false, Naming = InitializerNaming.Named });
         trainable = [.. LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 7, nonZeroB: true).TrainableTensors()];
+        Assert.IsFalse(trainable.Any(t => t.Contains("lm_head", StringComparison.Ordinal)));
         LossOutputs loss = Attach(model, lower);
         TrainingGraph.MakeTraining(model, loss.Loss, loss.TokenCount, trainable);
         return model;
     }
 
-    /// <summary>All-linear LoRA but the head (PEFT's all-linear leaves it out); the training graph run once under the profiler.</summary>
+    /// <summary><see cref="Training"/>, run once under the profiler.</summary>
     private static (float[][] Outputs, long Peak, Model Model) ProfiledTraining(bool lower, string prefix)
     {
-        Model model = TorchLlamaBuilder.Build(new LlamaConfig { Layers = 1, Vocab = Vocab, TiedEmbeddings = false, Naming = InitializerNaming.Named });
-        string[] trainable = [.. LoraForTraining.Inject(model, rank: 4, alpha: 8, seed: 7, nonZeroB: true).TrainableTensors()];
-        Assert.IsFalse(trainable.Any(t => t.Contains("lm_head", StringComparison.Ordinal)));
-        LossOutputs loss = Attach(model, lower);
-        TrainingGraph.MakeTraining(model, loss.Loss, loss.TokenCount, trainable);
+        Model model = Training(lower, out string[] trainable);
         using SessionOptions options = OrtProfiling.Options(prefix);
         using var session = new InferenceSession(OnnxWriter.ToBytes(model), options);
         float[][] outputs = Run(session, [TrainingGraph.LossOutput, .. trainable.Select(TrainingGraph.GradientOutput)]);
